@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: locally built images and test fixtures."""
