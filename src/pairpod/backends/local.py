@@ -1,0 +1,340 @@
+"""The local backend: processes on the gateway's own machine (for development).
+
+Each process gets its own session and process group, so ending it ends what it
+started (unless a program deliberately leaves its session, which only a
+container backend can contain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import pwd
+import signal
+import struct
+import termios
+from collections.abc import Mapping
+from pathlib import Path
+
+from pairpod.backends.base import (
+    Backend,
+    Environment,
+    ExitStatus,
+    Identity,
+    Process,
+    ProcessSpec,
+    Stream,
+)
+from pairpod.config import LocalSettings
+from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
+from pairpod.log import fields, get_logger
+
+log = get_logger("backend.local")
+
+SFTP_SERVER_PATHS = (
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/libexec/sftp-server",
+    "/usr/lib/sftp-server",
+)
+FALLBACK_SHELL = "/bin/sh"
+# How long a hung-up process group may take to exit before it is killed.
+_HANGUP_GRACE = 2.0
+_READ_LIMIT = 1 << 18
+
+
+def find_sftp_server() -> str | None:
+    """The system's sftp-server binary, if any."""
+    return next((p for p in SFTP_SERVER_PATHS if os.access(p, os.X_OK)), None)
+
+
+def set_winsize(fd: int, rows: int, cols: int, xpixel: int = 0, ypixel: int = 0) -> None:
+    """Set a terminal's window size (the kernel then sends SIGWINCH to its foreground group)."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, xpixel, ypixel))
+
+
+def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child
+    # The child is a new session leader (start_new_session); stdin is the PTY.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class LocalBackend(Backend):
+    """Runs each connection's processes as local child processes."""
+
+    name = "local"
+
+    async def open(self, identity: Identity) -> Environment:
+        """Resolve the OS user and shell for this connection."""
+        return LocalEnvironment(identity.config.local, identity)
+
+
+class LocalEnvironment(Environment):
+    """One connection's set of local processes."""
+
+    def __init__(self, settings: LocalSettings, identity: Identity) -> None:
+        self._settings = settings
+        self._identity = identity
+        self._processes: set[LocalProcess] = set()
+        self._closed = False
+        try:
+            self._user = pwd.getpwnam(settings.user) if settings.user else pwd.getpwuid(os.getuid())
+        except KeyError:
+            raise BackendError(f"local.user: no such OS user {settings.user!r}") from None
+        self._switch_user = self._user.pw_uid != os.getuid()
+        if self._switch_user and os.geteuid() != 0:
+            raise BackendError(
+                f"local.user: running as {self._user.pw_name!r} needs the gateway to run as root"
+            )
+        self.description = f"local user={self._user.pw_name}"
+
+    def _shell(self) -> list[str]:
+        shell = list(self._settings.shell)
+        if not os.access(shell[0], os.X_OK):
+            log.warning("local.shell_fallback", extra=fields(
+                conn=self._identity.conn_id, missing=shell[0], using=FALLBACK_SHELL))
+            return [FALLBACK_SHELL, "-l"]
+        return shell
+
+    def _argv(self, spec: ProcessSpec) -> list[str]:
+        if spec.subsystem is not None:
+            if spec.subsystem != "sftp":
+                raise SubsystemUnavailable(f"unknown subsystem {spec.subsystem!r}")
+            server = find_sftp_server()
+            if server is None:
+                raise SubsystemUnavailable(
+                    "no sftp-server found on this machine (install openssh-sftp-server)",
+                    user_message="sftp is not available: no sftp-server in this environment",
+                )
+            return [server]
+        shell = self._shell()
+        if spec.command is not None:
+            return [shell[0], "-c", spec.command]
+        return shell
+
+    def _env(self, spec: ProcessSpec) -> dict[str, str]:
+        user = self._user
+        path = "/usr/local/bin:/usr/bin:/bin"
+        if user.pw_uid == 0:
+            path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        # Start from a clean slate: the gateway's own environment may hold secrets.
+        env = {
+            "HOME": user.pw_dir,
+            "USER": user.pw_name,
+            "LOGNAME": user.pw_name,
+            "SHELL": self._settings.shell[0],
+            "PATH": path,
+        }
+        env.update(self._settings.env)
+        env.update(self._identity.env)
+        env.update(spec.env)
+        if spec.pty is not None:
+            env["TERM"] = spec.pty.term or "dumb"
+        return env
+
+    async def start(self, spec: ProcessSpec) -> Process:
+        """Start a process as a child in its own session."""
+        if self._closed:
+            raise BackendError("environment is closed")
+        argv = self._argv(spec)
+        cwd = str(self._settings.workdir or self._user.pw_dir)
+        if not Path(cwd).is_dir():
+            cwd = "/"
+        kwargs: dict[str, object] = {
+            "env": self._env(spec),
+            "cwd": cwd,
+            "start_new_session": True,
+        }
+        if self._switch_user:
+            kwargs.update(
+                user=self._user.pw_uid,
+                group=self._user.pw_gid,
+                extra_groups=os.getgrouplist(self._user.pw_name, self._user.pw_gid),
+            )
+        try:
+            if spec.pty is not None:
+                process: LocalProcess = await _spawn_with_pty(argv, spec, kwargs)
+            else:
+                process = await _spawn_with_pipes(argv, kwargs)
+        except FileNotFoundError:
+            raise CommandNotFound(f"cannot run {argv[0]}: not found") from None
+        except PermissionError:
+            raise CommandNotFound(
+                f"cannot run {argv[0]}: permission denied", user_message="permission denied"
+            ) from None
+        self._processes.add(process)
+        process.on_exit(self._processes.discard)
+        return process
+
+    async def close(self) -> None:
+        """Hang up and end every process of the connection."""
+        self._closed = True
+        await asyncio.gather(*(p.kill() for p in list(self._processes)))
+
+
+async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> LocalProcess:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=_READ_LIMIT,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    return LocalProcess(proc, proc.stdout, proc.stderr, proc.stdin, pty_fd=None)
+
+
+async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[str, object]) -> LocalProcess:
+    assert spec.pty is not None
+    master, slave = os.openpty()
+    try:
+        set_winsize(slave, spec.pty.rows, spec.pty.cols, spec.pty.pixel_width, spec.pty.pixel_height)
+        _apply_modes(slave, spec.pty.modes)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            preexec_fn=_take_controlling_tty,  # noqa: PLW1509 - needed for a controlling tty
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_READ_LIMIT)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
+    )
+    # A second descriptor for writing: one transport per fd keeps close() simple.
+    write_transport, write_protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(master), "wb", buffering=0)
+    )
+    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    return LocalProcess(proc, reader, None, writer, pty_fd=write_transport.get_extra_info("pipe").fileno())
+
+
+# Terminal modes we honour from the client (RFC 4254 opcodes -> termios flags).
+_MODE_FLAGS = {
+    53: ("lflag", termios.ECHO),
+    50: ("lflag", termios.ISIG),
+    51: ("lflag", termios.ICANON),
+    72: ("oflag", termios.OPOST),
+    73: ("oflag", termios.ONLCR),
+    36: ("iflag", termios.ICRNL),
+}
+_FLAG_INDEX = {"iflag": 0, "oflag": 1, "lflag": 3}
+
+
+def _apply_modes(fd: int, modes: Mapping[int, int]) -> None:
+    relevant = {op: val for op, val in modes.items() if op in _MODE_FLAGS}
+    if not relevant:
+        return
+    attrs = termios.tcgetattr(fd)
+    for opcode, value in relevant.items():
+        flag_name, bit = _MODE_FLAGS[opcode]
+        index = _FLAG_INDEX[flag_name]
+        attrs[index] = (attrs[index] | bit) if value else (attrs[index] & ~bit)
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+class LocalProcess(Process):
+    """A local child process, with pipes or with a PTY."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        stdout: asyncio.StreamReader,
+        stderr: asyncio.StreamReader | None,
+        stdin: asyncio.StreamWriter,
+        pty_fd: int | None,
+    ) -> None:
+        self._proc = proc
+        self._stdout = stdout
+        self._stderr = stderr
+        self._stdin = stdin
+        self._pty_fd = pty_fd
+        self._exit_callbacks: list[object] = []
+        self._status: ExitStatus | None = None
+        self._wait_task = asyncio.ensure_future(self._wait_for_exit())
+
+    def on_exit(self, callback: object) -> None:
+        """Call ``callback(self)`` once the process has exited."""
+        self._exit_callbacks.append(callback)
+
+    async def _wait_for_exit(self) -> ExitStatus:
+        returncode = await self._proc.wait()
+        if returncode >= 0:
+            self._status = ExitStatus(code=returncode)
+        else:
+            self._status = ExitStatus(code=None, signal=signal.Signals(-returncode).name[3:])
+        for callback in self._exit_callbacks:
+            callback(self)  # type: ignore[operator]
+        return self._status
+
+    async def read(self, stream: Stream, size: int = 65536) -> bytes:
+        """Read output; a PTY's EIO after the last writer closes is end of stream."""
+        reader = self._stdout if stream is Stream.STDOUT else self._stderr
+        if reader is None:
+            return b""
+        try:
+            return await reader.read(size)
+        except OSError as error:
+            if error.errno == errno.EIO:
+                return b""
+            raise
+
+    async def write(self, data: bytes) -> None:
+        """Write to stdin; a program that already exited just loses the input."""
+        if self._stdin.is_closing():
+            return
+        self._stdin.write(data)
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._stdin.drain()
+
+    async def write_eof(self) -> None:
+        """Close stdin; with a PTY, send the terminal's EOF character instead."""
+        if self._pty_fd is not None:
+            with contextlib.suppress(OSError):
+                eof_char = termios.tcgetattr(self._pty_fd)[6][termios.VEOF]
+                await self.write(eof_char if isinstance(eof_char, bytes) else bytes([eof_char]))
+            return
+        if not self._stdin.is_closing():
+            self._stdin.close()
+
+    async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
+        """Resize the PTY; the foreground program gets SIGWINCH."""
+        if self._pty_fd is not None and self._status is None:
+            with contextlib.suppress(OSError):
+                set_winsize(self._pty_fd, rows, cols, pixel_width, pixel_height)
+
+    async def signal(self, name: str) -> None:
+        """Send a signal to the process."""
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.Signals[f"SIG{name}"])
+
+    async def wait(self) -> ExitStatus:
+        """Wait for exit."""
+        return await asyncio.shield(self._wait_task)
+
+    async def kill(self) -> None:
+        """Hang up the process group, then kill it if it lingers."""
+        pgid = self._proc.pid  # start_new_session made it the group leader
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGHUP)
+            os.killpg(pgid, signal.SIGCONT)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._wait_task), _HANGUP_GRACE)
+        except TimeoutError:
+            pass
+        # Children of the group may outlive the leader; end them too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        await asyncio.shield(self._wait_task)
+        self._stdin.close()

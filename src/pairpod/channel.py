@@ -1,0 +1,297 @@
+"""The channel handler: one SSH session channel relayed to one backend Process.
+
+AsyncSSH's low-level session API hands us every event as a callback (pty, env,
+exec/shell/subsystem, data, EOF, window-change, signal, break, flow control).
+This module turns those into calls on a Process and pumps its output back,
+with flow control in both directions and no per-byte work in Python.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec, Stream
+from pairpod.errors import PairpodError
+from pairpod.log import get_logger
+
+if TYPE_CHECKING:
+    from pairpod.server import Connection
+
+log = get_logger("channel")
+
+# Pause the client when this much input is queued for a slow program.
+_INPUT_HIGH_WATER = 1 << 20
+_INPUT_LOW_WATER = 1 << 18
+# After the program exits, how long its output may keep draining (a background
+# job holding the terminal open must not hold the channel forever).
+_DRAIN_AFTER_EXIT = 2.0
+_CHUNK = 1 << 16
+
+
+def filter_env(requested: dict[str, str], allow: list[str]) -> dict[str, str]:
+    """Keep only the variables whose names match one of the ``allow`` glob patterns."""
+    return {
+        name: value
+        for name, value in requested.items()
+        if any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
+    }
+
+
+class ChannelSession(asyncssh.SSHServerSession[bytes]):
+    """Relays one SSH session channel to a Process in the connection's Environment."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._security = connection.config.security
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._pty: PtySpec | None = None
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self._denied: str | None = None
+        self._notices: list[str] = []
+        self._process: Process | None = None
+        self._input: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._input_queued = 0
+        self._reading_paused = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # --- requests before the session starts -------------------------------------------
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        """Remember the channel and keep AsyncSSH's write buffer small."""
+        self._chan = chan
+        chan.set_write_buffer_limits(high=1 << 20, low=1 << 18)
+
+    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
+                      term_modes: asyncssh.TermModes) -> bool:
+        """Accept a PTY request unless the config forbids PTYs."""
+        if not self._security.allow_pty or not self._connection.permissions.pty:
+            self._notices.append("pairpod: terminal (pty) allocation is not allowed here")
+            self._log_denied("pty")
+            return False
+        cols, rows, pixel_width, pixel_height = term_size
+        self._pty = PtySpec(
+            term=term_type or "dumb",
+            cols=cols or 80,
+            rows=rows or 24,
+            pixel_width=pixel_width,
+            pixel_height=pixel_height,
+            modes=dict(term_modes),
+        )
+        return True
+
+    def shell_requested(self) -> bool:
+        """Accept; a denial is reported on stderr once the session starts."""
+        if not self._security.allow_shell:
+            self._deny("shell", "interactive shells are disabled on this gateway")
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        """Accept; a denial is reported on stderr once the session starts."""
+        if not self._security.allow_exec:
+            self._deny("exec", "running commands is disabled on this gateway")
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """Accept the subsystems the config allows (sftp)."""
+        if subsystem not in self._security.subsystems:
+            self._deny("subsystem", f"subsystem {subsystem!r} is not allowed on this gateway")
+        self._subsystem = subsystem
+        return True
+
+    def _deny(self, what: str, message: str) -> None:
+        self._denied = message
+        self._log_denied(what)
+
+    def _log_denied(self, what: str) -> None:
+        log.info("channel.denied", extra=self._connection.log_fields(request=what))
+
+    # --- the session --------------------------------------------------------------
+
+    def session_started(self) -> None:
+        """Start the relay task, owned by the connection's task group."""
+        self._task = self._connection.tasks.spawn(self._run())
+
+    def _spec(self) -> ProcessSpec:
+        assert self._chan is not None
+        client_env = {
+            k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
+            for k, v in self._chan.get_environment_bytes().items()
+        }
+        env = filter_env(client_env, self._security.env_allow)
+        env.update(self._connection.permissions.env)
+        command = self._command
+        subsystem = self._subsystem
+        forced = self._connection.permissions.forced_command or self._security.force_command
+        if forced is not None:
+            # A forced command replaces whatever was asked for, as in OpenSSH.
+            if command is not None or subsystem is not None:
+                env["SSH_ORIGINAL_COMMAND"] = command if command is not None else subsystem or ""
+            command, subsystem = forced, None
+        if self._pty is not None and "TERM" not in env:
+            env["TERM"] = self._pty.term
+        return ProcessSpec(command=command, subsystem=subsystem, pty=self._pty, env=env)
+
+    async def _run(self) -> None:
+        chan = self._chan
+        assert chan is not None
+        for notice in self._notices:
+            chan.write_stderr(f"{notice}\r\n".encode())
+        if self._denied is not None:
+            self._finish_with_error(self._denied, 1)
+            return
+        spec = self._spec()
+        try:
+            environment = await self._connection.environment()
+            self._process = await environment.start(spec)
+        except PairpodError as error:
+            log.warning("channel.start_failed", extra=self._connection.log_fields(
+                error=error.operator_message, kind=type(error).__name__))
+            self._finish_with_error(error.user_message, 1)
+            return
+        log.info("channel.started", extra=self._connection.log_fields(
+            kind="subsystem" if spec.subsystem else "exec" if spec.command else "shell",
+            command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
+        status = await self._relay(self._process)
+        self._exit(status)
+
+    async def _relay(self, process: Process) -> ExitStatus:
+        assert self._chan is not None
+        chan = self._chan
+        pumps = [
+            asyncio.ensure_future(self._pump_output(process, Stream.STDOUT, chan.write)),
+            asyncio.ensure_future(self._pump_output(process, Stream.STDERR, chan.write_stderr)),
+        ]
+        feeder = asyncio.ensure_future(self._pump_input(process))
+        try:
+            status = await process.wait()
+            _, pending = await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
+            if pending:
+                log.info("channel.output_abandoned", extra=self._connection.log_fields(
+                    reason="output still open after the program exited"))
+            return status
+        finally:
+            for task in (*pumps, feeder):
+                task.cancel()
+            await asyncio.gather(*pumps, feeder, return_exceptions=True)
+
+    async def _pump_output(self, process: Process, stream: Stream,
+                           send: Callable[[bytes], None]) -> None:
+        while data := await process.read(stream, _CHUNK):
+            send(data)
+            if not self._can_write.is_set():
+                await self._can_write.wait()
+
+    async def _pump_input(self, process: Process) -> None:
+        while (data := await self._input.get()) is not None:
+            await process.write(data)
+            self._input_queued -= len(data)
+            if self._reading_paused and self._input_queued < _INPUT_LOW_WATER and self._chan:
+                self._reading_paused = False
+                self._chan.resume_reading()
+        await process.write_eof()
+
+    def _finish_with_error(self, message: str, code: int) -> None:
+        assert self._chan is not None
+        self._chan.write_stderr(f"pairpod: {message}\r\n".encode())
+        self._exit(ExitStatus(code=code))
+
+    def _exit(self, status: ExitStatus) -> None:
+        chan = self._chan
+        if chan is None or self._closed:
+            return
+        self._closed = True
+        log.info("channel.exit", extra=self._connection.log_fields(
+            exit_code=status.code, exit_signal=status.signal))
+        with contextlib.suppress(OSError, asyncssh.Error):
+            if status.signal is not None:
+                chan.exit_with_signal(status.signal, status.core_dumped,
+                                      f"killed by signal {status.signal}")
+            else:
+                chan.exit(status.code if status.code is not None else 255)
+
+    # --- events while it runs ---------------------------------------------------------
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        """Queue input in order; pause the client if the program falls behind."""
+        self._input.put_nowait(data)
+        self._input_queued += len(data)
+        if not self._reading_paused and self._input_queued > _INPUT_HIGH_WATER and self._chan:
+            self._reading_paused = True
+            self._chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        """Forward EOF after any queued input; keep our side open for output."""
+        self._input.put_nowait(None)
+        return True
+
+    def terminal_size_changed(self, width: int, height: int,
+                              pixwidth: int, pixheight: int) -> None:
+        """Resize the PTY of the running process."""
+        if self._pty is not None:
+            self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
+        self._later(lambda p: p.resize(width, height, pixwidth, pixheight))
+
+    def signal_received(self, signal: str) -> None:
+        """Deliver a client's signal request (only the RFC 4254 names)."""
+        name = signal.upper().removeprefix("SIG")
+        if name not in SSH_SIGNALS:
+            log.info("channel.signal_ignored", extra=self._connection.log_fields(signal=name))
+            return
+        self._later(lambda p: p.signal(name))
+
+    def break_received(self, msec: int) -> bool:
+        """A break interrupts: Ctrl-C through the terminal, SIGINT without one."""
+        if self._pty is not None:
+            self.data_received(b"\x03", None)
+        else:
+            self._later(lambda p: p.signal("INT"))
+        return True
+
+    def _later(self, action: Callable[[Process], Awaitable[None]]) -> None:
+        if self._process is not None:
+            self._connection.tasks.spawn(action(self._process))
+
+    def pause_writing(self) -> None:
+        """The client is not keeping up: stop pumping output."""
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        """The client caught up."""
+        self._can_write.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel closed: stop the relay and end the process."""
+        self._closed = True
+        self._connection.channel_closed(self)
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        process = self._process
+        if process is not None:
+            self._connection.tasks.spawn(process.kill())
+
+    def write_notice(self, text: str) -> None:
+        """Show the user one line on stderr (used at gateway shutdown)."""
+        if self._chan is not None and not self._closed:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.write_stderr(f"\r\npairpod: {text}\r\n".encode())
+
+    async def terminate(self, message: str) -> None:
+        """End this session: tell the user, end the process, close the channel."""
+        self.write_notice(message)
+        if self._process is not None:
+            await self._process.kill()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), _DRAIN_AFTER_EXIT)
+        self._exit(ExitStatus(code=None, signal="TERM") if self._process else ExitStatus(code=1))

@@ -1,0 +1,131 @@
+"""The command line: ``pairpod serve | check-config | hash-password | demo-setup``."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from pairpod import __version__
+from pairpod.config import Config, dump_config, load_config, parse_listen
+from pairpod.errors import ConfigError
+from pairpod.log import fields, get_logger, setup_logging
+
+log = get_logger("cli")
+
+EXIT_CONFIG = 2
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> None:
+    click.echo(f"pairpod: {message}", err=True)
+    sys.exit(code)
+
+
+def _cli_overrides(listen: str | None, backend: str | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if listen is not None:
+        try:
+            parse_listen(listen)
+        except ValueError as error:
+            _fail(f"--listen: {error}")
+        overrides["listen"] = listen
+    if backend is not None:
+        overrides["backend"] = backend
+    return overrides
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pairpod")
+def main() -> None:
+    """pairpod: an SSH gateway that gives every connection a fresh environment."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="YAML config file (see examples/pairpod.yaml).")
+@click.option("--listen", help="HOST:PORT to listen on (overrides the config).")
+@click.option("--backend", type=click.Choice(["local", "docker", "kubernetes"]),
+              help="Backend to use (overrides the config).")
+def serve(config_path: Path | None, listen: str | None, backend: str | None) -> None:
+    """Run the gateway until SIGTERM or SIGINT."""
+    try:
+        config = load_config(config_path, _cli_overrides(listen, backend))
+    except ConfigError as error:
+        _fail(str(error))
+        return
+    setup_logging(config.log.level, config.log.format)
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as error:
+        _fail(str(error))
+
+
+async def _serve(config: Config) -> None:
+    from pairpod.server import Gateway
+
+    gateway = Gateway(config)
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("gateway.signal", extra=fields(action="shutdown"))
+    await gateway.stop()
+
+
+@main.command("check-config")
+@click.argument("path", type=click.Path(path_type=Path))
+def check_config(path: Path) -> None:
+    """Validate a config file and print the effective config (exit 2 if invalid)."""
+    try:
+        config = load_config(path)
+    except ConfigError as error:
+        _fail(str(error))
+        return
+    click.echo(dump_config(config), nl=False)
+
+
+@main.command("demo-setup")
+@click.argument("directory", type=click.Path(path_type=Path), default=Path(".demo"))
+@click.option("--port", default=2222, show_default=True, help="Port of the demo gateway.")
+def demo_setup(directory: Path, port: int) -> None:
+    """Write a demo config, host key and client key into DIRECTORY; print the ssh command."""
+    import asyncssh
+
+    from pairpod.hostkeys import load_host_keys
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    client_key_path = directory / "id_ed25519"
+    if not client_key_path.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="pairpod-demo")
+        key.write_private_key(client_key_path)
+        client_key_path.chmod(0o600)
+        key.write_public_key(directory / "id_ed25519.pub")
+    public = asyncssh.read_private_key(client_key_path).export_public_key().decode()
+    (directory / "authorized_keys").write_text(public)
+    host_key = load_host_keys([directory / "ssh_host_ed25519_key"])[0]
+    host_public = host_key.export_public_key().decode().strip()
+    (directory / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_public}\n")
+    config = {
+        "listen": f"127.0.0.1:{port}",
+        "host_keys": [str((directory / "ssh_host_ed25519_key").resolve())],
+        "banner": "Welcome to the pairpod demo gateway.",
+        "auth": {"authorized_keys": str((directory / "authorized_keys").resolve())},
+        "backend": "local",
+    }
+    (directory / "pairpod.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    click.echo("pairpod demo: connect with")
+    click.echo(
+        f"  ssh -i {client_key_path} -o IdentitiesOnly=yes "
+        f"-o UserKnownHostsFile={directory / 'known_hosts'} -p {port} demo@127.0.0.1"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

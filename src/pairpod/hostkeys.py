@@ -1,0 +1,44 @@
+"""Host keys: load them, or generate an ed25519 key (mode 0600) where one is missing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import asyncssh
+
+from pairpod.errors import ConfigError
+from pairpod.log import fields, get_logger
+
+log = get_logger("hostkeys")
+
+
+def _generate(path: Path) -> asyncssh.SSHKey:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Create with 0600 from the start: the key is never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.export_private_key())
+    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+    log.info("hostkey.generated", extra=fields(path=str(path), fingerprint=key.get_fingerprint()))
+    return key
+
+
+def load_host_keys(paths: list[Path]) -> list[asyncssh.SSHKey]:
+    """Load every configured host key, generating the missing ones."""
+    keys = []
+    for index, path in enumerate(paths):
+        where = f"host_keys[{index}]: {path}"
+        try:
+            if not path.exists():
+                keys.append(_generate(path))
+                continue
+            keys.append(asyncssh.read_private_key(path))
+        except PermissionError as error:
+            raise ConfigError(f"{where}: cannot read: {error.strerror}") from None
+        except OSError as error:
+            raise ConfigError(f"{where}: {error.strerror or error}") from None
+        except (ValueError, asyncssh.KeyImportError) as error:
+            raise ConfigError(f"{where}: not a valid private key ({error})") from None
+    return keys

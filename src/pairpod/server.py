@@ -1,0 +1,286 @@
+"""The SSH server: listens, authenticates, and gives each connection an Environment.
+
+It owns AsyncSSH's options and maps SSH requests to the channel handler; it
+knows nothing about Docker or Kubernetes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncssh
+
+from pairpod import __version__
+from pairpod.authorized_keys import load_authorized_keys
+from pairpod.backends import Backend, Environment, Identity, create_backend
+from pairpod.channel import ChannelSession
+from pairpod.config import Config
+from pairpod.errors import BackendError, ConfigError, PairpodError
+from pairpod.hostkeys import load_host_keys
+from pairpod.log import fields, get_logger
+
+log = get_logger("server")
+
+# How long a graceful shutdown waits for sessions to end before closing anyway.
+SHUTDOWN_GRACE = 10.0
+
+
+class TaskGroup:
+    """Tasks owned by one connection: all of them are cancelled with it."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of this group."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("task.failed", exc_info=error)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def wait_all(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for the current tasks to end."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def cancel_all(self) -> None:
+        """Cancel every task and wait until each has ended."""
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class Permissions:
+    """What one login may do, beyond the gateway-wide security settings."""
+
+    pty: bool = True
+    forced_command: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Connection(asyncssh.SSHServer):
+    """One client TCP connection: authentication, its Environment, its channels."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.config = gateway.config
+        self.conn_id = secrets.token_hex(6)
+        self.tasks = TaskGroup()
+        self.permissions = Permissions()
+        self.username: str | None = None
+        self.remote_addr = "?"
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._channels: set[ChannelSession] = set()
+        self._environment: asyncio.Task[Environment] | None = None
+        self._authenticated = False
+        self._cleanup: asyncio.Future[None] | None = None
+
+    def log_fields(self, **extra: Any) -> dict[str, Any]:
+        """Logging fields naming this connection, user and address."""
+        return fields(conn=self.conn_id, user=self.username, remote=self.remote_addr, **extra)
+
+    # --- connection lifecycle -----------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """A client connected."""
+        self._conn = conn
+        peer = conn.get_extra_info("peername") or ("?", 0)
+        host = peer[0]
+        self.remote_addr = f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+        self.gateway.connections.add(self)
+        log.info("connection.open", extra=self.log_fields(
+            client=conn.get_extra_info("client_version")))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The client went away (or we closed): end everything it owns."""
+        self.gateway.connections.discard(self)
+        reason = str(exc) if exc else "closed"
+        log.info("connection.closed", extra=self.log_fields(reason=reason))
+        self.gateway.spawn(self.cleanup())
+
+    async def cleanup(self) -> None:
+        """Cancel the connection's tasks and remove its environment (once)."""
+        if self._cleanup is None:
+            self._cleanup = asyncio.ensure_future(self._do_cleanup())
+        await asyncio.shield(self._cleanup)
+
+    async def _do_cleanup(self) -> None:
+        await self.tasks.cancel_all()
+        if self._environment is None:
+            return
+        if not self._environment.done():
+            self._environment.cancel()
+        with contextlib.suppress(BaseException):
+            environment = await self._environment
+            await environment.close()
+            log.info("environment.closed", extra=self.log_fields(env=environment.description))
+
+    # --- authentication -----------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        """Load the keys that may log in as ``username``; always require auth."""
+        self.username = username
+        if self.config.banner and self._conn is not None:
+            banner = self.config.banner if self.config.banner.endswith("\n") else self.config.banner + "\n"
+            self._conn.send_auth_banner(banner)
+        keys = load_authorized_keys(self.config.auth, username)
+        if keys is not None and self._conn is not None:
+            self._conn.set_authorized_keys(keys)
+        return True
+
+    def auth_completed(self) -> None:
+        """Authenticated: start creating the environment while channels open."""
+        self._authenticated = True
+        assert self._conn is not None
+        forced = self._conn.get_key_option("command")
+        self.permissions = Permissions(
+            pty=bool(self._conn.get_key_option("pty", True)),
+            forced_command=forced if isinstance(forced, str) else None,
+            env=dict(self._conn.get_key_option("environment", {}) or {}),
+        )
+        log.info("auth.accepted", extra=self.log_fields(method="publickey"))
+        identity = Identity(
+            username=self.username or "",
+            conn_id=self.conn_id,
+            remote_addr=self.remote_addr,
+            config=self.config,
+        )
+        self._environment = self.tasks.spawn(self.gateway.open_environment(identity))
+
+    async def environment(self) -> Environment:
+        """The connection's Environment (waits while it is being created)."""
+        if self._environment is None:
+            raise BackendError("no environment: not authenticated")
+        return await asyncio.shield(self._environment)
+
+    # --- channels -----------------------------------------------------------------
+
+    def session_requested(self) -> ChannelSession | bool:
+        """A new session channel, up to ``ssh.max_sessions`` at once."""
+        if len(self._channels) >= self.config.ssh.max_sessions:
+            log.info("channel.refused", extra=self.log_fields(
+                reason=f"max_sessions ({self.config.ssh.max_sessions}) reached"))
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"too many sessions on this connection (max {self.config.ssh.max_sessions})",
+            )
+        session = ChannelSession(self)
+        self._channels.add(session)
+        return session
+
+    def channel_closed(self, session: ChannelSession) -> None:
+        """Forget a closed channel."""
+        self._channels.discard(session)
+
+    async def shutdown(self, message: str) -> None:
+        """Tell each session's user ``message``, end the sessions, disconnect."""
+        await asyncio.gather(*(s.terminate(message) for s in list(self._channels)),
+                             return_exceptions=True)
+        if self._conn is not None:
+            self._conn.close()
+            with contextlib.suppress(Exception):
+                await self._conn.wait_closed()
+        await self.cleanup()
+
+
+class Gateway:
+    """The running pairpod server: listener, backend, live connections."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance_id = secrets.token_hex(4)
+        self.backend: Backend = create_backend(config, self.instance_id)
+        self.connections: set[Connection] = set()
+        self._tasks = TaskGroup()
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a gateway-level task (cleanups that must finish before shutdown)."""
+        return self._tasks.spawn(coro)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        assert self._server is not None
+        return self._server.get_port()
+
+    async def start(self) -> None:
+        """Load host keys, start the backend, listen."""
+        host_keys = load_host_keys(self.config.host_keys)
+        host, port = self.config.listen_address
+        await self.backend.start()
+        ssh = self.config.ssh
+        try:
+            self._server = await asyncssh.create_server(
+                lambda: Connection(self),
+                host,
+                port,
+                server_host_keys=host_keys,
+                server_version=f"pairpod_{__version__}",
+                encryption_algs=ssh.ciphers,
+                login_timeout=ssh.login_timeout,
+                keepalive_interval=ssh.keepalive_interval or None,
+                keepalive_count_max=ssh.keepalive_count_max,
+                # Bytes end to end, no line editing, nothing forwarded unless asked.
+                encoding=None,
+                line_editor=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_scp=False,
+                reuse_address=True,
+            )
+        except OSError as error:
+            await self.backend.stop()
+            raise ConfigError(
+                f"listen: cannot listen on {self.config.listen}: {error.strerror or error}"
+            ) from None
+        log.info("gateway.listening", extra=fields(
+            address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id))
+
+    async def open_environment(self, identity: Identity) -> Environment:
+        """Ask the backend for a connection's environment, logging failures."""
+        try:
+            environment = await self.backend.open(identity)
+        except PairpodError as error:
+            log.warning("environment.failed", extra=fields(
+                conn=identity.conn_id, user=identity.username, remote=identity.remote_addr,
+                error=error.operator_message, kind=type(error).__name__))
+            raise
+        except Exception as error:
+            log.exception("environment.failed", extra=fields(
+                conn=identity.conn_id, user=identity.username, remote=identity.remote_addr))
+            raise BackendError(f"backend failed: {error!r}") from error
+        log.info("environment.ready", extra=fields(
+            conn=identity.conn_id, user=identity.username, env=environment.description))
+        return environment
+
+    async def stop(self, message: str = "the gateway is shutting down") -> None:
+        """Stop accepting, tell users, end their sessions, remove environments."""
+        if self._server is not None:
+            self._server.close()
+        log.info("gateway.stopping", extra=fields(connections=len(self.connections)))
+        await asyncio.wait_for(
+            asyncio.gather(*(c.shutdown(message) for c in list(self.connections)),
+                           return_exceptions=True),
+            SHUTDOWN_GRACE,
+        )
+        # Connection cleanups (environment removal) run as gateway tasks; let them finish.
+        await self._tasks.wait_all(SHUTDOWN_GRACE)
+        await self.backend.stop()
+        log.info("gateway.stopped")
