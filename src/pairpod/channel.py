@@ -54,7 +54,6 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._command: str | None = None
         self._subsystem: str | None = None
         self._denied: str | None = None
-        self._notices: list[str] = []
         self._process: Process | None = None
         self._input: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._input_queued = 0
@@ -75,7 +74,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
                       term_modes: asyncssh.TermModes) -> bool:
         """Accept a PTY request unless the config forbids PTYs."""
         if not self._security.allow_pty or not self._connection.permissions.pty:
-            self._notices.append("pairpod: terminal (pty) allocation is not allowed here")
+            # Said before the refusal so the client shows it even when it then gives up.
+            assert self._chan is not None
+            self._chan.write_stderr(b"pairpod: terminal (pty) allocation is not allowed here\r\n")
             self._log_denied("pty")
             return False
         cols, rows, pixel_width, pixel_height = term_size
@@ -145,8 +146,6 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
     async def _run(self) -> None:
         chan = self._chan
         assert chan is not None
-        for notice in self._notices:
-            chan.write_stderr(f"{notice}\r\n".encode())
         if self._denied is not None:
             self._finish_with_error(self._denied, 1)
             return
@@ -211,6 +210,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         if chan is None or self._closed:
             return
         self._closed = True
+        # The session is over once we exit; free its slot without waiting for the
+        # client's CLOSE, which may race with its next channel open.
+        self._connection.channel_closed(self)
         log.info("channel.exit", extra=self._connection.log_fields(
             exit_code=status.code, exit_signal=status.signal))
         with contextlib.suppress(OSError, asyncssh.Error):
