@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -247,9 +248,8 @@ class Gateway:
             )
         except OSError as error:
             await self.backend.stop()
-            raise ConfigError(
-                f"listen: cannot listen on {self.config.listen}: {error.strerror or error}"
-            ) from None
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
         log.info("gateway.listening", extra=fields(
             address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id))
 

@@ -176,7 +176,8 @@ class GatewayProcess:
         return self
 
     def _listening(self) -> re.Match[str] | None:
-        return re.search(r"gateway\.listening address=\S+:(\d+)", self.log())
+        # Text ("address=127.0.0.1:PORT") or JSON ("address": "127.0.0.1:PORT").
+        return re.search(r'gateway\.listening.*?address\W+[^\s"]*:(\d+)', self.log())
 
     def _exited(self) -> str | None:
         assert self.proc is not None
