@@ -59,8 +59,8 @@ def test_login_timeout_closes_idle_unauthenticated_connections(make_gateway: Mak
 
 def test_keepalive_drops_a_client_that_stopped_answering(make_gateway: MakeGateway) -> None:
     gw = make_gateway({"ssh": {"keepalive_interval": "1s", "keepalive_count_max": 2}})
-    marker = "pairpod-keepalive-4711"
-    client = subprocess.Popen(gw.ssh_argv(f"sleep 3000 # {marker}"), stdin=subprocess.DEVNULL,
+    marker = "sleep 3000.4711"  # a unique argument: bash execs the command itself
+    client = subprocess.Popen(gw.ssh_argv(marker), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         def remote() -> list[int]:
@@ -163,9 +163,8 @@ def test_failing_backend_tells_the_user_one_line(make_gateway: MakeGateway) -> N
 
 
 def test_client_killed_leaves_no_process_zombie_or_task(gateway: GatewayThread) -> None:
-    marker = "pairpod-orphan-check-9181"
     client = subprocess.Popen(
-        gateway.ssh_argv(f"sleep 3001 & sleep 3002 & wait # {marker}"),
+        gateway.ssh_argv("sleep 3001 & sleep 3002 & wait"),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_until(lambda: len([p for p in processes_matching("sleep 300") if p != client.pid]) >= 2,
