@@ -94,7 +94,7 @@ class Verdict:
     reason: str
     authenticated_as: str | None = None
     permissions: LoginPermissions = field(default_factory=LoginPermissions)
-    environment: Mapping[str, str] = field(default_factory=frozen_map, repr=False)
+    environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
 
     @classmethod

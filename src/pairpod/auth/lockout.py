@@ -1,0 +1,109 @@
+"""Lockout after repeated failures, per client address and per username (sans-I/O).
+
+Failures are counted in a sliding ``window``; reaching ``failures`` locks
+the address or username for ``duration``. The clock is injected, so the
+policy is tested by moving time, and this module does no I/O and no logging:
+it returns what happened and the caller logs it.
+
+Two deliberate asymmetries:
+
+- A username lock only blocks guessable secrets (password,
+  keyboard-interactive). Keys and certificates cannot be guessed, so anyone
+  hammering "alice" with passwords cannot lock the real alice out of her key.
+- An address lock blocks every method from that address (an IPv6 client's
+  whole /64, see :func:`pairpod.auth.addresses.lockout_key`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pairpod.auth.addresses import lockout_key
+from pairpod.config import LockoutSettings
+
+
+@dataclass(frozen=True)
+class Lock:
+    """A lock in force: what is locked and for how many more seconds."""
+
+    kind: str  # "address" or "username"
+    subject: str
+    remaining: float
+
+
+@dataclass
+class _Counter:
+    failures: deque[float] = field(default_factory=deque)
+    locked_until: float = 0.0
+
+
+class Lockout:
+    """Failure counters with an injectable clock; memory is bounded by ``max_entries``."""
+
+    def __init__(
+        self,
+        settings: LockoutSettings,
+        clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 100_000,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._max_entries = max_entries
+        self._counters: OrderedDict[tuple[str, str], _Counter] = OrderedDict()
+
+    def check(self, address: str, username: str, *, guessable: bool) -> Lock | None:
+        """The lock that refuses this attempt now, or None.
+
+        ``guessable`` is True for password-like methods (see module docstring).
+        """
+        now = self._clock()
+        subjects = [("address", lockout_key(address))]
+        if guessable:
+            subjects.append(("username", username))
+        for kind, subject in subjects:
+            counter = self._counters.get((kind, subject))
+            if counter is not None and counter.locked_until > now:
+                return Lock(kind, subject, counter.locked_until - now)
+        return None
+
+    def record_failure(self, address: str, username: str, *, guessable: bool) -> list[Lock]:
+        """Count one failure; return the locks that this failure started."""
+        now = self._clock()
+        started: list[Lock] = []
+        subjects = [("address", lockout_key(address))]
+        if guessable:
+            subjects.append(("username", username))
+        for kind, subject in subjects:
+            counter = self._counters.pop((kind, subject), None) or _Counter()
+            self._counters[(kind, subject)] = counter  # most recently used last
+            if counter.locked_until > now:
+                continue  # already locked; failures while locked do not extend it
+            window_start = now - self.settings.window
+            while counter.failures and counter.failures[0] <= window_start:
+                counter.failures.popleft()
+            counter.failures.append(now)
+            if len(counter.failures) >= self.settings.failures:
+                counter.failures.clear()
+                counter.locked_until = now + self.settings.duration
+                started.append(Lock(kind, subject, self.settings.duration))
+        self._prune(now)
+        return started
+
+    def __len__(self) -> int:
+        return len(self._counters)
+
+    def _prune(self, now: float) -> None:
+        if len(self._counters) <= self._max_entries:
+            return
+        window_start = now - self.settings.window
+        for key in [
+            k
+            for k, c in self._counters.items()
+            if c.locked_until <= now and (not c.failures or c.failures[-1] <= window_start)
+        ]:
+            del self._counters[key]
+        while len(self._counters) > self._max_entries:
+            self._counters.popitem(last=False)  # least recently failed first
