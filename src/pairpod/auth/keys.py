@@ -262,7 +262,9 @@ def parse_key_line(line: str, origin: str, *, allow_options: bool = True) -> Aut
     if "\0" in line:
         raise KeyParseError("NUL byte in line")
     line = line.strip()
-    first = line.split(None, 1)[0] if line else ""
+    if not line:
+        raise KeyParseError("empty line")
+    first = line.split(None, 1)[0]
     raw_options: list[tuple[str, str | None]] = []
     rest = line
     if first not in KEY_TYPES:
@@ -271,6 +273,7 @@ def parse_key_line(line: str, origin: str, *, allow_options: bool = True) -> Aut
         if not allow_options:
             raise KeyParseError(f"not a key line (unknown key type {first[:40]!r})")
         raw_options, rest = split_options(line)
+    options = parse_options(raw_options)
     parts = rest.split(None, 2)
     if len(parts) < 2 or parts[0] not in KEY_TYPES:
         raise KeyParseError("expected a key type and base64 key data")
@@ -289,7 +292,7 @@ def parse_key_line(line: str, origin: str, *, allow_options: bool = True) -> Aut
         key=key,
         blob=blob,
         algorithm=key_type,
-        options=parse_options(raw_options),
+        options=options,
         comment=parts[2].strip() if len(parts) > 2 else "",
         origin=origin,
     )
