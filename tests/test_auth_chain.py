@@ -6,6 +6,8 @@ sessions print what the login produced (user, env, forced command, image),
 so each test observes the result from inside a session.
 """
 
+# ruff: noqa: S106 - the passwords here are test fixtures, not secrets
+
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +24,7 @@ import aiohttp
 import asyncssh
 import pytest
 
-from pairpod.auth import AuthResult, Authenticator, ConnectionAuth, hash_password
+from pairpod.auth import Authenticator, AuthResult, ConnectionAuth, hash_password
 from pairpod.config import merge, validate_config
 from pairpod.log import JsonFormatter, TextFormatter
 from tests.support.http_peers import (
@@ -51,7 +53,7 @@ class AuthServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.auth.connection_lost()
-        self.harness.lost += 1
+        self.harness.lost.put_nowait(None)
 
     def begin_auth(self, username: str) -> bool:
         return self.auth.begin_auth(username)
@@ -93,7 +95,7 @@ class Harness:
     authenticator: Authenticator
     server: asyncssh.SSHAcceptor | None = None
     servers: dict[Any, AuthServer] = field(default_factory=dict)
-    lost: int = 0
+    lost: asyncio.Queue[None] = field(default_factory=asyncio.Queue)
 
     @property
     def port(self) -> int:
@@ -683,15 +685,9 @@ async def test_bad_certificates_are_refused(
         options = {"source_address": ["10.0.0.0/8"]}
     cert = certify(ca, user_keys[0], principals, **options)
     await refused(cert_server, "alice", client_keys=[(user_keys[0], cert)])
-    await _wait_for(lambda: cert_server.lost >= 1)
+    await cert_server.lost.get()  # the server side has seen the connection end
     rejects = decisions(caplog, "auth.reject")
     assert any(r["method"] == "certificate" and reason in r["reason"] for r in rejects), rejects
-
-
-async def _wait_for(predicate: Callable[[], bool]) -> None:
-    """Yield to the loop until the server side has caught up (bounded by the test timeout)."""
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 # -- the facade without SSH ----------------------------------------------------------------
