@@ -148,30 +148,40 @@ def pub(key: asyncssh.SSHKey) -> str:
 MakeServer = Callable[..., Awaitable[Harness]]
 
 
+async def start_harness(host_key: asyncssh.SSHKey, auth: dict[str, Any], **config: Any) -> Harness:
+    """An AsyncSSH server on a free loopback port with an Authenticator for ``auth``."""
+    harness = Harness(Authenticator(validate_config(merge({"auth": auth}, config), "test")))
+    harness.server = await asyncssh.create_server(
+        lambda: AuthServer(harness),
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        process_factory=harness.session,
+        agent_forwarding=False,
+    )
+    return harness
+
+
+async def stop_harness(harness: Harness) -> None:
+    """Stop listening and close the Authenticator."""
+    assert harness.server is not None
+    harness.server.close()
+    await harness.server.wait_closed()
+    await harness.authenticator.aclose()
+
+
 @pytest.fixture
 async def make_server(host_key: asyncssh.SSHKey) -> AsyncIterator[MakeServer]:
     harnesses: list[Harness] = []
 
     async def make(auth: dict[str, Any], **config: Any) -> Harness:
-        data = merge({"auth": auth}, config)
-        harness = Harness(Authenticator(validate_config(data, "test")))
-        harness.server = await asyncssh.create_server(
-            lambda: AuthServer(harness),
-            "127.0.0.1",
-            0,
-            server_host_keys=[host_key],
-            process_factory=harness.session,
-            agent_forwarding=False,
-        )
+        harness = await start_harness(host_key, auth, **config)
         harnesses.append(harness)
         return harness
 
     yield make
     for harness in harnesses:
-        assert harness.server is not None
-        harness.server.close()
-        await harness.server.wait_closed()
-        await harness.authenticator.aclose()
+        await stop_harness(harness)
 
 
 async def login(harness: Harness, user: str, **options: Any) -> dict[str, Any]:
