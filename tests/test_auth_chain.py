@@ -24,7 +24,7 @@ import aiohttp
 import asyncssh
 import pytest
 
-from pairpod.auth import Authenticator, AuthResult, ConnectionAuth, hash_password
+from pairpod.auth import Authenticator, AuthResult, ConnectionAuth, MetadataValue, hash_password
 from pairpod.config import merge, validate_config
 from pairpod.log import JsonFormatter, TextFormatter
 from tests.support.http_peers import (
@@ -280,11 +280,9 @@ async def test_from_option_is_honoured(
     assert (await login(harness, "bob", client_keys=[user_keys[0]]))["user"] == "bob"
 
 
-async def test_key_probed_then_other_key_signed_gets_the_signed_keys_permissions(
+async def test_each_login_gets_the_permissions_of_the_key_that_succeeded(
     make_server: MakeServer, user_keys: list[asyncssh.SSHKey]
 ) -> None:
-    # The client offers an unrestricted key it cannot sign with? It cannot: but it
-    # can offer two keys; the permissions must be those of the one that succeeds.
     harness = await make_server(
         {
             "users": {
@@ -742,3 +740,49 @@ async def test_shared_http_session_is_not_closed_by_the_authenticator() -> None:
         authenticator = Authenticator(validate_config({}, "test"), http=http)
         await authenticator.aclose()
         assert not http.closed
+
+
+async def test_the_last_approved_credential_is_the_result(
+    user_keys: list[asyncssh.SSHKey],
+) -> None:
+    # A client may ask about a key it does not hold (public keys are public)
+    # and then sign with another: AsyncSSH reports success right after the
+    # approval of the signed one, so that approval must be the result.
+    config = validate_config(
+        {
+            "auth": {
+                "users": {
+                    "alice": {
+                        "keys": [f'command="restricted" {pub(user_keys[0])}', pub(user_keys[1])]
+                    }
+                }
+            }
+        },
+        "test",
+    )
+    authenticator = Authenticator(config)
+    auth = authenticator.connection(_Conn(), "c9")
+    auth.begin_auth("alice")
+    assert await auth.validate_public_key("alice", user_keys[1])  # a query for the open key
+    assert await auth.validate_public_key("alice", user_keys[0])  # signed with the restricted
+    result = auth.auth_completed()
+    assert result is not None and result.permissions.forced_command == "restricted"
+    assert result.key_fingerprint == user_keys[0].get_fingerprint()
+    identity = result.identity("c9", "127.0.0.1:4242")
+    assert identity.username == "alice" and identity.config is config
+    assert auth.auth_completed() is None  # one approval, one success
+    await authenticator.aclose()
+
+
+async def test_repr_of_a_result_hides_env_values() -> None:
+    result = AuthResult(
+        username="a",
+        authenticated_as="a",
+        method="password",
+        source="webhook",
+        config=validate_config({}, "test"),
+        env={"TOKEN": "tok-SENSITIVE-42"},
+        metadata={"TOKEN": MetadataValue("tok-SENSITIVE-42", True)},
+    )
+    assert "tok-SENSITIVE-42" not in repr(result)
+    assert "tok-SENSITIVE-42" not in repr(result.metadata["TOKEN"])

@@ -32,7 +32,12 @@ import asyncssh
 from pairpod.auth.certificates import PrincipalRecorder, TrustedCAs, check_principals
 from pairpod.auth.keys import StaticKeys, find_key
 from pairpod.auth.lockout import Lock, Lockout
-from pairpod.auth.password import dummy_verify_async, hash_kind, verify_password_async
+from pairpod.auth.password import (
+    dummy_verify_async,
+    hash_kind,
+    verify_password_async,
+    warm_up,
+)
 from pairpod.auth.remote_keys import RemoteKeySource
 from pairpod.auth.result import (
     AuthResult,
@@ -104,6 +109,9 @@ class Authenticator:
             ConfigWebhook(auth.config_webhook, self._http) if auth.config_webhook else None
         )
         self.lockout = Lockout(auth.lockout, clock)
+        # Make the dummy hash now, so the first unknown user is not slower
+        # than the ones after (which would tell that the name is unknown).
+        warm_up()
         for name, user in auth.users.items():
             if user.password_hash is not None and hash_kind(user.password_hash) is None:
                 log.error(
@@ -503,6 +511,15 @@ class ConnectionAuth:
         except WebhookError as error:
             self._decision(
                 "auth.reject", method, username, Verdict.deny("config_webhook", str(error))
+            )
+            return False
+        except Exception as error:  # deny by default on any error
+            log.exception("auth.error", extra=fields(conn=self.conn_id, source="config_webhook"))
+            self._decision(
+                "auth.reject",
+                method,
+                username,
+                Verdict.deny("config_webhook", f"internal error ({type(error).__name__})"),
             )
             return False
         env: dict[str, str] = {}

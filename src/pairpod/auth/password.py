@@ -56,6 +56,11 @@ def _dummy_hash() -> str:
     return hash_password(secrets.token_urlsafe(24))
 
 
+def warm_up() -> None:
+    """Compute the dummy hash ahead of the first login that needs it."""
+    _dummy_hash()
+
+
 def dummy_verify(password: str) -> bool:
     """Spend the time a real check would, for a user with no hash; always False.
 
