@@ -15,6 +15,21 @@ validity and, without awaiting anything in between, sends the success and
 calls ``auth_completed``; :meth:`ConnectionAuth.auth_completed` returns that
 candidate. So the result always belongs to the credential that succeeded,
 even when a client probes several keys.
+
+Wiring into an ``asyncssh.SSHServer`` (do not also pass
+``authorized_client_keys`` or call ``set_authorized_keys`` yourself)::
+
+    def connection_made(self, conn):
+        self.auth = authenticator.connection(conn, self.conn_id)
+    def begin_auth(self, username):
+        return self.auth.begin_auth(username)
+    # likewise, one line each: public_key_auth_supported, validate_public_key,
+    # validate_ca_key, password_auth_supported, validate_password,
+    # kbdint_auth_supported, get_kbdint_challenge, validate_kbdint_response
+    def auth_completed(self):
+        result = self.auth.auth_completed()   # None: close the connection
+    def connection_lost(self, exc):
+        self.auth.connection_lost()
 """
 
 from __future__ import annotations
