@@ -189,7 +189,8 @@ def json_patch(target: Any, operations: Any) -> Any:
                 raise KeyError(last)
         except (KeyError, IndexError, ValueError, TypeError) as error:
             raise ApiError(
-                422, "Invalid", f"the server rejected our request due to an error in our request: {error}"
+                422, "Invalid",
+                f"the server rejected our request due to an error in our request: {error}",
             ) from None
     return doc
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +69,8 @@ RESOURCES: tuple[ResourceType, ...] = (
                  subresources=("status", "finalize")),
     ResourceType("", "v1", "Pod", "pods", "pod", True, ("po",), ("all",),
                  subresources=("exec", "log", "status")),
+    ResourceType("", "v1", "Node", "nodes", "node", False, ("no",), subresources=("status",)),
+    ResourceType("", "v1", "Event", "events", "event", True, ("ev",)),
     ResourceType("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", True, ("sa",)),
     ResourceType("", "v1", "ConfigMap", "configmaps", "configmap", True, ("cm",)),
     ResourceType("", "v1", "Secret", "secrets", "secret", True),
@@ -94,6 +95,7 @@ _SUBRESOURCE_SHAPES: dict[tuple[str, str], Subresource] = {
     ("namespaces", "status"): Subresource("namespaces/status", "Namespace",
                                           ("get", "patch", "update")),
     ("namespaces", "finalize"): Subresource("namespaces/finalize", "Namespace", ("update",)),
+    ("nodes", "status"): Subresource("nodes/status", "Node", ("get", "patch", "update")),
     ("services", "status"): Subresource("services/status", "Service", ("get", "patch", "update")),
     ("deployments", "status"): Subresource("deployments/status", "Deployment",
                                            ("get", "patch", "update")),
@@ -188,7 +190,9 @@ def api_versions(server_address: str) -> dict[str, Any]:
     return {
         "kind": "APIVersions",
         "versions": ["v1"],
-        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}
+        ],
     }
 
 

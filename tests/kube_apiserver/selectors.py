@@ -82,7 +82,9 @@ def _lex(text: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise bad_request(f"unable to parse requirement: unexpected character at {text[pos:]!r}")
+            raise bad_request(
+                f"unable to parse requirement: unexpected character at {text[pos:]!r}"
+            )
         if match.group("op") is not None:
             tokens.append(("op", match.group("op")))
         else:
@@ -137,9 +139,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         elif i >= len(tokens) or tokens[i] == ("op", ","):
             requirements.append(Requirement(key, "exists"))
         else:
-            kind, token = tokens[i]
+            kind, word = tokens[i]
             i += 1
-            if kind == "op" and token in ("=", "==", "!="):
+            if kind == "op" and word in ("=", "==", "!="):
                 # An empty value is legal: ``key=`` matches an empty label.
                 if i < len(tokens) and tokens[i][0] == "ident":
                     value = tokens[i][1]
@@ -147,16 +149,16 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                 else:
                     value = ""
                 _check_value(key, value)
-                requirements.append(Requirement(key, "!=" if token == "!=" else "=", (value,)))
-            elif kind == "op" and token in (">", "<"):
+                requirements.append(Requirement(key, "!=" if word == "!=" else "=", (value,)))
+            elif kind == "op" and word in (">", "<"):
                 value = expect_ident("integer")
                 if not re.fullmatch(r"-?\d+", value):
                     raise bad_request(
                         f"unable to parse requirement: for 'Gt', 'Lt' operators, the value "
                         f"must be an integer: {value!r}"
                     )
-                requirements.append(Requirement(key, "gt" if token == ">" else "lt", (value,)))
-            elif kind == "ident" and token in ("in", "notin"):
+                requirements.append(Requirement(key, "gt" if word == ">" else "lt", (value,)))
+            elif kind == "ident" and word in ("in", "notin"):
                 if i >= len(tokens) or tokens[i] != ("op", "("):
                     raise bad_request("unable to parse requirement: found '', expected: '('")
                 i += 1
@@ -164,33 +166,35 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                 while True:
                     if i >= len(tokens):
                         raise bad_request("unable to parse requirement: found '', expected: ')'")
-                    kind2, token2 = tokens[i]
-                    if (kind2, token2) == ("op", ")"):
+                    kind2, text2 = tokens[i]
+                    if (kind2, text2) == ("op", ")"):
                         i += 1
                         break
-                    if (kind2, token2) == ("op", ","):
+                    if (kind2, text2) == ("op", ","):
                         i += 1
                         continue
                     if kind2 != "ident":
                         raise bad_request(
-                            f"unable to parse requirement: found '{token2}', expected: ',', ')' "
+                            f"unable to parse requirement: found '{text2}', expected: ',', ')' "
                             "or identifier"
                         )
-                    _check_value(key, token2)
-                    values.append(token2)
+                    _check_value(key, text2)
+                    values.append(text2)
                     i += 1
                 if not values:
                     # ``in ()`` parses upstream as a set holding the empty value.
                     values = [""]
-                requirements.append(Requirement(key, token, tuple(values)))
+                requirements.append(Requirement(key, word, tuple(values)))
             else:
                 raise bad_request(
-                    f"unable to parse requirement: found '{token}', expected: in, notin, =, "
+                    f"unable to parse requirement: found '{word}', expected: in, notin, =, "
                     "==, !=, gt, lt"
                 )
         if i < len(tokens):
             if tokens[i] != ("op", ","):
-                raise bad_request(f"unable to parse requirement: found '{tokens[i][1]}', expected: ','")
+                raise bad_request(
+                    f"unable to parse requirement: found '{tokens[i][1]}', expected: ','"
+                )
             i += 1
             if i >= len(tokens):
                 raise bad_request("unable to parse requirement: found '', expected: identifier")
@@ -273,6 +277,15 @@ def _unescape(value: str) -> str:
     return "".join(out)
 
 
+def _split_field_term(part: str, text: str) -> tuple[str, bool, str]:
+    """One ``path<op>value`` term as (path, is-equality, raw value)."""
+    for operator, equal in (("!=", False), ("==", True), ("=", True)):
+        index = part.find(operator)
+        if index > 0:
+            return part[:index].strip(), equal, part[index + len(operator) :]
+    raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
+
+
 def parse_field_selector(text: str | None, supported: frozenset[str]) -> FieldSelector:
     """Parse a ``fieldSelector`` query value against the resource's supported fields."""
     if not text or not text.strip():
@@ -281,13 +294,7 @@ def parse_field_selector(text: str | None, supported: frozenset[str]) -> FieldSe
     for part in _split_unescaped(text, ","):
         if not part:
             continue
-        for operator, equal in (("!=", False), ("==", True), ("=", True)):
-            index = part.find(operator)
-            if index > 0:
-                path, raw = part[:index].strip(), part[index + len(operator) :]
-                break
-        else:
-            raise bad_request(f"invalid selector: '{text}'; can't understand '{part}'")
+        path, equal, raw = _split_field_term(part, text)
         if path not in supported:
             raise bad_request(f'field label not supported: {path}')
         requirements.append(FieldRequirement(path, equal, _unescape(raw)))
@@ -310,6 +317,21 @@ FIELD_SETS: dict[str, frozenset[str]] = {
     },
     "namespaces": _COMMON | {"status.phase"},
     "secrets": _COMMON | {"type"},
+    "nodes": _COMMON | {"spec.unschedulable"},
+    "events": _COMMON
+    | {
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    },
 }
 
 
@@ -322,7 +344,10 @@ def _dig(obj: Mapping[str, Any], path: str) -> Any:
     return current
 
 
-def field_getter(plural: str) -> tuple[frozenset[str], Callable[[Mapping[str, Any]], dict[str, str]]]:
+FieldsOf = Callable[[Mapping[str, Any]], dict[str, str]]
+
+
+def field_getter(plural: str) -> tuple[frozenset[str], FieldsOf]:
     """The supported fields of a resource and a function giving an object's values."""
     supported = FIELD_SETS.get(plural, _COMMON)
 

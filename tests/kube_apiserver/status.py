@@ -33,7 +33,9 @@ def status_body(
 
 def success_body(details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A Success metav1.Status (what DELETE of a non-pod object answers)."""
-    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+    body: dict[str, Any] = {
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"
+    }
     if details is not None:
         body["details"] = details
     return body
@@ -106,10 +108,7 @@ def invalid(kind: str, name: str, causes: list[dict[str, str]], group: str = "")
     """
     qualified = f"{kind}.{group}" if group else kind
     rendered = [f"{c['field']}: {c['message']}" for c in causes]
-    if len(rendered) == 1:
-        summary = rendered[0]
-    else:
-        summary = "[" + ", ".join(rendered) + "]"
+    summary = rendered[0] if len(rendered) == 1 else "[" + ", ".join(rendered) + "]"
     details: dict[str, Any] = {"name": name, "kind": kind, "causes": causes}
     if group:
         details["group"] = group
@@ -121,9 +120,10 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, "BadRequest", message)
 
 
-def method_not_allowed(message: str = "the server does not allow this method on the requested resource") -> ApiError:
+def method_not_allowed() -> ApiError:
     """405 MethodNotAllowed."""
-    return ApiError(405, "MethodNotAllowed", message, {})
+    return ApiError(405, "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource", {})
 
 
 def gone(message: str) -> ApiError:
@@ -139,7 +139,10 @@ def unauthorized() -> ApiError:
 def unsupported_media_type(content_type: str) -> ApiError:
     """415 UnsupportedMediaType."""
     return ApiError(
-        415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got "{content_type}")'
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: "
+        f'application/json, application/yaml (got "{content_type}")',
     )
 
 

@@ -53,7 +53,7 @@ class Event:
     old: Obj | None
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: watchers live in a set
 class Watcher:
     """A live watch: which objects it sees and a queue of events ready to send.
 
@@ -214,12 +214,14 @@ class Store:
         *,
         check_version: bool = True,
         dry_run: bool = False,
+        system: bool = False,
     ) -> Obj:
         """Replace an object as PUT does.
 
         With ``check_version`` a resourceVersion in ``obj`` that is not the
         stored one is a 409 Conflict (optimistic concurrency). An update that
         changes nothing keeps the resourceVersion and emits no event, as upstream.
+        ``system`` writes (the server's own) may set the deletion fields.
         """
         meta = obj.setdefault("metadata", {})
         namespace = meta.get("namespace") if rtype.namespaced else None
@@ -231,7 +233,10 @@ class Store:
         if check_version and wanted and wanted != current["metadata"]["resourceVersion"]:
             raise conflict(rtype.plural, meta["name"], rtype.group)
         # Fields the client cannot change.
-        for kept in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        kept_fields = ["uid", "creationTimestamp"]
+        if not system:
+            kept_fields += ["deletionTimestamp", "deletionGracePeriodSeconds"]
+        for kept in kept_fields:
             if kept in current["metadata"]:
                 meta[kept] = current["metadata"][kept]
             else:
@@ -264,7 +269,7 @@ class Store:
             return None
         updated = copy.deepcopy(current)
         change(updated)
-        return self.replace(rtype, updated, check_version=False)
+        return self.replace(rtype, updated, check_version=False, system=True)
 
     def delete(self, rtype: ResourceType, namespace: str | None, name: str,
                *, dry_run: bool = False) -> Obj:

@@ -1,0 +1,1 @@
+"""Tests of the Kubernetes API test server, driven by real clients."""
