@@ -8,6 +8,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pairpod.auth.result import MetadataValue
 from pairpod.auth.webhook import (
@@ -178,6 +180,47 @@ async def test_down_webhook(http: aiohttp.ClientSession) -> None:
 def test_wrong_types_are_refused(answer: dict[str, Any], problem: str) -> None:
     with pytest.raises(WebhookError, match=problem):
         parse_auth_answer(answer)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_ANSWERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "success": _JSON,
+        "authenticatedUsername": _JSON,
+        "environment": _JSON,
+        "metadata": _JSON,
+        "files": _JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_JSON, _ANSWERS))
+def test_any_answer_parses_or_raises_webhook_error(data: Any) -> None:
+    try:
+        answer = parse_auth_answer(data)
+    except WebhookError:
+        return
+    # Whatever got through is well typed, and success came only from a literal true.
+    assert answer.success is data["success"]
+    assert all(isinstance(v.value, str) for v in answer.environment.values())
+    assert all(isinstance(v.value, str) for v in answer.metadata.values())
+
+
+async def test_deeply_nested_answer_is_refused(
+    auth_peer: AuthWebhookPeer, http: aiohttp.ClientSession
+) -> None:
+    auth_peer.mode = "raw"
+    auth_peer.raw_body = b"[" * 200_000 + b"]" * 200_000  # under the size cap
+    with pytest.raises(WebhookError, match="not JSON"):
+        await auth_client(auth_peer.url, http).password(CONN, "x")
 
 
 def test_metadata_names_need_not_be_variable_names() -> None:

@@ -174,9 +174,12 @@ class _Webhook(Peer):
             return await _huge(request, "application/json", with_length=mode == "huge_length")
         if mode == "wrong_types":
             return web.json_response(self.wrong_types)
+        if mode == "raw":
+            return web.Response(body=self.raw_body, content_type="application/json")
         return _answer(mode, good)
 
     wrong_types: Any = {"success": "true"}
+    raw_body = b""
 
 
 class AuthWebhookPeer(_Webhook):
@@ -187,7 +190,8 @@ class AuthWebhookPeer(_Webhook):
     (``authenticatedUsername``, ``metadata``, ``environment``). ``mode`` /
     ``modes[user]`` pick a broken behaviour: ``slow``, ``500``, ``404``,
     ``flaky`` (``failures_left`` 500s first), ``malformed``, ``not_object``,
-    ``html``, ``wrong_types`` (answers ``wrong_types``), ``huge``,
+    ``html``, ``wrong_types`` (answers ``wrong_types``), ``raw`` (answers
+    ``raw_body`` as is), ``huge``,
     ``huge_length``.
     """
 

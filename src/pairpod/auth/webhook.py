@@ -129,7 +129,7 @@ async def post_json(
             continue
         try:
             return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
             raise WebhookError(f"answer is not JSON ({error.__class__.__name__})") from None
     attempts = retries + 1
     raise WebhookError(f"{last} (after {attempts} attempt{'s' if attempts > 1 else ''})")
