@@ -1,0 +1,1339 @@
+"""The Docker backend: a container per connection (or per channel), on a Docker engine.
+
+``mode: connection``: logging in creates and starts one container running an
+idle command as PID 1; every channel (shell, exec, sftp) is an exec in it.
+``mode: session``: each channel is its own container running the command itself.
+Either way the container goes when the connection does, and containers that no
+live connection owns (after a crash, say) are reaped at start-up and then
+periodically.
+
+**Starting processes.** Every program starts through a small POSIX-sh wrapper
+(:data:`WRAPPER`) that, before it ``exec``s the real program, sets the
+terminal's size and modes, falls back to ``/bin/sh`` when the configured shell
+is missing, finds the image's ``sftp-server``, and prints one preamble line
+with its PID. The PID is how signals reach the program: the Engine API has no
+exec-signal call, so :meth:`DockerProcess.signal` runs a second exec,
+``kill -s NAME PID``, as the same user. No agent is needed inside the image,
+only ``/bin/sh``.
+
+Everything about the Engine's HTTP API lives in :mod:`.docker_api`; the stream
+format in :mod:`.docker_stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import secrets
+import signal as signal_module
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from pairpod.backends.base import (
+    SSH_SIGNALS,
+    Backend,
+    Environment,
+    ExitStatus,
+    Identity,
+    Process,
+    ProcessSpec,
+    PtySpec,
+    Stream,
+)
+from pairpod.backends.docker_api import (
+    STREAM_HIGH_WATER,
+    STREAM_LOW_WATER,
+    Engine,
+    EngineError,
+    HijackedStream,
+)
+from pairpod.backends.docker_stream import (
+    STDERR,
+    STDOUT,
+    SYSTEMERR,
+    Demuxer,
+    Preamble,
+    PreambleReader,
+)
+from pairpod.config import Config, DockerSettings
+from pairpod.errors import (
+    BackendError,
+    BackendUnavailable,
+    CommandNotFound,
+    PairpodError,
+    SubsystemUnavailable,
+)
+from pairpod.log import fields, get_logger
+
+log = get_logger("backend.docker")
+
+# --- typed errors ------------------------------------------------------------------
+
+
+class ImageUnavailable(BackendError):
+    """The image is not on the engine and the pull policy forbids fetching it."""
+
+    user_message = "environment image not available"
+
+
+class ImagePullFailed(ImageUnavailable):
+    """Pulling the image failed (registry unreachable, no such image, no access)."""
+
+    user_message = "could not fetch the environment image"
+
+
+class EnvironmentExited(BackendError):
+    """The container stopped right after it started (its logs are in the message)."""
+
+    user_message = "environment failed to start"
+
+
+class StartTimeout(BackendError):
+    """Preparing the environment took longer than ``docker.timeouts.start``."""
+
+    user_message = "environment did not start in time"
+
+
+# --- constants -----------------------------------------------------------------------
+
+LABEL_MANAGED = "pairpod.managed"
+LABEL_INSTANCE = "pairpod.instance"
+LABEL_CONNECTION = "pairpod.connection"
+LABEL_USER = "pairpod.user"
+LABEL_MODE = "pairpod.mode"
+LABEL_POOL = "pairpod.pool"
+
+# PID 1 of a connection's container when ``idle_command`` is null. Needs only
+# /bin/sh. Being PID 1 it inherits every orphaned process, and ``wait`` reaps
+# any child that ends (the shell waits on all children, not only the sleep),
+# so zombies do not pile up. It exits at once on TERM so a stop is quick. An
+# image without ``sleep`` falls back to blocking on stdin (kept open by the
+# engine), which cannot spin.
+DEFAULT_IDLE_COMMAND = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT HUP; "
+    "if command -v sleep >/dev/null 2>&1; then "
+    "while :; do sleep 2147483 & wait $!; done; "
+    "else while read -r _; do :; done; fi",
+]
+
+# The wrapper every process starts through. Arguments: the fd to print the
+# preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
+# arguments, stty mode arguments, the kind (shell | sftp | plain), then argv.
+WRAPPER = r"""set -f
+fd=$1 size=$2 modes=$3 kind=$4
+shift 4
+if [ -n "$size" ] && command -v stty >/dev/null 2>&1; then
+  stty $size 2>/dev/null
+  [ -z "$modes" ] || stty $modes 2>/dev/null
+fi
+case $kind in
+shell) command -v "$1" >/dev/null 2>&1 || { shift; set -- /bin/sh "$@"; } ;;
+sftp)
+  s=
+  for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server \
+      /usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server \
+      /usr/local/libexec/sftp-server; do
+    if [ -x "$p" ]; then s=$p; break; fi
+  done
+  if [ -z "$s" ]; then echo "pairpod:error:nosftp" >&"$fd"; exit 127; fi
+  set -- "$s" ;;
+esac
+echo "pairpod:pid:$$" >&"$fd"
+exec "$@"
+"""
+
+# Ends a process and its descendants: freeze the root, collect descendants from
+# /proc (freezing each so none can fork away), then kill them all. Needs only sh.
+KILL_TREE = r"""p=$1
+kill -s STOP "$p" 2>/dev/null
+pids=" $p "
+changed=1
+while [ "$changed" = 1 ]; do
+  changed=0
+  for s in /proc/[0-9]*/stat; do
+    { read -r l < "$s"; } 2>/dev/null || continue
+    q=${s#/proc/}; q=${q%/stat}
+    set -- ${l##*) }
+    case $pids in *" $q "*) continue ;; esac
+    case $pids in *" $2 "*) pids="$pids$q "; kill -s STOP "$q" 2>/dev/null; changed=1 ;; esac
+  done
+done
+kill -s KILL $pids 2>/dev/null
+exit 0
+"""
+
+# The Engine holds back a typed byte that starts its detach sequence until the
+# next one arrives (and the default, Ctrl-P Ctrl-Q, would delay every Ctrl-P).
+# So the sequence starts with Ctrl-\, the byte least used alone in practice, and
+# is long enough never to be typed by accident.
+DETACH_KEYS = "ctrl-\\,ctrl-@,ctrl-^,ctrl-_,ctrl-\\,ctrl-@,ctrl-^,ctrl-_"
+
+FALLBACK_SHELL = "/bin/sh"
+# How many log lines an operator sees when a container dies at start.
+_LOG_TAIL = 20
+# How long a helper exec (kill, signal) may take.
+_HELPER_TIMEOUT = 10.0
+# How often containers nobody owns are looked for (start-up always looks once).
+REAP_INTERVAL = 60.0
+# Pool refill back-off after failures (seconds, doubled up to the maximum).
+_POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
+
+# RFC 4254 terminal mode opcodes -> stty names.
+_STTY_CHARS = {
+    1: "intr",
+    2: "quit",
+    3: "erase",
+    4: "kill",
+    5: "eof",
+    6: "eol",
+    7: "eol2",
+    8: "start",
+    9: "stop",
+    10: "susp",
+    12: "rprnt",
+    13: "werase",
+    14: "lnext",
+}
+_STTY_FLAGS = {
+    30: "ignpar",
+    31: "parmrk",
+    32: "inpck",
+    33: "istrip",
+    34: "inlcr",
+    35: "igncr",
+    36: "icrnl",
+    38: "ixon",
+    39: "ixany",
+    40: "ixoff",
+    41: "imaxbel",
+    42: "iutf8",
+    50: "isig",
+    51: "icanon",
+    53: "echo",
+    54: "echoe",
+    55: "echok",
+    56: "echonl",
+    57: "noflsh",
+    58: "tostop",
+    59: "iexten",
+    60: "echoctl",
+    61: "echoke",
+    70: "opost",
+    72: "onlcr",
+    73: "ocrnl",
+    74: "onocr",
+    75: "onlret",
+}
+_VEOF = 5
+
+
+def stty_modes(modes: Mapping[int, int]) -> str:
+    """The client's terminal modes as ``stty`` arguments (unknown opcodes skipped)."""
+    args = []
+    for opcode, value in sorted(modes.items()):
+        if opcode in _STTY_FLAGS:
+            args.append(_STTY_FLAGS[opcode] if value else f"-{_STTY_FLAGS[opcode]}")
+        elif opcode in _STTY_CHARS:
+            if value in (0, 255):  # _POSIX_VDISABLE as clients send it
+                args += [_STTY_CHARS[opcode], "undef"]
+            elif value < 32:
+                args += [_STTY_CHARS[opcode], "^" + chr(value + 64)]
+            elif value == 127:
+                args += [_STTY_CHARS[opcode], "^?"]
+            elif chr(value).isalnum():
+                args += [_STTY_CHARS[opcode], chr(value)]
+    return " ".join(args)
+
+
+def exit_status(code: int) -> ExitStatus:
+    """How a process in a container ended, from its shell-style exit code.
+
+    The Engine reports a program killed by a signal as 128 + the signal
+    number, indistinguishable from ``exit 130``; like a shell, take it as the
+    signal when it names one an SSH client understands.
+    """
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            name = signal_module.Signals(code - 128).name.removeprefix("SIG")
+            if name in SSH_SIGNALS:
+                return ExitStatus(code=None, signal=name)
+    return ExitStatus(code=code)
+
+
+def memory_bytes(size: str) -> int:
+    """``512m`` -> bytes (1024-based, like docker)."""
+    match = re.fullmatch(r"(\d+)([bkmg]?)", size.lower())
+    if match is None:
+        raise BackendError(f"docker.limits.memory: bad size {size!r}")
+    scale = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
+def _name_part(text: str, limit: int = 40) -> str:
+    cleaned = re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")
+    return cleaned[:limit] or "x"
+
+
+def hostname_for(template: str, username: str) -> str:
+    """The container hostname: the template filled in, made a valid host label."""
+    try:
+        text = template.format(username=username)
+    except (KeyError, IndexError, ValueError) as error:
+        raise BackendError(f"docker.hostname: bad template {template!r}: {error}") from None
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "pairpod"
+
+
+def volume_name_for(template: str, username: str) -> str:
+    """A per-user named volume, e.g. ``pairpod-home-alice``."""
+    try:
+        text = template.format(username=username)
+    except (KeyError, IndexError, ValueError) as error:
+        raise BackendError(f"docker.home_volume: bad template {template!r}: {error}") from None
+    name = re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")
+    if not name:
+        raise BackendError(f"docker.home_volume: {template!r} gives an empty name")
+    return name
+
+
+def home_mount_target(settings: DockerSettings) -> str:
+    """Where the home volume goes: the workdir if set, else the user's usual home."""
+    if settings.workdir:
+        return settings.workdir
+    user = (settings.user or "root").split(":", 1)[0]
+    return "/root" if user in ("root", "0") else f"/home/{user}"
+
+
+# --- the backend ---------------------------------------------------------------------
+
+
+class DockerBackend(Backend):
+    """Environments as Docker containers, with orphan reaping and a warm pool."""
+
+    name = "docker"
+    reap_interval = REAP_INTERVAL
+
+    def __init__(self, config: Config, instance_id: str) -> None:
+        super().__init__(config, instance_id)
+        self.engine = Engine(config.docker.host)
+        # Names of containers a live connection (or the pool) owns, including
+        # ones being created right now: the reaper leaves these alone.
+        self._live: set[str] = set()
+        self._environments: set[DockerEnvironment] = set()
+        self._pool: deque[tuple[str, str]] = deque()  # (name, id), ready to hand out
+        self._pool_filling = 0
+        self._pool_wakeup = asyncio.Event()
+        self._pulls: dict[str, asyncio.Future[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # --- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reap this instance's leftovers, then keep reaping and keep the pool full.
+
+        An engine that does not answer is not fatal: the gateway serves anyway,
+        each login reports the engine as unavailable until it is back.
+        """
+        try:
+            removed = await self.reap_orphans()
+            if removed:
+                log.info("docker.reaped", extra=fields(count=len(removed), at="start"))
+        except PairpodError as error:
+            log.warning("docker.unavailable_at_start", extra=fields(error=error.operator_message))
+        self._spawn(self._reap_loop())
+        if self.config.docker.warm_pool and self._pool_eligible_settings(self.config.docker):
+            self._spawn(self._pool_loop())
+
+    async def stop(self) -> None:
+        """Remove every container this backend created (and any of its instance left)."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(
+            *(env.close() for env in list(self._environments)), return_exceptions=True
+        )
+        pool, self._pool = list(self._pool), deque()
+        self._live.difference_update(name for name, _ in pool)
+        with contextlib.suppress(PairpodError):
+            await self.reap_orphans()
+        await self.engine.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- reaping ---------------------------------------------------------------------
+
+    async def reap_orphans(self) -> list[str]:
+        """Remove this instance's containers that no live connection or pool owns.
+
+        Returns the names removed. Raises BackendUnavailable if the engine is down.
+        """
+        containers = await self.engine.list_containers({LABEL_INSTANCE: self.instance_id})
+        orphans = []
+        for container in containers:
+            names = [n.lstrip("/") for n in container.get("Names") or []]
+            if not any(name in self._live for name in names):
+                orphans.append(names[0] if names else container["Id"])
+        results = await asyncio.gather(
+            *(self.engine.remove_container(name) for name in orphans), return_exceptions=True
+        )
+        removed = []
+        for name, result in zip(orphans, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("docker.reap_failed", extra=fields(container=name, error=str(result)))
+            else:
+                removed.append(name)
+        return removed
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                removed = await self.reap_orphans()
+            except PairpodError as error:
+                log.warning("docker.reap_failed", extra=fields(error=error.operator_message))
+                continue
+            if removed:
+                log.info("docker.reaped", extra=fields(count=len(removed), names=",".join(removed)))
+
+    # --- images ------------------------------------------------------------------------
+
+    async def _pull(self, image: str, status: Callable[[str], Any] | None) -> None:
+        """Pull once even when many logins ask at the same moment."""
+        pending = self._pulls.get(image)
+        if pending is None:
+            if status is not None:
+                status(f"pulling image {image}...")
+            log.info("docker.pull", extra=fields(image=image))
+            pending = asyncio.ensure_future(self.engine.pull_image(image))
+            self._pulls[image] = pending
+            pending.add_done_callback(lambda _: self._pulls.pop(image, None))
+        try:
+            await asyncio.shield(pending)
+        except EngineError as error:
+            raise ImagePullFailed(f"pull of image {image} failed: {error.engine_message}") from None
+
+    async def ensure_image(
+        self, settings: DockerSettings, status: Callable[[str], Any] | None = None
+    ) -> None:
+        """Make the image present according to ``docker.pull``."""
+        if settings.pull == "always":
+            await self._pull(settings.image, status)
+            return
+        if await self.engine.inspect_image(settings.image) is not None:
+            return
+        if settings.pull == "never":
+            raise ImageUnavailable(
+                f"image {settings.image} is not on the engine and docker.pull is never"
+            )
+        await self._pull(settings.image, status)
+
+    # --- containers ------------------------------------------------------------------
+
+    def labels(
+        self, settings: DockerSettings, identity: Identity | None, mode: str, pool: bool = False
+    ) -> dict[str, str]:
+        """The labels of a container: the config's, then pairpod's own (which win)."""
+        labels = dict(settings.labels)
+        labels[LABEL_MANAGED] = "true"
+        labels[LABEL_INSTANCE] = self.instance_id
+        labels[LABEL_MODE] = mode
+        if identity is not None:
+            labels[LABEL_CONNECTION] = identity.conn_id
+            labels[LABEL_USER] = identity.username
+        if pool:
+            labels[LABEL_POOL] = "true"
+        return labels
+
+    def container_name(self, identity: Identity | None, suffix: str = "") -> str:
+        """A unique, recognisable container name."""
+        owner = _name_part(identity.conn_id) if identity is not None else "pool"
+        name = f"pairpod-{_name_part(self.instance_id, 20)}-{owner}-{secrets.token_hex(3)}"
+        return f"{name}-{suffix}" if suffix else name
+
+    def container_config(
+        self,
+        settings: DockerSettings,
+        *,
+        cmd: list[str],
+        labels: Mapping[str, str],
+        hostname: str,
+        env: Mapping[str, str],
+        username: str | None,
+        session: bool = False,
+        tty: bool = False,
+    ) -> dict[str, Any]:
+        """The Engine's container-create body for these settings."""
+        security = settings.security
+        limits = settings.limits
+        host: dict[str, Any] = {
+            "NetworkMode": settings.network,
+            "CapDrop": list(security.cap_drop),
+            "CapAdd": list(security.cap_add),
+            "SecurityOpt": ["no-new-privileges:true"] if security.no_new_privileges else [],
+            "ReadonlyRootfs": security.read_only_rootfs,
+            # In session mode the program itself is the main process: an init
+            # as PID 1 forwards signals to it and reaps what it leaves behind.
+            "Init": session,
+            "RestartPolicy": {"Name": "no"},
+        }
+        if limits.memory is not None:
+            host["Memory"] = memory_bytes(limits.memory)
+            host["MemorySwap"] = host["Memory"]  # no swap on top
+        if limits.cpus is not None:
+            host["NanoCpus"] = int(limits.cpus * 1e9)
+        if limits.pids is not None:
+            host["PidsLimit"] = limits.pids
+        if security.read_only_rootfs:
+            # Programs still need somewhere to write scratch files.
+            host["Tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=64m"}
+        if settings.home_volume and username is not None:
+            host["Mounts"] = [
+                {
+                    "Type": "volume",
+                    "Source": volume_name_for(settings.home_volume, username),
+                    "Target": home_mount_target(settings),
+                }
+            ]
+        config: dict[str, Any] = {
+            "Image": settings.image,
+            "Cmd": cmd,
+            "Entrypoint": [],  # the image's entrypoint would wrap our command
+            "Labels": dict(labels),
+            "Hostname": hostname,
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Tty": tty,
+            # Connection mode: the idle command may block on stdin, kept open.
+            # Session mode: stdin is the program's, closed once the client's ends.
+            "OpenStdin": True,
+            "StdinOnce": session,
+            "AttachStdin": session,
+            "AttachStdout": session,
+            "AttachStderr": session,
+            "HostConfig": host,
+        }
+        if settings.user:
+            config["User"] = settings.user
+        if settings.workdir:
+            config["WorkingDir"] = settings.workdir
+        return config
+
+    async def create(
+        self,
+        name: str,
+        config: dict[str, Any],
+        settings: DockerSettings,
+        status: Callable[[str], Any] | None = None,
+    ) -> str:
+        """Create a container, fetching its image as ``docker.pull`` allows.
+
+        The create call is shielded: if the caller gives up mid-call, the engine
+        may still make the container, and the caller's cleanup must find it.
+        """
+        if settings.pull == "always":
+            await self.ensure_image(settings, status)
+        for attempt in (1, 2):
+            task = asyncio.ensure_future(self.engine.create_container(name, config))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, settings.timeouts.stop)
+                raise
+            except EngineError as error:
+                if (
+                    error.status != 404
+                    or "image" not in error.engine_message.lower()
+                    or attempt == 2
+                ):
+                    raise
+            # The image is missing (404 on create): pull it if allowed, then again.
+            await self.ensure_image(settings, status)
+        raise AssertionError("unreachable")
+
+    async def remove(self, name: str, time_limit: float) -> None:
+        """Remove a container and forget it; failures are left to the reaper."""
+        try:
+            async with asyncio.timeout(time_limit):
+                await self.engine.remove_container(name, time_limit=time_limit)
+        except (PairpodError, TimeoutError) as error:
+            log.warning("docker.remove_failed", extra=fields(container=name, error=str(error)))
+        finally:
+            self._live.discard(name)
+
+    async def start_container(self, name: str, settings: DockerSettings) -> None:
+        """Start a created container and check it is still running."""
+        await self.engine.start_container(name)
+        state = (await self.engine.inspect_container(name)).get("State", {})
+        if not state.get("Running"):
+            raise await self.exited_error(name, state)
+
+    async def exited_error(
+        self,
+        name: str,
+        state: Mapping[str, Any] | None = None,
+    ) -> EnvironmentExited:
+        """The error for a container that stopped: exit code and its last log lines."""
+        try:
+            if state is None:
+                state = (await self.engine.inspect_container(name)).get("State", {})
+            logs = await self.engine.container_logs(name, _LOG_TAIL)
+        except PairpodError as error:
+            return EnvironmentExited(f"container {name} is not running ({error.operator_message})")
+        lines = logs.rstrip("\n")
+        detail = f"; last log lines:\n{lines}" if lines else "; it logged nothing"
+        return EnvironmentExited(
+            f"container {name} exited at once with code {state.get('ExitCode')}"
+            f"{' (' + state['Error'] + ')' if state.get('Error') else ''}{detail}"
+        )
+
+    # --- opening an environment ----------------------------------------------------
+
+    async def open(
+        self, identity: Identity, *, status: Callable[[str], Any] | None = None
+    ) -> DockerEnvironment:
+        """Create the connection's environment.
+
+        ``status``, when given, is called with a line the user should see while
+        they wait (an image pull).
+        """
+        if self._stopping:
+            raise BackendUnavailable("the docker backend is stopping")
+        settings = identity.config.docker
+        if settings.mode == "session":
+            # Containers come per channel; check the image now so a login
+            # fails early and clearly rather than at its first command.
+            await self._within_start_timeout(
+                settings, "preparing the image", self.ensure_image(settings, status)
+            )
+            env: DockerEnvironment = SessionEnvironment(self, identity, settings)
+        else:
+            taken = self._take_from_pool(identity)
+            if taken is not None:
+                env = await self._adopt(identity, settings, *taken)
+            else:
+                env = await self._open_container(identity, settings, status)
+        self._environments.add(env)
+        return env
+
+    async def _within_start_timeout(
+        self, settings: DockerSettings, what: str, work: Awaitable[Any]
+    ) -> Any:
+        try:
+            async with asyncio.timeout(settings.timeouts.start):
+                return await work
+        except TimeoutError:
+            raise StartTimeout(
+                f"{what} took longer than docker.timeouts.start ({settings.timeouts.start}s)"
+            ) from None
+
+    async def _open_container(
+        self, identity: Identity, settings: DockerSettings, status: Callable[[str], Any] | None
+    ) -> ConnectionEnvironment:
+        name = self.container_name(identity)
+        hostname = hostname_for(settings.hostname, identity.username)
+        env = {**settings.env, **identity.env}
+        config = self.container_config(
+            settings,
+            cmd=list(settings.idle_command or DEFAULT_IDLE_COMMAND),
+            labels=self.labels(settings, identity, "connection"),
+            hostname=hostname,
+            env=env,
+            username=identity.username,
+        )
+        self._live.add(name)
+        step = "creating the container"
+        try:
+            async with asyncio.timeout(settings.timeouts.start):
+                container_id = await self.create(name, config, settings, status)
+                step = "starting the container"
+                await self.start_container(name, settings)
+        except BaseException as error:
+            # Nothing may be left behind, whatever went wrong (even cancellation).
+            await asyncio.shield(self.remove(name, settings.timeouts.stop))
+            if isinstance(error, TimeoutError):
+                raise StartTimeout(
+                    f"{step} ({settings.image}) took longer than docker.timeouts.start "
+                    f"({settings.timeouts.start}s)"
+                ) from None
+            raise
+        log.info(
+            "docker.container_started",
+            extra=fields(
+                conn=identity.conn_id, user=identity.username, container=name, image=settings.image
+            ),
+        )
+        return ConnectionEnvironment(self, identity, settings, name, container_id)
+
+    # --- warm pool -----------------------------------------------------------------
+
+    @staticmethod
+    def _pool_eligible_settings(settings: DockerSettings) -> bool:
+        # A per-user volume cannot be mounted ahead of knowing the user.
+        return settings.mode == "connection" and not settings.home_volume
+
+    def _take_from_pool(self, identity: Identity) -> tuple[str, str] | None:
+        settings = identity.config.docker
+        if not self._pool or settings != self.config.docker:
+            return None
+        if not self._pool_eligible_settings(settings):
+            return None
+        taken = self._pool.popleft()
+        self._pool_wakeup.set()
+        return taken
+
+    async def _adopt(
+        self, identity: Identity, settings: DockerSettings, pool_name: str, container_id: str
+    ) -> ConnectionEnvironment:
+        """Hand a pooled container to a connection (renamed after it, for operators)."""
+        name = self.container_name(identity)
+        self._live.add(name)
+        try:
+            await self.engine.rename_container(container_id, name)
+        except PairpodError as error:
+            self._live.discard(name)
+            log.warning(
+                "docker.pool_rename_failed",
+                extra=fields(container=pool_name, error=error.operator_message),
+            )
+            name = pool_name
+        else:
+            self._live.discard(pool_name)
+        log.info(
+            "docker.pool_handout",
+            extra=fields(conn=identity.conn_id, user=identity.username, container=name),
+        )
+        return ConnectionEnvironment(self, identity, settings, name, container_id)
+
+    async def _pool_loop(self) -> None:
+        """Keep ``warm_pool`` started containers ready; refill in the background."""
+        settings = self.config.docker
+        retry = _POOL_RETRY_MIN
+        while True:
+            self._pool_wakeup.clear()
+            missing = settings.warm_pool - len(self._pool) - self._pool_filling
+            if missing > 0:
+                results = await asyncio.gather(
+                    *(self._pool_one(settings) for _ in range(missing)), return_exceptions=True
+                )
+                failures = [r for r in results if isinstance(r, BaseException)]
+                if failures:
+                    log.warning(
+                        "docker.pool_refill_failed",
+                        extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry),
+                    )
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _POOL_RETRY_MAX)
+                    continue
+                retry = _POOL_RETRY_MIN
+                continue
+            await self._pool_wakeup.wait()
+
+    async def _pool_one(self, settings: DockerSettings) -> None:
+        name = self.container_name(None)
+        template = settings.hostname
+        hostname = "pairpod" if "{username}" in template else hostname_for(template, "")
+        config = self.container_config(
+            settings,
+            cmd=list(settings.idle_command or DEFAULT_IDLE_COMMAND),
+            labels=self.labels(settings, None, "connection", pool=True),
+            hostname=hostname,
+            env=dict(settings.env),
+            username=None,
+        )
+        self._live.add(name)
+        self._pool_filling += 1
+        try:
+            async with asyncio.timeout(settings.timeouts.start):
+                container_id = await self.create(name, config, settings)
+                await self.start_container(name, settings)
+        except BaseException:
+            await asyncio.shield(self.remove(name, settings.timeouts.stop))
+            raise
+        finally:
+            self._pool_filling -= 1
+        self._pool.append((name, container_id))
+
+    def pool_size(self) -> int:
+        """How many warm containers are ready now."""
+        return len(self._pool)
+
+    def live_names(self) -> frozenset[str]:
+        """Names of the containers this backend currently owns."""
+        return frozenset(self._live)
+
+    def forget(self, environment: DockerEnvironment) -> None:
+        """An environment closed."""
+        self._environments.discard(environment)
+
+
+# --- environments ----------------------------------------------------------------------
+
+
+def _argv_and_kind(settings: DockerSettings, spec: ProcessSpec) -> tuple[list[str], str]:
+    if spec.subsystem is not None:
+        if spec.subsystem != "sftp":
+            raise SubsystemUnavailable(f"unknown subsystem {spec.subsystem!r}")
+        return [], "sftp"
+    shell = list(settings.shell)
+    if spec.command is not None:
+        return [shell[0], "-c", spec.command], "shell"
+    return shell, "shell"
+
+
+def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
+    """The argv that runs ``spec`` through :data:`WRAPPER`."""
+    argv, kind = _argv_and_kind(settings, spec)
+    pty = spec.pty
+    size = f"rows {pty.rows} cols {pty.cols}" if pty is not None else ""
+    modes = stty_modes(pty.modes) if pty is not None else ""
+    fd = "1" if pty is not None else "2"
+    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", fd, size, modes, kind, *argv]
+
+
+def process_env(settings: DockerSettings, identity: Identity, spec: ProcessSpec) -> dict[str, str]:
+    """Variables for one process: config, then identity, then the client's."""
+    env = {**settings.env, **identity.env, **spec.env}
+    if spec.pty is not None:
+        env.setdefault("TERM", spec.pty.term or "dumb")
+    return env
+
+
+class DockerEnvironment(Environment):
+    """Base of both modes: tracks processes and closes once."""
+
+    def __init__(
+        self, backend: DockerBackend, identity: Identity, settings: DockerSettings
+    ) -> None:
+        self.backend = backend
+        self.identity = identity
+        self.settings = settings
+        self._processes: set[DockerProcess] = set()
+        self._closed = False
+        self._close_task: asyncio.Future[None] | None = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("environment is closed")
+
+    def _log_fields(self, **extra: Any) -> dict[str, Any]:
+        return fields(conn=self.identity.conn_id, user=self.identity.username, **extra)
+
+    async def _started(self, process: DockerProcess, spec: ProcessSpec) -> DockerProcess:
+        """Wait for the wrapper's preamble; turn its failures into typed errors."""
+        self._processes.add(process)
+        try:
+            preamble = await process.preamble()
+        except BaseException:
+            await process.kill()
+            raise
+        if preamble.pid is not None:
+            return process
+        await process.kill()
+        if preamble.error == "nosftp":
+            raise SubsystemUnavailable(
+                f"no sftp-server in image {self.settings.image}",
+                user_message="sftp is not available: no sftp-server in this environment",
+            )
+        text = (preamble.garbage + process.leftover_output()).decode(errors="replace").strip()
+        if "not running" in text or "is paused" in text:
+            raise await self._environment_gone(text)
+        raise CommandNotFound(
+            f"cannot start a process in image {self.settings.image}"
+            f" (it needs {FALLBACK_SHELL}): {text or 'no output'}",
+            user_message="cannot start a process in this environment",
+        )
+
+    async def _environment_gone(self, detail: str) -> BackendError:
+        return BackendError(f"environment is gone: {detail}")
+
+    def discard(self, process: DockerProcess) -> None:
+        """A process ended."""
+        self._processes.discard(process)
+
+    async def close(self) -> None:
+        """End every process and remove the container(s). Idempotent."""
+        self._closed = True
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+
+class ConnectionEnvironment(DockerEnvironment):
+    """``mode: connection``: one container; each process is an exec in it."""
+
+    def __init__(
+        self,
+        backend: DockerBackend,
+        identity: Identity,
+        settings: DockerSettings,
+        name: str,
+        container_id: str,
+    ) -> None:
+        super().__init__(backend, identity, settings)
+        self.name = name
+        self.container_id = container_id
+        self.description = f"docker container {name} ({container_id[:12]})"
+
+    async def start(self, spec: ProcessSpec) -> Process:
+        """Run ``spec`` as an exec in the connection's container."""
+        self._check_open()
+        engine = self.backend.engine
+        tty = spec.pty is not None
+        config = {
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": tty,
+            "Cmd": wrapped_command(self.settings, spec),
+            "Env": [f"{k}={v}" for k, v in process_env(self.settings, self.identity, spec).items()],
+            "DetachKeys": DETACH_KEYS,
+        }
+        try:
+            exec_id = await engine.create_exec(self.container_id, config)
+            stream = await engine.start_exec(exec_id, tty)
+        except EngineError as error:
+            if error.status in (404, 409):
+                raise await self._environment_gone(error.engine_message) from None
+            raise
+        process = DockerProcess(ExecTarget(self, exec_id), stream, spec.pty, self.discard)
+        await self._started(process, spec)
+        if spec.pty is not None:
+            # The wrapper already set the size if the image has stty; this covers
+            # images without it (and costs one call).
+            await process.resize(spec.pty.cols, spec.pty.rows)
+        return process
+
+    async def _environment_gone(self, detail: str) -> BackendError:
+        try:
+            state = (await self.backend.engine.inspect_container(self.container_id)).get(
+                "State", {}
+            )
+        except PairpodError:
+            return BackendError(f"container {self.name} is gone: {detail}")
+        if state.get("Running"):
+            return BackendError(f"container {self.name}: {detail}")
+        return await self.backend.exited_error(self.name, state)
+
+    async def run_helper(self, argv: list[str]) -> int | None:
+        """Run a short command in the container (no TTY, no input); its exit code."""
+        engine = self.backend.engine
+        async with asyncio.timeout(_HELPER_TIMEOUT):
+            exec_id = await engine.create_exec(
+                self.container_id,
+                {
+                    "AttachStdin": False,
+                    "AttachStdout": True,
+                    "AttachStderr": True,
+                    "Tty": False,
+                    "Cmd": argv,
+                },
+            )
+            stream = await engine.start_exec(exec_id, False)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            stream.set_consumer(lambda _: None, lambda _: done.done() or done.set_result(None))
+            try:
+                await done
+            finally:
+                stream.close()
+            code = (await engine.inspect_exec(exec_id)).get("ExitCode")
+        return int(code) if code is not None else None
+
+    async def _close(self) -> None:
+        for process in list(self._processes):
+            process.abandon()
+        await self.backend.remove(self.name, self.settings.timeouts.stop)
+        self.backend.forget(self)
+        log.info("docker.container_removed", extra=self._log_fields(container=self.name))
+
+
+class SessionEnvironment(DockerEnvironment):
+    """``mode: session``: each process is its own container running the command."""
+
+    def __init__(
+        self, backend: DockerBackend, identity: Identity, settings: DockerSettings
+    ) -> None:
+        super().__init__(backend, identity, settings)
+        self._count = 0
+        self.description = f"docker session containers of {identity.conn_id}"
+
+    async def start(self, spec: ProcessSpec) -> Process:
+        """Create, attach to and start a container for this one process."""
+        self._check_open()
+        backend = self.backend
+        settings = self.settings
+        self._count += 1
+        name = backend.container_name(self.identity, f"s{self._count}")
+        tty = spec.pty is not None
+        config = backend.container_config(
+            settings,
+            cmd=wrapped_command(settings, spec),
+            labels=backend.labels(settings, self.identity, "session"),
+            hostname=hostname_for(settings.hostname, self.identity.username),
+            env=process_env(settings, self.identity, spec),
+            username=self.identity.username,
+            session=True,
+            tty=tty,
+        )
+        backend._live.add(name)
+        step = "creating the container"
+        stream: HijackedStream | None = None
+        try:
+            async with asyncio.timeout(settings.timeouts.start):
+                container_id = await backend.create(name, config, settings)
+                step = "attaching to the container"
+                stream = await backend.engine.attach_container(container_id, DETACH_KEYS)
+                step = "starting the container"
+                await backend.engine.start_container(container_id)
+        except BaseException as error:
+            if stream is not None:
+                stream.close()
+            await asyncio.shield(backend.remove(name, settings.timeouts.stop))
+            if isinstance(error, TimeoutError):
+                raise StartTimeout(
+                    f"{step} ({settings.image}) took longer than docker.timeouts.start "
+                    f"({settings.timeouts.start}s)"
+                ) from None
+            raise
+        process = DockerProcess(
+            ContainerTarget(self, name, container_id), stream, spec.pty, self.discard
+        )
+        await self._started(process, spec)
+        if spec.pty is not None:
+            await process.resize(spec.pty.cols, spec.pty.rows)
+        return process
+
+    async def _close(self) -> None:
+        processes = list(self._processes)
+        for process in processes:
+            process.abandon()
+        await asyncio.gather(*(p.kill() for p in processes), return_exceptions=True)
+        self.backend.forget(self)
+
+
+# --- processes -------------------------------------------------------------------------
+
+
+class _Pipe:
+    """One output stream between the engine and its reader."""
+
+    __slots__ = ("chunks", "eof", "size", "waiter")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def feed(self, data: bytes) -> None:
+        if data and not self.eof:
+            self.chunks.append(data)
+            self.size += len(data)
+            self._wake()
+
+    def end(self) -> None:
+        self.eof = True
+        self._wake()
+
+    async def read(self, size: int) -> bytes:
+        while not self.chunks:
+            if self.eof:
+                return b""
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        chunk = self.chunks[0]
+        if len(chunk) <= size:
+            self.chunks.popleft()
+        else:
+            self.chunks[0] = chunk[size:]
+            chunk = chunk[:size]
+        self.size -= len(chunk)
+        return chunk
+
+    def drain(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        return data
+
+
+class ExecTarget:
+    """How a process that is an exec is signalled, killed and waited for."""
+
+    def __init__(self, environment: ConnectionEnvironment, exec_id: str) -> None:
+        self.environment = environment
+        self.exec_id = exec_id
+
+    async def signal(self, name: str, pid: int) -> None:
+        await self.environment.run_helper(
+            ["/bin/sh", "-c", f'kill -s {name} "$1"', "kill", str(pid)]
+        )
+
+    async def kill(self, pid: int | None) -> None:
+        if pid is not None:
+            await self.environment.run_helper(["/bin/sh", "-c", KILL_TREE, "kill-tree", str(pid)])
+
+    async def exit_code(self) -> int | None:
+        """The exit code, once the exec has ended (its stream is already at its end)."""
+        engine = self.environment.backend.engine
+        delay = 0.005
+        # The engine records the code before it closes the stream, so this is
+        # normally answered at once. A program can also close its output and
+        # keep running; then its end is waited for, polling ever more slowly.
+        while True:
+            info = await engine.inspect_exec(self.exec_id)
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self.environment.backend.engine.resize_exec(self.exec_id, cols, rows)
+
+    async def release(self) -> None:
+        """Nothing to remove: exec instances go with their container."""
+
+
+class ContainerTarget:
+    """How a process that is a whole container (session mode) is handled."""
+
+    def __init__(self, environment: SessionEnvironment, name: str, container_id: str) -> None:
+        self.environment = environment
+        self.name = name
+        self.container_id = container_id
+
+    async def signal(self, name: str, pid: int) -> None:
+        # The init (PID 1) forwards it to the program.
+        await self.environment.backend.engine.kill_container(self.container_id, f"SIG{name}")
+
+    async def kill(self, pid: int | None) -> None:
+        await self.release()
+
+    async def exit_code(self) -> int | None:
+        return await self.environment.backend.engine.wait_container(self.container_id)
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self.environment.backend.engine.resize_container(self.container_id, cols, rows)
+
+    async def release(self) -> None:
+        env = self.environment
+        await env.backend.remove(self.name, env.settings.timeouts.stop)
+
+
+class DockerProcess(Process):
+    """A program in a container, reached through one hijacked Engine stream."""
+
+    def __init__(
+        self,
+        target: ExecTarget | ContainerTarget,
+        stream: HijackedStream,
+        pty: PtySpec | None,
+        on_done: Callable[[DockerProcess], None],
+    ) -> None:
+        self._target = target
+        self._stream = stream
+        self._pty = pty
+        self._on_done = on_done
+        self._demuxer = None if pty is not None else Demuxer()
+        self._pipes = {STDOUT: _Pipe(), STDERR: _Pipe()}
+        self._engine_errors = bytearray()
+        self._preamble_reader = PreambleReader()
+        self._preamble_stream = STDOUT if pty is not None else STDERR
+        loop = asyncio.get_running_loop()
+        self._preamble: asyncio.Future[Preamble] = loop.create_future()
+        self._status: asyncio.Future[ExitStatus] = loop.create_future()
+        self._paused = False
+        self._killed = False
+        self._abandoned = False
+        self._eof_sent = False
+        self._finisher: asyncio.Task[None] | None = None
+        stream.set_consumer(self._on_data, self._on_eof)
+
+    # --- data from the engine -------------------------------------------------------
+
+    def _on_data(self, data: bytes) -> None:
+        if self._demuxer is None:
+            pieces: list[tuple[int, bytes]] = [(STDOUT, data)]
+        else:
+            try:
+                pieces = self._demuxer.feed(data)
+            except ValueError as error:
+                log.warning("docker.stream_corrupt", extra=fields(error=str(error)))
+                self._stream.close()
+                return
+        for stream, payload in pieces:
+            if stream == SYSTEMERR:
+                self._engine_errors += payload
+                continue
+            if stream == self._preamble_stream and not self._preamble_reader.done:
+                preamble, payload = self._preamble_reader.feed(payload)
+                if preamble is not None:
+                    self._preamble.set_result(preamble)
+            self._pipes[stream].feed(payload)
+        if not self._paused and self._buffered() > STREAM_HIGH_WATER:
+            self._paused = True
+            self._stream.pause_reading()
+
+    def _buffered(self) -> int:
+        return self._pipes[STDOUT].size + self._pipes[STDERR].size
+
+    def _on_eof(self, exc: BaseException | None) -> None:
+        if not self._preamble.done():
+            self._preamble.set_result(self._preamble_reader.feed_eof())
+        for pipe in self._pipes.values():
+            pipe.end()
+        if self._engine_errors:
+            log.warning(
+                "docker.stream_error",
+                extra=fields(error=self._engine_errors.decode(errors="replace").strip()),
+            )
+        if self._finisher is None:
+            self._finisher = asyncio.ensure_future(self._finish())
+
+    async def _finish(self) -> None:
+        """After the stream ends: learn the exit code, release the container."""
+        status: ExitStatus
+        code = None
+        if not self._abandoned:
+            try:
+                code = await self._target.exit_code()
+            except PairpodError as error:
+                if not self._killed:
+                    log.warning(
+                        "docker.exit_status_unknown", extra=fields(error=error.operator_message)
+                    )
+        if code is not None:
+            status = exit_status(code)
+        elif self._killed:
+            status = ExitStatus(code=None, signal="KILL")
+        else:
+            status = ExitStatus(code=255)
+        with contextlib.suppress(PairpodError):
+            await self._target.release()
+        self._stream.close()
+        if not self._status.done():
+            self._status.set_result(status)
+        self._on_done(self)
+
+    # --- used by the environment ----------------------------------------------------
+
+    async def preamble(self) -> Preamble:
+        """The wrapper's first line (or what came instead of it)."""
+        return await asyncio.shield(self._preamble)
+
+    def leftover_output(self) -> bytes:
+        """Everything buffered, for error messages when the wrapper did not run."""
+        return (
+            self._pipes[STDOUT].drain() + self._pipes[STDERR].drain() + bytes(self._engine_errors)
+        )
+
+    def abandon(self) -> None:
+        """The environment is going away: end the streams now, the exit code is moot."""
+        self._killed = True
+        self._abandoned = True
+        self._stream.close()
+
+    # --- Process -------------------------------------------------------------------------
+
+    async def read(self, stream: Stream, size: int = 65536) -> bytes:
+        """Up to ``size`` bytes of output; ``b""`` at its end (at once for STDERR with a PTY)."""
+        if stream is Stream.STDERR and self._pty is not None:
+            return b""
+        data = await self._pipes[stream.value].read(size)
+        if self._paused and self._buffered() < STREAM_LOW_WATER:
+            self._paused = False
+            self._stream.resume_reading()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Send input; input to a program that has ended is dropped."""
+        if self._eof_sent or self._status.done():
+            return
+        with contextlib.suppress(ConnectionError):
+            await self._stream.write(data)
+
+    async def write_eof(self) -> None:
+        """Close stdin; with a PTY, type the terminal's EOF character instead.
+
+        (Half-closing a TTY exec would make the Engine close its output too.)
+        """
+        if self._pty is not None:
+            eof = self._pty.modes.get(_VEOF, 4)
+            if 0 < eof < 255:
+                await self.write(bytes([eof]))
+            return
+        if not self._eof_sent:
+            self._eof_sent = True
+            self._stream.write_eof()
+
+    async def resize(
+        self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0
+    ) -> None:
+        """Resize the TTY through the Engine (the program gets SIGWINCH)."""
+        if self._pty is None or self._status.done():
+            return
+        try:
+            await self._target.resize(cols, rows)
+        except PairpodError as error:
+            # Racing with the program's exit is normal; anything else is worth a line.
+            if not self._status.done():
+                log.info("docker.resize_failed", extra=fields(error=error.operator_message))
+
+    async def signal(self, name: str) -> None:
+        """Deliver a signal to the program (a second exec runs ``kill``)."""
+        if name not in SSH_SIGNALS:
+            log.info("docker.signal_ignored", extra=fields(signal=name))
+            return
+        preamble = await self.preamble()
+        if preamble.pid is None or self._status.done() or self._finisher is not None:
+            return
+        try:
+            await self._target.signal(name, preamble.pid)
+        except (PairpodError, TimeoutError) as error:
+            if not self._status.done():
+                log.warning(
+                    "docker.signal_failed",
+                    extra=fields(signal=name, error=getattr(error, "operator_message", str(error))),
+                )
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the program to end; how it ended."""
+        return await asyncio.shield(self._status)
+
+    async def kill(self) -> None:
+        """End the program and its descendants now. Idempotent."""
+        if self._status.done():
+            return
+        self._killed = True
+        preamble = self._preamble.result() if self._preamble.done() else None
+        if self._finisher is None:
+            try:
+                await self._target.kill(preamble.pid if preamble else None)
+            except (PairpodError, TimeoutError) as error:
+                log.warning(
+                    "docker.kill_failed",
+                    extra=fields(error=getattr(error, "operator_message", str(error))),
+                )
+        # Whatever still holds the output open, this process is over for us.
+        self._stream.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._status), _HELPER_TIMEOUT)
