@@ -86,9 +86,9 @@ class Kubectl:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env=self._env())
 
-    def json(self, *args: str) -> Any:
+    def json(self, *args: str, input: str | None = None) -> Any:
         """Run kubectl with ``-o json`` and decode its output."""
-        return json.loads(self.run(*args, "-o", "json").stdout)
+        return json.loads(self.run(*args, "-o", "json", input=input).stdout)
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}

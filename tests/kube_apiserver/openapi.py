@@ -5,8 +5,11 @@ supports the ``fieldValidation`` query parameter: it reads ``/openapi/v3``,
 then the document of the object's group/version, and looks for a PATCH
 operation tagged with the object's group-version-kind that lists the
 parameter. Without a document kubectl refuses to send the object unless
-``--validate=false``. These documents carry those operations and no schemas;
-OpenAPI v2 is not served (kubectl falls back to v3 and copes).
+``--validate=false``. These documents carry those operations and no schemas.
+
+OpenAPI v2 is read by kubectl only to validate a ``kind: List`` on the client
+side; it wants protobuf, and a document without definitions makes it skip
+validation of each item, which is what it does for unknown kinds.
 """
 
 from __future__ import annotations
@@ -65,6 +68,31 @@ def gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": {}},
     }
+
+
+# Clients ask for "...spec.v2@v1.0+protobuf"; servers answer with this spelling,
+# which Go's mime parser accepts.
+V2_MEDIA_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+
+
+def _pb_bytes(field: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    def varint(value: int) -> bytes:
+        out = bytearray()
+        while True:
+            byte = value & 0x7F
+            value >>= 7
+            out.append(byte | (0x80 if value else 0))
+            if not value:
+                return bytes(out)
+
+    return varint(field << 3 | 2) + varint(len(payload)) + payload
+
+
+def v2_document() -> bytes:
+    """An OpenAPI v2 ``Document`` (gnostic protobuf): swagger and info, no definitions."""
+    info = _pb_bytes(1, b"Kubernetes") + _pb_bytes(2, b"unversioned")
+    return _pb_bytes(1, b"2.0") + _pb_bytes(2, info)
 
 
 def index(registry: Registry) -> dict[str, Any]:

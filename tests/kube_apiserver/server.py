@@ -232,6 +232,7 @@ class KubeApiServer:
             app.router.add_get(probe, self._healthz)
         app.router.add_get("/api", self._api)
         app.router.add_get("/apis", self._apis)
+        app.router.add_get("/openapi/v2", self._openapi_v2)
         app.router.add_get("/openapi/v3", self._openapi_index)
         app.router.add_get(r"/openapi/v3/{path:.+}", self._openapi_document)
         app.router.add_route("*", r"/api/{version}", self._group_version)
@@ -413,6 +414,9 @@ class KubeApiServer:
         if not versions:
             raise page_not_found()
         return _json(api_group(group, versions))
+
+    async def _openapi_v2(self, request: web.Request) -> web.Response:
+        return web.Response(body=openapi.v2_document(), content_type=openapi.V2_MEDIA_TYPE)
 
     async def _openapi_index(self, request: web.Request) -> web.Response:
         return _json(openapi.index(self.registry))
