@@ -31,7 +31,7 @@ _INPUT_LOW_WATER = 1 << 18
 # After the program exits, how long its output may keep draining (a background
 # job holding the terminal open must not hold the channel forever).
 _DRAIN_AFTER_EXIT = 2.0
-_CHUNK = 1 << 16
+_CHUNK = 1 << 18
 
 
 def filter_env(requested: dict[str, str], allow: list[str]) -> dict[str, str]:
@@ -157,6 +157,11 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             log.warning("channel.start_failed", extra=self._connection.log_fields(
                 error=error.operator_message, kind=type(error).__name__))
             self._finish_with_error(error.user_message, 1)
+            return
+        except Exception:
+            # A bug must cost one channel, never hang it or the gateway.
+            log.exception("channel.start_failed", extra=self._connection.log_fields())
+            self._finish_with_error("internal error", 1)
             return
         log.info("channel.started", extra=self._connection.log_fields(
             kind="subsystem" if spec.subsystem else "exec" if spec.command else "shell",

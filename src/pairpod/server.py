@@ -24,6 +24,7 @@ from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys
 from pairpod.log import fields, get_logger
+from pairpod.ssh_transport import coalesce_writes
 
 log = get_logger("server")
 
@@ -52,10 +53,10 @@ class TaskGroup:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def wait_all(self, timeout: float) -> None:
-        """Wait up to ``timeout`` seconds for the current tasks to end."""
+    async def wait_all(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the current tasks to end."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=grace)
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait until each has ended."""
@@ -101,6 +102,7 @@ class Connection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """A client connected."""
         self._conn = conn
+        coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         host = peer[0]
         self.remote_addr = f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
