@@ -25,9 +25,7 @@ def require_engine() -> None:
         )
 
 
-def docker_overrides(
-    mode: str = "connection", image: str = "debian", **docker: Any
-) -> dict[str, Any]:
+def docker_overrides(mode: str = "connection", image: str = "debian", **docker: Any) -> dict[str, Any]:
     """Config overrides selecting the Docker backend on a locally built test image."""
     require_engine()
     tag = (
@@ -65,3 +63,8 @@ def remove_all(**labels: str) -> None:
     names = [c["Names"] for c in containers(**labels)]
     if names:
         subprocess.run(["docker", "rm", "-f", *names], capture_output=True, check=False)
+
+
+def remove_volume(name: str) -> None:
+    """Remove a named volume (tests of ``home_volume`` clean up after themselves)."""
+    subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True, check=False)

@@ -308,6 +308,20 @@ def home_mount_target(settings: DockerSettings) -> str:
     return "/root" if user in ("root", "0") else f"/home/{user}"
 
 
+class Steps:
+    """Which step of preparing an environment is under way (for timeout messages)."""
+
+    def __init__(self, first: str) -> None:
+        self.now = first
+
+    def timeout_error(self, settings: DockerSettings) -> StartTimeout:
+        """The error for a start that ran out of time during the current step."""
+        return StartTimeout(
+            f"{self.now} ({settings.image}) took longer than docker.timeouts.start "
+            f"({settings.timeouts.start}s)"
+        )
+
+
 # --- the backend ---------------------------------------------------------------------
 
 
@@ -407,8 +421,12 @@ class DockerBackend(Backend):
 
     # --- images ------------------------------------------------------------------------
 
-    async def _pull(self, image: str, status: Callable[[str], Any] | None) -> None:
+    async def _pull(
+        self, image: str, status: Callable[[str], Any] | None, steps: Steps | None
+    ) -> None:
         """Pull once even when many logins ask at the same moment."""
+        if steps is not None:
+            steps.now = "pulling the image"
         pending = self._pulls.get(image)
         if pending is None:
             if status is not None:
@@ -423,11 +441,14 @@ class DockerBackend(Backend):
             raise ImagePullFailed(f"pull of image {image} failed: {error.engine_message}") from None
 
     async def ensure_image(
-        self, settings: DockerSettings, status: Callable[[str], Any] | None = None
+        self,
+        settings: DockerSettings,
+        status: Callable[[str], Any] | None = None,
+        steps: Steps | None = None,
     ) -> None:
         """Make the image present according to ``docker.pull``."""
         if settings.pull == "always":
-            await self._pull(settings.image, status)
+            await self._pull(settings.image, status, steps)
             return
         if await self.engine.inspect_image(settings.image) is not None:
             return
@@ -435,7 +456,7 @@ class DockerBackend(Backend):
             raise ImageUnavailable(
                 f"image {settings.image} is not on the engine and docker.pull is never"
             )
-        await self._pull(settings.image, status)
+        await self._pull(settings.image, status, steps)
 
     # --- containers ------------------------------------------------------------------
 
@@ -533,6 +554,7 @@ class DockerBackend(Backend):
         config: dict[str, Any],
         settings: DockerSettings,
         status: Callable[[str], Any] | None = None,
+        steps: Steps | None = None,
     ) -> str:
         """Create a container, fetching its image as ``docker.pull`` allows.
 
@@ -540,8 +562,10 @@ class DockerBackend(Backend):
         may still make the container, and the caller's cleanup must find it.
         """
         if settings.pull == "always":
-            await self.ensure_image(settings, status)
+            await self.ensure_image(settings, status, steps)
         for attempt in (1, 2):
+            if steps is not None:
+                steps.now = "creating the container"
             task = asyncio.ensure_future(self.engine.create_container(name, config))
             try:
                 return await asyncio.shield(task)
@@ -557,7 +581,7 @@ class DockerBackend(Backend):
                 ):
                     raise
             # The image is missing (404 on create): pull it if allowed, then again.
-            await self.ensure_image(settings, status)
+            await self.ensure_image(settings, status, steps)
         raise AssertionError("unreachable")
 
     async def remove(self, name: str, time_limit: float) -> None:
@@ -612,9 +636,12 @@ class DockerBackend(Backend):
         if settings.mode == "session":
             # Containers come per channel; check the image now so a login
             # fails early and clearly rather than at its first command.
-            await self._within_start_timeout(
-                settings, "preparing the image", self.ensure_image(settings, status)
-            )
+            steps = Steps("checking the image")
+            try:
+                async with asyncio.timeout(settings.timeouts.start):
+                    await self.ensure_image(settings, status, steps)
+            except TimeoutError:
+                raise steps.timeout_error(settings) from None
             env: DockerEnvironment = SessionEnvironment(self, identity, settings)
         else:
             taken = self._take_from_pool(identity)
@@ -624,17 +651,6 @@ class DockerBackend(Backend):
                 env = await self._open_container(identity, settings, status)
         self._environments.add(env)
         return env
-
-    async def _within_start_timeout(
-        self, settings: DockerSettings, what: str, work: Awaitable[Any]
-    ) -> Any:
-        try:
-            async with asyncio.timeout(settings.timeouts.start):
-                return await work
-        except TimeoutError:
-            raise StartTimeout(
-                f"{what} took longer than docker.timeouts.start ({settings.timeouts.start}s)"
-            ) from None
 
     async def _open_container(
         self, identity: Identity, settings: DockerSettings, status: Callable[[str], Any] | None
@@ -651,20 +667,17 @@ class DockerBackend(Backend):
             username=identity.username,
         )
         self._live.add(name)
-        step = "creating the container"
+        steps = Steps("creating the container")
         try:
             async with asyncio.timeout(settings.timeouts.start):
-                container_id = await self.create(name, config, settings, status)
-                step = "starting the container"
+                container_id = await self.create(name, config, settings, status, steps)
+                steps.now = "starting the container"
                 await self.start_container(name, settings)
         except BaseException as error:
             # Nothing may be left behind, whatever went wrong (even cancellation).
             await asyncio.shield(self.remove(name, settings.timeouts.stop))
             if isinstance(error, TimeoutError):
-                raise StartTimeout(
-                    f"{step} ({settings.image}) took longer than docker.timeouts.start "
-                    f"({settings.timeouts.start}s)"
-                ) from None
+                raise steps.timeout_error(settings) from None
             raise
         log.info(
             "docker.container_started",
@@ -988,24 +1001,21 @@ class SessionEnvironment(DockerEnvironment):
             tty=tty,
         )
         backend._live.add(name)
-        step = "creating the container"
+        steps = Steps("creating the container")
         stream: HijackedStream | None = None
         try:
             async with asyncio.timeout(settings.timeouts.start):
-                container_id = await backend.create(name, config, settings)
-                step = "attaching to the container"
+                container_id = await backend.create(name, config, settings, steps=steps)
+                steps.now = "attaching to the container"
                 stream = await backend.engine.attach_container(container_id, DETACH_KEYS)
-                step = "starting the container"
+                steps.now = "starting the container"
                 await backend.engine.start_container(container_id)
         except BaseException as error:
             if stream is not None:
                 stream.close()
             await asyncio.shield(backend.remove(name, settings.timeouts.stop))
             if isinstance(error, TimeoutError):
-                raise StartTimeout(
-                    f"{step} ({settings.image}) took longer than docker.timeouts.start "
-                    f"({settings.timeouts.start}s)"
-                ) from None
+                raise steps.timeout_error(settings) from None
             raise
         process = DockerProcess(
             ContainerTarget(self, name, container_id), stream, spec.pty, self.discard
