@@ -129,8 +129,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
             for k, v in self._chan.get_environment_bytes().items()
         }
+        # Variables from the login (authorized_keys environment=, webhook) come with the
+        # Identity; these are only what the client asked for and the config allows.
         env = filter_env(client_env, self._security.env_allow)
-        env.update(self._connection.permissions.env)
         command = self._command
         subsystem = self._subsystem
         forced = self._connection.permissions.forced_command or self._security.force_command

@@ -91,6 +91,23 @@ def check_config(path: Path) -> None:
     click.echo(dump_config(config), nl=False)
 
 
+@main.command("hash-password")
+def hash_password_command() -> None:
+    """Print an argon2id hash of a password (for auth.users.NAME.password_hash).
+
+    Asks twice on a terminal; reads one line from standard input otherwise.
+    """
+    from pairpod.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if not password:
+        _fail("refusing to hash an empty password", 1)
+    click.echo(hash_password(password))
+
+
 @main.command("demo-setup")
 @click.argument("directory", type=click.Path(path_type=Path), default=Path(".demo"))
 @click.option("--port", default=2222, show_default=True, help="Port of the demo gateway.")

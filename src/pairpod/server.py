@@ -10,14 +10,13 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 import asyncssh
 
 from pairpod import __version__
-from pairpod.authorized_keys import load_authorized_keys
+from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, create_backend
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
@@ -67,15 +66,6 @@ class TaskGroup:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@dataclass
-class Permissions:
-    """What one login may do, beyond the gateway-wide security settings."""
-
-    pty: bool = True
-    forced_command: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-
-
 class Connection(asyncssh.SSHServer):
     """One client TCP connection: authentication, its Environment, its channels."""
 
@@ -84,13 +74,13 @@ class Connection(asyncssh.SSHServer):
         self.config = gateway.config
         self.conn_id = secrets.token_hex(6)
         self.tasks = TaskGroup()
-        self.permissions = Permissions()
+        self.permissions = LoginPermissions()
+        self.auth: ConnectionAuth | None = None
         self.username: str | None = None
         self.remote_addr = "?"
         self._conn: asyncssh.SSHServerConnection | None = None
         self._channels: set[ChannelSession] = set()
         self._environment: asyncio.Task[Environment] | None = None
-        self._authenticated = False
         self._cleanup: asyncio.Future[None] | None = None
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
@@ -102,6 +92,7 @@ class Connection(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """A client connected."""
         self._conn = conn
+        self.auth = self.gateway.authenticator.connection(conn, self.conn_id)
         coalesce_writes(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         host = peer[0]
@@ -113,6 +104,8 @@ class Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         """The client went away (or we closed): end everything it owns."""
         self.gateway.connections.discard(self)
+        if self.auth is not None:
+            self.auth.connection_lost()
         reason = str(exc) if exc else "closed"
         log.info("connection.closed", extra=self.log_fields(reason=reason))
         self.gateway.spawn(self.cleanup())
@@ -136,34 +129,65 @@ class Connection(asyncssh.SSHServer):
 
     # --- authentication -----------------------------------------------------------
 
+    # AsyncSSH's auth callbacks, answered by the auth chain (see pairpod.auth).
+
     def begin_auth(self, username: str) -> bool:
-        """Load the keys that may log in as ``username``; always require auth."""
+        """Show the banner and start authenticating ``username`` (always required)."""
         self.username = username
         if self.config.banner and self._conn is not None:
-            banner = self.config.banner if self.config.banner.endswith("\n") else self.config.banner + "\n"
-            self._conn.send_auth_banner(banner)
-        keys = load_authorized_keys(self.config.auth, username)
-        if keys is not None and self._conn is not None:
-            self._conn.set_authorized_keys(keys)
-        return True
+            banner = self.config.banner
+            self._conn.send_auth_banner(banner if banner.endswith("\n") else banner + "\n")
+        return self._auth.begin_auth(username)
+
+    @property
+    def _auth(self) -> ConnectionAuth:
+        assert self.auth is not None
+        return self.auth
+
+    def public_key_auth_supported(self) -> bool:
+        """Offer publickey when any key source is configured."""
+        return self._auth.public_key_auth_supported()
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool]:
+        """Ask the chain whether ``key`` may log in as ``username``."""
+        return self._auth.validate_public_key(username, key)
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool]:
+        """Ask the chain whether a certificate's CA is trusted for ``username``."""
+        return self._auth.validate_ca_key(username, key)
+
+    def password_auth_supported(self) -> bool:
+        """Offer password when passwords or a webhook are configured."""
+        return self._auth.password_auth_supported()
+
+    def validate_password(self, username: str, password: str) -> Awaitable[bool]:
+        """Ask the chain to check a password (never logged)."""
+        return self._auth.validate_password(username, password)
+
+    def kbdint_auth_supported(self) -> bool:
+        """Offer keyboard-interactive (a password prompt) like password."""
+        return self._auth.kbdint_auth_supported()
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
+        """The password prompt of keyboard-interactive."""
+        return self._auth.get_kbdint_challenge(username, lang, submethods)
+
+    def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> Any:
+        """Check the answer to the prompt."""
+        return self._auth.validate_kbdint_response(username, responses)
 
     def auth_completed(self) -> None:
         """Authenticated: start creating the environment while channels open."""
-        self._authenticated = True
-        assert self._conn is not None
-        forced = self._conn.get_key_option("command")
-        self.permissions = Permissions(
-            pty=bool(self._conn.get_key_option("pty", True)),
-            forced_command=forced if isinstance(forced, str) else None,
-            env=dict(self._conn.get_key_option("environment", {}) or {}),
-        )
-        log.info("auth.accepted", extra=self.log_fields(method="publickey"))
-        identity = Identity(
-            username=self.username or "",
-            conn_id=self.conn_id,
-            remote_addr=self.remote_addr,
-            config=self.config,
-        )
+        result = self._auth.auth_completed()
+        if result is None:
+            # AsyncSSH accepted something the chain did not approve: deny by default.
+            if self._conn is not None:
+                self._conn.close()
+            return
+        self.config = result.config  # per-connection overrides (config webhook)
+        self.permissions = result.permissions
+        self.username = result.authenticated_as
+        identity = result.identity(self.conn_id, self.remote_addr)
         self._environment = self.tasks.spawn(self.gateway.open_environment(identity))
 
     async def environment(self) -> Environment:
@@ -209,6 +233,7 @@ class Gateway:
         self.config = config
         self.instance_id = secrets.token_hex(4)
         self.backend: Backend = create_backend(config, self.instance_id)
+        self.authenticator = Authenticator(config)
         self.connections: set[Connection] = set()
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
@@ -285,4 +310,5 @@ class Gateway:
         # Connection cleanups (environment removal) run as gateway tasks; let them finish.
         await self._tasks.wait_all(SHUTDOWN_GRACE)
         await self.backend.stop()
+        await self.authenticator.aclose()
         log.info("gateway.stopped")

@@ -122,7 +122,7 @@ class GatewayThread:
     # --- the OpenSSH client ---------------------------------------------------------
 
     def ssh_options(self, user: str = "alice", key: ClientKey | None = None,
-                    extra: Sequence[str] = ()) -> list[str]:
+                    extra: Sequence[str] = (), batch: bool = True) -> list[str]:
         """Options common to ssh, scp and sftp (without the port flag)."""
         # ssh takes the first value of an option: the caller's come first.
         return [
@@ -132,15 +132,15 @@ class GatewayThread:
             "-o", "IdentitiesOnly=yes",
             "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes",
+            "-o", f"BatchMode={'yes' if batch else 'no'}",
             "-o", "LogLevel=ERROR",
             "-o", f"User={user}",
         ]
 
     def ssh_argv(self, *command: str, user: str = "alice", options: Sequence[str] = (),
-                 key: ClientKey | None = None) -> list[str]:
-        """``ssh`` argv for a command on this gateway."""
-        return ["ssh", *self.ssh_options(user, key, options), "-p", str(self.port),
+                 key: ClientKey | None = None, batch: bool = True) -> list[str]:
+        """``ssh`` argv for a command on this gateway (``batch=False`` allows prompts)."""
+        return ["ssh", *self.ssh_options(user, key, options, batch), "-p", str(self.port),
                 "127.0.0.1", *command]
 
     def ssh(self, *command: str, input: bytes | None = None, user: str = "alice",

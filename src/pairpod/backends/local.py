@@ -225,7 +225,7 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_READ_LIMIT)
     await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
+        lambda: _PtyReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
     )
     # A second descriptor for writing: one transport per fd keeps close() simple.
     write_transport, write_protocol = await loop.connect_write_pipe(
@@ -233,6 +233,19 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
     )
     writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
     return LocalProcess(proc, reader, None, writer, pty_fd=write_transport.get_extra_info("pipe").fileno())
+
+
+class _PtyReaderProtocol(asyncio.StreamReaderProtocol):
+    """Reads a PTY master: EIO (the last slave closed) is a normal end of stream.
+
+    Passed on as an error, EIO would make StreamReader drop output it has
+    buffered but not yet handed out: the end of a short command's output.
+    """
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            exc = None
+        super().connection_lost(exc)
 
 
 # Terminal modes we honour from the client (RFC 4254 opcodes -> termios flags).
