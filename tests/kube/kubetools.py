@@ -188,3 +188,19 @@ async def start_pod(core: client.CoreV1Api, namespace: str, manifest: dict[str, 
     pod = await wait_for_pod(core, namespace, name, phase_is("Running", "Succeeded", "Failed"))
     assert pod.status.phase == "Running", pod.status
     return pod
+
+
+async def wait_for_deletion(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    """Wait (by watch) until a pod is gone."""
+    listing = await core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}")
+    if not listing.items:
+        return
+    stream = watch.Watch().stream(core.list_namespaced_pod, namespace,
+                                  field_selector=f"metadata.name={name}",
+                                  resource_version=listing.metadata.resource_version,
+                                  timeout_seconds=int(WAIT))
+    async with asyncio.timeout(WAIT), stream:
+        async for event in stream:
+            if event["type"] == "DELETED":
+                return
+    raise AssertionError(f"pod {name} was not deleted within {WAIT}s")

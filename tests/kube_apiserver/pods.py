@@ -161,10 +161,9 @@ class PodRunner:
         run.terminating = True
         run.stopping.set()
         try:
-            # The start sequence must not create containers behind our back.
-            for task in list(run.tasks):
-                if task.get_name() == "start":
-                    task.cancel()
+            # Let the start sequence reach its next checkpoint rather than cancel
+            # it: a Docker call cut off mid-flight can still create a container
+            # that nothing would then know about.
             await asyncio.gather(*[t for t in run.tasks if t.get_name() == "start"],
                                  return_exceptions=True)
             stops = [self._stop(c.docker_id, grace) for c in run.containers.values() if c.docker_id]
@@ -176,10 +175,15 @@ class PodRunner:
             self._runs.pop(uid, None)
 
     async def close(self) -> None:
-        """Cancel everything and remove every container and volume of this instance."""
+        """Stop everything and remove every container and volume of this instance."""
         for run in list(self._runs.values()):
             run.terminating = True
             run.stopping.set()
+        # Start sequences end at their next checkpoint (see terminate); exit
+        # watchers only wait, so they may be cancelled.
+        starts = [t for run in self._runs.values() for t in run.tasks if t.get_name() == "start"]
+        await asyncio.gather(*starts, return_exceptions=True)
+        for run in self._runs.values():
             for task in run.tasks:
                 task.cancel()
         tasks = [t for run in self._runs.values() for t in run.tasks] + list(self._background)
@@ -212,6 +216,8 @@ class PodRunner:
                 continue
             container.image_id = f"docker://{info['Id']}"
             image_users[container.name] = (info.get("Config") or {}).get("User") or ""
+        if run.terminating:
+            return
         if missing:
             await self._image_pull_failures(run, missing)
             return
@@ -228,6 +234,8 @@ class PodRunner:
         volumes = await self._create_volumes(run, spec)
         created: list[tuple[ContainerRun, DockerContainer]] = []
         for spec_container in spec["containers"]:
+            if run.terminating:
+                return
             container = run.containers[spec_container["name"]]
             config = docker_config(pod, spec_container, instance=self._instance,
                                    pid=os.getpid(), volumes=volumes)
@@ -237,6 +245,8 @@ class PodRunner:
             container.docker_id = docker_container.id
             created.append((container, docker_container))
         for container, docker_container in created:
+            if run.terminating:
+                return
             await self._start_container(run, container, docker_container)
         self._publish(run)
 
@@ -263,6 +273,8 @@ class PodRunner:
         for volume in spec.get("volumes") or []:
             if "emptyDir" not in volume:
                 continue
+            if run.terminating:
+                break
             docker_name = f"k8s_{run.uid[:8]}_{volume['name']}"
             await self._docker.volumes.create({
                 "Name": docker_name,

@@ -113,6 +113,8 @@ class Store:
         # Revisions at or below this one are no longer in the history.
         self.compacted = 0
         self._watchers: set[Watcher] = set()
+        # Set (and replaced) whenever a watcher comes or goes, for tests to wait on.
+        self._watchers_changed: asyncio.Event | None = None
 
     # --- reads ------------------------------------------------------------
 
@@ -355,11 +357,32 @@ class Store:
                     if message is not None:
                         watcher.queue.put_nowait(message)
         self._watchers.add(watcher)
+        self._signal_watchers_changed()
         return watcher
 
     def unwatch(self, watcher: Watcher) -> None:
         """Stop feeding a watcher (its stream ended)."""
-        self._watchers.discard(watcher)
+        if watcher in self._watchers:
+            self._watchers.discard(watcher)
+            self._signal_watchers_changed()
+
+    def watcher_count(self, namespace: str | None = None) -> int:
+        """How many watches are live (of one namespace, if given)."""
+        if namespace is None:
+            return len(self._watchers)
+        return sum(1 for w in self._watchers if w.namespace == namespace)
+
+    def _signal_watchers_changed(self) -> None:
+        if self._watchers_changed is not None:
+            self._watchers_changed.set()
+            self._watchers_changed = None
+
+    async def wait_watcher_count(self, count: int, namespace: str | None = None) -> None:
+        """Return once exactly ``count`` watches are live (of one namespace, if given)."""
+        while self.watcher_count(namespace) != count:
+            if self._watchers_changed is None:
+                self._watchers_changed = asyncio.Event()
+            await self._watchers_changed.wait()
 
     def _bookmark(self, rtype: ResourceType, annotations: dict[str, str] | None = None) -> Obj:
         meta: Obj = {"resourceVersion": str(self.revision), "creationTimestamp": None}
