@@ -175,6 +175,10 @@ DETACH_KEYS = "ctrl-\\,ctrl-@,ctrl-^,ctrl-_,ctrl-\\,ctrl-@,ctrl-^,ctrl-_"
 FALLBACK_SHELL = "/bin/sh"
 # How many log lines an operator sees when a container dies at start.
 _LOG_TAIL = 20
+# How long a container that failed an exec may take to show it has stopped.
+_SETTLE_TIMEOUT = 2.0
+# The engine's or the shell's words for "no such program".
+_MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not found|not found", re.IGNORECASE)
 # How long a helper exec (kill, signal) may take.
 _HELPER_TIMEOUT = 10.0
 # How often containers nobody owns are looked for (start-up always looks once).
@@ -369,9 +373,7 @@ class DockerBackend(Backend):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(
-            *(env.close() for env in list(self._environments)), return_exceptions=True
-        )
+        await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
         pool, self._pool = list(self._pool), deque()
         self._live.difference_update(name for name, _ in pool)
         with contextlib.suppress(PairpodError):
@@ -421,9 +423,7 @@ class DockerBackend(Backend):
 
     # --- images ------------------------------------------------------------------------
 
-    async def _pull(
-        self, image: str, status: Callable[[str], Any] | None, steps: Steps | None
-    ) -> None:
+    async def _pull(self, image: str, status: Callable[[str], Any] | None, steps: Steps | None) -> None:
         """Pull once even when many logins ask at the same moment."""
         if steps is not None:
             steps.now = "pulling the image"
@@ -453,9 +453,7 @@ class DockerBackend(Backend):
         if await self.engine.inspect_image(settings.image) is not None:
             return
         if settings.pull == "never":
-            raise ImageUnavailable(
-                f"image {settings.image} is not on the engine and docker.pull is never"
-            )
+            raise ImageUnavailable(f"image {settings.image} is not on the engine and docker.pull is never")
         await self._pull(settings.image, status, steps)
 
     # --- containers ------------------------------------------------------------------
@@ -574,11 +572,7 @@ class DockerBackend(Backend):
                     await asyncio.wait_for(task, settings.timeouts.stop)
                 raise
             except EngineError as error:
-                if (
-                    error.status != 404
-                    or "image" not in error.engine_message.lower()
-                    or attempt == 2
-                ):
+                if error.status != 404 or "image" not in error.engine_message.lower() or attempt == 2:
                     raise
             # The image is missing (404 on create): pull it if allowed, then again.
             await self.ensure_image(settings, status, steps)
@@ -601,24 +595,22 @@ class DockerBackend(Backend):
         if not state.get("Running"):
             raise await self.exited_error(name, state)
 
-    async def exited_error(
-        self,
-        name: str,
-        state: Mapping[str, Any] | None = None,
-    ) -> EnvironmentExited:
-        """The error for a container that stopped: exit code and its last log lines."""
+    async def exited_error(self, name: str, state: Mapping[str, Any] | None = None) -> EnvironmentExited:
+        """The error for a container that stopped: its exit code and last log lines."""
         try:
             if state is None:
                 state = (await self.engine.inspect_container(name)).get("State", {})
             logs = await self.engine.container_logs(name, _LOG_TAIL)
         except PairpodError as error:
             return EnvironmentExited(f"container {name} is not running ({error.operator_message})")
+        why = [f"exit code {state.get('ExitCode')}"]
+        if state.get("OOMKilled"):
+            why.append("killed for exceeding its memory limit")
+        if state.get("Error"):
+            why.append(str(state["Error"]))
         lines = logs.rstrip("\n")
         detail = f"; last log lines:\n{lines}" if lines else "; it logged nothing"
-        return EnvironmentExited(
-            f"container {name} exited at once with code {state.get('ExitCode')}"
-            f"{' (' + state['Error'] + ')' if state.get('Error') else ''}{detail}"
-        )
+        return EnvironmentExited(f"container {name} stopped ({', '.join(why)}){detail}")
 
     # --- opening an environment ----------------------------------------------------
 
@@ -681,9 +673,7 @@ class DockerBackend(Backend):
             raise
         log.info(
             "docker.container_started",
-            extra=fields(
-                conn=identity.conn_id, user=identity.username, container=name, image=settings.image
-            ),
+            extra=fields(conn=identity.conn_id, user=identity.username, container=name, image=settings.image),
         )
         return ConnectionEnvironment(self, identity, settings, name, container_id)
 
@@ -824,9 +814,7 @@ def process_env(settings: DockerSettings, identity: Identity, spec: ProcessSpec)
 class DockerEnvironment(Environment):
     """Base of both modes: tracks processes and closes once."""
 
-    def __init__(
-        self, backend: DockerBackend, identity: Identity, settings: DockerSettings
-    ) -> None:
+    def __init__(self, backend: DockerBackend, identity: Identity, settings: DockerSettings) -> None:
         self.backend = backend
         self.identity = identity
         self.settings = settings
@@ -858,16 +846,17 @@ class DockerEnvironment(Environment):
                 user_message="sftp is not available: no sftp-server in this environment",
             )
         text = (preamble.garbage + process.leftover_output()).decode(errors="replace").strip()
-        if "not running" in text or "is paused" in text:
-            raise await self._environment_gone(text)
-        raise CommandNotFound(
-            f"cannot start a process in image {self.settings.image}"
-            f" (it needs {FALLBACK_SHELL}): {text or 'no output'}",
-            user_message="cannot start a process in this environment",
-        )
+        if _MISSING_PROGRAM.search(text):
+            raise CommandNotFound(
+                f"cannot start a process in image {self.settings.image} (it needs {FALLBACK_SHELL}): {text}",
+                user_message="cannot start a process in this environment",
+            )
+        # Otherwise the engine could not run anything at all: most likely the
+        # container is going away (its main process ended, it ran out of memory).
+        raise await self._environment_gone(text or "the process produced no output")
 
     async def _environment_gone(self, detail: str) -> BackendError:
-        return BackendError(f"environment is gone: {detail}")
+        return BackendError(f"environment cannot run processes: {detail}")
 
     def discard(self, process: DockerProcess) -> None:
         """A process ended."""
@@ -918,7 +907,8 @@ class ConnectionEnvironment(DockerEnvironment):
             exec_id = await engine.create_exec(self.container_id, config)
             stream = await engine.start_exec(exec_id, tty)
         except EngineError as error:
-            if error.status in (404, 409):
+            # 404: no such container; 409 (or 500 from exec start): not running.
+            if error.status in (404, 409) or "not running" in error.engine_message:
                 raise await self._environment_gone(error.engine_message) from None
             raise
         process = DockerProcess(ExecTarget(self, exec_id), stream, spec.pty, self.discard)
@@ -930,15 +920,16 @@ class ConnectionEnvironment(DockerEnvironment):
         return process
 
     async def _environment_gone(self, detail: str) -> BackendError:
+        # A dying container can still read as running for a moment: give it a
+        # short while to settle, so the operator gets its exit code and logs.
         try:
-            state = (await self.backend.engine.inspect_container(self.container_id)).get(
-                "State", {}
-            )
+            async with asyncio.timeout(_SETTLE_TIMEOUT):
+                await self.backend.engine.wait_container(self.container_id)
+        except TimeoutError:
+            return BackendError(f"container {self.name} cannot run processes: {detail}")
         except PairpodError:
             return BackendError(f"container {self.name} is gone: {detail}")
-        if state.get("Running"):
-            return BackendError(f"container {self.name}: {detail}")
-        return await self.backend.exited_error(self.name, state)
+        return await self.backend.exited_error(self.name)
 
     async def run_helper(self, argv: list[str]) -> int | None:
         """Run a short command in the container (no TTY, no input); its exit code."""
@@ -975,9 +966,7 @@ class ConnectionEnvironment(DockerEnvironment):
 class SessionEnvironment(DockerEnvironment):
     """``mode: session``: each process is its own container running the command."""
 
-    def __init__(
-        self, backend: DockerBackend, identity: Identity, settings: DockerSettings
-    ) -> None:
+    def __init__(self, backend: DockerBackend, identity: Identity, settings: DockerSettings) -> None:
         super().__init__(backend, identity, settings)
         self._count = 0
         self.description = f"docker session containers of {identity.conn_id}"
@@ -1017,9 +1006,7 @@ class SessionEnvironment(DockerEnvironment):
             if isinstance(error, TimeoutError):
                 raise steps.timeout_error(settings) from None
             raise
-        process = DockerProcess(
-            ContainerTarget(self, name, container_id), stream, spec.pty, self.discard
-        )
+        process = DockerProcess(ContainerTarget(self, name, container_id), stream, spec.pty, self.discard)
         await self._started(process, spec)
         if spec.pty is not None:
             await process.resize(spec.pty.cols, spec.pty.rows)
@@ -1094,9 +1081,7 @@ class ExecTarget:
         self.exec_id = exec_id
 
     async def signal(self, name: str, pid: int) -> None:
-        await self.environment.run_helper(
-            ["/bin/sh", "-c", f'kill -s {name} "$1"', "kill", str(pid)]
-        )
+        await self.environment.run_helper(["/bin/sh", "-c", f'kill -s {name} "$1"', "kill", str(pid)])
 
     async def kill(self, pid: int | None) -> None:
         if pid is not None:
@@ -1228,9 +1213,7 @@ class DockerProcess(Process):
                 code = await self._target.exit_code()
             except PairpodError as error:
                 if not self._killed:
-                    log.warning(
-                        "docker.exit_status_unknown", extra=fields(error=error.operator_message)
-                    )
+                    log.warning("docker.exit_status_unknown", extra=fields(error=error.operator_message))
         if code is not None:
             status = exit_status(code)
         elif self._killed:
@@ -1252,9 +1235,7 @@ class DockerProcess(Process):
 
     def leftover_output(self) -> bytes:
         """Everything buffered, for error messages when the wrapper did not run."""
-        return (
-            self._pipes[STDOUT].drain() + self._pipes[STDERR].drain() + bytes(self._engine_errors)
-        )
+        return self._pipes[STDOUT].drain() + self._pipes[STDERR].drain() + bytes(self._engine_errors)
 
     def abandon(self) -> None:
         """The environment is going away: end the streams now, the exit code is moot."""
@@ -1295,9 +1276,7 @@ class DockerProcess(Process):
             self._eof_sent = True
             self._stream.write_eof()
 
-    async def resize(
-        self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0
-    ) -> None:
+    async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """Resize the TTY through the Engine (the program gets SIGWINCH)."""
         if self._pty is None or self._status.done():
             return
