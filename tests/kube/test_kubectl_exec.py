@@ -86,3 +86,28 @@ def test_tty_exec(kubectl: Kubectl, shell_pod: str, tmp_path: Path) -> None:
     assert any(line.startswith("/dev/pts/") for line in lines), result.stdout
     # The size kubectl read from its terminal reached the container's.
     assert "size 33 101" in lines, result.stdout
+
+
+_SDK_BIN = Path("/usr/lib/google-cloud-sdk/bin")
+
+
+@pytest.mark.parametrize("version", ["1.30", "1.31", "1.33"])
+def test_other_kubectl_versions(kubectl: Kubectl, shell_pod: str, version: str) -> None:
+    binary = shutil.which(f"kubectl.{version}") or str(_SDK_BIN / f"kubectl.{version}")
+    if not Path(binary).exists():
+        pytest.skip(f"kubectl {version} is not installed")
+    other = Kubectl(kubectl.kubeconfig, kubectl.cache_dir.with_name(f"cache-{version}"), binary)
+    out = other.run("exec", "-i", shell_pod, "--", "sh", "-c", "cat; exit 5", input="abc\n",
+                    check=False)
+    assert (out.returncode, out.stdout) == (5, "abc\n"), out.stderr
+    assert other.run("get", "pods", "-o", "name").stdout.split() == ["pod/shell"]
+
+
+def test_kubectl_before_websockets_is_told_why(kubectl: Kubectl, shell_pod: str) -> None:
+    binary = shutil.which("kubectl.1.29") or str(_SDK_BIN / "kubectl.1.29")
+    if not Path(binary).exists():
+        pytest.skip("kubectl 1.29 is not installed")
+    old = Kubectl(kubectl.kubeconfig, kubectl.cache_dir.with_name("cache-1.29"), binary)
+    out = old.run("exec", shell_pod, "--", "true", check=False)
+    assert out.returncode == 1
+    assert "WebSocket only" in out.stderr

@@ -164,6 +164,12 @@ async def serve_exec(
 ) -> web.StreamResponse:
     """Upgrade to WebSocket and relay one Docker exec until the command ends."""
     if not _is_websocket(request):
+        upgrade = request.headers.get("Upgrade", "")
+        if upgrade.upper().startswith("SPDY"):
+            # kubectl before 1.30 speaks only SPDY; this server does not.
+            raise bad_request(f"Upgrade request required: this test server speaks the exec "
+                              f"protocol over WebSocket only ({', '.join(PROTOCOLS)}), "
+                              f"not {upgrade}")
         raise bad_request("Upgrade request required")
     offered = _offered_protocols(request)
     protocol = choose_protocol(offered)
