@@ -1,0 +1,118 @@
+"""The Docker backend behind a real gateway, driven by real SSH clients."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import MakeGateway
+from tests.support.client import connect
+from tests.support.docker_engine import PrivateEngine
+from tests.support.docker_env import containers, docker_overrides
+from tests.support.gateway import wait_until
+from tests.support.images import busybox_image
+
+
+def _instance_containers(gw) -> list[str]:  # type: ignore[no-untyped-def]
+    return [c["Names"] for c in containers(instance=gw.gateway.instance_id)]
+
+
+@pytest.fixture
+def private_engine() -> Iterator[PrivateEngine]:
+    """A dockerd of this test's own, with the busybox test image loaded."""
+    engine = PrivateEngine().start()
+    try:
+        engine.load_image(busybox_image())
+        yield engine
+    finally:
+        engine.destroy()
+
+
+def test_unreachable_engine_gives_the_user_one_line_and_a_failure(make_gateway: MakeGateway):
+    gw = make_gateway(docker_overrides(host="unix:///run/pairpod-test-no-engine.sock"))
+    result = gw.ssh("true")
+    assert result.returncode != 0
+    assert b"backend unavailable, try again later" in result.stderr
+    # The gateway itself keeps serving: the next login gets the same clear answer.
+    again = gw.ssh("true")
+    assert again.returncode != 0
+    assert b"backend unavailable, try again later" in again.stderr
+
+
+def test_client_killed_mid_session_removes_its_container(make_gateway: MakeGateway):
+    gw = make_gateway(docker_overrides(image="busybox"))
+    client = subprocess.Popen(
+        gw.ssh_argv("echo started; exec sleep 1000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"started\n"
+        assert len(_instance_containers(gw)) == 1
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+        wait_until(lambda: _instance_containers(gw) == [], message="the container to be removed")
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(10)
+
+
+async def test_graceful_shutdown_removes_every_container(make_gateway: MakeGateway):
+    gw = make_gateway(docker_overrides(image="busybox", warm_pool=1))
+    wait_until(lambda: gw.gateway.backend.pool_size() == 1, message="the warm pool")
+    clients = []
+    for _ in range(3):
+        conn = await connect(gw)
+        process = await conn.create_process("echo up; exec sleep 1000")
+        assert await process.stdout.readline() == "up\n"
+        clients.append(conn)
+    assert len(_instance_containers(gw)) == 4
+    instance_id = gw.gateway.instance_id
+    gw.stop()
+    gw.stop = lambda: None  # type: ignore[method-assign]  # already stopped
+    for conn in clients:
+        conn.close()
+    assert containers(instance=instance_id) == []
+
+
+async def test_engine_stopped_and_started_again_during_a_run(
+    make_gateway: MakeGateway, private_engine: PrivateEngine
+):
+    gw = make_gateway(docker_overrides(image="busybox", host=private_engine.host))
+    assert gw.ssh("echo before").stdout == b"before\n"
+
+    # A session is running when the engine goes away.
+    async with await connect(gw) as conn:
+        process = await conn.create_process("echo ready; exec sleep 1000")
+        assert await process.stdout.readline() == "ready\n"
+        private_engine.stop()
+        ended = await process.wait(timeout=60)
+        assert ended.exit_status != 0 or ended.exit_signal is not None
+        again = await conn.run("true")
+        assert again.exit_status != 0
+        assert "backend unavailable, try again later" in str(again.stderr)
+
+    # New logins are told, and the gateway keeps running.
+    down = gw.ssh("true")
+    assert down.returncode != 0
+    assert b"backend unavailable, try again later" in down.stderr
+
+    # Every connection is gone; removing their containers failed with the engine down.
+    backend = gw.gateway.backend
+    wait_until(
+        lambda: gw.connection_count() == 0 and not backend.live_names(),
+        message="the connections to be cleaned up",
+    )
+
+    # The engine is back: no gateway restart needed.
+    private_engine.start()
+    stranded = private_engine.containers()
+    assert len(stranded) == 1  # the session's container, stopped with the engine
+    assert gw.ssh("echo after").stdout == b"after\n"
+    # What the outage left goes at the next reaping; the last login's own
+    # container goes as its connection's cleanup finishes.
+    assert gw.call(backend.reap_orphans()) == stranded
+    wait_until(lambda: private_engine.containers() == [], message="no containers left")
