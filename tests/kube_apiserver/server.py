@@ -487,6 +487,9 @@ class KubeApiServer:
                 return await self._delete_collection(request, rtype, namespace)
             raise method_not_allowed()
         if method == "GET":
+            if watch_path or parse_bool(request.query, "watch"):
+                # The deprecated single-object watch is a watch pinned by name.
+                return await self._watch(request, rtype, namespace, pinned=name)
             return await self._get(request, rtype, namespace, name)
         if method == "PUT":
             return await self._update(request, rtype, namespace, name, sub)
@@ -560,8 +563,11 @@ class KubeApiServer:
         return (meta.get("namespace", "") if rtype.namespaced else "", meta["name"])
 
     async def _watch(self, request: web.Request, rtype: ResourceType,
-                     namespace: str | None) -> web.StreamResponse:
+                     namespace: str | None, pinned: str | None = None) -> web.StreamResponse:
         labels, fields = self._selectors(request, rtype)
+        if pinned is not None:
+            supported, _ = field_getter(rtype.plural)
+            fields = parse_field_selector(f"metadata.name={pinned}", supported)
         shape, include = _negotiate(request)
         timeout = parse_int(request.query, "timeoutSeconds")
         send_initial = request.query.get("sendInitialEvents")
