@@ -152,3 +152,22 @@ def test_logs(kubectl: Kubectl, busybox: str) -> None:
     out = kubectl.run("logs", "talker").stdout
     assert sorted(out.splitlines()) == ["one", "two"]
     assert kubectl.run("logs", "talker", "--tail=1").stdout.strip() in ("one", "two")
+
+
+def test_field_validation(kubectl: Kubectl, busybox: str) -> None:
+    typo = pod_manifest("typo", busybox, ["true"])
+    typo["spec"]["containers"][0]["securityContex"] = {"runAsUser": 1000}
+    typo["spec"]["hostnam"] = "x"
+    out = kubectl.run("create", "-f", "-", input=json.dumps(typo), check=False)
+    assert out.returncode == 1
+    assert ('Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown '
+            'field "spec.containers[0].securityContex", unknown field "spec.hostnam"'
+            in out.stderr)
+    # Without validation the server drops what it does not know, as a Go decoder does.
+    kubectl.run("create", "--validate=false", "-f", "-", input=json.dumps(typo))
+    spec = kubectl.json("get", "pod", "typo")["spec"]
+    assert "hostnam" not in spec
+    assert "securityContex" not in spec["containers"][0]
+    warned = kubectl.run("create", "--validate=warn", "-f", "-",
+                         input=json.dumps({**typo, "metadata": {"name": "typo2"}}))
+    assert 'Warning: unknown field "spec.hostnam"' in warned.stderr

@@ -6,8 +6,9 @@ import asyncio
 import json
 
 import pytest
-from kubernetes_asyncio import client, watch
+from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.stream import WsApiClient
 
 from tests.kube_apiserver.fixture import KubeApiServerThread
 
@@ -128,3 +129,18 @@ async def test_pods_across_namespaces(core: client.CoreV1Api, kube_namespace: st
         (kube_namespace, "here")]
     page = await core.list_namespaced_service_account(kube_namespace, limit=1)
     assert [sa.metadata.name for sa in page.items] == ["default"]
+
+
+async def test_exec_through_the_library(kube_apiserver: KubeApiServerThread,
+                                        core: client.CoreV1Api, kube_namespace: str,
+                                        busybox: str) -> None:
+    await start_pod(core, kube_namespace, pod_manifest("lib", busybox, SERVE))
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kube_apiserver.kubeconfig),
+                                  client_configuration=configuration)
+    async with WsApiClient(configuration) as ws_client:
+        ws_core = client.CoreV1Api(ws_client)
+        output = await ws_core.connect_get_namespaced_pod_exec(
+            "lib", kube_namespace, command=["sh", "-c", "echo out; echo err >&2"],
+            stdout=True, stderr=True, stdin=False, tty=False)
+    assert sorted(output.splitlines()) == ["err", "out"]

@@ -45,6 +45,7 @@ from .resources import (
     api_resource_list,
     api_versions,
 )
+from .schema import prune_unknown
 from .selectors import field_getter, parse_field_selector, parse_label_selector
 from .status import (
     ApiError,
@@ -94,12 +95,15 @@ class RequestRecord:
     headers: dict[str, str]
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
+def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
+    response = web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
         status=status,
         content_type="application/json",
     )
+    for warning in warnings or []:
+        response.headers.add("Warning", warning)
+    return response
 
 
 def _strip_type_meta(obj: Obj) -> Obj:
@@ -619,13 +623,26 @@ class KubeApiServer:
     async def _create(self, request: web.Request, rtype: ResourceType,
                       namespace: str | None) -> web.Response:
         dry_run = parse_dry_run(request.query)
-        parse_field_validation(request.query)
         body = await self._body(request)
         return self._create_object(request, rtype, namespace, body, dry_run)
+
+    def _validate_fields(self, request: web.Request, rtype: ResourceType,
+                         obj: Obj) -> list[str]:
+        """Drop unknown fields; 400 under Strict, else the Warning header values."""
+        directive = parse_field_validation(request.query)
+        unknown = prune_unknown(rtype.kind, obj)
+        if not unknown or directive == "Ignore":
+            return []
+        rendered = [f'unknown field "{path}"' for path in unknown]
+        if directive == "Strict":
+            raise bad_request(f'{rtype.kind} in version "{rtype.version}" cannot be handled as '
+                              f"a {rtype.kind}: strict decoding error: {', '.join(rendered)}")
+        return [f"299 - {json.dumps(text)}" for text in rendered]
 
     def _create_object(self, request: web.Request, rtype: ResourceType, namespace: str | None,
                        body: Any, dry_run: bool) -> web.Response:
         obj = check_body_identity(rtype, body, namespace)
+        warnings = self._validate_fields(request, rtype, obj)
         meta = obj["metadata"]
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = self.store.generate_name(rtype, namespace, meta["generateName"])
@@ -637,26 +654,26 @@ class KubeApiServer:
                 self.runner.start(created)
             elif rtype is self._namespaces:
                 self._namespace_controllers(created["metadata"]["name"])
-        return _json(created, 201)
+        return _json(created, 201, warnings)
 
     async def _update(self, request: web.Request, rtype: ResourceType, namespace: str | None,
                       name: str, sub: str | None) -> web.Response:
         if sub not in (None, "status"):
             raise method_not_allowed()
         dry_run = parse_dry_run(request.query)
-        parse_field_validation(request.query)
         body = await self._body(request)
         obj = check_body_identity(rtype, body, namespace)
+        warnings = self._validate_fields(request, rtype, obj)
         current = self.store.get(rtype, namespace, name)
         new = admit_update(rtype, current, obj, subresource=sub)
-        return _json(self.store.replace(rtype, new, check_version=True, dry_run=dry_run))
+        return _json(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
+                     warnings=warnings)
 
     async def _patch(self, request: web.Request, rtype: ResourceType, namespace: str | None,
                      name: str, sub: str | None) -> web.Response:
         if sub not in (None, "status"):
             raise method_not_allowed()
         dry_run = parse_dry_run(request.query)
-        parse_field_validation(request.query)
         content_type = request.content_type
         body = await self._body(request)
         if content_type == "application/apply-patch+yaml":
@@ -681,8 +698,10 @@ class KubeApiServer:
                            f'the server does not support the media type "{content_type}" for '
                            "PATCH")
         obj = check_body_identity(rtype, patched, namespace)
+        warnings = self._validate_fields(request, rtype, obj)
         new = admit_update(rtype, current, obj, subresource=sub)
-        return _json(self.store.replace(rtype, new, check_version=True, dry_run=dry_run))
+        return _json(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
+                     warnings=warnings)
 
     # --- deletes -----------------------------------------------------------------------
 
