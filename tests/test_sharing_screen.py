@@ -133,7 +133,9 @@ def test_colours_and_attributes_round_trip() -> None:
 
 
 def test_colon_sgr_and_misread_sequences_are_handled() -> None:
-    model = model_of(b"\x1b[>4;2mA\x1b[38:2::255:0:0mB\x1b[mC\x01D\x1bP+q544e\x1b\\E\x1b[?u\x1b[<uF")
+    model = model_of(b"\x1b[>4;2mA\x1b[38:2::255:0:0mB\x1b[mC\x01D\x1bP+q544e\x1b\\E\x1b[?u\x1b[<uF"
+                     b"\x1b[?4m\x1b[?6n\x1b[3K\x1b[5J")
+    assert model.parse_errors == 0
     row = visible_cells(model.screen)[0]
     assert "".join(c.data for c in row[:6] if c) == "ABCDEF"
     a, b, c = row[0], row[1], row[2]
@@ -310,26 +312,29 @@ def test_state_in_dropped_output_is_kept() -> None:
 
 def test_escape_tracker() -> None:
     tracker = EscapeTracker()
-    assert tracker.at_ground
-    for chunk, ground in [
-        (b"plain text", True),
-        (b"\x1b[3", False),
-        (b"1m red", True),
-        (b"\x1b]2;a long title", False),
-        (b" continued", False),
-        (b"\x07after", True),
-        (b"\x1b]0;t\x1b", False),
-        (b"\\", True),
-        (b"\x1b", False),
-        (b"(", False),
-        (b"0", True),
-        (b"\xe4\xb8", False),
-        (b"\xad", True),
-        (b"\x1bP+q\x1b\\", True),
-        (b"\x1b7", True),
+    assert tracker.at_ground and tracker.tail() == b""
+    for chunk, tail in [
+        (b"plain text", b""),
+        (b"\x1b[3", b"\x1b[3"),
+        (b"1m red", b""),
+        (b"\x1b]2;a long title", b"\x1b]2;a long title"),
+        (b" continued", b"\x1b]2;a long title continued"),
+        (b"\x07after", b""),
+        (b"\x1b]0;t\x1b", b"\x1b"),
+        (b"\\", b""),
+        (b"\x1b", b"\x1b"),
+        (b"(", b"\x1b("),
+        (b"0", b""),
+        (b"ok \xe4\xb8", b"\xe4\xb8"),
+        (b"\xad", b""),
+        (b"\x1bP+q\x1b\\", b""),
+        (b"\x1b7", b""),
+        (b"\x1b]52;c;" + b"QUJD" * 5000, b"\x1b]52;c;QUJDQUJDQ"),  # its start only
+        (b"QUJD\x07", b""),
     ]:
         tracker.feed(chunk)
-        assert tracker.at_ground is ground, chunk
+        assert tracker.tail() == tail, chunk
+        assert tracker.at_ground is (tail == b"")
 
 
 def test_notice_overlay_puts_everything_back() -> None:
@@ -358,7 +363,7 @@ _FIXED = st.sampled_from([
     b"\r", b"\n", b"\x08", b"\t", b"\x1bM", b"\x1bD", b"\x1bE", b"\x1b7", b"\x1b8",
     b"\x1b=", b"\x1b>", b"\x1b(0", b"\x1b(B", b"\x1b)B", b"\x0e", b"\x0f", b"\x1bH",
     b"\x1b[3g", b"\x1b[g", b"\x1b[4h", b"\x1b[4l", b"\x1b[20h", b"\x1b[20l", b"\x1b[r",
-    b"\x1b]2;a title\x07", b"\x1bc",
+    b"\x1b]2;a title\x07", b"\x1bc", b"\x1b[?4m", b"\x1b[?6n", b"\x1b[6n", b"\x1b[c",
 ])
 _MOVE = st.builds(lambda r, c: b"\x1b[%d;%dH" % (r, c),
                   st.integers(1, 7), st.integers(1, 14))

@@ -47,7 +47,9 @@ What pyte 0.8 gets right and wrong (checked against its source and by test)
   ignored by pyte in UTF-8 mode. We decode UTF-8 ourselves and let pyte apply
   the charsets, so boxes arrive as box characters.
 * **Sequences pyte misreads** are removed before parsing: ``CSI > 4;2 m``
-  (modifyOtherKeys, sent by vim) would turn underline on; ``CSI ... SP q``
+  (modifyOtherKeys, sent by vim) would turn underline on; ``CSI ? 4 m`` (its
+  query, also sent by vim) and other private CSIs ending in anything but
+  ``h l J K`` make pyte raise; ``CSI ... SP q``
   (cursor shape) and other CSIs with intermediates or ``<=>`` markers would
   leave their final letter on screen; DCS/APC/PM/SOS payloads (vim's terminal
   queries) would be drawn as text; a stray C0 control drops the rest of the
@@ -459,6 +461,8 @@ _C1_CONTROLS = dict.fromkeys(range(0x80, 0xA0))
 _PYTE_TRAPS = re.compile(
     rb"\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS/PM/APC/SOS: pyte would draw the payload
     rb"|\x1b\[[<=>][\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"  # CSI with a <=> marker
+    # CSI ? with a final other than h l J K (vim's CSI ? 4 m): pyte raises on them
+    rb"|\x1b\[\?[\x30-\x3f]*[\x40-\x49\x4c-\x67\x69-\x6b\x6d-\x7e]"
     rb"|\x1b\[[\x30-\x3f]*[\x20-\x2f]+[\x40-\x7e]"  # CSI with intermediates
     rb"|(\x1b\[[0-9;]*:[0-9:;]*m)"  # SGR with colon sub-parameters (group 1)
     rb"|[\x00-\x06\x10-\x1a\x1c-\x1f]+"  # C0 controls no terminal draws
@@ -500,6 +504,9 @@ class EscapeTracker:
     the stream is not inside an escape sequence or a multi-byte character. This
     looks only at the last escape sequence of each chunk (``rfind`` plus one
     short regular-expression match), so it can run on every chunk of output.
+    When the stream stops mid-sequence, :meth:`tail` gives the unfinished
+    bytes: appended to a snapshot, they put a joiner's terminal in the same
+    place, so the live output that follows continues the sequence there.
     """
 
     _COMPLETE = re.compile(
@@ -511,46 +518,62 @@ class EscapeTracker:
         rb")"
     )
     _MAX_PARTIAL = 4096
+    _KEEP = 16
 
     def __init__(self) -> None:
         self._partial = b""
-        self._mid_character = False
+        self._truncated = False
+        self._char_tail = b""
 
     @property
     def at_ground(self) -> bool:
         """True when the bytes so far end outside any sequence or character."""
-        return not self._partial and not self._mid_character
+        return not self._partial and not self._char_tail
+
+    def tail(self) -> bytes:
+        """The unfinished sequence or character the stream ends with (often empty).
+
+        A very long unfinished string (a clipboard OSC) gives only its start,
+        enough for a terminal to take the rest of it as the string's payload.
+        """
+        if self._partial:
+            return self._partial[:self._KEEP] if self._truncated else self._partial
+        return self._char_tail
 
     def feed(self, data: bytes) -> None:
         """Account for the next chunk of the stream."""
         if not data:
             return
         start = data.rfind(b"\x1b")
+        truncated = False
         if start >= 0:
             tail = data[start:]
         elif self._partial:
             tail = self._partial + data
+            truncated = self._truncated
         else:
             tail = b""
         if tail and not self._COMPLETE.match(tail):
             if len(tail) > self._MAX_PARTIAL:  # a long string: keep its ends
-                tail = tail[:16] + tail[-16:]
-            self._partial = tail
+                tail = tail[:self._KEEP] + tail[-self._KEEP:]
+                truncated = True
+            self._partial, self._truncated = tail, truncated
         else:
-            self._partial = b""
-        self._mid_character = _ends_mid_character(data)
+            self._partial, self._truncated = b"", False
+        self._char_tail = _unfinished_character(data)
 
 
-def _ends_mid_character(data: bytes) -> bool:
+def _unfinished_character(data: bytes) -> bytes:
+    """The bytes of a UTF-8 character cut off at the end of ``data``, if any."""
     size = len(data)
     for back in range(1, min(4, size) + 1):
         byte = data[size - back]
         if byte < 0x80:
-            return False
+            return b""
         if byte >= 0xC0:
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return back < need
-    return False
+            return data[size - back:] if back < need else b""
+    return b""
 
 
 # --- rendering ---------------------------------------------------------------------
