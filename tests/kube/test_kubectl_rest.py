@@ -53,6 +53,11 @@ def test_create_get_list_delete(kubectl: Kubectl, busybox: str, kube_namespace: 
     assert table[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
     assert table[1].split()[:4] == ["web", "1/1", "Running", "0"]
 
+    described = kubectl.run("describe", "pod", "web").stdout
+    assert re.search(r"^Status:\s+Running$", described, re.M)
+    reasons = re.findall(r"^\s+Normal\s+(\w+)\s", described, re.M)
+    assert reasons == ["Scheduled", "Pulled", "Created", "Started"]
+
     deleted = kubectl.run("delete", "pod", "web")
     assert deleted.stdout.strip() == 'pod "web" deleted'
     # kubectl delete waits for the object to go, so it is gone now.

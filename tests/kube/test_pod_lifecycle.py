@@ -63,6 +63,11 @@ async def test_missing_image_is_never_pulled(core: client.CoreV1Api, kube_namesp
                                  waiting_reason_is("ImagePullBackOff"))
     assert backoff.status.phase == "Pending"
     assert docker_containers(created.metadata.uid) == []
+    events = await core.list_namespaced_event(
+        kube_namespace, field_selector=f"involvedObject.uid={created.metadata.uid},type=Warning")
+    messages = [e.message for e in events.items]
+    assert messages[0].startswith('Failed to pull image "registry.invalid/nothing:1"')
+    assert messages[1] == "Error: ErrImagePull"
 
 
 async def test_restart_policy_always_restarts(core: client.CoreV1Api, kube_namespace: str,

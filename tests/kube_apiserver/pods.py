@@ -31,6 +31,7 @@ from .container_config import (
     docker_config,
     runs_as_root_refused,
 )
+from .events import EventRecorder
 from .resources import ResourceType
 from .store import Store, now_rfc3339
 
@@ -98,10 +99,12 @@ class PodRunner:
         docker: aiodocker.Docker,
         instance: str,
         *,
+        events: EventRecorder | None = None,
         backoff: float = DEFAULT_BACKOFF,
     ) -> None:
         self._store = store
         self._pods = pods
+        self._events = events
         self._docker = docker
         self._instance = instance
         self._backoff = backoff
@@ -166,6 +169,9 @@ class PodRunner:
             # that nothing would then know about.
             await asyncio.gather(*[t for t in run.tasks if t.get_name() == "start"],
                                  return_exceptions=True)
+            for c in run.containers.values():
+                if c.docker_id and "running" in c.state:
+                    self._event(run, "Killing", f"Stopping container {c.name}", container=c.name)
             stops = [self._stop(c.docker_id, grace) for c in run.containers.values() if c.docker_id]
             await asyncio.gather(*stops, return_exceptions=True)
             # The exit watchers publish the final states; let them finish.
@@ -204,6 +210,8 @@ class PodRunner:
         spec = pod["spec"]
         run.scheduled = True
         self._publish(run, scheduled_now=True)
+        self._event(run, "Scheduled", f"Successfully assigned {run.namespace}/{run.name} to "
+                    f"{NODE_NAME}", component="default-scheduler")
         image_users: dict[str, str] = {}
         missing: list[ContainerRun] = []
         for container in run.containers.values():
@@ -230,6 +238,8 @@ class PodRunner:
                 run.containers[spec_container["name"]].state = {
                     "waiting": {"reason": "CreateContainerConfigError", "message": detail}}
                 self._publish(run)
+                self._event(run, "Failed", f"Error: {refusal}", warning=True,
+                            container=spec_container["name"])
                 return
         volumes = await self._create_volumes(run, spec)
         created: list[tuple[ContainerRun, DockerContainer]] = []
@@ -239,10 +249,14 @@ class PodRunner:
             container = run.containers[spec_container["name"]]
             config = docker_config(pod, spec_container, instance=self._instance,
                                    pid=os.getpid(), volumes=volumes)
+            self._event(run, "Pulled", f'Container image "{container.image}" already present '
+                        "on machine", container=container.name)
             docker_container = await self._docker.containers.create(
                 config, name=f"k8s_{container.name}_{run.name}_{run.namespace}_{run.uid[:8]}"
             )
             container.docker_id = docker_container.id
+            self._event(run, "Created", f"Created container {container.name}",
+                        container=container.name)
             created.append((container, docker_container))
         for container, docker_container in created:
             if run.terminating:
@@ -257,6 +271,11 @@ class PodRunner:
                 "message": f'failed to pull and unpack image "{container.image}": image not '
                            "present on the node and this cluster cannot pull images",
             }}
+            self._event(run, "Failed", f'Failed to pull image "{container.image}": '
+                        f'{container.state["waiting"]["message"]}', warning=True,
+                        container=container.name)
+            self._event(run, "Failed", "Error: ErrImagePull", warning=True,
+                        container=container.name)
         self._publish(run)
         # The kubelet reports the back-off after its first retry fails.
         if await _stopped_within(run, self._backoff):
@@ -266,6 +285,8 @@ class PodRunner:
                 "reason": "ImagePullBackOff",
                 "message": f'Back-off pulling image "{container.image}"',
             }}
+            self._event(run, "BackOff", f'Back-off pulling image "{container.image}"',
+                        container=container.name)
         self._publish(run)
 
     async def _create_volumes(self, run: PodRun, spec: Obj) -> dict[str, str]:
@@ -301,6 +322,8 @@ class PodRunner:
             self._spawn(run, self._restart_or_finish(run, container, docker_container, 128),
                         name="restart")
             return
+        self._event(run, "Started", f"Started container {container.name}",
+                    container=container.name)
         info = await docker_container.show()
         container.state = {"running": {"startedAt": docker_time(info["State"]["StartedAt"])
                                        or now_rfc3339()}}
@@ -341,6 +364,9 @@ class PodRunner:
         delay = 0.0 if container.restarts == 1 else min(
             self._backoff * 2 ** (container.restarts - 2), MAX_BACKOFF)
         if delay:
+            self._event(run, "BackOff", "Back-off restarting failed container "
+                        f"{container.name} in pod {run.name}_{run.namespace}({run.uid})",
+                        warning=True, container=container.name)
             container.state = {"waiting": {
                 "reason": "CrashLoopBackOff",
                 "message": f"back-off {delay:g}s restarting failed container={container.name} "
@@ -360,6 +386,19 @@ class PodRunner:
 
     async def _remove_pod_resources(self, run: PodRun) -> None:
         await remove_labelled(self._docker, f"{LABEL_POD_UID}={run.uid}")
+
+    def _event(self, run: PodRun, reason: str, message: str, *, warning: bool = False,
+               container: str | None = None, component: str = "kubelet") -> None:
+        if self._events is None:
+            return
+        pod = self._store.peek(self._pods, run.namespace, run.name)
+        if pod is None or pod["metadata"]["uid"] != run.uid:
+            return
+        namespaces = self._store.peek_namespace(run.namespace)
+        if namespaces is None or namespaces["metadata"].get("deletionTimestamp"):
+            return
+        self._events.record(pod, reason, message, warning=warning, container=container,
+                            component=component)
 
     # --- status ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from aiohttp import web
 from . import openapi
 from .admission import admit_create, admit_update, check_body_identity
 from .container_config import LABEL_INSTANCE
+from .events import EventRecorder
 from .exec_ws import parse_exec_options, serve_exec
 from .kubeconfig import write_kubeconfig
 from .params import parse_bool, parse_dry_run, parse_field_validation, parse_int
@@ -226,8 +227,9 @@ class KubeApiServer:
             await self._docker.close()
             raise RuntimeError(f"no Docker engine answers: {error}") from error
         await reap_orphans(self._docker)
+        events = EventRecorder(self.store, self._type("", "v1", "events"), NODE_NAME)
         self._runner = PodRunner(self.store, self._pods, self._docker, self.instance,
-                                 backoff=self._backoff)
+                                 events=events, backoff=self._backoff)
         self._bootstrap()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
         app.router.add_get("/version", self._version)
@@ -836,6 +838,11 @@ class KubeApiServer:
                 else:
                     self.store.delete(rtype, name, obj["metadata"]["name"])
         await asyncio.gather(*cleanups, return_exceptions=True)
+        # Pod deletion may have recorded events meanwhile; sweep once more.
+        for rtype in self.registry.types:
+            if rtype.namespaced:
+                for obj in self.store.list(rtype, name):
+                    self.store.delete(rtype, name, obj["metadata"]["name"])
         if self.store.peek(self._namespaces, None, name) is not None:
             self.store.delete(self._namespaces, None, name)
 

@@ -132,6 +132,13 @@ class Store:
         """The stored object itself (not a copy), or None; for read-only checks."""
         return self._table(rtype).get(key_of(rtype, namespace, name))
 
+    def peek_namespace(self, name: str) -> Obj | None:
+        """The stored Namespace called ``name`` (not a copy), or None."""
+        for rtype, table in self._objects.items():
+            if rtype.kind == "Namespace" and rtype.group == "":
+                return table.get(("", name))
+        return None
+
     def list(
         self,
         rtype: ResourceType,
