@@ -10,33 +10,28 @@ resource is stored and defaulted but has no controller behind it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import contextlib
-import datetime as dt
 import json
 import logging
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiodocker
-import yaml
 from aiodocker.exceptions import DockerError
 from aiohttp import web
 
 from . import openapi
 from .admission import admit_create, admit_update, check_body_identity
 from .container_config import LABEL_INSTANCE
+from .deletion import Deleter
 from .events import EventRecorder
-from .exec_ws import parse_exec_options, serve_exec
 from .kubeconfig import write_kubeconfig
 from .params import parse_bool, parse_dry_run, parse_field_validation, parse_int
 from .patch import json_patch, merge_patch, strategic_merge_patch
+from .pod_api import serve_pod_exec, serve_pod_log
 from .pods import DEFAULT_BACKOFF, NODE_IP, NODE_NAME, PodRunner, reap_orphans
 from .resources import (
     Registry,
@@ -57,12 +52,19 @@ from .status import (
     page_not_found,
     success_body,
     unauthorized,
-    unsupported_media_type,
 )
 from .store import Store, now_rfc3339
 from .tables import to_table
 from .tls import ServingCert, self_signed
 from .watch import serve_watch
+from .wire import (
+    decode_continue,
+    encode_continue,
+    json_response,
+    negotiate,
+    read_body,
+    strip_type_meta,
+)
 
 Obj = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -94,61 +96,6 @@ class RequestRecord:
     method: str
     path_qs: str
     headers: dict[str, str]
-
-
-def _json(body: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
-    response = web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-    )
-    for warning in warnings or []:
-        response.headers.add("Warning", warning)
-    return response
-
-
-def _strip_type_meta(obj: Obj) -> Obj:
-    # Items of a typed list carry no kind/apiVersion on the wire.
-    return {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
-
-
-def _negotiate(request: web.Request) -> tuple[str, str]:
-    """What representation the client asked for: (``json``|``table``|``partial``, include)."""
-    include = request.query.get("includeObject", "Metadata")
-    if include not in ("None", "Metadata", "Object"):
-        raise bad_request(f'includeObject: Unsupported value: "{include}"')
-    accept = request.headers.get("Accept", "")
-    if not accept:
-        return "json", include
-    for part in accept.split(","):
-        pieces = [p.strip() for p in part.split(";")]
-        media, params = pieces[0], dict(p.split("=", 1) for p in pieces[1:] if "=" in p)
-        if media not in ("application/json", "*/*", "application/*", "application/yaml"):
-            continue
-        shape = params.get("as")
-        if shape == "Table" and params.get("g") == "meta.k8s.io":
-            return "table", include
-        if shape in ("PartialObjectMetadata", "PartialObjectMetadataList"):
-            return "partial", include
-        if shape is None:
-            return "json", include
-    raise ApiError(406, "NotAcceptable",
-                   "only the following media types are accepted: application/json, "
-                   "application/yaml")
-
-
-def _encode_continue(revision: int, key: tuple[str, str]) -> str:
-    token = json.dumps({"v": "meta.k8s.io/v1", "rv": revision, "start": list(key)})
-    return base64.urlsafe_b64encode(token.encode()).decode()
-
-
-def _decode_continue(token: str) -> tuple[int, tuple[str, str]]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return int(data["rv"]), (str(data["start"][0]), str(data["start"][1]))
-    except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
-        raise bad_request("continue key is not valid: incorrect encoded start resourceVersion "
-                          "(version meta.k8s.io/v1)") from None
 
 
 class KubeApiServer:
@@ -190,10 +137,8 @@ class KubeApiServer:
         self._docker: aiodocker.Docker | None = None
         self._runner: PodRunner | None = None
         self._site_runner: web.AppRunner | None = None
-        self._background: set[asyncio.Future[Any]] = set()
+        self._deleter: Deleter | None = None
         self._bookmarks: asyncio.Task[None] | None = None
-        # The running namespace-controller task of each namespace being deleted.
-        self._finalizers: dict[str, asyncio.Future[Any]] = {}
         self._pods = self._type("", "v1", "pods")
         self._namespaces = self._type("", "v1", "namespaces")
 
@@ -213,6 +158,12 @@ class KubeApiServer:
         return self._runner
 
     @property
+    def deleter(self) -> Deleter:
+        """Graceful deletion of pods and namespaces (after ``start``)."""
+        assert self._deleter is not None, "the server is not started"
+        return self._deleter
+
+    @property
     def docker(self) -> aiodocker.Docker:
         """The Docker client pods run through (after ``start``)."""
         assert self._docker is not None, "the server is not started"
@@ -230,6 +181,7 @@ class KubeApiServer:
         events = EventRecorder(self.store, self._type("", "v1", "events"), NODE_NAME)
         self._runner = PodRunner(self.store, self._pods, self._docker, self.instance,
                                  events=events, backoff=self._backoff)
+        self._deleter = Deleter(self.store, self.registry, self._runner)
         self._bootstrap()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
         app.router.add_get("/version", self._version)
@@ -268,9 +220,8 @@ class KubeApiServer:
         self.store.close_watchers()
         if self._site_runner is not None:
             await self._site_runner.cleanup()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._deleter is not None:
+            await self._deleter.close()
         if self._runner is not None:
             await self._runner.close()
         if self._docker is not None:
@@ -292,13 +243,6 @@ class KubeApiServer:
         while True:
             await asyncio.sleep(self._bookmark_interval)
             self.store.send_bookmarks()
-
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(_log_failure)
-        return task
 
     def _type(self, group: str, version: str, plural: str) -> ResourceType:
         rtype = self.registry.by_path(group, version, plural)
@@ -362,10 +306,8 @@ class KubeApiServer:
         """Delete a namespace and everything in it; return once it and its pods are gone."""
         if self.store.peek(self._namespaces, None, name) is None:
             return
-        self._begin_namespace_deletion(name)
-        finalizer = self._finalizers.get(name)
-        if finalizer is not None:
-            await asyncio.shield(finalizer)
+        self.deleter.begin_namespace_deletion(name)
+        await self.deleter.wait_namespace_gone(name)
 
     async def containers(self) -> list[str]:
         """Ids of every Docker container this server has made and not removed."""
@@ -390,17 +332,17 @@ class KubeApiServer:
                     raise unauthorized()
             return await handler(request)
         except ApiError as error:
-            return _json(error.body(), error.code)
+            return json_response(error.body(), error.code)
         except web.HTTPException:
             raise
         except Exception as error:
             # A bug here must reach clients as the API's own 500, not a text page.
             log.exception("request failed: %s %s", request.method, request.path_qs)
-            return _json(ApiError(500, "InternalError",
+            return json_response(ApiError(500, "InternalError",
                                   f"Internal error occurred: {error!r}").body(), 500)
 
     async def _version(self, request: web.Request) -> web.Response:
-        return _json(VERSION_INFO)
+        return json_response(VERSION_INFO)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -409,29 +351,29 @@ class KubeApiServer:
         raise page_not_found()
 
     async def _api(self, request: web.Request) -> web.Response:
-        return _json(api_versions(f"{self.host}:{self.port}"))
+        return json_response(api_versions(f"{self.host}:{self.port}"))
 
     async def _apis(self, request: web.Request) -> web.Response:
-        return _json(api_group_list(self.registry))
+        return json_response(api_group_list(self.registry))
 
     async def _group(self, request: web.Request) -> web.Response:
         group = request.match_info["group"]
         versions = [v for g, v in self.registry.group_versions() if g == group]
         if not versions:
             raise page_not_found()
-        return _json(api_group(group, versions))
+        return json_response(api_group(group, versions))
 
     async def _openapi_v2(self, request: web.Request) -> web.Response:
         return web.Response(body=openapi.v2_document(), content_type=openapi.V2_MEDIA_TYPE)
 
     async def _openapi_index(self, request: web.Request) -> web.Response:
-        return _json(openapi.index(self.registry))
+        return json_response(openapi.index(self.registry))
 
     async def _openapi_document(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         for group, version in self.registry.group_versions():
             if openapi.gv_path(group, version) == path:
-                return _json(openapi.gv_document(self.registry, group, version))
+                return json_response(openapi.gv_document(self.registry, group, version))
         raise page_not_found()
 
     # --- resource routing -------------------------------------------------------------
@@ -445,7 +387,7 @@ class KubeApiServer:
         if not segments:
             if request.method != "GET":
                 raise method_not_allowed()
-            return _json(api_resource_list(self.registry, group, version))
+            return json_response(api_resource_list(self.registry, group, version))
         watch_path = segments[0] == "watch"
         if watch_path:
             segments = segments[1:]
@@ -479,9 +421,11 @@ class KubeApiServer:
     ) -> web.StreamResponse:
         method = request.method
         if sub == "exec" and name is not None and method in ("GET", "POST"):
-            return await self._exec(request, namespace, name)
+            return await serve_pod_exec(request, self.store, self._pods, self.runner,
+                                        self.docker, namespace, name)
         if sub == "log" and name is not None and method == "GET":
-            return await self._log(request, namespace, name)
+            return await serve_pod_log(request, self.store, self._pods, self.runner,
+                                       self.docker, namespace, name)
         if name is None:
             if method == "GET":
                 if watch_path or parse_bool(request.query, "watch"):
@@ -508,14 +452,14 @@ class KubeApiServer:
     # --- reads -----------------------------------------------------------------------
 
     def _render_one(self, request: web.Request, rtype: ResourceType, obj: Obj) -> web.Response:
-        shape, include = _negotiate(request)
+        shape, include = negotiate(request)
         if shape == "table":
             meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
-            return _json(to_table(rtype, [obj], meta, include))
+            return json_response(to_table(rtype, [obj], meta, include))
         if shape == "partial":
-            return _json({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+            return json_response({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
                           "metadata": obj["metadata"]})
-        return _json(obj)
+        return json_response(obj)
 
     async def _get(self, request: web.Request, rtype: ResourceType, namespace: str | None,
                    name: str) -> web.Response:
@@ -530,13 +474,13 @@ class KubeApiServer:
     async def _list(self, request: web.Request, rtype: ResourceType,
                     namespace: str | None) -> web.Response:
         labels, fields = self._selectors(request, rtype)
-        shape, include = _negotiate(request)
+        shape, include = negotiate(request)
         limit = parse_int(request.query, "limit") or 0
         revision = self.store.revision
         items = self.store.list(rtype, namespace, labels, fields)
         token = request.query.get("continue")
         if token:
-            revision, start = _decode_continue(token)
+            revision, start = decode_continue(token)
             if revision < self.store.compacted:
                 raise gone("The provided continue parameter is too old to display a consistent "
                            "list result. You can start a new list without the continue "
@@ -550,18 +494,18 @@ class KubeApiServer:
         if limit > 0 and len(items) > limit:
             rest = len(items) - limit
             items = items[:limit]
-            list_meta["continue"] = _encode_continue(revision, self._key(rtype, items[-1]))
+            list_meta["continue"] = encode_continue(revision, self._key(rtype, items[-1]))
             list_meta["remainingItemCount"] = rest
         if shape == "table":
-            return _json(to_table(rtype, items, list_meta, include))
+            return json_response(to_table(rtype, items, list_meta, include))
         if shape == "partial":
-            return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            return json_response({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
                           "metadata": list_meta,
                           "items": [{"kind": "PartialObjectMetadata",
                                      "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
                                     for o in items]})
-        return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
-                      "metadata": list_meta, "items": [_strip_type_meta(o) for o in items]})
+        return json_response({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
+                      "metadata": list_meta, "items": [strip_type_meta(o) for o in items]})
 
     @staticmethod
     def _key(rtype: ResourceType, obj: Obj) -> tuple[str, str]:
@@ -574,7 +518,7 @@ class KubeApiServer:
         if pinned is not None:
             supported, _ = field_getter(rtype.plural)
             fields = parse_field_selector(f"metadata.name={pinned}", supported)
-        shape, include = _negotiate(request)
+        shape, include = negotiate(request)
         timeout = parse_int(request.query, "timeoutSeconds")
         send_initial = request.query.get("sendInitialEvents")
         watcher = self.store.watch(
@@ -589,20 +533,6 @@ class KubeApiServer:
                                  table_include=include if shape == "table" else None)
 
     # --- writes ----------------------------------------------------------------------
-
-    async def _body(self, request: web.Request) -> Any:
-        raw = await request.read()
-        content_type = request.content_type
-        if not raw:
-            return None
-        try:
-            if content_type in ("application/yaml", "application/apply-patch+yaml"):
-                return yaml.safe_load(raw)
-            if content_type.startswith("application/vnd.kubernetes.protobuf"):
-                raise unsupported_media_type(content_type)
-            return json.loads(raw)
-        except (ValueError, yaml.YAMLError) as error:
-            raise bad_request(f"error decoding the request body: {error}") from None
 
     def _check_namespace_open(self, rtype: ResourceType, namespace: str | None,
                               name: str) -> None:
@@ -625,7 +555,7 @@ class KubeApiServer:
     async def _create(self, request: web.Request, rtype: ResourceType,
                       namespace: str | None) -> web.Response:
         dry_run = parse_dry_run(request.query)
-        body = await self._body(request)
+        body = await read_body(request)
         return self._create_object(request, rtype, namespace, body, dry_run)
 
     def _validate_fields(self, request: web.Request, rtype: ResourceType,
@@ -656,19 +586,19 @@ class KubeApiServer:
                 self.runner.start(created)
             elif rtype is self._namespaces:
                 self._namespace_controllers(created["metadata"]["name"])
-        return _json(created, 201, warnings)
+        return json_response(created, 201, warnings)
 
     async def _update(self, request: web.Request, rtype: ResourceType, namespace: str | None,
                       name: str, sub: str | None) -> web.Response:
         if sub not in (None, "status"):
             raise method_not_allowed()
         dry_run = parse_dry_run(request.query)
-        body = await self._body(request)
+        body = await read_body(request)
         obj = check_body_identity(rtype, body, namespace)
         warnings = self._validate_fields(request, rtype, obj)
         current = self.store.get(rtype, namespace, name)
         new = admit_update(rtype, current, obj, subresource=sub)
-        return _json(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
+        return json_response(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
                      warnings=warnings)
 
     async def _patch(self, request: web.Request, rtype: ResourceType, namespace: str | None,
@@ -677,7 +607,7 @@ class KubeApiServer:
             raise method_not_allowed()
         dry_run = parse_dry_run(request.query)
         content_type = request.content_type
-        body = await self._body(request)
+        body = await read_body(request)
         if content_type == "application/apply-patch+yaml":
             if not request.query.get("fieldManager"):
                 raise ApiError(422, "Invalid",
@@ -702,13 +632,13 @@ class KubeApiServer:
         obj = check_body_identity(rtype, patched, namespace)
         warnings = self._validate_fields(request, rtype, obj)
         new = admit_update(rtype, current, obj, subresource=sub)
-        return _json(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
+        return json_response(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
                      warnings=warnings)
 
     # --- deletes -----------------------------------------------------------------------
 
     async def _delete_options(self, request: web.Request) -> Obj:
-        body = await self._body(request)
+        body = await read_body(request)
         options: Obj = body if isinstance(body, dict) else {}
         grace = parse_int(request.query, "gracePeriodSeconds")
         if grace is not None:
@@ -740,22 +670,22 @@ class KubeApiServer:
         dry_run = bool(options.get("dryRun"))
         if rtype is self._pods:
             if dry_run:
-                return _json(current)
-            pod, _ = self._delete_pod(current, options.get("gracePeriodSeconds"))
-            return _json(pod)
+                return json_response(current)
+            pod, _ = self.deleter.delete_pod(current, options.get("gracePeriodSeconds"))
+            return json_response(pod)
         if rtype is self._namespaces:
             if name in UNDELETABLE_NAMESPACES:
                 raise ApiError(403, "Forbidden",
                                f'namespaces "{name}" is forbidden: this namespace may not be '
                                "deleted", {"name": name, "kind": "namespaces"})
             if dry_run:
-                return _json(current)
-            return _json(self._begin_namespace_deletion(name))
+                return json_response(current)
+            return json_response(self.deleter.begin_namespace_deletion(name))
         deleted = self.store.delete(rtype, namespace, name, dry_run=dry_run)
         details = {"name": name, "kind": rtype.plural, "uid": deleted["metadata"]["uid"]}
         if rtype.group:
             details["group"] = rtype.group
-        return _json(success_body(details))
+        return json_response(success_body(details))
 
     async def _delete_collection(self, request: web.Request, rtype: ResourceType,
                                  namespace: str | None) -> web.Response:
@@ -769,150 +699,12 @@ class KubeApiServer:
             if dry_run:
                 out.append(obj)
             elif rtype is self._pods:
-                out.append(self._delete_pod(obj, options.get("gracePeriodSeconds"))[0])
+                out.append(self.deleter.delete_pod(obj, options.get("gracePeriodSeconds"))[0])
             elif rtype is self._namespaces:
                 if meta["name"] not in UNDELETABLE_NAMESPACES:
-                    out.append(self._begin_namespace_deletion(meta["name"]))
+                    out.append(self.deleter.begin_namespace_deletion(meta["name"]))
             else:
                 out.append(self.store.delete(rtype, meta.get("namespace"), meta["name"]))
-        return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
+        return json_response({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
                       "metadata": {"resourceVersion": str(self.store.revision)},
-                      "items": [_strip_type_meta(o) for o in out]})
-
-    def _delete_pod(self, pod: Obj, grace: int | None) -> tuple[Obj, asyncio.Future[Any]]:
-        """Delete a pod the way the pod registry does; returns it and the cleanup task."""
-        meta = pod["metadata"]
-        namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-        if grace is None:
-            grace = int(pod["spec"].get("terminationGracePeriodSeconds", 30))
-        grace = max(grace, 0)
-        phase = (pod.get("status") or {}).get("phase")
-        # Unscheduled or finished pods go at once, as upstream's CheckGracefulDelete says.
-        if not pod["spec"].get("nodeName") or phase in ("Succeeded", "Failed"):
-            grace = 0
-        if meta.get("deletionTimestamp") and grace != 0:
-            return pod, self._spawn(asyncio.sleep(0))
-        if grace == 0:
-            deleted = self.store.delete(self._pods, namespace, name)
-            return deleted, self._spawn(self.runner.terminate(uid, 0))
-
-        def mark(obj: Obj) -> None:
-            when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace)
-            obj["metadata"]["deletionTimestamp"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-            obj["metadata"]["deletionGracePeriodSeconds"] = grace
-
-        marked = self.store.mutate(self._pods, namespace, name, mark) or pod
-
-        async def finish() -> None:
-            await self.runner.terminate(uid, grace)
-            current = self.store.peek(self._pods, namespace, name)
-            if current is not None and current["metadata"]["uid"] == uid:
-                self.store.delete(self._pods, namespace, name)
-
-        return marked, self._spawn(finish())
-
-    def _begin_namespace_deletion(self, name: str) -> Obj:
-        current = self.store.get(self._namespaces, None, name)
-        if current["metadata"].get("deletionTimestamp"):
-            return current
-
-        def mark(obj: Obj) -> None:
-            obj["metadata"]["deletionTimestamp"] = now_rfc3339()
-            obj["status"] = {"phase": "Terminating"}
-
-        marked = self.store.mutate(self._namespaces, None, name, mark) or current
-        finalizer = self._spawn(self._finalize_namespace(name))
-        self._finalizers[name] = finalizer
-        finalizer.add_done_callback(lambda _: self._finalizers.pop(name, None))
-        return marked
-
-    async def _finalize_namespace(self, name: str) -> None:
-        """The namespace controller: delete the contents, wait for the pods, drop the namespace."""
-        cleanups: list[asyncio.Future[Any]] = []
-        for rtype in self.registry.types:
-            if not rtype.namespaced:
-                continue
-            for obj in self.store.list(rtype, name):
-                if rtype is self._pods:
-                    cleanups.append(self._delete_pod(obj, None)[1])
-                else:
-                    self.store.delete(rtype, name, obj["metadata"]["name"])
-        await asyncio.gather(*cleanups, return_exceptions=True)
-        # Pod deletion may have recorded events meanwhile; sweep once more.
-        for rtype in self.registry.types:
-            if rtype.namespaced:
-                for obj in self.store.list(rtype, name):
-                    self.store.delete(rtype, name, obj["metadata"]["name"])
-        if self.store.peek(self._namespaces, None, name) is not None:
-            self.store.delete(self._namespaces, None, name)
-
-    # --- pod subresources --------------------------------------------------------------
-
-    def _pod_container(self, namespace: str | None, name: str,
-                       container: str | None) -> tuple[Obj, str]:
-        pod = self.store.get(self._pods, namespace, name)
-        names = [c["name"] for c in pod["spec"]["containers"]]
-        if container is None:
-            default = (pod["metadata"].get("annotations") or {}).get(
-                "kubectl.kubernetes.io/default-container")
-            if default in names:
-                container = default
-            elif len(names) == 1:
-                container = names[0]
-            else:
-                raise bad_request(f"a container name must be specified for pod {name}, choose "
-                                  f"one of: [{' '.join(names)}]")
-        if container not in names:
-            raise bad_request(f"container {container} is not valid for pod {name}")
-        return pod, container
-
-    async def _exec(self, request: web.Request, namespace: str | None,
-                    name: str) -> web.StreamResponse:
-        options = parse_exec_options(request.query)
-        pod, container = self._pod_container(namespace, name, options.container)
-        phase = (pod.get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed"):
-            raise bad_request(f"cannot exec into a container in a completed pod; current phase "
-                              f"is {phase}")
-        docker_id = self.runner.running_container(pod["metadata"]["uid"], container)
-        if docker_id is None:
-            raise bad_request(f'unable to upgrade connection: container not found ("{container}")')
-        return await serve_exec(request, self.docker, docker_id, options)
-
-    async def _log(self, request: web.Request, namespace: str | None,
-                   name: str) -> web.StreamResponse:
-        pod, container = self._pod_container(namespace, name, request.query.get("container"))
-        uid = pod["metadata"]["uid"]
-        docker_id = self.runner.any_container(uid, container)
-        if docker_id is None:
-            reason = self.runner.waiting_reason(uid, container) or "ContainerCreating"
-            raise bad_request(f'container "{container}" in pod "{name}" is waiting to start: '
-                              f"{reason}")
-        follow = parse_bool(request.query, "follow")
-        tail = parse_int(request.query, "tailLines")
-        options: Obj = {"timestamps": parse_bool(request.query, "timestamps")}
-        if tail is not None:
-            options["tail"] = str(tail)
-        since = parse_int(request.query, "sinceSeconds")
-        if since is not None:
-            options["since"] = int(dt.datetime.now(dt.UTC).timestamp()) - since
-        docker_container = self.docker.containers.container(docker_id)
-        response = web.StreamResponse(status=200)
-        response.content_type = "text/plain"
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionResetError):
-            if follow:
-                async for chunk in docker_container.log(stdout=True, stderr=True, follow=True,
-                                                        **options):
-                    await response.write(chunk.encode())
-            else:
-                lines = await docker_container.log(stdout=True, stderr=True, **options)
-                await response.write("".join(lines).encode())
-            await response.write_eof()
-        return response
-
-
-def _log_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())
+                      "items": [strip_type_meta(o) for o in out]})
