@@ -159,3 +159,22 @@ async def test_deletion_honours_the_grace_period(core: client.CoreV1Api, kube_na
     await wait_for_deletion(core, kube_namespace, "stubborn")
     assert docker_containers(pod.metadata.uid) == []
 
+
+
+async def test_force_delete_during_graceful_delete(core: client.CoreV1Api, kube_namespace: str,
+                                                   busybox: str) -> None:
+    # Ignores SIGTERM and has a long grace period: only a forced delete ends it soon.
+    await start_pod(core, kube_namespace,
+                    pod_manifest("slow", busybox, ["sleep", "3600"], grace=600))
+    marked = await core.delete_namespaced_pod("slow", kube_namespace)
+    assert marked.metadata.deletion_grace_period_seconds == 600
+    # A second graceful delete changes nothing...
+    again = await core.delete_namespaced_pod("slow", kube_namespace)
+    assert again.metadata.deletion_timestamp == marked.metadata.deletion_timestamp
+    # ...a forced one removes the pod at once, and its container soon after.
+    await core.delete_namespaced_pod("slow", kube_namespace, grace_period_seconds=0)
+    await wait_for_deletion(core, kube_namespace, "slow")
+    listing = await core.list_namespaced_pod(kube_namespace)
+    assert listing.items == []
+    # That the container went is checked by the namespace fixture on teardown,
+    # which waits for every pod deletion of the namespace to finish.

@@ -35,8 +35,11 @@ class Deleter:
         self._pods = pods
         self._namespaces = namespaces
         self._tasks: set[asyncio.Future[Any]] = set()
-        # The running namespace-controller task of each namespace being deleted.
+        # The running namespace-controller task of each namespace being deleted,
+        # and the task finishing each pod being deleted (by uid).
         self._finalizers: dict[str, asyncio.Future[Any]] = {}
+        self._pod_tasks: dict[str, asyncio.Future[Any]] = {}
+        self._pod_namespaces: dict[str, str] = {}
 
     def _spawn(self, coro: Any) -> asyncio.Future[Any]:
         task = asyncio.ensure_future(coro)
@@ -62,11 +65,13 @@ class Deleter:
         # Unscheduled or finished pods go at once, as upstream's CheckGracefulDelete says.
         if not pod["spec"].get("nodeName") or phase in ("Succeeded", "Failed"):
             grace = 0
-        if meta.get("deletionTimestamp") and grace != 0:
-            return pod, self._spawn(asyncio.sleep(0))
+        pending = self._pod_tasks.get(uid)
+        if meta.get("deletionTimestamp") and grace != 0 and pending is not None:
+            # Already going: a second DELETE changes nothing but can wait for it.
+            return pod, pending
         if grace == 0:
             deleted = self._store.delete(self._pods, namespace, name)
-            return deleted, self._spawn(self._runner.terminate(uid, 0))
+            return deleted, self._track(uid, namespace, self._runner.terminate(uid, 0))
 
         def mark(obj: Obj) -> None:
             when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=grace)
@@ -81,7 +86,29 @@ class Deleter:
             if current is not None and current["metadata"]["uid"] == uid:
                 self._store.delete(self._pods, namespace, name)
 
-        return marked, self._spawn(finish())
+        return marked, self._track(uid, namespace, finish())
+
+    def _track(self, uid: str, namespace: str, coro: Any) -> asyncio.Future[Any]:
+        previous = self._pod_tasks.get(uid)
+
+        async def with_previous() -> None:
+            # A forced delete during a graceful one acts at once, and is done
+            # only when the graceful one is done too.
+            await coro
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+
+        task = self._spawn(with_previous())
+        self._pod_tasks[uid] = task
+        self._pod_namespaces[uid] = namespace
+
+        def forget(done: asyncio.Future[Any]) -> None:
+            if self._pod_tasks.get(uid) is done:
+                del self._pod_tasks[uid]
+                del self._pod_namespaces[uid]
+
+        task.add_done_callback(forget)
+        return task
 
     def begin_namespace_deletion(self, name: str) -> Obj:
         """Mark a namespace Terminating and start emptying it; returns the marked namespace."""
@@ -116,10 +143,13 @@ class Deleter:
                     cleanups.append(self.delete_pod(obj, None)[1])
                 else:
                     self._store.delete(rtype, name, obj["metadata"]["name"])
+        # Pods deleted before the namespace may still be stopping: wait for them too.
+        cleanups += [task for uid, task in self._pod_tasks.items()
+                     if self._pod_namespaces.get(uid) == name]
         await asyncio.gather(*cleanups, return_exceptions=True)
         # Anything written while the pods went (events) goes too.
         for rtype in self._registry.types:
-            if rtype.namespaced:
+            if rtype.namespaced and rtype is not self._pods:
                 for obj in self._store.list(rtype, name):
                     self._store.delete(rtype, name, obj["metadata"]["name"])
         if self._store.peek(self._namespaces, None, name) is not None:
