@@ -1026,10 +1026,11 @@ class SessionEnvironment(DockerEnvironment):
 class _Pipe:
     """One output stream between the engine and its reader."""
 
-    __slots__ = ("chunks", "eof", "size", "waiter")
+    __slots__ = ("chunks", "eof", "offset", "size", "waiter")
 
     def __init__(self) -> None:
         self.chunks: deque[bytes] = deque()
+        self.offset = 0  # how much of chunks[0] was already read
         self.size = 0
         self.eof = False
         self.waiter: asyncio.Future[None] | None = None
@@ -1058,17 +1059,22 @@ class _Pipe:
             finally:
                 self.waiter = None
         chunk = self.chunks[0]
-        if len(chunk) <= size:
+        start = self.offset
+        if len(chunk) - start <= size:
             self.chunks.popleft()
+            self.offset = 0
+            data = chunk[start:] if start else chunk
         else:
-            self.chunks[0] = chunk[size:]
-            chunk = chunk[:size]
-        self.size -= len(chunk)
-        return chunk
+            # Slice without copying the rest: big chunks are read in pieces.
+            self.offset = start + size
+            data = bytes(memoryview(chunk)[start : start + size])
+        self.size -= len(data)
+        return data
 
     def drain(self) -> bytes:
-        data = b"".join(self.chunks)
+        data = b"".join(self.chunks)[self.offset :]
         self.chunks.clear()
+        self.offset = 0
         self.size = 0
         return data
 

@@ -68,27 +68,29 @@ class Demuxer:
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Consume ``data``; return the completed payload pieces."""
-        out: list[tuple[int, bytes]] = []
+        # Runs of one stream are gathered as views and joined once at the end,
+        # so a chunk holding many small frames costs one copy, not one per frame.
+        runs: list[tuple[int, list[memoryview]]] = []
         view = memoryview(data)
         pos = 0
         end = len(view)
         while pos < end:
             if self._remaining:
                 take = min(self._remaining, end - pos)
-                piece = bytes(view[pos : pos + take])
+                piece = view[pos : pos + take]
                 pos += take
                 self._remaining -= take
-                if out and out[-1][0] == self._stream:
-                    out[-1] = (self._stream, out[-1][1] + piece)
+                if runs and runs[-1][0] == self._stream:
+                    runs[-1][1].append(piece)
                 else:
-                    out.append((self._stream, piece))
+                    runs.append((self._stream, [piece]))
                 continue
-            need = HEADER_SIZE - len(self._header)
             if not self._header and end - pos >= HEADER_SIZE:
                 # The common case: a whole header in hand, no copy into the buffer.
                 stream, length = _HEADER.unpack_from(view, pos)
                 pos += HEADER_SIZE
             else:
+                need = HEADER_SIZE - len(self._header)
                 self._header += view[pos : pos + need]
                 pos += min(need, end - pos)
                 if len(self._header) < HEADER_SIZE:
@@ -99,7 +101,9 @@ class Demuxer:
                 raise StreamProtocolError(f"unknown stream type {stream} in frame header")
             self._stream = STDOUT if stream == STDIN else stream
             self._remaining = length
-        return out
+        if len(runs) == 1 and len(runs[0][1]) == 1 and len(runs[0][1][0]) == end:
+            return [(runs[0][0], data)]  # one frame's payload is the whole chunk: no copy
+        return [(stream, b"".join(pieces)) for stream, pieces in runs]
 
 
 # --- the preamble ------------------------------------------------------------
