@@ -178,3 +178,16 @@ async def test_force_delete_during_graceful_delete(core: client.CoreV1Api, kube_
     assert listing.items == []
     # That the container went is checked by the namespace fixture on teardown,
     # which waits for every pod deletion of the namespace to finish.
+
+
+async def test_runtime_refusal_is_create_container_error(core: client.CoreV1Api,
+                                                         kube_namespace: str,
+                                                         busybox: str) -> None:
+    # The engine refuses a memory limit this small when it creates the container.
+    tiny = pod_manifest("tiny", busybox, SERVE)
+    tiny["spec"]["containers"][0]["resources"] = {"limits": {"memory": "1Mi"}}
+    await core.create_namespaced_pod(kube_namespace, tiny)
+    pod = await wait_for_pod(core, kube_namespace, "tiny",
+                             waiting_reason_is("CreateContainerError"))
+    assert "memory" in pod.status.container_statuses[0].state.waiting.message.lower()
+    assert pod.status.phase == "Pending"

@@ -251,9 +251,18 @@ class PodRunner:
                                    pid=os.getpid(), volumes=volumes)
             self._event(run, "Pulled", f'Container image "{container.image}" already present '
                         "on machine", container=container.name)
-            docker_container = await self._docker.containers.create(
-                config, name=f"k8s_{container.name}_{run.name}_{run.namespace}_{run.uid[:8]}"
-            )
+            try:
+                docker_container = await self._docker.containers.create(
+                    config, name=f"k8s_{container.name}_{run.name}_{run.namespace}_{run.uid[:8]}"
+                )
+            except DockerError as error:
+                # What the kubelet reports when the runtime refuses a container config.
+                container.state = {"waiting": {"reason": "CreateContainerError",
+                                               "message": str(error.message)}}
+                self._publish(run)
+                self._event(run, "Failed", f"Error: {error.message}", warning=True,
+                            container=container.name)
+                return
             container.docker_id = docker_container.id
             self._event(run, "Created", f"Created container {container.name}",
                         container=container.name)
