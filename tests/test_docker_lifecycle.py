@@ -26,7 +26,13 @@ from tests.support.docker_backend import (
     run,
     running_backend,
 )
-from tests.support.docker_env import containers, docker_config, docker_overrides, remove_all
+from tests.support.docker_env import (
+    containers,
+    docker_config,
+    docker_overrides,
+    inspect,
+    remove_all,
+)
 from tests.support.images import busybox_image
 
 MODES = ["connection", "session"]
@@ -151,6 +157,12 @@ async def test_cancelling_an_open_at_any_moment_leaves_nothing(mode: str):
 # --- reaping -------------------------------------------------------------------------
 
 
+def kill_and_wait(container: str) -> None:
+    """Stop a container behind the backend's back (as a crash or OOM would)."""
+    subprocess.run(["docker", "kill", container], capture_output=True, check=True)
+    subprocess.run(["docker", "wait", container], capture_output=True, check=True)
+
+
 def _docker_run(instance_id: str, name: str, *labels: str) -> None:
     argv = [
         "docker",
@@ -250,7 +262,9 @@ async def test_warm_pool_hands_out_started_containers_and_refills():
         pooled = {c["ID"] for c in containers(instance=backend.instance_id, pool="true")}
         env = await backend.open(identity(config, user="dave", conn="warm1"))
         assert env.container_id in pooled
-        assert env.name.startswith(f"pairpod-{backend.instance_id}-warm1-")
+        # Renamed after its connection in the background, for operators.
+        await eventually(lambda: env.name.startswith(f"pairpod-{backend.instance_id}-warm1-"), "the rename")
+        assert inspect(env.name)["Id"] == env.container_id
         out, _, _ = await run(env, "echo from-pool")
         assert out == b"from-pool\n"
         await eventually(lambda: backend.pool_size() == 2, "the pool to refill")
@@ -260,6 +274,23 @@ async def test_warm_pool_hands_out_started_containers_and_refills():
         cold = await backend.open(identity(other))
         assert cold.container_id not in pooled
         await cold.close()
+        await env.close()
+
+
+async def test_dead_pool_container_is_skipped_and_removed():
+    config = docker_config(warm_pool=1)
+    async with running_backend(config) as backend:
+        await eventually(lambda: backend.pool_size() == 1, "the pool to fill")
+        (dead,) = [c["ID"] for c in containers(instance=backend.instance_id, pool="true")]
+        kill_and_wait(dead)
+        env = await backend.open(identity(config))
+        assert env.container_id != dead
+        out, _, _ = await run(env, "echo works")
+        assert out == b"works\n"
+        await eventually(
+            lambda: dead not in {c["ID"] for c in containers(instance=backend.instance_id)},
+            "the dead pool container to be removed",
+        )
         await env.close()
 
 

@@ -183,6 +183,9 @@ _MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not fo
 _HELPER_TIMEOUT = 10.0
 # How often containers nobody owns are looked for (start-up always looks once).
 REAP_INTERVAL = 60.0
+# A handed-out pool container is replaced after the login's first process
+# starts, or after this long at the latest.
+_POOL_REFILL_DELAY = 2.0
 # Pool refill back-off after failures (seconds, doubled up to the maximum).
 _POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
 
@@ -636,9 +639,9 @@ class DockerBackend(Backend):
                 raise steps.timeout_error(settings) from None
             env: DockerEnvironment = SessionEnvironment(self, identity, settings)
         else:
-            taken = self._take_from_pool(identity)
-            if taken is not None:
-                env = await self._adopt(identity, settings, *taken)
+            pooled = await self._take_from_pool(identity)
+            if pooled is not None:
+                env = pooled
             else:
                 env = await self._open_container(identity, settings, status)
         self._environments.add(env)
@@ -684,38 +687,51 @@ class DockerBackend(Backend):
         # A per-user volume cannot be mounted ahead of knowing the user.
         return settings.mode == "connection" and not settings.home_volume
 
-    def _take_from_pool(self, identity: Identity) -> tuple[str, str] | None:
+    async def _take_from_pool(self, identity: Identity) -> ConnectionEnvironment | None:
+        """A started pool container for this login, if the pool has one that still runs."""
         settings = identity.config.docker
-        if not self._pool or settings != self.config.docker:
+        if settings != self.config.docker or not self._pool_eligible_settings(settings):
             return None
-        if not self._pool_eligible_settings(settings):
-            return None
-        taken = self._pool.popleft()
-        self._pool_wakeup.set()
-        return taken
+        while self._pool:
+            pool_name, container_id = self._pool.popleft()
+            # Refill once the login is served: a container start running beside the
+            # login's first exec would slow both (and the exec is what the user waits for).
+            asyncio.get_running_loop().call_later(_POOL_REFILL_DELAY, self._pool_wakeup.set)
+            try:
+                state = (await self.engine.inspect_container(container_id)).get("State", {})
+            except EngineError:
+                state = {}
+            if state.get("Running"):
+                env = ConnectionEnvironment(self, identity, settings, pool_name, container_id)
+                env.from_pool = True
+                env.background(self._rename(env, self.container_name(identity)))
+                log.info(
+                    "docker.pool_handout",
+                    extra=fields(conn=identity.conn_id, user=identity.username, container=pool_name),
+                )
+                return env
+            # It died while waiting (an engine restart, say): drop it, try the next.
+            log.warning("docker.pool_container_gone", extra=fields(container=pool_name))
+            self._spawn(self.remove(pool_name, settings.timeouts.stop))
+        return None
 
-    async def _adopt(
-        self, identity: Identity, settings: DockerSettings, pool_name: str, container_id: str
-    ) -> ConnectionEnvironment:
-        """Hand a pooled container to a connection (renamed after it, for operators)."""
-        name = self.container_name(identity)
+    async def _rename(self, env: ConnectionEnvironment, name: str) -> None:
+        """Name a handed-out pool container after its connection, for operators."""
         self._live.add(name)
         try:
-            await self.engine.rename_container(container_id, name)
+            await self.engine.rename_container(env.container_id, name)
         except PairpodError as error:
             self._live.discard(name)
             log.warning(
-                "docker.pool_rename_failed",
-                extra=fields(container=pool_name, error=error.operator_message),
+                "docker.pool_rename_failed", extra=fields(container=env.name, error=error.operator_message)
             )
-            name = pool_name
-        else:
-            self._live.discard(pool_name)
-        log.info(
-            "docker.pool_handout",
-            extra=fields(conn=identity.conn_id, user=identity.username, container=name),
-        )
-        return ConnectionEnvironment(self, identity, settings, name, container_id)
+            return
+        self._live.discard(env.name)
+        env.name = name
+
+    def pool_refill(self) -> None:
+        """Ask the pool to top itself up now."""
+        self._pool_wakeup.set()
 
     async def _pool_loop(self) -> None:
         """Keep ``warm_pool`` started containers ready; refill in the background."""
@@ -821,6 +837,17 @@ class DockerEnvironment(Environment):
         self._processes: set[DockerProcess] = set()
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def background(self, work: Awaitable[Any]) -> None:
+        """Run housekeeping for this environment; it is waited for before removal."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _settle(self) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=self.settings.timeouts.stop)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -888,6 +915,9 @@ class ConnectionEnvironment(DockerEnvironment):
         self.name = name
         self.container_id = container_id
         self.description = f"docker container {name} ({container_id[:12]})"
+        # Set for a container taken from the warm pool: its first process
+        # starting is the moment to start a replacement.
+        self.from_pool = False
 
     async def start(self, spec: ProcessSpec) -> Process:
         """Run ``spec`` as an exec in the connection's container."""
@@ -912,7 +942,12 @@ class ConnectionEnvironment(DockerEnvironment):
                 raise await self._environment_gone(error.engine_message) from None
             raise
         process = DockerProcess(ExecTarget(self, exec_id), stream, spec.pty, self.discard)
-        await self._started(process, spec)
+        try:
+            await self._started(process, spec)
+        finally:
+            if self.from_pool:
+                self.from_pool = False
+                self.backend.pool_refill()
         if spec.pty is not None:
             # The wrapper already set the size if the image has stty; this covers
             # images without it (and costs one call).
@@ -958,6 +993,7 @@ class ConnectionEnvironment(DockerEnvironment):
     async def _close(self) -> None:
         for process in list(self._processes):
             process.abandon()
+        await self._settle()
         await self.backend.remove(self.name, self.settings.timeouts.stop)
         self.backend.forget(self)
         log.info("docker.container_removed", extra=self._log_fields(container=self.name))
