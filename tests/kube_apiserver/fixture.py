@@ -55,7 +55,12 @@ class KubeApiServerThread:
         """Start the thread and the server; write the kubeconfig."""
         self._thread.start()
         server = KubeApiServer(**self._options)
-        self.call(server.start(), timeout=_START_TIMEOUT)
+        try:
+            self.call(server.start(), timeout=_START_TIMEOUT)
+        except BaseException:
+            # Nothing to close but the loop and its thread.
+            self.stop()
+            raise
         self.server = server
         server.write_kubeconfig(self.kubeconfig)
         return self

@@ -171,11 +171,17 @@ class KubeApiServer:
 
     async def start(self) -> None:
         """Connect to Docker, bootstrap the cluster objects and start listening."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
         self._docker = aiodocker.Docker(url=self._docker_url)
         try:
             await self._docker.version()
         except (DockerError, OSError) as error:
-            await self._docker.close()
             raise RuntimeError(f"no Docker engine answers: {error}") from error
         await reap_orphans(self._docker)
         events = EventRecorder(self.store, self._type("", "v1", "events"), NODE_NAME)
