@@ -19,6 +19,9 @@ import asyncssh
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec, Stream
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
+from pairpod.sharing.channels import ChannelSink
+from pairpod.sharing.terminal import Terminal
+from pairpod.sharing.tokens import SharedSession
 
 if TYPE_CHECKING:
     from pairpod.server import Connection
@@ -61,6 +64,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._can_write = asyncio.Event()
         self._can_write.set()
         self._task: asyncio.Task[None] | None = None
+        self._terminal: Terminal | None = None
         self._closed = False
 
     # --- requests before the session starts -------------------------------------------
@@ -123,12 +127,15 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """Start the relay task, owned by the connection's task group."""
         self._task = self._connection.tasks.spawn(self._run())
 
-    def _spec(self) -> ProcessSpec:
+    def _client_env(self) -> dict[str, str]:
         assert self._chan is not None
-        client_env = {
+        return {
             k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
             for k, v in self._chan.get_environment_bytes().items()
         }
+
+    def _spec(self) -> ProcessSpec:
+        client_env = self._client_env()
         # Variables from the login (authorized_keys environment=, webhook) come with the
         # Identity; these are only what the client asked for and the config allows.
         env = filter_env(client_env, self._security.env_allow)
@@ -167,16 +174,48 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         log.info("channel.started", extra=self._connection.log_fields(
             kind="subsystem" if spec.subsystem else "exec" if spec.command else "shell",
             command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
-        status = await self._relay(self._process)
+        shared = self._share(self._process) if spec.pty and not spec.subsystem else None
+        try:
+            status = await self._relay(self._process)
+        finally:
+            if shared is not None:
+                self._connection.gateway.sharing.close_session(shared)
         self._exit(status)
+
+    def _share(self, process: Process) -> SharedSession[Terminal] | None:
+        """Put a Terminal between the process and this channel if sharing is asked for."""
+        assert self._chan is not None and self._pty is not None
+        service = self._connection.gateway.sharing
+        username = self._connection.username or ""
+        try:
+            request = service.share_request(self._connection.config, username,
+                                            self._client_env())
+        except ValueError as error:
+            self._chan.write_stderr(f"pairpod: not shared: {error}\r\n".encode())
+            return None
+        if request is None:
+            return None
+        terminal = Terminal(process, ChannelSink(self._chan), owner_name=f"user:{username}",
+                            cols=self._pty.cols, rows=self._pty.rows,
+                            viewer_backlog=self._connection.config.sharing.viewer_backlog)
+        session, banner = service.open_session(self._connection.config, username, terminal,
+                                               request)
+        # Shown before the program's first output: run() has not read any yet.
+        self._chan.write(banner.encode())
+        self._terminal = terminal
+        return session
 
     async def _relay(self, process: Process) -> ExitStatus:
         assert self._chan is not None
         chan = self._chan
-        pumps = [
-            asyncio.ensure_future(self._pump_output(process, Stream.STDOUT, chan.write)),
-            asyncio.ensure_future(self._pump_output(process, Stream.STDERR, chan.write_stderr)),
-        ]
+        if self._terminal is not None:
+            pumps = [asyncio.ensure_future(self._terminal.run())]
+        else:
+            pumps = [
+                asyncio.ensure_future(self._pump_output(process, Stream.STDOUT, chan.write)),
+                asyncio.ensure_future(self._pump_output(process, Stream.STDERR,
+                                                        chan.write_stderr)),
+            ]
         feeder = asyncio.ensure_future(self._pump_input(process))
         try:
             status = await process.wait()
@@ -199,7 +238,10 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     async def _pump_input(self, process: Process) -> None:
         while (data := await self._input.get()) is not None:
-            await process.write(data)
+            if self._terminal is not None:
+                await self._terminal.owner.send_input(data)
+            else:
+                await process.write(data)
             self._input_queued -= len(data)
             if self._reading_paused and self._input_queued < _INPUT_LOW_WATER and self._chan:
                 self._reading_paused = False
@@ -248,6 +290,10 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """Resize the PTY of the running process."""
         if self._pty is not None:
             self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
+        if self._terminal is not None:
+            # The Terminal sizes the PTY for everyone (smallest read-write participant).
+            self._terminal.owner.resize(width, height)
+            return
         self._later(lambda p: p.resize(width, height, pixwidth, pixheight))
 
     def signal_received(self, signal: str) -> None:
@@ -273,15 +319,21 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
     def pause_writing(self) -> None:
         """The client is not keeping up: stop pumping output."""
         self._can_write.clear()
+        if self._terminal is not None:
+            self._terminal.owner.pause_writing()
 
     def resume_writing(self) -> None:
         """The client caught up."""
         self._can_write.set()
+        if self._terminal is not None:
+            self._terminal.owner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel closed: stop the relay and end the process."""
         self._closed = True
         self._connection.channel_closed(self)
+        if self._terminal is not None:
+            self._terminal.owner.leave()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         process = self._process

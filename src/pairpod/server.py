@@ -23,6 +23,10 @@ from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys
 from pairpod.log import fields, get_logger
+from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerSession
+from pairpod.sharing.service import SharingService, split_control_username
+from pairpod.sharing.terminal import Terminal
+from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
 from pairpod.ssh_transport import coalesce_writes
 
 log = get_logger("server")
@@ -82,6 +86,12 @@ class Connection(asyncssh.SSHServer):
         self._channels: set[ChannelSession] = set()
         self._environment: asyncio.Task[Environment] | None = None
         self._cleanup: asyncio.Future[None] | None = None
+        # What this connection is for: a user's environment, joining a shared
+        # terminal (by link), or the owner's sharing controls (``alice+ctl``).
+        self._join: tuple[Access, SharedSession[Terminal]] | None = None
+        self._join_name: str | None = None
+        self._invalid_link = False
+        self._control_owner: str | None = None
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
         """Logging fields naming this connection, user and address."""
@@ -132,12 +142,36 @@ class Connection(asyncssh.SSHServer):
     # AsyncSSH's auth callbacks, answered by the auth chain (see pairpod.auth).
 
     def begin_auth(self, username: str) -> bool:
-        """Show the banner and start authenticating ``username`` (always required)."""
+        """Show the banner and decide how ``username`` authenticates."""
         self.username = username
         if self.config.banner and self._conn is not None:
             banner = self.config.banner
             self._conn.send_auth_banner(banner if banner.endswith("\n") else banner + "\n")
+        if looks_like_join_username(username):
+            return self._begin_join(username)
+        owner = split_control_username(username)
+        if owner is not None:
+            self._control_owner = owner
+            return self._auth.begin_auth(owner)
         return self._auth.begin_auth(username)
+
+    def _begin_join(self, username: str) -> bool:
+        self._join = self.gateway.sharing.lookup(username)
+        if self._join is None:
+            # Let them in to be told, after a random pause, that the link is dead;
+            # nothing else is reachable from such a connection.
+            self._invalid_link = True
+            log.info("sharing.invalid_link", extra=self.log_fields())
+            return False
+        _, session = self._join
+        if session.open:
+            self._join_name = f"guest@{self.remote_addr.rsplit(':', 1)[0]}"
+            return False
+        return True
+
+    def _chain_name(self, username: str) -> str:
+        """The name the auth chain checks (``alice`` for the control user ``alice+ctl``)."""
+        return self._control_owner if self._control_owner is not None else username
 
     @property
     def _auth(self) -> ConnectionAuth:
@@ -145,39 +179,57 @@ class Connection(asyncssh.SSHServer):
         return self.auth
 
     def public_key_auth_supported(self) -> bool:
-        """Offer publickey when any key source is configured."""
-        return self._auth.public_key_auth_supported()
+        """Offer publickey when any key source is configured (always to joiners)."""
+        return self._join is not None or self._auth.public_key_auth_supported()
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool]:
-        """Ask the chain whether ``key`` may log in as ``username``."""
-        return self._auth.validate_public_key(username, key)
+        """Ask the chain (or, for a joiner, the sharing service) about ``key``."""
+        if self._join is not None:
+            return self._validate_joiner_key(key)
+        return self._auth.validate_public_key(self._chain_name(username), key)
 
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool]:
+    async def _validate_joiner_key(self, key: asyncssh.SSHKey) -> bool:
+        assert self._join is not None
+        _, session = self._join
+        address = self.remote_addr.rsplit(":", 1)[0].strip("[]")
+        identities = await self.gateway.sharing.joiner_identities(session, key, address)
+        log.info("sharing.joiner_key", extra=self.log_fields(
+            session=session.session_id, accepted=bool(identities),
+            identity=identities[0] if identities else None))
+        if identities:
+            self._join_name = identities[0]
+        return bool(identities)
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool] | bool:
         """Ask the chain whether a certificate's CA is trusted for ``username``."""
-        return self._auth.validate_ca_key(username, key)
+        if self._join is not None:
+            return False
+        return self._auth.validate_ca_key(self._chain_name(username), key)
 
     def password_auth_supported(self) -> bool:
-        """Offer password when passwords or a webhook are configured."""
-        return self._auth.password_auth_supported()
+        """Offer password when passwords or a webhook are configured (never to joiners)."""
+        return self._join is None and self._auth.password_auth_supported()
 
     def validate_password(self, username: str, password: str) -> Awaitable[bool]:
         """Ask the chain to check a password (never logged)."""
-        return self._auth.validate_password(username, password)
+        return self._auth.validate_password(self._chain_name(username), password)
 
     def kbdint_auth_supported(self) -> bool:
         """Offer keyboard-interactive (a password prompt) like password."""
-        return self._auth.kbdint_auth_supported()
+        return self._join is None and self._auth.kbdint_auth_supported()
 
     def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
         """The password prompt of keyboard-interactive."""
-        return self._auth.get_kbdint_challenge(username, lang, submethods)
+        return self._auth.get_kbdint_challenge(self._chain_name(username), lang, submethods)
 
     def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> Any:
         """Check the answer to the prompt."""
-        return self._auth.validate_kbdint_response(username, responses)
+        return self._auth.validate_kbdint_response(self._chain_name(username), responses)
 
     def auth_completed(self) -> None:
         """Authenticated: start creating the environment while channels open."""
+        if self._join is not None or self._invalid_link:
+            return  # joiners attach to a live terminal; they get no environment
         result = self._auth.auth_completed()
         if result is None:
             # AsyncSSH accepted something the chain did not approve: deny by default.
@@ -187,6 +239,9 @@ class Connection(asyncssh.SSHServer):
         self.config = result.config  # per-connection overrides (config webhook)
         self.permissions = result.permissions
         self.username = result.authenticated_as
+        if self._control_owner is not None:
+            self._control_owner = result.authenticated_as
+            return  # the control interface never enters an environment
         identity = result.identity(self.conn_id, self.remote_addr)
         self._environment = self.tasks.spawn(self.gateway.open_environment(identity))
 
@@ -198,8 +253,15 @@ class Connection(asyncssh.SSHServer):
 
     # --- channels -----------------------------------------------------------------
 
-    def session_requested(self) -> ChannelSession | bool:
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         """A new session channel, up to ``ssh.max_sessions`` at once."""
+        if self._invalid_link:
+            return InvalidLinkSession(self)
+        if self._join is not None:
+            access, session = self._join
+            return ViewerSession(self, session.terminal, access, self._join_name or "guest")
+        if self._control_owner is not None:
+            return ControlSession(self, self.gateway.sharing, self._control_owner)
         if len(self._channels) >= self.config.ssh.max_sessions:
             log.info("channel.refused", extra=self.log_fields(
                 reason=f"max_sessions ({self.config.ssh.max_sessions}) reached"))
@@ -234,6 +296,7 @@ class Gateway:
         self.instance_id = secrets.token_hex(4)
         self.backend: Backend = create_backend(config, self.instance_id)
         self.authenticator = Authenticator(config)
+        self.sharing = SharingService(config, self.authenticator)
         self.connections: set[Connection] = set()
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None

@@ -1,0 +1,240 @@
+"""The gateway's sharing service: who shares, who may join, and the owner's controls.
+
+It keeps the registry of shared sessions, decides whether a new interactive
+session is shared, checks a joiner's key against the identities the owner
+named, and runs the owner's control commands. It knows SSH only through the
+small sink interface of :mod:`pairpod.sharing.terminal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import asyncssh
+
+from pairpod.auth import Authenticator
+from pairpod.auth.keys import AuthorizedKey, find_key
+from pairpod.config import Config
+from pairpod.log import fields, get_logger
+from pairpod.sharing.terminal import Terminal
+from pairpod.sharing.tokens import (
+    Access,
+    SharedSession,
+    ShareRegistry,
+    join_command,
+    parse_share_with,
+    share_banner,
+)
+
+log = get_logger("sharing")
+
+#: Client environment variables that ask for sharing (read before env filtering).
+SHARE_ENV = "PAIRPOD_SHARE"
+SHARE_WITH_ENV = "PAIRPOD_SHARE_WITH"
+#: ``alice+ctl@gw``: the owner's control interface, never the container.
+CONTROL_SUFFIX = "+ctl"
+
+CONTROL_HELP = """\
+pairpod sharing control: ssh USER+ctl@GATEWAY COMMAND
+  list                          your shared sessions, their links and participants
+  mint [SESSION] ro|rw          a new join link
+  revoke [SESSION] LINK         stop a link from admitting anyone new
+  kick [SESSION] PARTICIPANT    remove one participant now
+SESSION may be left out when you have exactly one shared session.
+"""
+
+
+class ControlError(Exception):
+    """A control command that cannot be done; the text is shown to the owner."""
+
+
+@dataclass(frozen=True)
+class ShareRequest:
+    """An owner's wish to share, from their client's env or their config."""
+
+    share_with: frozenset[str]
+
+
+def split_control_username(username: str) -> str | None:
+    """``alice+ctl`` -> ``alice``; None for any other username."""
+    if username.endswith(CONTROL_SUFFIX) and len(username) > len(CONTROL_SUFFIX):
+        return username[: -len(CONTROL_SUFFIX)]
+    return None
+
+
+class SharingService:
+    """Shared sessions of one gateway process."""
+
+    def __init__(self, config: Config, authenticator: Authenticator) -> None:
+        self.config = config
+        self.registry: ShareRegistry[Terminal] = ShareRegistry()
+        self._authenticator = authenticator
+
+    # --- the owner's side ---------------------------------------------------------
+
+    def share_request(self, config: Config, username: str,
+                      client_env: Mapping[str, str]) -> ShareRequest | None:
+        """Whether a new interactive session of ``username`` is to be shared.
+
+        The client asks with ``SetEnv=PAIRPOD_SHARE=1``; the config may turn
+        sharing on for everyone (``sharing.auto``) or per user. Raises
+        ValueError when ``PAIRPOD_SHARE_WITH`` names an invalid identity.
+        """
+        if not config.sharing.enabled:
+            return None
+        user = config.auth.users.get(username)
+        per_user = user.sharing if user is not None else None
+        wanted = client_env.get(SHARE_ENV, "").strip().lower() in {"1", "yes", "true", "on"}
+        auto = per_user.auto if per_user is not None and per_user.auto is not None \
+            else config.sharing.auto
+        if not (wanted or auto):
+            return None
+        share_with: set[str] = set()
+        if per_user is not None and per_user.share_with:
+            share_with |= parse_share_with(",".join(per_user.share_with))
+        if client_env.get(SHARE_WITH_ENV):
+            share_with |= parse_share_with(client_env[SHARE_WITH_ENV])
+        return ShareRequest(frozenset(share_with))
+
+    def open_session(self, config: Config, owner: str, terminal: Terminal,
+                     request: ShareRequest) -> tuple[SharedSession[Terminal], str]:
+        """Register a shared session with a read-only and a read-write link.
+
+        Returns the session and the banner to show its owner.
+        """
+        session = self.registry.create_session(
+            owner=f"user:{owner}", terminal=terminal, share_with=request.share_with,
+            open=config.sharing.open)
+        links = [self.registry.mint(session, Access.READ_ONLY),
+                 self.registry.mint(session, Access.READ_WRITE)]
+        host, port = self.public_address(config)
+        log.info("sharing.open", extra=fields(
+            session=session.session_id, owner=session.owner, open=session.open,
+            share_with=",".join(sorted(session.allowed)) or None))
+        banner = share_banner(links, host, port)
+        if not session.open and not session.allowed:
+            banner += ("  (only you may join: name people with "
+                       "SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n")
+        return session, banner
+
+    def close_session(self, session: SharedSession[Terminal]) -> None:
+        """The owner's program ended: forget the session and its links."""
+        self.registry.close_session(session)
+        log.info("sharing.closed", extra=fields(session=session.session_id))
+
+    def public_address(self, config: Config) -> tuple[str, int]:
+        """Host and port to print in join commands."""
+        host, port = config.listen_address
+        if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - comparing, not binding
+            host = "localhost"
+        return (config.sharing.public_host or host, config.sharing.public_port or port)
+
+    # --- the joiner's side --------------------------------------------------------
+
+    def lookup(self, username: str) -> tuple[Access, SharedSession[Terminal]] | None:
+        """The live session a join username names (None: unknown, revoked or ended)."""
+        found = self.registry.lookup(username)
+        if found is None:
+            return None
+        link, session = found
+        if session.terminal.ended:
+            return None
+        return link.access, session
+
+    async def joiner_identities(self, session: SharedSession[Terminal], key: asyncssh.SSHKey,
+                                address: str) -> list[str]:
+        """The identities among those allowed (and the owner) that ``key`` proves."""
+        candidates = sorted({session.owner, *session.allowed})
+        found = await asyncio.gather(*(self._key_of(identity, key, address)
+                                       for identity in candidates))
+        return [identity for identity, ok in zip(candidates, found, strict=True) if ok]
+
+    async def _key_of(self, identity: str, key: asyncssh.SSHKey, address: str) -> bool:
+        kind, _, name = identity.partition(":")
+        auth = self._authenticator
+        entries: list[AuthorizedKey] = []
+        if kind in ("github", "gitlab"):
+            entries += (await auth.key_sources[kind].lookup(name)).entries
+        elif kind == "user":
+            entries += auth.static.entries_for(name)
+            for source, login in auth.remote_logins(name):
+                entries += (await auth.key_sources[source].lookup(login)).entries
+        entry, _ = find_key(entries, key, address)
+        return entry is not None
+
+    # --- the owner's control interface -------------------------------------------
+
+    def control(self, owner: str, command_line: str) -> str:
+        """Run one control command for ``owner``; the text to show. Raises ControlError."""
+        try:
+            words = shlex.split(command_line)
+        except ValueError as error:
+            raise ControlError(f"cannot parse the command: {error}") from None
+        if not words or words[0] in {"help", "-h", "--help"}:
+            return CONTROL_HELP
+        verb, args = words[0], words[1:]
+        sessions = self.registry.sessions_of(f"user:{owner}")
+        if verb == "list":
+            return self._list(sessions)
+        handlers = {"mint": (1, self._mint), "revoke": (1, self._revoke), "kick": (1, self._kick)}
+        if verb not in handlers:
+            raise ControlError(f"unknown command {verb!r}\n{CONTROL_HELP}")
+        needed, handler = handlers[verb]
+        session, rest = self._pick(sessions, args, needed)
+        return handler(session, rest[0])
+
+    def _pick(self, sessions: list[SharedSession[Terminal]], args: list[str],
+              needed: int) -> tuple[SharedSession[Terminal], list[str]]:
+        if len(args) == needed + 1:
+            chosen = [s for s in sessions if s.session_id == args[0]]
+            if not chosen:
+                raise ControlError(f"no shared session {args[0]!r} of yours")
+            return chosen[0], args[1:]
+        if len(args) != needed:
+            raise ControlError(f"wrong number of arguments\n{CONTROL_HELP}")
+        if len(sessions) != 1:
+            raise ControlError("you have no shared session" if not sessions else
+                               "you have several shared sessions: name one (see list)")
+        return sessions[0], args
+
+    def _list(self, sessions: Iterable[SharedSession[Terminal]]) -> str:
+        lines = []
+        now = time.time()
+        for session in sessions:
+            cols, rows = session.terminal.size
+            lines.append(f"session {session.session_id}  {cols}x{rows}  "
+                         f"up {int(now - session.created)}s  "
+                         f"{'open to anyone with a link' if session.open else 'restricted'}")
+            for link in session.active_links():
+                lines.append(f"  link {link.link_id}  {link.access.label}")
+            for person in session.terminal.participants():
+                role = "owner" if person.owner else person.access.label
+                state = "  (behind)" if person.behind else ""
+                lines.append(f"  participant {person.id}  {person.name}  {role}  "
+                             f"{person.cols}x{person.rows}{state}")
+        return "\n".join(lines) + "\n" if lines else "no shared sessions\n"
+
+    def _mint(self, session: SharedSession[Terminal], access_text: str) -> str:
+        access = {"ro": Access.READ_ONLY, "rw": Access.READ_WRITE}.get(access_text)
+        if access is None:
+            raise ControlError(f"expected ro or rw, got {access_text!r}")
+        link = self.registry.mint(session, access)
+        host, port = self.public_address(self.config)
+        log.info("sharing.mint", extra=fields(session=session.session_id, link=link.link_id,
+                                               access=access.value))
+        return f"link {link.link_id}: {join_command(link.username, host, port)}\n"
+
+    def _revoke(self, session: SharedSession[Terminal], link_id: str) -> str:
+        if not self.registry.revoke(session, link_id):
+            raise ControlError(f"no active link {link_id!r} in session {session.session_id}")
+        log.info("sharing.revoke", extra=fields(session=session.session_id, link=link_id))
+        return f"link {link_id} revoked\n"
+
+    def _kick(self, session: SharedSession[Terminal], participant: str) -> str:
+        if not participant.isdigit() or not session.terminal.kick(int(participant)):
+            raise ControlError(f"no participant {participant!r} in session {session.session_id}")
+        return f"participant {participant} removed\n"
