@@ -236,8 +236,22 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if not self._can_write.is_set():
                 await self._can_write.wait()
 
+    async def _next_input(self) -> bytes | None:
+        """The next input, joined with whatever else is already queued (fewer writes)."""
+        data = await self._input.get()
+        if data is None or self._input.empty():
+            return data
+        parts = [data]
+        while not self._input.empty() and sum(map(len, parts)) < _CHUNK:
+            more = self._input.get_nowait()
+            if more is None:
+                self._input.put_nowait(None)  # keep EOF for the next round, in order
+                break
+            parts.append(more)
+        return b"".join(parts)
+
     async def _pump_input(self, process: Process) -> None:
-        while (data := await self._input.get()) is not None:
+        while (data := await self._next_input()) is not None:
             if self._terminal is not None:
                 await self._terminal.owner.send_input(data)
             else:

@@ -200,6 +200,9 @@ async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> Lo
     for stream in (proc.stdout, proc.stderr):
         if (fd := _pipe_fd(stream)) is not None:
             _grow_pipe(fd)
+    stdin_pipe = proc.stdin.get_extra_info("pipe")
+    if stdin_pipe is not None and not stdin_pipe.closed:
+        _grow_pipe(stdin_pipe.fileno())
     return LocalProcess(proc, proc.stdout, proc.stderr, proc.stdin, pty_fd=None)
 
 
