@@ -28,7 +28,9 @@ from tests.support.docker_backend import (
 )
 from tests.support.docker_env import docker_config, inspect, remove_volume
 
-MODES = ["connection", "session"]
+# "pool": a connection-mode container from the warm pool, whose first process
+# of each kind is a spare that was waiting in it.
+MODES = ["connection", "session", "pool"]
 
 
 # --- processes ---------------------------------------------------------------------
@@ -72,10 +74,11 @@ async def test_pty_has_the_requested_size_term_and_follows_resizes(mode: str):
     assert status.code == 0
 
 
-async def test_pty_modes_from_the_client_are_applied():
+@pytest.mark.parametrize("mode", ["connection", "pool"])
+async def test_pty_modes_from_the_client_are_applied(mode: str):
     # 53 = ECHO off, 3 = VERASE set to ^H (RFC 4254 opcodes).
     pty = PtySpec(term="xterm", cols=80, rows=24, modes={53: 0, 3: 8})
-    async with environment() as env:
+    async with environment(mode) as env:
         out, _, _ = await run(env, "stty -a", pty=pty)
     assert re.search(rb"(^|\s)-echo(\s|$)", out), out
     assert b"erase = ^H" in out
@@ -268,6 +271,18 @@ async def test_env_user_and_workdir_reach_processes():
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_commands_and_variables_arrive_byte_for_byte(mode: str):
+    # Quotes, newlines, globs and dollars must survive every path, including
+    # a spare's shell-quoted instructions.
+    tricky = 'it\'s "quoted" $HOME * \\n\nsecond line; `x`'
+    command = "printf '%s|' \"$TRICKY\" \"$OTHER\"\necho 'line two' '*'"
+    async with environment(mode) as env:
+        out, err, status = await run(env, command, env={"TRICKY": tricky, "OTHER": ""})
+    assert out == f"{tricky}||line two *\n".encode(), err
+    assert status.code == 0
+
+
+@pytest.mark.parametrize("mode", ["connection", "session"])
 async def test_closing_the_environment_removes_its_containers(mode: str):
     config = docker_config(mode, image="busybox")
     async with running_backend(config) as backend:

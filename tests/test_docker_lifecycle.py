@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pairpod.backends.base import ProcessSpec
+from pairpod.backends.base import ProcessSpec, PtySpec
 from pairpod.backends.docker import (
     DockerBackend,
     EnvironmentExited,
@@ -23,6 +23,7 @@ from tests.support.docker_backend import (
     eventually,
     identity,
     new_instance_id,
+    read_all,
     run,
     running_backend,
 )
@@ -274,6 +275,25 @@ async def test_warm_pool_hands_out_started_containers_and_refills():
         cold = await backend.open(identity(other))
         assert cold.container_id not in pooled
         await cold.close()
+        await env.close()
+
+
+async def test_pooled_login_uses_its_waiting_spares_first():
+    config = docker_config(warm_pool=1)
+    async with running_backend(config) as backend:
+        await eventually(lambda: backend.pool_size() == 1, "the pool to fill")
+        spares = dict(backend._pool[0].spares)
+        assert set(spares) == {False, True}  # one without a TTY, one with
+        env = await backend.open(identity(config))
+        first = await env.start(ProcessSpec(command="echo spare"))
+        second = await env.start(ProcessSpec(command="echo exec"))
+        shell = await env.start(ProcessSpec(pty=PtySpec("xterm", 80, 24)))
+        assert first is spares[False] and shell is spares[True]
+        assert second not in spares.values()
+        await shell.kill()
+        for process, expected in ((first, b"spare\n"), (second, b"exec\n")):
+            await process.write_eof()
+            assert await read_all(process) == expected
         await env.close()
 
 

@@ -122,6 +122,7 @@ def test_encode_rejects_unknown_stream():
     [
         (b"pairpod:pid:42", Preamble(pid=42)),
         (b"pairpod:error:nosftp", Preamble(error="nosftp")),
+        (b"pairpod:ready", Preamble(ready=True)),
         (b"pairpod:pid:", Preamble(garbage=b"pairpod:pid:")),
         (b"pairpod:pid:-1", Preamble(garbage=b"pairpod:pid:-1")),
         (b"sh: not found", Preamble(garbage=b"sh: not found")),

@@ -53,9 +53,18 @@ async def running_backend(
 async def environment(
     mode: str = "connection", image: str = "busybox", user: str = "alice", **docker: Any
 ) -> AsyncIterator[DockerEnvironment]:
-    """One environment on a fresh backend."""
-    config = docker_config(mode, image, **docker)
+    """One environment on a fresh backend.
+
+    ``mode`` is ``connection``, ``session``, or ``pool``: a connection-mode
+    container taken from a full warm pool, whose first processes are its spares.
+    """
+    if mode == "pool":
+        config = docker_config("connection", image, warm_pool=1, **docker)
+    else:
+        config = docker_config(mode, image, **docker)
     async with running_backend(config) as backend:
+        if mode == "pool":
+            await eventually(lambda: backend.pool_size() == 1, "the warm pool to fill", 60)
         env = await backend.open(identity(config, user))
         try:
             yield env

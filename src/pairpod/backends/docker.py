@@ -122,10 +122,34 @@ DEFAULT_IDLE_COMMAND = [
 
 # The wrapper every process starts through. Arguments: the fd to print the
 # preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
-# arguments, stty mode arguments, the kind (shell | sftp | plain), then argv.
+# arguments, stty mode arguments, the kind (shell | sftp | plain), how many
+# NAME=value words follow to export, those words, then argv.
+#
+# A *spare* (``spare TOKEN tty|pipe FD``) is started ahead of need in a warm
+# pool container: it says ``ready``, then reads those same arguments from its
+# stdin, shell-quoted, up to a line holding TOKEN. A TTY spare reads in raw
+# mode, so its instructions are neither echoed nor edited by the terminal.
 WRAPPER = r"""set -f
-fd=$1 size=$2 modes=$3 kind=$4
-shift 4
+if [ "$1" = spare ]; then
+  end=$2 saved=
+  if [ "$3" = tty ]; then
+    saved=$(stty -g 2>/dev/null) && stty raw -echo 2>/dev/null ||
+      { echo "pairpod:error:nostty" >&"$4"; exit 127; }
+  fi
+  echo "pairpod:ready" >&"$4"
+  s= got=
+  while IFS= read -r l; do
+    if [ "$l" = "$end" ]; then got=1; break; fi
+    s="$s$l
+"
+  done
+  [ -n "$got" ] || exit 0
+  [ -z "$saved" ] || stty "$saved"
+  eval "set -- $s"
+fi
+fd=$1 size=$2 modes=$3 kind=$4 n=$5
+shift 5
+while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
 if [ -n "$size" ] && command -v stty >/dev/null 2>&1; then
   stty $size 2>/dev/null
   [ -z "$modes" ] || stty $modes 2>/dev/null
@@ -315,6 +339,21 @@ def home_mount_target(settings: DockerSettings) -> str:
     return "/root" if user in ("root", "0") else f"/home/{user}"
 
 
+class PoolEntry:
+    """A started warm-pool container and the spare processes waiting in it."""
+
+    def __init__(self, name: str, container_id: str) -> None:
+        self.name = name
+        self.container_id = container_id
+        self.spares: dict[bool, DockerProcess] = {}  # by "has a TTY"
+
+    def abandon(self) -> None:
+        """Drop the spares (the container is going)."""
+        for spare in self.spares.values():
+            spare.abandon()
+        self.spares.clear()
+
+
 class Steps:
     """Which step of preparing an environment is under way (for timeout messages)."""
 
@@ -345,7 +384,7 @@ class DockerBackend(Backend):
         # ones being created right now: the reaper leaves these alone.
         self._live: set[str] = set()
         self._environments: set[DockerEnvironment] = set()
-        self._pool: deque[tuple[str, str]] = deque()  # (name, id), ready to hand out
+        self._pool: deque[PoolEntry] = deque()  # started containers, ready to hand out
         self._pool_filling = 0
         self._pool_wakeup = asyncio.Event()
         self._pulls: dict[str, asyncio.Future[None]] = {}
@@ -378,7 +417,9 @@ class DockerBackend(Backend):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
         pool, self._pool = list(self._pool), deque()
-        self._live.difference_update(name for name, _ in pool)
+        for entry in pool:
+            entry.abandon()
+        self._live.difference_update(entry.name for entry in pool)
         with contextlib.suppress(PairpodError):
             await self.reap_orphans()
         await self.engine.close()
@@ -693,26 +734,29 @@ class DockerBackend(Backend):
         if settings != self.config.docker or not self._pool_eligible_settings(settings):
             return None
         while self._pool:
-            pool_name, container_id = self._pool.popleft()
+            entry = self._pool.popleft()
             # Refill once the login is served: a container start running beside the
             # login's first exec would slow both (and the exec is what the user waits for).
             asyncio.get_running_loop().call_later(_POOL_REFILL_DELAY, self._pool_wakeup.set)
             try:
-                state = (await self.engine.inspect_container(container_id)).get("State", {})
+                state = (await self.engine.inspect_container(entry.container_id)).get("State", {})
             except EngineError:
                 state = {}
-            if state.get("Running"):
-                env = ConnectionEnvironment(self, identity, settings, pool_name, container_id)
+            running = bool(state.get("Running"))
+            if running:
+                env = ConnectionEnvironment(self, identity, settings, entry.name, entry.container_id)
                 env.from_pool = True
+                env.take_spares(entry.spares)
                 env.background(self._rename(env, self.container_name(identity)))
                 log.info(
                     "docker.pool_handout",
-                    extra=fields(conn=identity.conn_id, user=identity.username, container=pool_name),
+                    extra=fields(conn=identity.conn_id, user=identity.username, container=entry.name),
                 )
                 return env
             # It died while waiting (an engine restart, say): drop it, try the next.
-            log.warning("docker.pool_container_gone", extra=fields(container=pool_name))
-            self._spawn(self.remove(pool_name, settings.timeouts.stop))
+            log.warning("docker.pool_container_gone", extra=fields(container=entry.name))
+            entry.abandon()
+            self._spawn(self.remove(entry.name, settings.timeouts.stop))
         return None
 
     async def _rename(self, env: ConnectionEnvironment, name: str) -> None:
@@ -771,16 +815,53 @@ class DockerBackend(Backend):
         )
         self._live.add(name)
         self._pool_filling += 1
+        entry: PoolEntry | None = None
         try:
             async with asyncio.timeout(settings.timeouts.start):
                 container_id = await self.create(name, config, settings)
                 await self.start_container(name, settings)
+                entry = PoolEntry(name, container_id)
+                # A spare of each kind, so the first channel of a pooled login
+                # skips the exec start (the larger part of its wait).
+                for tty in (False, True):
+                    spare = await self._start_spare(container_id, tty)
+                    if spare is not None:
+                        entry.spares[tty] = spare
         except BaseException:
+            if entry is not None:
+                entry.abandon()
             await asyncio.shield(self.remove(name, settings.timeouts.stop))
             raise
         finally:
             self._pool_filling -= 1
-        self._pool.append((name, container_id))
+        self._pool.append(entry)
+
+    async def _start_spare(self, container_id: str, tty: bool) -> DockerProcess | None:
+        """A process waiting in the container to become a connection's first channel."""
+        token = secrets.token_hex(8)
+        exec_id = await self.engine.create_exec(
+            container_id,
+            {
+                "AttachStdin": True,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Tty": tty,
+                "Cmd": spare_command(tty, token),
+                "DetachKeys": DETACH_KEYS,
+            },
+        )
+        stream = await self.engine.start_exec(exec_id, tty)
+        placeholder = PtySpec(term="dumb", cols=80, rows=24) if tty else None
+        spare = DockerProcess(ExecTarget(self.engine, exec_id), stream, placeholder, lambda _: None)
+        spare.token = token
+        if await spare.ready():
+            return spare
+        spare.abandon()
+        log.info(
+            "docker.spare_unavailable",
+            extra=fields(tty=tty, said=spare.leftover_output().decode(errors="replace").strip()),
+        )
+        return None
 
     def pool_size(self) -> int:
         """How many warm containers are ready now."""
@@ -809,14 +890,54 @@ def _argv_and_kind(settings: DockerSettings, spec: ProcessSpec) -> tuple[list[st
     return shell, "shell"
 
 
-def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
-    """The argv that runs ``spec`` through :data:`WRAPPER`."""
+def _wrapper_args(settings: DockerSettings, spec: ProcessSpec, exports: Mapping[str, str]) -> list[str]:
     argv, kind = _argv_and_kind(settings, spec)
     pty = spec.pty
     size = f"rows {pty.rows} cols {pty.cols}" if pty is not None else ""
     modes = stty_modes(pty.modes) if pty is not None else ""
     fd = "1" if pty is not None else "2"
-    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", fd, size, modes, kind, *argv]
+    words = [f"{k}={v}" for k, v in exports.items()]
+    return [fd, size, modes, kind, str(len(words)), *words, *argv]
+
+
+def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
+    """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec)."""
+    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", *_wrapper_args(settings, spec, {})]
+
+
+def spare_command(tty: bool, token: str) -> list[str]:
+    """The argv of a spare process that waits for its instructions on stdin."""
+    return [
+        FALLBACK_SHELL,
+        "-c",
+        WRAPPER,
+        "pairpod",
+        "spare",
+        token,
+        "tty" if tty else "pipe",
+        "1" if tty else "2",
+    ]
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _sh_quote(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def spare_instructions(
+    settings: DockerSettings, spec: ProcessSpec, env: Mapping[str, str], token: str
+) -> bytes:
+    """What a spare reads to become ``spec``: its arguments, shell-quoted, then the token.
+
+    A shell can only export valid names; others are left out (logged).
+    """
+    exports = {k: v for k, v in env.items() if _ENV_NAME.fullmatch(k)}
+    if len(exports) != len(env):
+        log.info("docker.env_skipped", extra=fields(names=",".join(sorted(set(env) - set(exports)))))
+    words = _wrapper_args(settings, spec, exports)
+    return (" ".join(_sh_quote(w) for w in words) + "\n" + token + "\n").encode()
 
 
 def process_env(settings: DockerSettings, identity: Identity, spec: ProcessSpec) -> dict[str, str]:
@@ -918,12 +1039,23 @@ class ConnectionEnvironment(DockerEnvironment):
         # Set for a container taken from the warm pool: its first process
         # starting is the moment to start a replacement.
         self.from_pool = False
+        self._spares: dict[bool, DockerProcess] = {}
+
+    def take_spares(self, spares: dict[bool, DockerProcess]) -> None:
+        """Spare processes from the pool, used by the first channels."""
+        self._spares = dict(spares)
+        spares.clear()
 
     async def start(self, spec: ProcessSpec) -> Process:
         """Run ``spec`` as an exec in the connection's container."""
         self._check_open()
         engine = self.backend.engine
         tty = spec.pty is not None
+        spare = self._spares.pop(tty, None)
+        if spare is not None:
+            process = await self._start_spare(spare, spec)
+            if process is not None:
+                return process
         config = {
             "AttachStdin": True,
             "AttachStdout": True,
@@ -941,7 +1073,7 @@ class ConnectionEnvironment(DockerEnvironment):
             if error.status in (404, 409) or "not running" in error.engine_message:
                 raise await self._environment_gone(error.engine_message) from None
             raise
-        process = DockerProcess(ExecTarget(self, exec_id), stream, spec.pty, self.discard)
+        process = DockerProcess(ExecTarget(engine, exec_id, self), stream, spec.pty, self.discard)
         try:
             await self._started(process, spec)
         finally:
@@ -953,6 +1085,28 @@ class ConnectionEnvironment(DockerEnvironment):
             # images without it (and costs one call).
             await process.resize(spec.pty.cols, spec.pty.rows)
         return process
+
+    async def _start_spare(self, spare: DockerProcess, spec: ProcessSpec) -> Process | None:
+        """Turn a waiting spare into ``spec``; None if the spare is gone (use an exec)."""
+        if not spare.usable_spare:
+            spare.abandon()
+            return None
+        spare.adopt(self, self.discard)
+        env = process_env(self.settings, self.identity, spec)
+        await spare.launch(spec.pty, spare_instructions(self.settings, spec, env, spare.token))
+        preamble = await spare.preamble()
+        if preamble.pid is None and preamble.error is None and not preamble.garbage:
+            spare.abandon()  # it ended without a word: not worth an error, fall back
+            return None
+        try:
+            await self._started(spare, spec)
+        finally:
+            if self.from_pool:
+                self.from_pool = False
+                self.backend.pool_refill()
+        if spec.pty is not None:
+            await spare.resize(spec.pty.cols, spec.pty.rows)
+        return spare
 
     async def _environment_gone(self, detail: str) -> BackendError:
         # A dying container can still read as running for a moment: give it a
@@ -991,8 +1145,9 @@ class ConnectionEnvironment(DockerEnvironment):
         return int(code) if code is not None else None
 
     async def _close(self) -> None:
-        for process in list(self._processes):
+        for process in [*self._processes, *self._spares.values()]:
             process.abandon()
+        self._spares.clear()
         await self._settle()
         await self.backend.remove(self.name, self.settings.timeouts.stop)
         self.backend.forget(self)
@@ -1118,33 +1273,41 @@ class _Pipe:
 class ExecTarget:
     """How a process that is an exec is signalled, killed and waited for."""
 
-    def __init__(self, environment: ConnectionEnvironment, exec_id: str) -> None:
-        self.environment = environment
+    def __init__(
+        self, engine: Engine, exec_id: str, environment: ConnectionEnvironment | None = None
+    ) -> None:
+        self.engine = engine
         self.exec_id = exec_id
+        # None only for a spare not yet handed to a connection.
+        self.environment = environment
+
+    def _env(self) -> ConnectionEnvironment:
+        if self.environment is None:
+            raise BackendError("a spare process has no environment yet")
+        return self.environment
 
     async def signal(self, name: str, pid: int) -> None:
-        await self.environment.run_helper(["/bin/sh", "-c", f'kill -s {name} "$1"', "kill", str(pid)])
+        await self._env().run_helper(["/bin/sh", "-c", f'kill -s {name} "$1"', "kill", str(pid)])
 
     async def kill(self, pid: int | None) -> None:
         if pid is not None:
-            await self.environment.run_helper(["/bin/sh", "-c", KILL_TREE, "kill-tree", str(pid)])
+            await self._env().run_helper(["/bin/sh", "-c", KILL_TREE, "kill-tree", str(pid)])
 
     async def exit_code(self) -> int | None:
         """The exit code, once the exec has ended (its stream is already at its end)."""
-        engine = self.environment.backend.engine
         delay = 0.005
         # The engine records the code before it closes the stream, so this is
         # normally answered at once. A program can also close its output and
         # keep running; then its end is waited for, polling ever more slowly.
         while True:
-            info = await engine.inspect_exec(self.exec_id)
+            info = await self.engine.inspect_exec(self.exec_id)
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return int(info["ExitCode"])
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
     async def resize(self, cols: int, rows: int) -> None:
-        await self.environment.backend.engine.resize_exec(self.exec_id, cols, rows)
+        await self.engine.resize_exec(self.exec_id, cols, rows)
 
     async def release(self) -> None:
         """Nothing to remove: exec instances go with their container."""
@@ -1197,12 +1360,15 @@ class DockerProcess(Process):
         self._preamble_stream = STDOUT if pty is not None else STDERR
         loop = asyncio.get_running_loop()
         self._preamble: asyncio.Future[Preamble] = loop.create_future()
+        # Only spares say "ready" (before their instructions, then the preamble).
+        self._ready: asyncio.Future[bool] = loop.create_future()
         self._status: asyncio.Future[ExitStatus] = loop.create_future()
         self._paused = False
         self._killed = False
         self._abandoned = False
         self._eof_sent = False
         self._finisher: asyncio.Task[None] | None = None
+        self.token = ""  # a spare's end-of-instructions line
         stream.set_consumer(self._on_data, self._on_eof)
 
     # --- data from the engine -------------------------------------------------------
@@ -1221,19 +1387,31 @@ class DockerProcess(Process):
             if stream == SYSTEMERR:
                 self._engine_errors += payload
                 continue
-            if stream == self._preamble_stream and not self._preamble_reader.done:
-                preamble, payload = self._preamble_reader.feed(payload)
-                if preamble is not None:
-                    self._preamble.set_result(preamble)
+            if stream == self._preamble_stream:
+                payload = self._take_preamble(payload)
             self._pipes[stream].feed(payload)
         if not self._paused and self._buffered() > STREAM_HIGH_WATER:
             self._paused = True
             self._stream.pause_reading()
 
+    def _take_preamble(self, payload: bytes) -> bytes:
+        while payload and not self._preamble_reader.done:
+            preamble, payload = self._preamble_reader.feed(payload)
+            if preamble is None:
+                break
+            if preamble.ready and not self._ready.done():
+                self._ready.set_result(True)
+                self._preamble_reader = PreambleReader()  # the real preamble follows
+                continue
+            self._preamble.set_result(preamble)
+        return payload
+
     def _buffered(self) -> int:
         return self._pipes[STDOUT].size + self._pipes[STDERR].size
 
     def _on_eof(self, exc: BaseException | None) -> None:
+        if not self._ready.done():
+            self._ready.set_result(False)
         if not self._preamble.done():
             self._preamble.set_result(self._preamble_reader.feed_eof())
         for pipe in self._pipes.values():
@@ -1278,6 +1456,31 @@ class DockerProcess(Process):
     def leftover_output(self) -> bytes:
         """Everything buffered, for error messages when the wrapper did not run."""
         return self._pipes[STDOUT].drain() + self._pipes[STDERR].drain() + bytes(self._engine_errors)
+
+    async def ready(self) -> bool:
+        """For a spare: whether it is up and waiting for instructions."""
+        return await asyncio.shield(self._ready)
+
+    def adopt(self, environment: ConnectionEnvironment, on_done: Callable[[DockerProcess], None]) -> None:
+        """A spare joins an environment (it was started before there was one)."""
+        assert isinstance(self._target, ExecTarget)
+        self._target.environment = environment
+        self._on_done = on_done
+
+    async def launch(self, pty: PtySpec | None, instructions: bytes) -> None:
+        """Tell a spare what to become."""
+        self._pty = pty
+        await self.write(instructions)
+
+    @property
+    def usable_spare(self) -> bool:
+        """A spare that said ready and has not ended since."""
+        return (
+            self._ready.done()
+            and self._ready.result()
+            and not self._preamble.done()
+            and self._finisher is None
+        )
 
     def abandon(self) -> None:
         """The environment is going away: end the streams now, the exit code is moot."""

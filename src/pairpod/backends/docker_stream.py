@@ -117,15 +117,17 @@ _PREAMBLE_MAX = 256
 class Preamble:
     """What the wrapper reported before running the program.
 
-    Exactly one of ``pid`` (the program's PID inside the container) or
-    ``error`` (a short reason, e.g. ``nosftp``) is set. ``garbage`` holds the
-    bytes received when the line was not a preamble at all (the wrapper itself
-    could not run; the engine's or the shell's error text is in it).
+    Exactly one of ``pid`` (the program's PID inside the container),
+    ``error`` (a short reason, e.g. ``nosftp``) or ``ready`` (a spare process
+    waiting for its instructions) is set. ``garbage`` holds the bytes received
+    when the line was not a preamble at all (the wrapper itself could not run;
+    the engine's or the shell's error text is in it).
     """
 
     pid: int | None = None
     error: str | None = None
     garbage: bytes = b""
+    ready: bool = False
 
 
 class PreambleReader:
@@ -171,7 +173,9 @@ class PreambleReader:
 
 
 def parse_preamble(line: bytes) -> Preamble:
-    """Parse ``pairpod:pid:<n>`` or ``pairpod:error:<reason>``."""
+    """Parse ``pairpod:pid:<n>``, ``pairpod:error:<reason>`` or ``pairpod:ready``."""
+    if line == PREAMBLE_PREFIX + b"ready":
+        return Preamble(ready=True)
     if line.startswith(PREAMBLE_PREFIX):
         kind, _, value = line[len(PREAMBLE_PREFIX) :].partition(b":")
         if kind == b"pid" and value.isdigit():
