@@ -262,7 +262,7 @@ class TickingClock:
 def test_feeding_does_not_parse_and_advance_keeps_to_its_budget() -> None:
     clock = TickingClock()
     model = ScreenModel(COLS, ROWS, parse_share=0.1, max_step=0.005, clock=clock)
-    chunk = b"\x1b[31mhello\x1b[m world\r\n" * 2000  # ten slices
+    chunk = b"\x1b[31mhello\x1b[m world\r\n" * 1000  # twenty slices
     model.feed(chunk)
     assert model.pending_bytes == len(chunk)
     assert model.screen.display[0].strip() == ""  # nothing parsed by feed()
@@ -276,6 +276,19 @@ def test_feeding_does_not_parse_and_advance_keeps_to_its_budget() -> None:
         clock.now += 1.0
     assert model.pending_bytes == 0
     assert model.screen.display[0].startswith("hello world")
+
+
+def test_nothing_is_parsed_in_the_background_during_a_flood() -> None:
+    clock = TickingClock()
+    model = ScreenModel(COLS, ROWS, max_pending=8192, clock=clock)
+    model.feed(b"x" * 20_000)  # more than the bound: the oldest is dropped
+    assert model.pending_bytes == 8192 and model.dropped_bytes == 20_000 - 8192
+    clock.now += 0.2  # budget enough for all of it...
+    assert model.advance() and model.pending_bytes == 8192  # ...but it would be wasted
+    clock.now += 1.0  # nothing dropped for a while: the flood is over
+    while model.advance():
+        clock.now += 10.0
+    assert model.pending_bytes == 0
 
 
 def test_snapshot_parses_what_is_pending() -> None:
@@ -335,6 +348,13 @@ def test_escape_tracker() -> None:
         tracker.feed(chunk)
         assert tracker.tail() == tail, chunk
         assert tracker.at_ground is (tail == b"")
+    assert not tracker.in_alt and not tracker.at_line_start
+    for chunk, in_alt, line_start in [(b"\x1b[?1049h\x1b[H", True, False),
+                                      (b"\x1b[?2004h", True, False),
+                                      (b"\x1b[?47l\x1b[?1047hx\r\n", True, True),
+                                      (b"\x1b[?1049l$ ", False, False)]:
+        tracker.feed(chunk)
+        assert (tracker.in_alt, tracker.at_line_start) == (in_alt, line_start)
 
 
 def test_notice_overlay_puts_everything_back() -> None:

@@ -28,6 +28,7 @@ from pairpod.sharing.terminal import (
     KICKED,
     OWNER_LEFT,
     SESSION_ENDED,
+    VIEWER_RATE,
     Sink,
     Terminal,
     TerminalEnded,
@@ -239,6 +240,7 @@ async def make_session(tmp_path: Path) -> AsyncIterator[MakeSession]:
 
     async def make(command: str, *, program: str | None = None, cols: int = 80, rows: int = 24,
                    backlog: int = BACKLOG, notice_seconds: float = 0.0,
+                   viewer_rate: int = VIEWER_RATE,
                    wrap: Callable[[Process], Process] | None = None) -> Session:
         if program is not None:
             script = tmp_path / f"program{len(sessions)}.py"
@@ -251,7 +253,8 @@ async def make_session(tmp_path: Path) -> AsyncIterator[MakeSession]:
             process = wrap(process)
         owner = TermSink(changes, cols, rows)
         terminal = Terminal(process, owner, owner_name="user:alice", cols=cols, rows=rows,
-                            viewer_backlog=backlog, notice_seconds=notice_seconds)
+                            viewer_backlog=backlog, viewer_rate=viewer_rate,
+                            notice_seconds=notice_seconds)
         session = Session(terminal, owner, process, asyncio.create_task(terminal.run()), changes)
         sessions.append(session)
         return session
@@ -381,6 +384,18 @@ async def test_a_stalled_viewer_costs_nobody_and_is_redrawn(make_session: MakeSe
     await s.terminal.owner.send_input(b"2\n")
     await s.until(lambda: b"DONE 2" in slow_term.data and b"DONE 2" in fast_term.data)
     await s.until(lambda: slow_term.screen() == fast_term.screen())
+
+
+async def test_a_flood_reaches_viewers_as_redraws(make_session: MakeSession) -> None:
+    s = await make_session("", program=GENERATOR, viewer_rate=16 * 1024)
+    viewer, term = s.join("github:bob", RO)
+    await s.terminal.owner.send_input(b"3000\n")  # about 300 kB, far past bob's share
+    await s.until(lambda: b"DONE 1\r\n" in s.owner.data)
+    assert b"002999 " in s.owner.data  # the owner gets every byte
+    # Bob is redrawn to the same screen, from far fewer bytes.
+    await s.until(lambda: term.shows("DONE 1") and term.screen() == s.owner.screen())
+    assert viewer.resyncs >= 1 and not viewer.behind
+    assert len(term.data) < len(s.owner.data) / 3
 
 
 async def test_a_briefly_paused_viewer_misses_nothing(make_session: MakeSession) -> None:

@@ -13,11 +13,12 @@ copy). Parsing happens in :meth:`~ScreenModel.advance`, which spends at most a
 fixed share of wall-clock time (10 % by default, in slices of a few
 milliseconds) and is called by the Terminal after it has delivered output. At
 interactive rates everything is parsed within milliseconds. Under bulk output
-(``cat`` of a big file) the pending queue is bounded (64 KiB by default, about
-80 ms of parsing): past the bound the *oldest* pending bytes are dropped.
-That loses nothing that matters for a late joiner in practice: such output
-scrolls off the screen anyway and the newest 64 KiB redraw several full
-screens. Before dropping, the dropped bytes are scanned (by a regular
+(``cat`` of a big file) the pending queue is bounded (24 KiB by default, about
+40 ms of parsing): past the bound the *oldest* pending bytes are dropped, and
+nothing is parsed in the background while that goes on (it would be dropped
+work). That loses nothing that matters for a late joiner in practice: such
+output scrolls off the screen anyway and the newest 24 KiB redraw a full
+screen or more. Before dropping, the dropped bytes are scanned (by a regular
 expression, at C speed) for the state that outlives a screenful of output:
 private modes (the alternate screen above all), the scroll region and full
 resets; parsing then resumes at the next escape sequence or line start. A
@@ -520,10 +521,17 @@ class EscapeTracker:
     _MAX_PARTIAL = 4096
     _KEEP = 16
 
+    _ALT_SCREEN = re.compile(rb"\x1b\[\?(?:1049|1047|47)([hl])")
+
     def __init__(self) -> None:
         self._partial = b""
         self._truncated = False
         self._char_tail = b""
+        #: Whether the stream last switched to the alternate screen (a cheap
+        #: guess that needs no parsing; a switch split across chunks is missed).
+        self.in_alt = False
+        #: Whether the stream ends with a newline (or is empty).
+        self.at_line_start = True
 
     @property
     def at_ground(self) -> bool:
@@ -544,6 +552,11 @@ class EscapeTracker:
         """Account for the next chunk of the stream."""
         if not data:
             return
+        self.at_line_start = data.endswith(b"\n")
+        if b"\x1b[?" in data:
+            switches = self._ALT_SCREEN.findall(data)
+            if switches:
+                self.in_alt = switches[-1] == b"h"
         start = data.rfind(b"\x1b")
         truncated = False
         if start >= 0:
@@ -866,15 +879,17 @@ class ScreenModel:
     that redraw the current screen on a joiner's terminal.
     """
 
-    #: Bytes parsed at a time; about 5 ms of pyte's time.
-    SLICE = 4096
+    #: Bytes parsed at a time: one or two milliseconds of pyte's time.
+    SLICE = 1024
+    #: A flood is over when nothing was dropped for this long (seconds).
+    FLOOD_QUIET = 0.5
 
     def __init__(
         self,
         cols: int,
         rows: int,
         *,
-        max_pending: int = 64 * 1024,
+        max_pending: int = 24 * 1024,
         parse_share: float = 0.1,
         max_step: float = 0.005,
         clock: Callable[[], float] = time.perf_counter,
@@ -895,6 +910,7 @@ class ScreenModel:
         self.dropped_bytes = 0
         #: Slices pyte failed on (a bug of its own; the slice's rest is lost).
         self.parse_errors = 0
+        self._last_drop = float("-inf")
 
     @property
     def screen(self) -> DualScreen:
@@ -925,10 +941,18 @@ class ScreenModel:
         self._pending.append((cols, rows))
 
     def advance(self) -> bool:
-        """Parse within the time budget; True if output is still pending."""
+        """Parse within the time budget; True if output is still pending.
+
+        While output is being dropped (a flood), nothing is parsed: what we
+        would parse now is older than what will be dropped next, so it would
+        be wasted. The tail is parsed when a screen is needed, or once the
+        flood is over.
+        """
         now = self._clock()
         self._budget = min(self._budget + (now - self._last) * self._share, self._max_step)
         self._last = now
+        if now - self._last_drop < self.FLOOD_QUIET:
+            return True
         if self._budget > 0 and self._pending:
             start = now
             while self._pending and self._clock() - start < self._budget:
@@ -1025,6 +1049,7 @@ class ScreenModel:
         return piece[start:]
 
     def _drop(self, excess: int) -> None:
+        self._last_drop = self._clock()
         while excess > 0 and self._pending:
             item = self._pending[0]
             if isinstance(item, tuple):

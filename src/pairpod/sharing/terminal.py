@@ -37,6 +37,15 @@ queued. When its channel resumes it gets a fresh :meth:`ScreenModel.snapshot`
 and continues live. A viewer that stops reading therefore costs a bounded
 amount of memory and never slows the owner or anyone else.
 
+A viewer's share of the output is also capped (:data:`VIEWER_RATE`, a token
+bucket far above interactive use). During a flood (``cat`` of a big file)
+a viewer past its share is redrawn from one shared snapshot every
+:data:`RESYNC_INTERVAL` instead of getting every byte: what each viewer
+costs the gateway (with SSH, its encryption) stays bounded however fast the
+owner's program prints, and the owner keeps nearly all of its throughput.
+Viewers see the screen as it is, a few times a second, rather than a
+scroll they could not read.
+
 Input
 -----
 Read-write participants' input goes to the program in arrival order, one
@@ -99,6 +108,12 @@ log = get_logger("sharing")
 
 #: How long a notice stays on screen, in seconds.
 NOTICE_SECONDS = 5.0
+#: Output bytes per second one viewer gets live (also the burst); past it, the
+#: viewer is redrawn from snapshots. Far above interactive use: it only binds
+#: under floods (``cat`` of a big file), which nobody can read live anyway.
+VIEWER_RATE = 512 * 1024
+#: How often viewers that are behind but writable are redrawn, in seconds.
+RESYNC_INTERVAL = 1.0
 #: What viewers are told when the session ends without a more specific reason.
 SESSION_ENDED = "the shared session has ended"
 OWNER_LEFT = "the owner has left; the shared session has ended"
@@ -209,6 +224,9 @@ class Participant:
         self.dropped_bytes = 0
         #: Input bytes discarded (read-only participants).
         self.ignored_input = 0
+        # The viewer's share of output (a token bucket, see Terminal._deliver).
+        self.tokens = float("inf")
+        self.stamp = 0.0
         self.told_small = False
         self.told_read_only = False
         # The notice on screen (row) and the one waiting for a safe point.
@@ -264,11 +282,15 @@ class Terminal:
         cols: int,
         rows: int,
         viewer_backlog: int,
+        viewer_rate: int = VIEWER_RATE,
         notice_seconds: float = NOTICE_SECONDS,
         screen: ScreenModel | None = None,
     ) -> None:
         self._process = process
         self._backlog = viewer_backlog
+        self._viewer_rate = viewer_rate
+        self._resync_interval = RESYNC_INTERVAL
+        self._resync_handle: asyncio.TimerHandle | None = None
         self._notice_seconds = notice_seconds
         self._size = (max(cols, 1), max(rows, 1))
         self._screen = screen if screen is not None else ScreenModel(*self._size)
@@ -364,6 +386,8 @@ class Terminal:
         participant = Participant(self, next(self._ids), sink, name=name, access=access,
                                   cols=cols, rows=rows, owner=False, notices=notices)
         snapshot = self._snapshot()
+        participant.tokens = float(self._viewer_rate)
+        participant.stamp = asyncio.get_running_loop().time()
         self._viewers[participant.id] = participant
         self._sink_write(participant, snapshot)
         if participant.left:  # its channel failed already
@@ -396,7 +420,8 @@ class Terminal:
         self._ended.set()
         for participant in list(self._viewers.values()):
             self._release(participant, reason)
-        for handle in (self._flush_handle, self._idle_handle, self.owner.notice_timer):
+        for handle in (self._flush_handle, self._idle_handle, self._resync_handle,
+                       self.owner.notice_timer):
             if handle is not None:
                 handle.cancel()
         if self._size_task is not None:
@@ -473,10 +498,7 @@ class Terminal:
         if participant.behind:
             # Everyone else first, so the snapshot and the live stream meet exactly.
             self.flush()
-            participant.behind = False
-            participant.resyncs += 1
-            participant.notice_row = None
-            self._sink_write(participant, self._snapshot())
+            self._redraw(participant, self._snapshot())
             log.info("sharing.resync", extra=fields(participant=participant.id,
                                                      dropped=participant.dropped_bytes))
         elif participant.queue:
@@ -522,22 +544,77 @@ class Terminal:
         if participant.behind:
             participant.dropped_bytes += len(data)
             return
-        if participant.owner or (not participant.paused and not participant.queue):
+        if participant.owner:
+            self._sink_write(participant, data)
+            return
+        if self._viewer_rate:
+            # A viewer's share of a flood is capped: past it, it is redrawn
+            # from snapshots instead (see _resync_tick).
+            now = asyncio.get_running_loop().time()
+            participant.tokens = min(
+                float(self._viewer_rate),
+                participant.tokens + (now - participant.stamp) * self._viewer_rate)
+            participant.stamp = now
+            if participant.tokens < len(data):
+                self._fall_behind(participant, len(data), "rate")
+                return
+            participant.tokens -= len(data)
+        if not participant.paused and not participant.queue:
             self._sink_write(participant, data)
             return
         if participant.queued + len(data) > self._backlog:
-            participant.behind = True
-            participant.dropped_bytes += participant.queued + len(data)
-            participant.queue.clear()
-            participant.queued = 0
-            # A notice on their screen is gone with the redraw they will get.
-            participant.notice_row = None
-            participant.notice_waiting = None
-            log.info("sharing.behind", extra=fields(participant=participant.id,
-                                                     backlog=self._backlog))
+            self._fall_behind(participant, len(data), "backlog")
             return
         participant.queue.append(data)
         participant.queued += len(data)
+
+    def _fall_behind(self, participant: Participant, size: int, why: str) -> None:
+        participant.behind = True
+        participant.dropped_bytes += participant.queued + size
+        participant.queue.clear()
+        participant.queued = 0
+        # A notice on their screen is gone with the redraw they will get.
+        participant.notice_row = None
+        participant.notice_waiting = None
+        log.debug("sharing.behind", extra=fields(participant=participant.id, why=why))
+        if self._resync_handle is None:
+            self._resync_handle = asyncio.get_running_loop().call_later(
+                self._resync_interval, self._resync_tick)
+
+    def _resync_tick(self) -> None:
+        """Redraw viewers that are behind but whose channel is writable, if their
+        share allows; one snapshot serves them all."""
+        self._resync_handle = None
+        if self._ended.is_set():
+            return
+        now = asyncio.get_running_loop().time()
+        snapshot: bytes | None = None
+        waiting = False
+        for participant in list(self._viewers.values()):
+            if not participant.behind or participant.paused:
+                continue  # a paused channel is redrawn when it drains
+            if self._viewer_rate:
+                participant.tokens = min(
+                    float(self._viewer_rate),
+                    participant.tokens + (now - participant.stamp) * self._viewer_rate)
+                participant.stamp = now
+                if participant.tokens <= 0:
+                    waiting = True
+                    continue
+            if snapshot is None:
+                self.flush()
+                snapshot = self._snapshot()
+            self._redraw(participant, snapshot)
+            participant.tokens -= len(snapshot)
+        if waiting:
+            self._resync_handle = asyncio.get_running_loop().call_later(
+                self._resync_interval, self._resync_tick)
+
+    def _redraw(self, participant: Participant, snapshot: bytes) -> None:
+        participant.behind = False
+        participant.resyncs += 1
+        participant.notice_row = None
+        self._sink_write(participant, snapshot)
 
     def _sink_write(self, participant: Participant, data: bytes) -> None:
         try:
@@ -679,10 +756,11 @@ class Terminal:
         # it has not received yet no longer matters.
         # Leave the alternate screen only if on it: with nothing saved, ?1049l
         # would send the cursor home and the message over the last output.
-        self._screen.catch_up()
-        screen = self._screen.screen
-        leave_alt = "\x1b[?1049l" if screen.in_alt else ""
-        newline = "\r\n" if screen.in_alt or screen.cursor.x else ""  # else already at one
+        # (From the raw stream: catching up the model here would cost the
+        # owner a parse of everything pending, at the end of every session.)
+        in_alt = self._tracker.in_alt
+        leave_alt = "\x1b[?1049l" if in_alt else ""
+        newline = "\r\n" if in_alt or not self._tracker.at_line_start else ""
         farewell = f"{_RELEASE}{leave_alt}{newline}pairpod: {reason}\r\n".encode()
         with contextlib.suppress(Exception):
             participant.sink.write(farewell)
