@@ -85,7 +85,7 @@ class ImagePullFailed(ImageUnavailable):
 
 
 class EnvironmentExited(BackendError):
-    """The container stopped right after it started (its logs are in the message)."""
+    """The container stopped, at start or under a connection (its logs are in the message)."""
 
     user_message = "environment failed to start"
 
@@ -476,7 +476,7 @@ class DockerBackend(Backend):
             if status is not None:
                 status(f"pulling image {image}...")
             log.info("docker.pull", extra=fields(image=image))
-            pending = asyncio.ensure_future(self.engine.pull_image(image))
+            pending = self._spawn(self.engine.pull_image(image))
             self._pulls[image] = pending
             pending.add_done_callback(lambda _: self._pulls.pop(image, None))
         try:
@@ -740,10 +740,12 @@ class DockerBackend(Backend):
             asyncio.get_running_loop().call_later(_POOL_REFILL_DELAY, self._pool_wakeup.set)
             try:
                 state = (await self.engine.inspect_container(entry.container_id)).get("State", {})
-            except EngineError:
-                state = {}
-            running = bool(state.get("Running"))
-            if running:
+            except BaseException:
+                # Unknown state (engine down, or the login was cancelled): the
+                # container is not handed out, so it must not stay owned either.
+                self._drop_pool_entry(entry, settings)
+                raise
+            if state.get("Running"):
                 env = ConnectionEnvironment(self, identity, settings, entry.name, entry.container_id)
                 env.from_pool = True
                 env.take_spares(entry.spares)
@@ -755,9 +757,13 @@ class DockerBackend(Backend):
                 return env
             # It died while waiting (an engine restart, say): drop it, try the next.
             log.warning("docker.pool_container_gone", extra=fields(container=entry.name))
-            entry.abandon()
-            self._spawn(self.remove(entry.name, settings.timeouts.stop))
+            self._drop_pool_entry(entry, settings)
         return None
+
+    def _drop_pool_entry(self, entry: PoolEntry, settings: DockerSettings) -> None:
+        entry.abandon()
+        # If this removal fails too, the name is no longer live: the reaper retries.
+        self._spawn(self.remove(entry.name, settings.timeouts.stop))
 
     async def _rename(self, env: ConnectionEnvironment, name: str) -> None:
         """Name a handed-out pool container after its connection, for operators."""
@@ -854,8 +860,12 @@ class DockerBackend(Backend):
         placeholder = PtySpec(term="dumb", cols=80, rows=24) if tty else None
         spare = DockerProcess(ExecTarget(self.engine, exec_id), stream, placeholder, lambda _: None)
         spare.token = token
-        if await spare.ready():
-            return spare
+        try:
+            if await spare.ready():
+                return spare
+        except BaseException:
+            spare.abandon()
+            raise
         spare.abandon()
         log.info(
             "docker.spare_unavailable",
@@ -981,11 +991,21 @@ class DockerEnvironment(Environment):
         """Wait for the wrapper's preamble; turn its failures into typed errors."""
         self._processes.add(process)
         try:
-            preamble = await process.preamble()
-        except BaseException:
+            async with asyncio.timeout(self.settings.timeouts.start):
+                preamble = await process.preamble()
+        except BaseException as error:
             await process.kill()
+            if isinstance(error, TimeoutError):
+                raise StartTimeout(
+                    f"a process in image {self.settings.image} did not start within "
+                    f"docker.timeouts.start ({self.settings.timeouts.start}s)"
+                ) from None
             raise
         if preamble.pid is not None:
+            if self._closed:
+                # The environment closed while this was starting: it must not outlive it.
+                await process.kill()
+                raise BackendError("environment closed while a process was starting")
             return process
         await process.kill()
         if preamble.error == "nosftp":
