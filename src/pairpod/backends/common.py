@@ -1,0 +1,384 @@
+"""What the container backends (Docker, Kubernetes) share.
+
+Both run every program through the same small POSIX-sh wrapper
+(:data:`WRAPPER`) so that neither needs an agent inside the image, only
+``/bin/sh``:
+
+- before it ``exec``s the real program, the wrapper sets the terminal's size
+  and modes, exports the variables it was given, falls back to ``/bin/sh``
+  when the configured shell is missing, finds the image's ``sftp-server``,
+  and prints one preamble line with its PID (``pairpod:pid:N``);
+- the PID is how signals reach the program: neither the Engine API nor the
+  Kubernetes exec protocol can signal an exec'd process, so the backend runs a
+  second exec, ``kill -s NAME PID``, as the same user;
+- :data:`KILL_TREE` ends a program and everything it started, the same way.
+
+Also here: label keys, the idle command, terminal modes as ``stty``
+arguments, exit codes as SSH exit statuses, the buffered output pipe both
+backends feed, and how a process's argv and environment are put together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal as signal_module
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Identity, ProcessSpec
+from pairpod.errors import BackendError, SubsystemUnavailable
+
+# --- labels ---------------------------------------------------------------------------
+
+# Docker labels and Kubernetes label keys alike (both accept these names).
+LABEL_MANAGED = "pairpod.managed"
+LABEL_INSTANCE = "pairpod.instance"
+LABEL_CONNECTION = "pairpod.connection"
+LABEL_USER = "pairpod.user"
+LABEL_MODE = "pairpod.mode"
+LABEL_POOL = "pairpod.pool"
+
+# --- programs run inside the environment ------------------------------------------------
+
+FALLBACK_SHELL = "/bin/sh"
+
+# PID 1 of a connection's container when ``idle_command`` is null. Needs only
+# /bin/sh. Being PID 1 it inherits every orphaned process, and ``wait`` reaps
+# any child that ends (the shell waits on all children, not only the sleep),
+# so zombies do not pile up. It exits at once on TERM so a stop is quick. An
+# image without ``sleep`` falls back to blocking on stdin (kept open by the
+# engine), which cannot spin.
+DEFAULT_IDLE_COMMAND = [
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT HUP; "
+    "if command -v sleep >/dev/null 2>&1; then "
+    "while :; do sleep 2147483 & wait $!; done; "
+    "else while read -r _; do :; done; fi",
+]
+
+# The wrapper every process starts through. Arguments: the fd to print the
+# preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
+# arguments, stty mode arguments, the kind (shell | sftp | plain), how many
+# NAME=value words follow to export, those words, then argv.
+#
+# A *spare* (``spare TOKEN tty|pipe FD``) is started ahead of need in a warm
+# pool container: it says ``ready``, then reads those same arguments from its
+# stdin, shell-quoted, up to a line holding TOKEN. A TTY spare reads in raw
+# mode, so its instructions are neither echoed nor edited by the terminal.
+WRAPPER = r"""set -f
+if [ "$1" = spare ]; then
+  end=$2 saved=
+  if [ "$3" = tty ]; then
+    saved=$(stty -g 2>/dev/null) && stty raw -echo 2>/dev/null ||
+      { echo "pairpod:error:nostty" >&"$4"; exit 127; }
+  fi
+  echo "pairpod:ready" >&"$4"
+  s= got=
+  while IFS= read -r l; do
+    if [ "$l" = "$end" ]; then got=1; break; fi
+    s="$s$l
+"
+  done
+  [ -n "$got" ] || exit 0
+  [ -z "$saved" ] || stty "$saved"
+  eval "set -- $s"
+fi
+fd=$1 size=$2 modes=$3 kind=$4 n=$5
+shift 5
+while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+if [ -n "$size" ] && command -v stty >/dev/null 2>&1; then
+  stty $size 2>/dev/null
+  [ -z "$modes" ] || stty $modes 2>/dev/null
+fi
+case $kind in
+shell) command -v "$1" >/dev/null 2>&1 || { shift; set -- /bin/sh "$@"; } ;;
+sftp)
+  s=
+  for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server \
+      /usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server \
+      /usr/local/libexec/sftp-server; do
+    if [ -x "$p" ]; then s=$p; break; fi
+  done
+  if [ -z "$s" ]; then echo "pairpod:error:nosftp" >&"$fd"; exit 127; fi
+  set -- "$s" ;;
+esac
+echo "pairpod:pid:$$" >&"$fd"
+exec "$@"
+"""
+
+# Ends a process and its descendants: freeze the root, collect descendants from
+# /proc (freezing each so none can fork away), then kill them all. Needs only sh.
+KILL_TREE = r"""p=$1
+kill -s STOP "$p" 2>/dev/null
+pids=" $p "
+changed=1
+while [ "$changed" = 1 ]; do
+  changed=0
+  for s in /proc/[0-9]*/stat; do
+    { read -r l < "$s"; } 2>/dev/null || continue
+    q=${s#/proc/}; q=${q%/stat}
+    set -- ${l##*) }
+    case $pids in *" $q "*) continue ;; esac
+    case $pids in *" $2 "*) pids="$pids$q "; kill -s STOP "$q" 2>/dev/null; changed=1 ;; esac
+  done
+done
+kill -s KILL $pids 2>/dev/null
+exit 0
+"""
+
+# The engine's, the kubelet's or the shell's words for "no such program".
+MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not found|not found", re.IGNORECASE)
+
+
+def signal_command(name: str, pid: int) -> list[str]:
+    """The argv of a helper that delivers signal ``name`` to ``pid``."""
+    return [FALLBACK_SHELL, "-c", f'kill -s {name} "$1"', "kill", str(pid)]
+
+
+def kill_tree_command(pid: int) -> list[str]:
+    """The argv of a helper that kills ``pid`` and all its descendants."""
+    return [FALLBACK_SHELL, "-c", KILL_TREE, "kill-tree", str(pid)]
+
+
+# --- terminal modes -------------------------------------------------------------------
+
+# RFC 4254 terminal mode opcodes -> stty names.
+_STTY_CHARS = {
+    1: "intr",
+    2: "quit",
+    3: "erase",
+    4: "kill",
+    5: "eof",
+    6: "eol",
+    7: "eol2",
+    8: "start",
+    9: "stop",
+    10: "susp",
+    12: "rprnt",
+    13: "werase",
+    14: "lnext",
+}
+_STTY_FLAGS = {
+    30: "ignpar",
+    31: "parmrk",
+    32: "inpck",
+    33: "istrip",
+    34: "inlcr",
+    35: "igncr",
+    36: "icrnl",
+    38: "ixon",
+    39: "ixany",
+    40: "ixoff",
+    41: "imaxbel",
+    42: "iutf8",
+    50: "isig",
+    51: "icanon",
+    53: "echo",
+    54: "echoe",
+    55: "echok",
+    56: "echonl",
+    57: "noflsh",
+    58: "tostop",
+    59: "iexten",
+    60: "echoctl",
+    61: "echoke",
+    70: "opost",
+    72: "onlcr",
+    73: "ocrnl",
+    74: "onocr",
+    75: "onlret",
+}
+VEOF = 5
+
+
+def stty_modes(modes: Mapping[int, int]) -> str:
+    """The client's terminal modes as ``stty`` arguments (unknown opcodes skipped)."""
+    args = []
+    for opcode, value in sorted(modes.items()):
+        if opcode in _STTY_FLAGS:
+            args.append(_STTY_FLAGS[opcode] if value else f"-{_STTY_FLAGS[opcode]}")
+        elif opcode in _STTY_CHARS:
+            if value in (0, 255):  # _POSIX_VDISABLE as clients send it
+                args += [_STTY_CHARS[opcode], "undef"]
+            elif value < 32:
+                args += [_STTY_CHARS[opcode], "^" + chr(value + 64)]
+            elif value == 127:
+                args += [_STTY_CHARS[opcode], "^?"]
+            elif chr(value).isalnum():
+                args += [_STTY_CHARS[opcode], chr(value)]
+    return " ".join(args)
+
+
+def eof_character(modes: Mapping[int, int]) -> bytes:
+    """The byte a terminal reads as end of input (``b""`` when the client disabled it).
+
+    With a TTY, stdin is not half-closed to signal EOF (that ends the output
+    too); the terminal's EOF character is typed instead.
+    """
+    eof = modes.get(VEOF, 4)
+    return bytes([eof]) if 0 < eof < 255 else b""
+
+
+# --- exit statuses ----------------------------------------------------------------------
+
+
+def exit_status(code: int) -> ExitStatus:
+    """How a process in a container ended, from its shell-style exit code.
+
+    Engines and kubelets report a program killed by a signal as 128 + the
+    signal number, indistinguishable from ``exit 130``; like a shell, take it
+    as the signal when it names one an SSH client understands.
+    """
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            name = signal_module.Signals(code - 128).name.removeprefix("SIG")
+            if name in SSH_SIGNALS:
+                return ExitStatus(code=None, signal=name)
+    return ExitStatus(code=code)
+
+
+# --- names ------------------------------------------------------------------------------
+
+
+def name_part(text: str, limit: int = 40) -> str:
+    """``text`` reduced to characters valid in container and pod names."""
+    cleaned = re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")
+    return cleaned[:limit] or "x"
+
+
+def hostname_for(template: str, username: str, setting: str = "hostname") -> str:
+    """A hostname: the template filled in, made a valid host label.
+
+    ``setting`` names the config key in the error for a bad template.
+    """
+    try:
+        text = template.format(username=username)
+    except (KeyError, IndexError, ValueError) as error:
+        raise BackendError(f"{setting}: bad template {template!r}: {error}") from None
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
+    return label or "pairpod"
+
+
+# --- argv and environment of a process ----------------------------------------------------
+
+
+def argv_and_kind(shell: Sequence[str], spec: ProcessSpec) -> tuple[list[str], str]:
+    """The program to run for ``spec`` and the wrapper's kind for it."""
+    if spec.subsystem is not None:
+        if spec.subsystem != "sftp":
+            raise SubsystemUnavailable(f"unknown subsystem {spec.subsystem!r}")
+        return [], "sftp"
+    if spec.command is not None:
+        return [shell[0], "-c", spec.command], "shell"
+    return list(shell), "shell"
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def exportable(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Split variables into those a shell can export and the names it cannot."""
+    exports = {k: v for k, v in env.items() if ENV_NAME.fullmatch(k)}
+    skipped = sorted(set(env) - set(exports))
+    return exports, skipped
+
+
+def wrapper_args(shell: Sequence[str], spec: ProcessSpec, exports: Mapping[str, str]) -> list[str]:
+    """The wrapper's arguments (after ``$0``) for ``spec``, exporting ``exports``."""
+    argv, kind = argv_and_kind(shell, spec)
+    pty = spec.pty
+    size = f"rows {pty.rows} cols {pty.cols}" if pty is not None else ""
+    modes = stty_modes(pty.modes) if pty is not None else ""
+    fd = "1" if pty is not None else "2"
+    words = [f"{k}={v}" for k, v in exports.items()]
+    return [fd, size, modes, kind, str(len(words)), *words, *argv]
+
+
+def wrapped_command(
+    shell: Sequence[str], spec: ProcessSpec, exports: Mapping[str, str] | None = None
+) -> list[str]:
+    """The argv that runs ``spec`` through :data:`WRAPPER`.
+
+    ``exports`` are set by the wrapper itself, for exec APIs that cannot pass
+    an environment (Kubernetes); names must be valid shell names.
+    """
+    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", *wrapper_args(shell, spec, exports or {})]
+
+
+def sh_quote(word: str) -> str:
+    """``word`` quoted for a POSIX shell."""
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
+def process_env(base: Mapping[str, str], identity: Identity, spec: ProcessSpec) -> dict[str, str]:
+    """Variables for one process: config, then identity, then the client's."""
+    env = {**base, **identity.env, **spec.env}
+    if spec.pty is not None:
+        env.setdefault("TERM", spec.pty.term or "dumb")
+    return env
+
+
+# --- buffered output ------------------------------------------------------------------
+
+
+class OutputPipe:
+    """One output stream between the engine (or API server) and its reader."""
+
+    __slots__ = ("chunks", "eof", "offset", "size", "waiter")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.offset = 0  # how much of chunks[0] was already read
+        self.size = 0
+        self.eof = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def feed(self, data: bytes) -> None:
+        """Buffer output for the reader."""
+        if data and not self.eof:
+            self.chunks.append(data)
+            self.size += len(data)
+            self._wake()
+
+    def end(self) -> None:
+        """No more output will come."""
+        self.eof = True
+        self._wake()
+
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` buffered bytes; waits for some; ``b""`` at the end."""
+        while not self.chunks:
+            if self.eof:
+                return b""
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        chunk = self.chunks[0]
+        start = self.offset
+        if len(chunk) - start <= size:
+            self.chunks.popleft()
+            self.offset = 0
+            data = chunk[start:] if start else chunk
+        else:
+            # Slice without copying the rest: big chunks are read in pieces.
+            self.offset = start + size
+            data = bytes(memoryview(chunk)[start : start + size])
+        self.size -= len(data)
+        return data
+
+    def drain(self) -> bytes:
+        """Everything buffered, at once (for error messages)."""
+        data = b"".join(self.chunks)[self.offset :]
+        self.chunks.clear()
+        self.offset = 0
+        self.size = 0
+        return data

@@ -1,0 +1,1334 @@
+"""The Kubernetes backend: a pod per connection (or per channel), through the Kubernetes API.
+
+``mode: connection``: logging in creates one pod running an idle command and
+waits, by watching it, until it runs; every channel (shell, exec, sftp) is an
+exec in it. ``mode: session``: each channel gets a pod of its own, deleted when
+its program ends. Either way pods go when the connection does (deleted, then
+watched until gone, within ``timeouts.stop``), and pods of this instance that
+no live connection owns (after a crash, say) are deleted at start-up and then
+periodically.
+
+**The pod.** pairpod's secure defaults, with ``kubernetes.pod`` deep-merged
+over them (mappings merge; lists of named items such as ``containers``,
+``volumes`` or ``env`` merge by ``name``; anything else is replaced):
+``restartPolicy: Never``, ``automountServiceAccountToken: false``, no service
+links, the RuntimeDefault seccomp profile, and for the shell container
+``allowPrivilegeEscalation: false``, every capability dropped, resource limits
+from ``kubernetes.limits`` (requests default to the limits), stdin held open
+for the idle command. pairpod always sets the pod's name, namespace and its
+own labels (``pairpod.managed``, ``pairpod.instance``, ``pairpod.connection``,
+``pairpod.user``, ``pairpod.mode``, ``pairpod.pool``), the user's name as
+typed in the ``pairpod.user`` annotation (labels cannot hold every
+character), and the shell container's command (the idle command).
+
+**Non-root where the image allows.** The shell container asks for
+``runAsNonRoot: true``. An image whose user is root (or a name the kubelet
+cannot check) is refused by the kubelet (``CreateContainerConfigError``);
+pairpod then deletes that pod, remembers the image, and starts its pods
+without the flag, logging a warning that says how to make it non-root
+(``runAsUser`` in ``kubernetes.pod``). When ``kubernetes.pod`` sets
+``runAsNonRoot`` itself, its value stands and nothing falls back: with
+``true``, a root image fails the login with a clear message.
+
+**Starting.** Pods are watched, not polled. A pod that cannot start for good
+(an image that does not exist or may not be pulled, a config the kubelet
+refuses, a container that exits) is deleted at once; one still pending when
+``timeouts.start`` runs out (an image pull backing off, no node with room) is
+deleted then. Either way the user reads why.
+
+**Processes** start through the shared POSIX-sh wrapper (:mod:`.common`): the
+exec API passes no environment, so the wrapper exports the variables; it
+reports the program's PID, which is how signals are delivered: the exec
+protocol has no signal channel, so :meth:`KubeProcess.signal` runs a second
+exec, ``kill -s NAME PID``. What cannot be carried:
+
+- an exit *by signal* arrives as 128 + N (as with Docker): read as the signal
+  when it names one SSH knows, so ``exit 130`` also reads as INT;
+- on a ``v4.channel.k8s.io`` server (before Kubernetes 1.30) stdin cannot be
+  closed: with a PTY the terminal's EOF character is typed (as always), without
+  one the program keeps its stdin open and the log says so
+  (``kubernetes.stdin_eof_unsupported``); ending the channel still ends it;
+- closing an exec stream does not end its process, so a channel's end runs a
+  second exec that kills the process tree (needs ``/bin/sh`` and ``/proc``).
+
+**Owner.** When the gateway runs in a pod and its Deployment passes
+``PAIRPOD_POD_NAME``, ``PAIRPOD_POD_NAMESPACE`` and ``PAIRPOD_POD_UID`` (the
+downward API), user pods in the same namespace get an ownerReference to the
+gateway's pod, so the cluster's garbage collector removes them if that pod is
+deleted while the gateway could not clean up.
+
+The API is reached through :mod:`.kube_api` (kubernetes_asyncio) and exec
+through :mod:`.kube_exec` (WebSocket, ``v5.channel.k8s.io``, v4 fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import math
+import os
+import re
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pairpod.backends.base import (
+    SSH_SIGNALS,
+    Backend,
+    Environment,
+    ExitStatus,
+    Identity,
+    Process,
+    ProcessSpec,
+    PtySpec,
+    Stream,
+)
+from pairpod.backends.common import (
+    DEFAULT_IDLE_COMMAND,
+    FALLBACK_SHELL,
+    LABEL_CONNECTION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_MODE,
+    LABEL_POOL,
+    LABEL_USER,
+    MISSING_PROGRAM,
+    OutputPipe,
+    eof_character,
+    exit_status,
+    exportable,
+    hostname_for,
+    kill_tree_command,
+    process_env,
+    signal_command,
+    wrapped_command,
+)
+from pairpod.backends.docker_stream import Preamble, PreambleReader
+from pairpod.backends.kube_api import KubeApi, KubeApiError, Obj, WatchExpired
+from pairpod.backends.kube_exec import (
+    STDERR,
+    STDOUT,
+    ExecProtocolError,
+    ExecRefused,
+    ExecResult,
+    ExecStream,
+    Finished,
+    Output,
+)
+from pairpod.config import Config, KubernetesSettings
+from pairpod.errors import (
+    BackendError,
+    BackendUnavailable,
+    CommandNotFound,
+    ConfigError,
+    PairpodError,
+    SubsystemUnavailable,
+)
+from pairpod.log import fields, get_logger
+
+log = get_logger("backend.kubernetes")
+
+# --- typed errors ---------------------------------------------------------------------
+
+
+class PodStartFailed(BackendError):
+    """The pod cannot start (the kubelet's reason is in the message and the user line)."""
+
+    user_message = "environment failed to start"
+
+
+class ImagePullFailed(PodStartFailed):
+    """The image cannot be pulled, for good or for longer than the start timeout."""
+
+    user_message = "environment image could not be pulled"
+
+
+class EnvironmentExited(PodStartFailed):
+    """The pod's shell container ended right after it started."""
+
+
+class StartTimeout(BackendError):
+    """The pod did not run within ``kubernetes.timeouts.start``."""
+
+    user_message = "environment did not start in time"
+
+
+class EnvironmentGone(BackendError):
+    """The connection's pod is no longer there to run processes in."""
+
+    user_message = "environment is gone"
+
+
+# --- constants --------------------------------------------------------------------------
+
+# The user's name as typed (label values cannot hold every character).
+ANNOTATION_USER = "pairpod.user"
+# Set by the gateway's Deployment through the downward API (see the module docstring).
+OWNER_ENV = ("PAIRPOD_POD_NAME", "PAIRPOD_POD_NAMESPACE", "PAIRPOD_POD_UID")
+
+# How often pods nobody owns are looked for (start-up always looks once).
+REAP_INTERVAL = 60.0
+# How long a helper exec (kill, signal) may take.
+_HELPER_TIMEOUT = 10.0
+# A handed-out pool pod is replaced after the login's first process starts, or
+# after this long at the latest.
+_POOL_REFILL_DELAY = 2.0
+# Pool refill back-off after failures (seconds, doubled up to the maximum).
+_POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
+# Input is sent in frames of at most this size.
+_STDIN_FRAME = 64 * 1024
+# Output buffered per process before the WebSocket is no longer read.
+_HIGH_WATER = 1 << 20
+_LOW_WATER = 256 * 1024
+
+# Waiting reasons that no amount of waiting cures.
+_PERMANENT_REASONS = frozenset(
+    {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError",
+     "RunContainerError", "StartError", "ContainerCannotRun"}
+)
+_IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+# How registries and runtimes say an image does not exist or may not be pulled:
+# retrying will not help, so the login fails at once.
+_IMAGE_GONE = re.compile(
+    r"not found|manifest unknown|does not exist|denied|unauthorized|invalid reference|"
+    r"repository name must|name unknown",
+    re.IGNORECASE,
+)
+_NON_ROOT_REFUSAL = re.compile(r"runAsNonRoot|non-root policy")
+# How a container that started and ended is described.
+_EXITED_REASONS = frozenset(
+    {"Completed", "Error", "OOMKilled", "Succeeded", "Failed", "StartError", "ContainerCannotRun"}
+)
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """``text`` as a DNS-1123 label: lower-case letters, digits and ``-``."""
+    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].strip("-")
+    return label or "x"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a valid label value (63 characters, alphanumeric at both ends)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+def merge_pod(base: Any, override: Any) -> Any:
+    """Deep-merge a pod template over pairpod's defaults.
+
+    Mappings merge key by key. Lists whose items are all mappings with a
+    ``name`` (containers, volumes, env, ...) merge item by item on the name,
+    new names appended. Anything else in ``override`` replaces ``base``.
+    """
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge_pod(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    if _named_list(base) and _named_list(override):
+        merged_list = [copy.deepcopy(item) for item in base]
+        index = {item["name"]: i for i, item in enumerate(merged_list)}
+        for item in override:
+            if item["name"] in index:
+                merged_list[index[item["name"]]] = merge_pod(merged_list[index[item["name"]]], item)
+            else:
+                merged_list.append(copy.deepcopy(item))
+        return merged_list
+    return copy.deepcopy(override)
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+def _container_of(pod: Obj, name: str) -> Obj | None:
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if isinstance(container, dict) and container.get("name") == name:
+            return container
+    return None
+
+
+def explicit_non_root(template: Obj, container: str) -> bool | None:
+    """``runAsNonRoot`` as the operator's template sets it for the shell container, if at all."""
+    own = ((_container_of(template, container) or {}).get("securityContext") or {}).get("runAsNonRoot")
+    if own is not None:
+        return bool(own)
+    pod_level = ((template.get("spec") or {}).get("securityContext") or {}).get("runAsNonRoot")
+    return None if pod_level is None else bool(pod_level)
+
+
+def gateway_owner() -> Obj | None:
+    """The gateway's own pod, from the downward-API variables its Deployment sets."""
+    name, namespace, uid = (os.environ.get(key, "") for key in OWNER_ENV)
+    if not (name and namespace and uid):
+        return None
+    return {"name": name, "namespace": namespace, "uid": uid}
+
+
+# --- what a pod is doing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodProgress:
+    """Where a starting pod is, from its status.
+
+    ``ready``: the shell container runs. ``permanent``: it never will (the
+    pod is to be deleted now). Otherwise it is on its way, or stuck: ``reason``
+    and ``message`` say where (for the message if the start times out).
+    """
+
+    ready: bool = False
+    permanent: bool = False
+    runs_as_root: bool = False
+    deleted: bool = False
+    reason: str = "Pending"
+    message: str = ""
+
+    def describe(self) -> str:
+        """``reason: message`` for logs."""
+        return f"{self.reason}: {self.message}" if self.message else self.reason
+
+
+def pod_progress(pod: Obj, container: str) -> PodProgress:
+    """Read a pod's status as far as starting its shell container goes."""
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return PodProgress(permanent=True, deleted=True, reason="Terminating",
+                           message="the pod is being deleted")
+    statuses = status.get("containerStatuses") or []
+    own = next((c for c in statuses if isinstance(c, dict) and c.get("name") == container), {})
+    state = own.get("state") or {}
+    if "terminated" in state or phase in ("Succeeded", "Failed"):
+        ended = state.get("terminated") or {}
+        reason = str(ended.get("reason") or status.get("reason") or phase)
+        detail = []
+        if ended.get("exitCode") is not None:
+            detail.append(f"exit code {ended['exitCode']}")
+        if ended.get("message") or status.get("message"):
+            detail.append(str(ended.get("message") or status.get("message")).strip())
+        return PodProgress(permanent=True, reason=reason, message="; ".join(detail))
+    if "running" in state and phase == "Running":
+        return PodProgress(ready=True, reason="Running")
+    waiting = state.get("waiting") or {}
+    reason = str(waiting.get("reason") or "")
+    message = str(waiting.get("message") or "")
+    if reason:
+        if reason == "CreateContainerConfigError" and _NON_ROOT_REFUSAL.search(message):
+            return PodProgress(permanent=True, runs_as_root=True, reason=reason, message=message)
+        permanent = reason in _PERMANENT_REASONS or (
+            reason in _IMAGE_PULL_REASONS and bool(_IMAGE_GONE.search(message))
+        )
+        return PodProgress(permanent=permanent, reason=reason, message=message)
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return PodProgress(reason=str(condition.get("reason") or "Unschedulable"),
+                               message=str(condition.get("message") or ""))
+    return PodProgress(reason="ContainerCreating" if status.get("conditions") else "Pending")
+
+
+def start_failure(progress: PodProgress, name: str, image: str, timeout: float | None = None) -> BackendError:
+    """The typed error for a pod that cannot start (``timeout``: it ran out of time)."""
+    late = f" within kubernetes.timeouts.start ({timeout:g}s)" if timeout is not None else ""
+    detail = f"pod {name} (image {image}) did not start{late}: {progress.describe()}"
+    reason = progress.reason
+    if reason in _IMAGE_PULL_REASONS:
+        return ImagePullFailed(
+            detail, user_message=f"environment image {image} could not be pulled ({reason})"
+        )
+    if progress.runs_as_root:
+        return PodStartFailed(
+            detail, user_message="environment image runs as root, which this gateway does not allow"
+        )
+    if timeout is not None:
+        if reason == "Unschedulable":
+            return StartTimeout(
+                detail, user_message="no room for the environment in the cluster right now, try again later"
+            )
+        return StartTimeout(detail, user_message=f"environment did not start in time ({reason})")
+    if progress.deleted:
+        return PodStartFailed(detail, user_message="environment was removed while starting")
+    if reason in _EXITED_REASONS:
+        return EnvironmentExited(detail, user_message=f"environment stopped right after starting ({reason})")
+    return PodStartFailed(detail, user_message=f"environment failed to start ({reason})")
+
+
+@dataclass(frozen=True)
+class PodHandle:
+    """A pod this backend started: where it is and which container to exec into."""
+
+    namespace: str
+    name: str
+    uid: str
+    container: str
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``."""
+        return f"{self.namespace}/{self.name}"
+
+
+_DELETED = PodProgress(permanent=True, deleted=True, reason="Deleted", message="the pod was deleted")
+
+
+class _StartWatch:
+    """The latest progress of a starting pod (for the message if time runs out)."""
+
+    def __init__(self) -> None:
+        self.progress = PodProgress(reason="Creating", message="the pod is being created")
+
+
+# --- the backend -------------------------------------------------------------------------
+
+
+class KubernetesBackend(Backend):
+    """Environments as pods, with watches, orphan reaping and a warm pool."""
+
+    name = "kubernetes"
+    reap_interval = REAP_INTERVAL
+
+    def __init__(self, config: Config, instance_id: str) -> None:
+        super().__init__(config, instance_id)
+        self.api = KubeApi(config.kubernetes)
+        # "namespace/name" of pods a live connection (or the pool) owns, including
+        # ones being created right now: the reaper leaves these alone.
+        self._live: set[str] = set()
+        self._namespaces: set[str] = {config.kubernetes.namespace}
+        self._environments: set[KubernetesEnvironment] = set()
+        self._pool: deque[PodHandle] = deque()
+        self._pool_filling = 0
+        self._pool_wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Images the kubelet found to run as root: their pods no longer ask for non-root.
+        self._root_images: set[str] = set()
+        self.owner = gateway_owner()
+        self._stopping = False
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load credentials, check the pod template, reap leftovers; then keep reaping and the pool full.
+
+        An API server that does not answer is not fatal: the gateway serves
+        anyway, each login reports the backend as unavailable until it is back.
+        Credentials that cannot be loaded, or a pod template the API server
+        rejects, are configuration errors.
+        """
+        await self.api.connect()
+        try:
+            await self.check_template()
+            removed = await self.reap_orphans()
+            if removed:
+                log.info("kubernetes.reaped", extra=fields(count=len(removed), at="start"))
+        except ConfigError:
+            await self.api.close()
+            raise
+        except PairpodError as error:
+            log.warning("kubernetes.unavailable_at_start", extra=fields(error=error.operator_message))
+        self._spawn(self._reap_loop())
+        settings = self.config.kubernetes
+        if settings.warm_pool and settings.mode == "connection":
+            self._spawn(self._pool_loop())
+
+    async def stop(self) -> None:
+        """Delete every pod this backend created (and any its instance left)."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
+        pool, self._pool = list(self._pool), deque()
+        stop = self.config.kubernetes.timeouts.stop
+        await asyncio.gather(*(self.remove_pod(handle, stop) for handle in pool), return_exceptions=True)
+        with contextlib.suppress(PairpodError):
+            await self.reap_orphans()
+        await self.api.close()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def check_template(self) -> None:
+        """Have the API server validate the pod template (a dry run, strict field validation).
+
+        A template it rejects is a ConfigError: every login would fail on it.
+        """
+        settings = self.config.kubernetes
+        manifest = self.pod_manifest(settings, name=self.pod_name(None), identity=None, mode="connection")
+        try:
+            await self.api.create_pod(settings.namespace, manifest, dry_run=True)
+        except KubeApiError as error:
+            if error.status in (400, 422):
+                raise ConfigError(
+                    f"kubernetes.pod: the API server rejects the pod template: {error}"
+                ) from None
+            log.warning("kubernetes.template_unchecked", extra=fields(error=error.operator_message))
+
+    # --- reaping ----------------------------------------------------------------------
+
+    async def reap_orphans(self) -> list[str]:
+        """Delete this instance's pods that no live connection or pool owns.
+
+        Returns their ``namespace/name``. Raises BackendUnavailable if the API is down.
+        """
+        selector = f"{LABEL_INSTANCE}={self.instance_id}"
+        orphans: list[tuple[str, Obj]] = []
+        for namespace in sorted(self._namespaces):
+            pods, _ = await self.api.list_pods(namespace, selector)
+            for pod in pods:
+                meta = pod.get("metadata") or {}
+                key = f"{namespace}/{meta.get('name')}"
+                if key not in self._live and not meta.get("deletionTimestamp"):
+                    orphans.append((namespace, pod))
+        results = await asyncio.gather(
+            *(self.api.delete_pod(ns, pod["metadata"]["name"], uid=pod["metadata"].get("uid"))
+              for ns, pod in orphans),
+            return_exceptions=True,
+        )
+        removed = []
+        for (namespace, pod), result in zip(orphans, results, strict=True):
+            key = f"{namespace}/{pod['metadata']['name']}"
+            if isinstance(result, BaseException):
+                log.warning("kubernetes.reap_failed", extra=fields(pod=key, error=str(result)))
+            else:
+                removed.append(key)
+        return removed
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                removed = await self.reap_orphans()
+            except PairpodError as error:
+                log.warning("kubernetes.reap_failed", extra=fields(error=error.operator_message))
+                continue
+            if removed:
+                log.info("kubernetes.reaped", extra=fields(count=len(removed), pods=",".join(removed)))
+
+    # --- pods ---------------------------------------------------------------------------
+
+    def pod_name(self, identity: Identity | None, suffix: str = "") -> str:
+        """A unique, recognisable pod name (a DNS label, so it can be the hostname too)."""
+        owner = dns_label(identity.conn_id, 16) if identity is not None else "pool"
+        name = f"pairpod-{dns_label(self.instance_id, 16)}-{owner}-{secrets.token_hex(3)}"
+        return f"{name}-{suffix}" if suffix else name
+
+    def labels(self, identity: Identity | None, mode: str, pool: bool = False) -> dict[str, str]:
+        """pairpod's labels of a pod."""
+        labels = {LABEL_MANAGED: "true", LABEL_INSTANCE: label_value(self.instance_id), LABEL_MODE: mode}
+        if identity is not None:
+            labels[LABEL_CONNECTION] = label_value(identity.conn_id)
+            labels[LABEL_USER] = label_value(identity.username)
+        if pool:
+            labels[LABEL_POOL] = "true"
+        return labels
+
+    def pod_manifest(
+        self,
+        settings: KubernetesSettings,
+        *,
+        name: str,
+        identity: Identity | None,
+        mode: str,
+        pool: bool = False,
+    ) -> Obj:
+        """The pod for these settings: pairpod's defaults, the template over them, pairpod's own fields."""
+        limits = {
+            key: value
+            for key, value in (
+                ("memory", settings.limits.memory),
+                ("cpu", settings.limits.cpu),
+                ("ephemeral-storage", settings.limits.ephemeral_storage),
+            )
+            if value is not None
+        }
+        container: Obj = {
+            "name": settings.container,
+            "image": settings.image,
+            "imagePullPolicy": "IfNotPresent",
+            # The idle command may block on stdin when the image has no sleep.
+            "stdin": True,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+        }
+        if limits:
+            container["resources"] = {"limits": limits}
+        hostname = "pairpod" if identity is None else hostname_for("{username}", identity.username)
+        defaults: Obj = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                # Service addresses in the environment tell a user about the cluster.
+                "enableServiceLinks": False,
+                "hostname": hostname,
+                "terminationGracePeriodSeconds": max(1, math.ceil(settings.timeouts.stop)),
+                "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [container],
+            },
+        }
+        pod: Obj = merge_pod(defaults, settings.pod)
+        meta = pod.setdefault("metadata", {})
+        meta["name"] = name
+        meta["namespace"] = settings.namespace
+        meta.pop("generateName", None)
+        meta["labels"] = {**(meta.get("labels") or {}), **self.labels(identity, mode, pool)}
+        if identity is not None:
+            meta["annotations"] = {**(meta.get("annotations") or {}), ANNOTATION_USER: identity.username}
+        if self.owner is not None and self.owner["namespace"] == settings.namespace:
+            owner_ref = {"apiVersion": "v1", "kind": "Pod", "name": self.owner["name"],
+                         "uid": self.owner["uid"]}
+            meta["ownerReferences"] = [*(meta.get("ownerReferences") or []), owner_ref]
+        shell = _container_of(pod, settings.container)
+        assert shell is not None  # the defaults hold it and merging keeps it
+        shell["command"] = list(settings.idle_command or DEFAULT_IDLE_COMMAND)
+        shell.pop("args", None)
+        self._non_root_policy(settings, pod, shell)
+        return pod
+
+    def _non_root_policy(self, settings: KubernetesSettings, pod: Obj, shell: Obj) -> None:
+        """Keep ``runAsNonRoot`` only where it is pairpod's default and can hold."""
+        if explicit_non_root(settings.pod, settings.container) is not None:
+            own = ((_container_of(settings.pod, settings.container) or {}).get("securityContext") or {})
+            if "runAsNonRoot" not in own:
+                # The template's pod-level setting must not be overridden by our container default.
+                shell["securityContext"].pop("runAsNonRoot", None)
+            return
+        context = shell.get("securityContext") or {}
+        pod_context = (pod.get("spec") or {}).get("securityContext") or {}
+        user = context.get("runAsUser", pod_context.get("runAsUser"))
+        if user == 0 or shell.get("image") in self._root_images:
+            context.pop("runAsNonRoot", None)
+
+    async def _create(self, namespace: str, manifest: Obj, time_limit: float) -> Obj:
+        """Create a pod. Shielded: if the caller gives up mid-call, the API server may
+        still make it, and the caller's cleanup must find it."""
+        task = asyncio.ensure_future(self.api.create_pod(namespace, manifest))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, time_limit)
+            raise
+
+    async def start_pod(
+        self,
+        settings: KubernetesSettings,
+        identity: Identity | None,
+        mode: str,
+        *,
+        pool: bool = False,
+        suffix: str = "",
+        status: Callable[[str], Any] | None = None,
+    ) -> PodHandle:
+        """Create a pod and wait, by watch, until its shell container runs.
+
+        Whatever goes wrong (a timeout, a refusal, cancellation) the pod is
+        deleted before this returns or raises.
+        """
+        namespace = settings.namespace
+        self._namespaces.add(namespace)
+        watch = _StartWatch()
+        name = self.pod_name(identity, suffix)
+        key = f"{namespace}/{name}"
+        self._live.add(key)
+        try:
+            async with asyncio.timeout(settings.timeouts.start):
+                for attempt in (1, 2):
+                    manifest = self.pod_manifest(settings, name=name, identity=identity, mode=mode, pool=pool)
+                    image = str(_container_of(manifest, settings.container)["image"])  # type: ignore[index]
+                    created = await self._create(namespace, manifest, settings.timeouts.stop)
+                    uid = str(created["metadata"]["uid"])
+                    progress = await self._wait_running(namespace, created, settings, watch, status)
+                    if progress.ready:
+                        return PodHandle(namespace, name, uid, settings.container)
+                    non_root = explicit_non_root(settings.pod, settings.container)
+                    if progress.runs_as_root and non_root is None and attempt == 1:
+                        # The image runs as root: start its pods without asking for non-root.
+                        self._root_images.add(image)
+                        log.warning(
+                            "kubernetes.image_runs_as_root",
+                            extra=fields(image=image, detail=progress.message,
+                                         hint="set runAsUser in kubernetes.pod to run it as non-root"),
+                        )
+                        await self._delete_now(PodHandle(namespace, name, uid, settings.container))
+                        self._live.discard(key)
+                        name = self.pod_name(identity, suffix)
+                        key = f"{namespace}/{name}"
+                        self._live.add(key)
+                        continue
+                    raise start_failure(progress, name, image)
+                raise AssertionError("unreachable")
+        except BaseException as error:
+            # Nothing may be left behind, whatever went wrong (even cancellation).
+            await asyncio.shield(self._delete_now(PodHandle(namespace, name, "", settings.container)))
+            self._live.discard(key)
+            if isinstance(error, TimeoutError):
+                raise start_failure(watch.progress, name, settings.image, settings.timeouts.start) from None
+            raise
+
+    async def _wait_running(
+        self,
+        namespace: str,
+        pod: Obj,
+        settings: KubernetesSettings,
+        watch: _StartWatch,
+        status: Callable[[str], Any] | None,
+    ) -> PodProgress:
+        """Watch a pod until it runs or cannot; its progress then."""
+        container = settings.container
+        name = pod["metadata"]["name"]
+        uid = pod["metadata"].get("uid")
+        version = str(pod["metadata"].get("resourceVersion", ""))
+        progress = pod_progress(pod, container)
+        while True:
+            watch.progress = progress
+            if progress.ready or progress.permanent:
+                return progress
+            try:
+                events = self.api.watch_pod(namespace, name, version, settings.timeouts.start)
+                async with contextlib.aclosing(events):
+                    async for kind, obj in events:
+                        meta = obj.get("metadata") or {}
+                        if uid and meta.get("uid") not in (None, uid):
+                            continue  # an older pod of that name going away
+                        version = str(meta.get("resourceVersion") or version)
+                        previous = progress
+                        progress = _DELETED if kind == "DELETED" else pod_progress(obj, container)
+                        if status is not None and progress.reason != previous.reason and not progress.ready:
+                            status(f"environment: {progress.reason}")
+                        watch.progress = progress
+                        if progress.ready or progress.permanent:
+                            break
+            except WatchExpired:
+                # Our version is too old to resume from: read the pod afresh.
+                fresh = await self.api.get_pod(namespace, name)
+                if fresh is None or (uid and fresh["metadata"].get("uid") != uid):
+                    progress = _DELETED
+                else:
+                    version = str(fresh["metadata"].get("resourceVersion", ""))
+                    progress = pod_progress(fresh, container)
+
+    async def _delete_now(self, handle: PodHandle) -> None:
+        """Delete a pod that never served (no grace) and wait until it is gone."""
+        try:
+            async with asyncio.timeout(self.config.kubernetes.timeouts.stop):
+                gone = await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=0,
+                                                 uid=handle.uid or None)
+                if gone is not None:
+                    await self._wait_gone(handle)
+        except (PairpodError, TimeoutError) as error:
+            log.warning("kubernetes.delete_failed", extra=fields(pod=handle.key, error=str(error)))
+
+    async def remove_pod(self, handle: PodHandle, time_limit: float) -> None:
+        """Delete a pod (its processes get TERM) and wait until it is gone.
+
+        If it is not gone within ``time_limit`` it is deleted without grace.
+        Failures are logged and left to the reaper.
+        """
+        try:
+            try:
+                async with asyncio.timeout(time_limit):
+                    gone = await self.api.delete_pod(handle.namespace, handle.name, uid=handle.uid or None)
+                    if gone is not None:
+                        await self._wait_gone(handle)
+                    return
+            except TimeoutError:
+                log.warning("kubernetes.delete_slow", extra=fields(pod=handle.key, limit=time_limit))
+            await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=0, uid=handle.uid or None)
+        except PairpodError as error:
+            log.warning("kubernetes.delete_failed",
+                        extra=fields(pod=handle.key, error=error.operator_message))
+        finally:
+            self._live.discard(handle.key)
+
+    async def _wait_gone(self, handle: PodHandle) -> None:
+        """Return once the pod (this uid of it) no longer exists."""
+        while True:
+            pod = await self.api.get_pod(handle.namespace, handle.name)
+            if pod is None or (handle.uid and pod["metadata"].get("uid") != handle.uid):
+                return
+            version = str(pod["metadata"].get("resourceVersion", ""))
+            uid = pod["metadata"].get("uid")
+            events = self.api.watch_pod(handle.namespace, handle.name, version,
+                                        self.config.kubernetes.timeouts.stop)
+            with contextlib.suppress(WatchExpired):
+                async with contextlib.aclosing(events):
+                    async for kind, obj in events:
+                        if kind == "DELETED" and obj["metadata"].get("uid") in (None, "", uid):
+                            return
+
+    # --- helpers in a pod ---------------------------------------------------------------
+
+    async def run_helper(self, handle: PodHandle, argv: list[str]) -> int | None:
+        """Run a short command in a pod (no TTY, no input); its exit code."""
+        async with asyncio.timeout(_HELPER_TIMEOUT):
+            stream = await self.api.exec(handle.namespace, handle.name, handle.container, argv,
+                                         stdin=False, tty=False)
+            try:
+                while (event := await stream.receive()) is not None:
+                    if isinstance(event, Finished):
+                        return event.result.exit_code
+            finally:
+                await stream.close()
+        return None
+
+    async def describe_pod(self, handle: PodHandle) -> PodProgress | None:
+        """The pod's progress now (None if it is gone)."""
+        pod = await self.api.get_pod(handle.namespace, handle.name)
+        if pod is None or (handle.uid and pod["metadata"].get("uid") != handle.uid):
+            return None
+        return pod_progress(pod, handle.container)
+
+    # --- opening an environment ---------------------------------------------------------
+
+    async def open(
+        self, identity: Identity, *, status: Callable[[str], Any] | None = None
+    ) -> KubernetesEnvironment:
+        """Create the connection's environment.
+
+        ``status``, when given, is called with a line the user should see while
+        they wait (the pod's progress).
+        """
+        if self._stopping:
+            raise BackendUnavailable("the kubernetes backend is stopping")
+        settings = identity.config.kubernetes
+        env: KubernetesEnvironment
+        if settings.mode == "session":
+            env = SessionEnvironment(self, identity, settings)
+        else:
+            pooled = await self._take_from_pool(identity)
+            if pooled is not None:
+                env = pooled
+            else:
+                handle = await self.start_pod(settings, identity, "connection", status=status)
+                log.info(
+                    "kubernetes.pod_started",
+                    extra=fields(conn=identity.conn_id, user=identity.username, pod=handle.key,
+                                 image=settings.image),
+                )
+                env = ConnectionEnvironment(self, identity, settings, handle)
+        self._environments.add(env)
+        return env
+
+    # --- warm pool ------------------------------------------------------------------------
+
+    async def _take_from_pool(self, identity: Identity) -> ConnectionEnvironment | None:
+        """A running pool pod for this login, if the pool has one that still runs."""
+        settings = identity.config.kubernetes
+        if settings != self.config.kubernetes or settings.mode != "connection":
+            return None
+        while self._pool:
+            handle = self._pool.popleft()
+            # Refill once the login is served: a pod start beside the login's
+            # first exec would slow both (and the exec is what the user waits for).
+            asyncio.get_running_loop().call_later(_POOL_REFILL_DELAY, self._pool_wakeup.set)
+            try:
+                progress = await self.describe_pod(handle)
+            except BackendUnavailable:
+                self._pool.appendleft(handle)
+                raise
+            except PairpodError:
+                progress = None
+            if progress is not None and progress.ready:
+                env = ConnectionEnvironment(self, identity, settings, handle)
+                env.from_pool = True
+                env.background(self._claim(handle, identity))
+                log.info("kubernetes.pool_handout",
+                         extra=fields(conn=identity.conn_id, user=identity.username, pod=handle.key))
+                return env
+            log.warning("kubernetes.pool_pod_gone", extra=fields(pod=handle.key))
+            self._spawn(self.remove_pod(handle, settings.timeouts.stop))
+        return None
+
+    async def _claim(self, handle: PodHandle, identity: Identity) -> None:
+        """Label a handed-out pool pod with its connection and user, for operators and the reaper."""
+        labels = self.labels(identity, "connection")
+        labels[LABEL_POOL] = "true"
+        try:
+            await self.api.patch_pod_labels(handle.namespace, handle.name, labels,
+                                            annotations={ANNOTATION_USER: identity.username})
+        except PairpodError as error:
+            log.warning("kubernetes.pool_label_failed",
+                        extra=fields(pod=handle.key, error=error.operator_message))
+
+    def pool_refill(self) -> None:
+        """Ask the pool to top itself up now."""
+        self._pool_wakeup.set()
+
+    async def _pool_loop(self) -> None:
+        """Keep ``warm_pool`` running pods ready; refill in the background."""
+        settings = self.config.kubernetes
+        retry = _POOL_RETRY_MIN
+        while True:
+            self._pool_wakeup.clear()
+            missing = settings.warm_pool - len(self._pool) - self._pool_filling
+            if missing > 0:
+                results = await asyncio.gather(*(self._pool_one(settings) for _ in range(missing)),
+                                               return_exceptions=True)
+                failures = [r for r in results if isinstance(r, BaseException)]
+                if failures:
+                    log.warning("kubernetes.pool_refill_failed",
+                                extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry))
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _POOL_RETRY_MAX)
+                    continue
+                retry = _POOL_RETRY_MIN
+                continue
+            await self._pool_wakeup.wait()
+
+    async def _pool_one(self, settings: KubernetesSettings) -> None:
+        self._pool_filling += 1
+        try:
+            handle = await self.start_pod(settings, None, "connection", pool=True)
+        finally:
+            self._pool_filling -= 1
+        if self._stopping:
+            await self.remove_pod(handle, settings.timeouts.stop)
+            return
+        self._pool.append(handle)
+
+    def pool_size(self) -> int:
+        """How many warm pods are ready now."""
+        return len(self._pool)
+
+    def live_pods(self) -> frozenset[str]:
+        """``namespace/name`` of the pods this backend currently owns."""
+        return frozenset(self._live)
+
+    def forget(self, environment: KubernetesEnvironment) -> None:
+        """An environment closed."""
+        self._environments.discard(environment)
+
+
+# --- environments --------------------------------------------------------------------------
+
+
+class KubernetesEnvironment(Environment):
+    """Base of both modes: starts processes as execs, tracks them, closes once."""
+
+    def __init__(self, backend: KubernetesBackend, identity: Identity, settings: KubernetesSettings) -> None:
+        self.backend = backend
+        self.identity = identity
+        self.settings = settings
+        self._processes: set[KubeProcess] = set()
+        self._closed = False
+        self._close_task: asyncio.Future[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._skipped_logged = False
+
+    def background(self, work: Awaitable[Any]) -> None:
+        """Run housekeeping for this environment; it is waited for before removal."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _settle(self) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=self.settings.timeouts.stop)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("environment is closed")
+
+    def _log_fields(self, **extra: Any) -> dict[str, Any]:
+        return fields(conn=self.identity.conn_id, user=self.identity.username, **extra)
+
+    def command_for(self, spec: ProcessSpec) -> list[str]:
+        """The exec argv for ``spec``: the wrapper, which also exports the environment."""
+        env = process_env({}, self.identity, spec)
+        exports, skipped = exportable(env)
+        if skipped and not self._skipped_logged:
+            self._skipped_logged = True
+            log.info("kubernetes.env_skipped", extra=self._log_fields(names=",".join(skipped)))
+        return wrapped_command(self.settings.shell, spec, exports)
+
+    async def exec_process(self, handle: PodHandle, spec: ProcessSpec,
+                           on_done: Callable[[KubeProcess], None]) -> KubeProcess:
+        """Start ``spec`` as an exec in a pod and wait until the wrapper reports its PID."""
+        command = self.command_for(spec)
+        try:
+            stream = await self.backend.api.exec(handle.namespace, handle.name, handle.container, command,
+                                                 stdin=True, tty=spec.pty is not None)
+        except ExecRefused as error:
+            if error.status in (401, 403):
+                raise BackendError(f"{error.operator_message} (does the gateway's role allow "
+                                   "create on pods/exec?)") from None
+            raise await self._environment_gone(handle, error.operator_message) from None
+        process = KubeProcess(self.backend, handle, stream, spec.pty, on_done)
+        self._processes.add(process)
+        await self._started(process, handle)
+        if spec.pty is not None:
+            # The wrapper set the size already if the image has stty; this covers
+            # images without it.
+            await process.resize(spec.pty.cols, spec.pty.rows)
+        return process
+
+    async def _started(self, process: KubeProcess, handle: PodHandle) -> None:
+        """Wait for the wrapper's preamble; turn its failures into typed errors."""
+        try:
+            preamble = await process.preamble()
+        except BaseException:
+            await process.kill()
+            raise
+        if preamble.pid is not None:
+            return
+        await process.kill()
+        image = self.settings.image
+        if preamble.error == "nosftp":
+            raise SubsystemUnavailable(
+                f"no sftp-server in image {image}",
+                user_message="sftp is not available: no sftp-server in this environment",
+            )
+        text = (preamble.garbage + process.leftover_output()).decode(errors="replace").strip()
+        if MISSING_PROGRAM.search(text):
+            raise CommandNotFound(
+                f"cannot start a process in image {image} (it needs {FALLBACK_SHELL}): {text}",
+                user_message="cannot start a process in this environment",
+            )
+        raise await self._environment_gone(handle, text or "the process produced no output")
+
+    async def _environment_gone(self, handle: PodHandle, detail: str) -> BackendError:
+        """Why a pod could not run a process: asks the API what became of it."""
+        try:
+            progress = await self.backend.describe_pod(handle)
+        except PairpodError as error:
+            return BackendError(f"pod {handle.key} cannot run processes: {detail} ({error.operator_message})")
+        if progress is None:
+            return EnvironmentGone(f"pod {handle.key} is gone: {detail}")
+        if not progress.ready:
+            return EnvironmentGone(f"pod {handle.key} is no longer running ({progress.describe()}): {detail}",
+                                   user_message=f"environment stopped ({progress.reason})")
+        return BackendError(f"pod {handle.key} cannot run processes: {detail}")
+
+    def discard(self, process: KubeProcess) -> None:
+        """A process ended."""
+        self._processes.discard(process)
+
+    async def close(self) -> None:
+        """End every process and delete the pod(s). Idempotent."""
+        self._closed = True
+        if self._close_task is None:
+            self._close_task = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        raise NotImplementedError
+
+
+class ConnectionEnvironment(KubernetesEnvironment):
+    """``mode: connection``: one pod; each process is an exec in it."""
+
+    def __init__(
+        self, backend: KubernetesBackend, identity: Identity, settings: KubernetesSettings, handle: PodHandle
+    ) -> None:
+        super().__init__(backend, identity, settings)
+        self.pod = handle
+        self.description = f"kubernetes pod {handle.key}"
+        # Set for a pod taken from the warm pool: its first process starting is
+        # the moment to start a replacement.
+        self.from_pool = False
+
+    async def start(self, spec: ProcessSpec) -> Process:
+        """Run ``spec`` as an exec in the connection's pod."""
+        self._check_open()
+        try:
+            return await self.exec_process(self.pod, spec, self.discard)
+        finally:
+            if self.from_pool:
+                self.from_pool = False
+                self.backend.pool_refill()
+
+    async def _close(self) -> None:
+        for process in list(self._processes):
+            process.abandon()
+        await self._settle()
+        await self.backend.remove_pod(self.pod, self.settings.timeouts.stop)
+        self.backend.forget(self)
+        log.info("kubernetes.pod_deleted", extra=self._log_fields(pod=self.pod.key))
+
+
+class SessionEnvironment(KubernetesEnvironment):
+    """``mode: session``: each process gets a pod of its own, deleted when it ends."""
+
+    def __init__(self, backend: KubernetesBackend, identity: Identity, settings: KubernetesSettings) -> None:
+        super().__init__(backend, identity, settings)
+        self._count = 0
+        self._pods: dict[KubeProcess, PodHandle] = {}
+        self.description = f"kubernetes session pods of {identity.conn_id}"
+
+    async def start(self, spec: ProcessSpec) -> Process:
+        """Start a pod for this one process, then run it there."""
+        self._check_open()
+        self._count += 1
+        handle = await self.backend.start_pod(
+            self.settings, self.identity, "session", suffix=f"s{self._count}"
+        )
+        try:
+            process = await self.exec_process(handle, spec, self._ended)
+        except BaseException:
+            await asyncio.shield(self.backend.remove_pod(handle, self.settings.timeouts.stop))
+            raise
+        if process.done:
+            self.background(self.backend.remove_pod(handle, self.settings.timeouts.stop))
+        else:
+            self._pods[process] = handle
+        return process
+
+    def _ended(self, process: KubeProcess) -> None:
+        self.discard(process)
+        handle = self._pods.pop(process, None)
+        if handle is not None:
+            self.background(self.backend.remove_pod(handle, self.settings.timeouts.stop))
+
+    async def _close(self) -> None:
+        pods = list(self._pods.values())
+        self._pods.clear()
+        for process in list(self._processes):
+            process.abandon()
+        await asyncio.gather(*(self.backend.remove_pod(h, self.settings.timeouts.stop) for h in pods),
+                             return_exceptions=True)
+        await self._settle()
+        self.backend.forget(self)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+class KubeProcess(Process):
+    """A program in a pod, reached through one exec WebSocket."""
+
+    def __init__(
+        self,
+        backend: KubernetesBackend,
+        handle: PodHandle,
+        stream: ExecStream,
+        pty: PtySpec | None,
+        on_done: Callable[[KubeProcess], None],
+    ) -> None:
+        self._backend = backend
+        self._handle = handle
+        self._stream = stream
+        self._pty = pty
+        self._on_done = on_done
+        self._pipes = {STDOUT: OutputPipe(), STDERR: OutputPipe()}
+        self._preamble_reader = PreambleReader()
+        self._preamble_channel = STDOUT if pty is not None else STDERR
+        loop = asyncio.get_running_loop()
+        self._preamble: asyncio.Future[Preamble] = loop.create_future()
+        self._status: asyncio.Future[ExitStatus] = loop.create_future()
+        self._result: ExecResult | None = None
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._killed = False
+        self._abandoned = False
+        self._eof_sent = False
+        self._pump = asyncio.ensure_future(self._run())
+
+    # --- data from the API server ---------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if not self._reading.is_set():
+                    await self._reading.wait()
+                event = await self._stream.receive()
+                if event is None:
+                    break
+                if isinstance(event, Output):
+                    self._feed(event.channel, event.data)
+                elif isinstance(event, Finished):
+                    self._result = event.result
+                    break
+        except asyncio.CancelledError:
+            pass  # killed or abandoned: the status says so
+        except ExecProtocolError as error:
+            log.warning("kubernetes.exec_stream_corrupt",
+                        extra=fields(pod=self._handle.key, error=str(error)))
+        finally:
+            self._conclude()
+            # Shielded: a second cancellation must not leave the connection open.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(self._stream.close())
+
+    def _feed(self, channel: int, data: bytes) -> None:
+        if channel == self._preamble_channel and not self._preamble_reader.done:
+            preamble, data = self._preamble_reader.feed(data)
+            if preamble is not None:
+                self._preamble.set_result(preamble)
+        self._pipes[channel].feed(data)
+        if self._buffered() > _HIGH_WATER:
+            self._reading.clear()
+
+    def _buffered(self) -> int:
+        return self._pipes[STDOUT].size + self._pipes[STDERR].size
+
+    def _conclude(self) -> None:
+        """The stream is over: end the pipes and settle the exit status."""
+        if not self._preamble.done():
+            self._preamble.set_result(self._preamble_reader.feed_eof())
+        for pipe in self._pipes.values():
+            pipe.end()
+        result = self._result
+        if result is not None and result.exit_code is not None:
+            status = exit_status(result.exit_code)
+        elif self._killed:
+            status = ExitStatus(code=None, signal="KILL")
+        else:
+            if result is not None:
+                log.warning("kubernetes.exec_failed", extra=fields(pod=self._handle.key, reason=result.reason,
+                                                                   error=result.message))
+            else:
+                log.warning("kubernetes.exec_status_unknown",
+                            extra=fields(pod=self._handle.key, error="the stream ended without a status"))
+            status = ExitStatus(code=255)
+        if not self._status.done():
+            self._status.set_result(status)
+        self._on_done(self)
+
+    # --- used by the environment ----------------------------------------------------
+
+    async def preamble(self) -> Preamble:
+        """The wrapper's first line (or what came instead of it)."""
+        return await asyncio.shield(self._preamble)
+
+    def leftover_output(self) -> bytes:
+        """Everything buffered and the status message, for errors when the wrapper did not run."""
+        text = self._pipes[STDOUT].drain() + self._pipes[STDERR].drain()
+        if self._result is not None and self._result.message:
+            text += b"\n" + self._result.message.encode()
+        return text
+
+    @property
+    def done(self) -> bool:
+        """Whether the process has ended."""
+        return self._status.done()
+
+    @property
+    def protocol(self) -> str:
+        """The exec subprotocol in use."""
+        return self._stream.protocol
+
+    def abandon(self) -> None:
+        """The environment is going away: end the stream now, the exit status is moot."""
+        self._killed = True
+        self._abandoned = True
+        self._pump.cancel()
+
+    # --- Process ---------------------------------------------------------------------
+
+    async def read(self, stream: Stream, size: int = 65536) -> bytes:
+        """Up to ``size`` bytes of output; ``b""`` at its end (at once for STDERR with a PTY)."""
+        if stream is Stream.STDERR and self._pty is not None:
+            return b""
+        data = await self._pipes[stream.value].read(size)
+        if not self._reading.is_set() and self._buffered() < _LOW_WATER:
+            self._reading.set()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Send input; input to a program that has ended is dropped."""
+        if self._eof_sent or self._status.done():
+            return
+        view = memoryview(data)
+        # A closed stream means the program has ended (or is ending): drop the input.
+        with contextlib.suppress(ConnectionError):
+            for start in range(0, len(view), _STDIN_FRAME):
+                await self._stream.send_stdin(bytes(view[start : start + _STDIN_FRAME]))
+
+    async def write_eof(self) -> None:
+        """Close stdin; with a PTY, type the terminal's EOF character instead.
+
+        On a v4 server stdin cannot be closed without a PTY: logged, and the
+        program keeps its stdin (ending the channel still ends it).
+        """
+        if self._pty is not None:
+            eof = eof_character(self._pty.modes)
+            if eof:
+                await self.write(eof)
+            return
+        if self._eof_sent or self._status.done():
+            return
+        self._eof_sent = True
+        try:
+            closed = await self._stream.close_stdin()
+        except ConnectionError:
+            return
+        if not closed:
+            log.info("kubernetes.stdin_eof_unsupported",
+                     extra=fields(pod=self._handle.key, protocol=self._stream.protocol))
+
+    async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
+        """Resize the TTY (the program gets SIGWINCH)."""
+        if self._pty is None or self._status.done():
+            return
+        with contextlib.suppress(ConnectionError):
+            await self._stream.resize(cols, rows)
+
+    async def signal(self, name: str) -> None:
+        """Deliver a signal to the program (a second exec runs ``kill``)."""
+        if name not in SSH_SIGNALS:
+            log.info("kubernetes.signal_ignored", extra=fields(signal=name))
+            return
+        preamble = await self.preamble()
+        if preamble.pid is None or self._status.done():
+            return
+        try:
+            await self._backend.run_helper(self._handle, signal_command(name, preamble.pid))
+        except (PairpodError, TimeoutError) as error:
+            if not self._status.done():
+                log.warning("kubernetes.signal_failed",
+                            extra=fields(signal=name, pod=self._handle.key,
+                                         error=getattr(error, "operator_message", str(error))))
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the program to end; how it ended."""
+        return await asyncio.shield(self._status)
+
+    async def kill(self) -> None:
+        """End the program and its descendants now. Idempotent."""
+        if self._status.done():
+            return
+        self._killed = True
+        preamble = self._preamble.result() if self._preamble.done() else None
+        if preamble is not None and preamble.pid is not None and not self._pump.done():
+            try:
+                await self._backend.run_helper(self._handle, kill_tree_command(preamble.pid))
+            except (PairpodError, TimeoutError) as error:
+                log.warning("kubernetes.kill_failed",
+                            extra=fields(pod=self._handle.key,
+                                         error=getattr(error, "operator_message", str(error))))
+        # Whatever still holds the stream open, this process is over for us.
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._status), _HELPER_TIMEOUT)
+
+
+__all__ = [
+    "ConnectionEnvironment",
+    "EnvironmentExited",
+    "EnvironmentGone",
+    "ImagePullFailed",
+    "KubeProcess",
+    "KubernetesBackend",
+    "KubernetesEnvironment",
+    "PodHandle",
+    "PodProgress",
+    "PodStartFailed",
+    "SessionEnvironment",
+    "StartTimeout",
+    "merge_pod",
+    "pod_progress",
+    "start_failure",
+]

@@ -1,0 +1,135 @@
+"""Helpers for tests of the Kubernetes backend on the Kubernetes API test server.
+
+Tests observe the server as any client would (kubernetes_asyncio here, kubectl
+elsewhere); the gateway itself only ever talks to it through its kubeconfig.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from kubernetes_asyncio import client, config
+
+from pairpod.backends.base import Identity
+from pairpod.backends.kubernetes import KubernetesBackend
+from pairpod.config import Config, validate_config
+from tests.kube_apiserver.fixture import KubeApiServerThread
+from tests.support.images import busybox_image, debian_image
+
+# The Debian test image's unprivileged user: pods run as it, as a cluster
+# operator would configure for an image whose default user is root.
+TESTER_UID = 1000
+# One bound for anything a test waits for; only reached when something is broken.
+WAIT = 60.0
+
+
+def kubernetes_overrides(
+    server: KubeApiServerThread,
+    namespace: str,
+    mode: str = "connection",
+    image: str = "debian",
+    **kubernetes: Any,
+) -> dict[str, Any]:
+    """Config overrides selecting the Kubernetes backend on the test server.
+
+    With the Debian image, pods run as its user ``tester`` (uid 1000) unless
+    ``pod`` says otherwise.
+    """
+    tag = {"debian": debian_image, "busybox": busybox_image}[image]() if image in (
+        "debian", "busybox") else image
+    settings: dict[str, Any] = {
+        "kubeconfig": str(server.kubeconfig),
+        "namespace": namespace,
+        "image": tag,
+        "mode": mode,
+        # The test server's pods stop at once on TERM: a short stop keeps failures quick.
+        "timeouts": {"start": "60s", "stop": "10s"},
+    }
+    if image == "debian":
+        settings["pod"] = {"spec": {"securityContext": {"runAsUser": TESTER_UID, "runAsGroup": TESTER_UID}}}
+    settings.update(kubernetes)
+    return {"backend": "kubernetes", "kubernetes": settings}
+
+
+def kubernetes_config(server: KubeApiServerThread, namespace: str, mode: str = "connection",
+                      image: str = "debian", **kubernetes: Any) -> Config:
+    """A whole validated Config for the Kubernetes backend."""
+    return validate_config(kubernetes_overrides(server, namespace, mode, image, **kubernetes),
+                           "test config")
+
+
+def new_instance_id() -> str:
+    """A fresh instance id, so tests never see each other's pods."""
+    return f"t{secrets.token_hex(5)}"
+
+
+def identity(config: Config, user: str = "alice", conn: str | None = None,
+             env: dict[str, str] | None = None) -> Identity:
+    """An authenticated identity for ``config``."""
+    return Identity(username=user, conn_id=conn or secrets.token_hex(6),
+                    remote_addr="127.0.0.1:40000", config=config, env=env or {})
+
+
+@asynccontextmanager
+async def core_api(server: KubeApiServerThread) -> AsyncIterator[client.CoreV1Api]:
+    """kubernetes_asyncio's core/v1 API on the test server (to observe what the backend did)."""
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(server.kubeconfig), client_configuration=configuration)
+    async with client.ApiClient(configuration) as api_client:
+        yield client.CoreV1Api(api_client)
+
+
+async def pods(core: client.CoreV1Api, namespace: str, **labels: str) -> list[Any]:
+    """Pods of a namespace carrying all the given ``pairpod.<key>`` labels (terminating ones too)."""
+    selector = ",".join(f"pairpod.{key}={value}" for key, value in labels.items())
+    return list((await core.list_namespaced_pod(namespace, label_selector=selector)).items)
+
+
+async def wait_pod_gone(core: client.CoreV1Api, namespace: str, name: str) -> None:
+    """Watch a pod until it is deleted (returns at once if it is not there)."""
+    from kubernetes_asyncio import watch
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    try:
+        pod = await core.read_namespaced_pod(name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return
+        raise
+    stream = watch.Watch().stream(core.list_namespaced_pod, namespace,
+                                  field_selector=f"metadata.name={name}",
+                                  resource_version=pod.metadata.resource_version,
+                                  timeout_seconds=int(WAIT))
+    async with asyncio.timeout(WAIT), stream:
+        async for event in stream:
+            if event["type"] == "DELETED":
+                return
+    raise AssertionError(f"pod {namespace}/{name} still exists")
+
+
+@asynccontextmanager
+async def running_backend(config: Config, instance_id: str | None = None) -> AsyncIterator[KubernetesBackend]:
+    """A started backend; stopped after, and nothing of its instance may remain."""
+    backend = KubernetesBackend(config, instance_id or new_instance_id())
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.stop()
+        server_config = config.kubernetes
+        async with core_api_from(server_config.kubeconfig) as core:
+            left = await pods(core, server_config.namespace, instance=backend.instance_id)
+        assert [p.metadata.name for p in left] == [], "pods left behind"
+
+
+@asynccontextmanager
+async def core_api_from(kubeconfig: Any) -> AsyncIterator[client.CoreV1Api]:
+    """kubernetes_asyncio's core/v1 API from a kubeconfig path."""
+    configuration = client.Configuration()
+    await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+    async with client.ApiClient(configuration) as api_client:
+        yield client.CoreV1Api(api_client)
