@@ -17,7 +17,8 @@ exec-signal call, so :meth:`DockerProcess.signal` runs a second exec,
 only ``/bin/sh``.
 
 Everything about the Engine's HTTP API lives in :mod:`.docker_api`; the stream
-format in :mod:`.docker_stream`.
+format in :mod:`.docker_stream`; the wrapper and what else the Kubernetes
+backend shares in :mod:`.common`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import asyncio
 import contextlib
 import re
 import secrets
-import signal as signal_module
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from pairpod.backends import common
 from pairpod.backends.base import (
     SSH_SIGNALS,
     Backend,
@@ -41,6 +42,30 @@ from pairpod.backends.base import (
     ProcessSpec,
     PtySpec,
     Stream,
+)
+from pairpod.backends.common import (
+    DEFAULT_IDLE_COMMAND,
+    FALLBACK_SHELL,
+    LABEL_CONNECTION,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_MODE,
+    LABEL_POOL,
+    LABEL_USER,
+    MISSING_PROGRAM,
+    WRAPPER,
+    OutputPipe,
+    eof_character,
+    exit_status,
+    exportable,
+    kill_tree_command,
+    name_part,
+    sh_quote,
+    signal_command,
+    wrapper_args,
+)
+from pairpod.backends.common import (
+    stty_modes as stty_modes,  # re-exported: part of this module's tested surface
 )
 from pairpod.backends.docker_api import (
     STREAM_HIGH_WATER,
@@ -98,111 +123,16 @@ class StartTimeout(BackendError):
 
 # --- constants -----------------------------------------------------------------------
 
-LABEL_MANAGED = "pairpod.managed"
-LABEL_INSTANCE = "pairpod.instance"
-LABEL_CONNECTION = "pairpod.connection"
-LABEL_USER = "pairpod.user"
-LABEL_MODE = "pairpod.mode"
-LABEL_POOL = "pairpod.pool"
-
-# PID 1 of a connection's container when ``idle_command`` is null. Needs only
-# /bin/sh. Being PID 1 it inherits every orphaned process, and ``wait`` reaps
-# any child that ends (the shell waits on all children, not only the sleep),
-# so zombies do not pile up. It exits at once on TERM so a stop is quick. An
-# image without ``sleep`` falls back to blocking on stdin (kept open by the
-# engine), which cannot spin.
-DEFAULT_IDLE_COMMAND = [
-    "/bin/sh",
-    "-c",
-    "trap 'exit 0' TERM INT HUP; "
-    "if command -v sleep >/dev/null 2>&1; then "
-    "while :; do sleep 2147483 & wait $!; done; "
-    "else while read -r _; do :; done; fi",
-]
-
-# The wrapper every process starts through. Arguments: the fd to print the
-# preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
-# arguments, stty mode arguments, the kind (shell | sftp | plain), how many
-# NAME=value words follow to export, those words, then argv.
-#
-# A *spare* (``spare TOKEN tty|pipe FD``) is started ahead of need in a warm
-# pool container: it says ``ready``, then reads those same arguments from its
-# stdin, shell-quoted, up to a line holding TOKEN. A TTY spare reads in raw
-# mode, so its instructions are neither echoed nor edited by the terminal.
-WRAPPER = r"""set -f
-if [ "$1" = spare ]; then
-  end=$2 saved=
-  if [ "$3" = tty ]; then
-    saved=$(stty -g 2>/dev/null) && stty raw -echo 2>/dev/null ||
-      { echo "pairpod:error:nostty" >&"$4"; exit 127; }
-  fi
-  echo "pairpod:ready" >&"$4"
-  s= got=
-  while IFS= read -r l; do
-    if [ "$l" = "$end" ]; then got=1; break; fi
-    s="$s$l
-"
-  done
-  [ -n "$got" ] || exit 0
-  [ -z "$saved" ] || stty "$saved"
-  eval "set -- $s"
-fi
-fd=$1 size=$2 modes=$3 kind=$4 n=$5
-shift 5
-while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
-if [ -n "$size" ] && command -v stty >/dev/null 2>&1; then
-  stty $size 2>/dev/null
-  [ -z "$modes" ] || stty $modes 2>/dev/null
-fi
-case $kind in
-shell) command -v "$1" >/dev/null 2>&1 || { shift; set -- /bin/sh "$@"; } ;;
-sftp)
-  s=
-  for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server \
-      /usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server \
-      /usr/local/libexec/sftp-server; do
-    if [ -x "$p" ]; then s=$p; break; fi
-  done
-  if [ -z "$s" ]; then echo "pairpod:error:nosftp" >&"$fd"; exit 127; fi
-  set -- "$s" ;;
-esac
-echo "pairpod:pid:$$" >&"$fd"
-exec "$@"
-"""
-
-# Ends a process and its descendants: freeze the root, collect descendants from
-# /proc (freezing each so none can fork away), then kill them all. Needs only sh.
-KILL_TREE = r"""p=$1
-kill -s STOP "$p" 2>/dev/null
-pids=" $p "
-changed=1
-while [ "$changed" = 1 ]; do
-  changed=0
-  for s in /proc/[0-9]*/stat; do
-    { read -r l < "$s"; } 2>/dev/null || continue
-    q=${s#/proc/}; q=${q%/stat}
-    set -- ${l##*) }
-    case $pids in *" $q "*) continue ;; esac
-    case $pids in *" $2 "*) pids="$pids$q "; kill -s STOP "$q" 2>/dev/null; changed=1 ;; esac
-  done
-done
-kill -s KILL $pids 2>/dev/null
-exit 0
-"""
-
 # The Engine holds back a typed byte that starts its detach sequence until the
 # next one arrives (and the default, Ctrl-P Ctrl-Q, would delay every Ctrl-P).
 # So the sequence starts with Ctrl-\, the byte least used alone in practice, and
 # is long enough never to be typed by accident.
 DETACH_KEYS = "ctrl-\\,ctrl-@,ctrl-^,ctrl-_,ctrl-\\,ctrl-@,ctrl-^,ctrl-_"
 
-FALLBACK_SHELL = "/bin/sh"
 # How many log lines an operator sees when a container dies at start.
 _LOG_TAIL = 20
 # How long a container that failed an exec may take to show it has stopped.
 _SETTLE_TIMEOUT = 2.0
-# The engine's or the shell's words for "no such program".
-_MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not found|not found", re.IGNORECASE)
 # How long a helper exec (kill, signal) may take.
 _HELPER_TIMEOUT = 10.0
 # How often containers nobody owns are looked for (start-up always looks once).
@@ -213,88 +143,6 @@ _POOL_REFILL_DELAY = 2.0
 # Pool refill back-off after failures (seconds, doubled up to the maximum).
 _POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
 
-# RFC 4254 terminal mode opcodes -> stty names.
-_STTY_CHARS = {
-    1: "intr",
-    2: "quit",
-    3: "erase",
-    4: "kill",
-    5: "eof",
-    6: "eol",
-    7: "eol2",
-    8: "start",
-    9: "stop",
-    10: "susp",
-    12: "rprnt",
-    13: "werase",
-    14: "lnext",
-}
-_STTY_FLAGS = {
-    30: "ignpar",
-    31: "parmrk",
-    32: "inpck",
-    33: "istrip",
-    34: "inlcr",
-    35: "igncr",
-    36: "icrnl",
-    38: "ixon",
-    39: "ixany",
-    40: "ixoff",
-    41: "imaxbel",
-    42: "iutf8",
-    50: "isig",
-    51: "icanon",
-    53: "echo",
-    54: "echoe",
-    55: "echok",
-    56: "echonl",
-    57: "noflsh",
-    58: "tostop",
-    59: "iexten",
-    60: "echoctl",
-    61: "echoke",
-    70: "opost",
-    72: "onlcr",
-    73: "ocrnl",
-    74: "onocr",
-    75: "onlret",
-}
-_VEOF = 5
-
-
-def stty_modes(modes: Mapping[int, int]) -> str:
-    """The client's terminal modes as ``stty`` arguments (unknown opcodes skipped)."""
-    args = []
-    for opcode, value in sorted(modes.items()):
-        if opcode in _STTY_FLAGS:
-            args.append(_STTY_FLAGS[opcode] if value else f"-{_STTY_FLAGS[opcode]}")
-        elif opcode in _STTY_CHARS:
-            if value in (0, 255):  # _POSIX_VDISABLE as clients send it
-                args += [_STTY_CHARS[opcode], "undef"]
-            elif value < 32:
-                args += [_STTY_CHARS[opcode], "^" + chr(value + 64)]
-            elif value == 127:
-                args += [_STTY_CHARS[opcode], "^?"]
-            elif chr(value).isalnum():
-                args += [_STTY_CHARS[opcode], chr(value)]
-    return " ".join(args)
-
-
-def exit_status(code: int) -> ExitStatus:
-    """How a process in a container ended, from its shell-style exit code.
-
-    The Engine reports a program killed by a signal as 128 + the signal
-    number, indistinguishable from ``exit 130``; like a shell, take it as the
-    signal when it names one an SSH client understands.
-    """
-    if code > 128:
-        with contextlib.suppress(ValueError):
-            name = signal_module.Signals(code - 128).name.removeprefix("SIG")
-            if name in SSH_SIGNALS:
-                return ExitStatus(code=None, signal=name)
-    return ExitStatus(code=code)
-
-
 def memory_bytes(size: str) -> int:
     """``512m`` -> bytes (1024-based, like docker)."""
     match = re.fullmatch(r"(\d+)([bkmg]?)", size.lower())
@@ -304,19 +152,9 @@ def memory_bytes(size: str) -> int:
     return int(match.group(1)) * scale
 
 
-def _name_part(text: str, limit: int = 40) -> str:
-    cleaned = re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")
-    return cleaned[:limit] or "x"
-
-
 def hostname_for(template: str, username: str) -> str:
     """The container hostname: the template filled in, made a valid host label."""
-    try:
-        text = template.format(username=username)
-    except (KeyError, IndexError, ValueError) as error:
-        raise BackendError(f"docker.hostname: bad template {template!r}: {error}") from None
-    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
-    return label or "pairpod"
+    return common.hostname_for(template, username, "docker.hostname")
 
 
 def volume_name_for(template: str, username: str) -> str:
@@ -519,8 +357,8 @@ class DockerBackend(Backend):
 
     def container_name(self, identity: Identity | None, suffix: str = "") -> str:
         """A unique, recognisable container name."""
-        owner = _name_part(identity.conn_id) if identity is not None else "pool"
-        name = f"pairpod-{_name_part(self.instance_id, 20)}-{owner}-{secrets.token_hex(3)}"
+        owner = name_part(identity.conn_id) if identity is not None else "pool"
+        name = f"pairpod-{name_part(self.instance_id, 20)}-{owner}-{secrets.token_hex(3)}"
         return f"{name}-{suffix}" if suffix else name
 
     def container_config(
@@ -889,30 +727,9 @@ class DockerBackend(Backend):
 # --- environments ----------------------------------------------------------------------
 
 
-def _argv_and_kind(settings: DockerSettings, spec: ProcessSpec) -> tuple[list[str], str]:
-    if spec.subsystem is not None:
-        if spec.subsystem != "sftp":
-            raise SubsystemUnavailable(f"unknown subsystem {spec.subsystem!r}")
-        return [], "sftp"
-    shell = list(settings.shell)
-    if spec.command is not None:
-        return [shell[0], "-c", spec.command], "shell"
-    return shell, "shell"
-
-
-def _wrapper_args(settings: DockerSettings, spec: ProcessSpec, exports: Mapping[str, str]) -> list[str]:
-    argv, kind = _argv_and_kind(settings, spec)
-    pty = spec.pty
-    size = f"rows {pty.rows} cols {pty.cols}" if pty is not None else ""
-    modes = stty_modes(pty.modes) if pty is not None else ""
-    fd = "1" if pty is not None else "2"
-    words = [f"{k}={v}" for k, v in exports.items()]
-    return [fd, size, modes, kind, str(len(words)), *words, *argv]
-
-
 def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
     """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec)."""
-    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", *_wrapper_args(settings, spec, {})]
+    return common.wrapped_command(settings.shell, spec)
 
 
 def spare_command(tty: bool, token: str) -> list[str]:
@@ -929,13 +746,6 @@ def spare_command(tty: bool, token: str) -> list[str]:
     ]
 
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _sh_quote(word: str) -> str:
-    return "'" + word.replace("'", "'\\''") + "'"
-
-
 def spare_instructions(
     settings: DockerSettings, spec: ProcessSpec, env: Mapping[str, str], token: str
 ) -> bytes:
@@ -943,19 +753,16 @@ def spare_instructions(
 
     A shell can only export valid names; others are left out (logged).
     """
-    exports = {k: v for k, v in env.items() if _ENV_NAME.fullmatch(k)}
-    if len(exports) != len(env):
-        log.info("docker.env_skipped", extra=fields(names=",".join(sorted(set(env) - set(exports)))))
-    words = _wrapper_args(settings, spec, exports)
-    return (" ".join(_sh_quote(w) for w in words) + "\n" + token + "\n").encode()
+    exports, skipped = exportable(env)
+    if skipped:
+        log.info("docker.env_skipped", extra=fields(names=",".join(skipped)))
+    words = wrapper_args(settings.shell, spec, exports)
+    return (" ".join(sh_quote(w) for w in words) + "\n" + token + "\n").encode()
 
 
 def process_env(settings: DockerSettings, identity: Identity, spec: ProcessSpec) -> dict[str, str]:
     """Variables for one process: config, then identity, then the client's."""
-    env = {**settings.env, **identity.env, **spec.env}
-    if spec.pty is not None:
-        env.setdefault("TERM", spec.pty.term or "dumb")
-    return env
+    return common.process_env(settings.env, identity, spec)
 
 
 class DockerEnvironment(Environment):
@@ -1014,7 +821,7 @@ class DockerEnvironment(Environment):
                 user_message="sftp is not available: no sftp-server in this environment",
             )
         text = (preamble.garbage + process.leftover_output()).decode(errors="replace").strip()
-        if _MISSING_PROGRAM.search(text):
+        if MISSING_PROGRAM.search(text):
             raise CommandNotFound(
                 f"cannot start a process in image {self.settings.image} (it needs {FALLBACK_SHELL}): {text}",
                 user_message="cannot start a process in this environment",
@@ -1234,62 +1041,6 @@ class SessionEnvironment(DockerEnvironment):
 # --- processes -------------------------------------------------------------------------
 
 
-class _Pipe:
-    """One output stream between the engine and its reader."""
-
-    __slots__ = ("chunks", "eof", "offset", "size", "waiter")
-
-    def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.offset = 0  # how much of chunks[0] was already read
-        self.size = 0
-        self.eof = False
-        self.waiter: asyncio.Future[None] | None = None
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    def feed(self, data: bytes) -> None:
-        if data and not self.eof:
-            self.chunks.append(data)
-            self.size += len(data)
-            self._wake()
-
-    def end(self) -> None:
-        self.eof = True
-        self._wake()
-
-    async def read(self, size: int) -> bytes:
-        while not self.chunks:
-            if self.eof:
-                return b""
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        chunk = self.chunks[0]
-        start = self.offset
-        if len(chunk) - start <= size:
-            self.chunks.popleft()
-            self.offset = 0
-            data = chunk[start:] if start else chunk
-        else:
-            # Slice without copying the rest: big chunks are read in pieces.
-            self.offset = start + size
-            data = bytes(memoryview(chunk)[start : start + size])
-        self.size -= len(data)
-        return data
-
-    def drain(self) -> bytes:
-        data = b"".join(self.chunks)[self.offset :]
-        self.chunks.clear()
-        self.offset = 0
-        self.size = 0
-        return data
-
-
 class ExecTarget:
     """How a process that is an exec is signalled, killed and waited for."""
 
@@ -1307,11 +1058,11 @@ class ExecTarget:
         return self.environment
 
     async def signal(self, name: str, pid: int) -> None:
-        await self._env().run_helper(["/bin/sh", "-c", f'kill -s {name} "$1"', "kill", str(pid)])
+        await self._env().run_helper(signal_command(name, pid))
 
     async def kill(self, pid: int | None) -> None:
         if pid is not None:
-            await self._env().run_helper(["/bin/sh", "-c", KILL_TREE, "kill-tree", str(pid)])
+            await self._env().run_helper(kill_tree_command(pid))
 
     async def exit_code(self) -> int | None:
         """The exit code, once the exec has ended (its stream is already at its end)."""
@@ -1374,7 +1125,7 @@ class DockerProcess(Process):
         self._pty = pty
         self._on_done = on_done
         self._demuxer = None if pty is not None else Demuxer()
-        self._pipes = {STDOUT: _Pipe(), STDERR: _Pipe()}
+        self._pipes = {STDOUT: OutputPipe(), STDERR: OutputPipe()}
         self._engine_errors = bytearray()
         self._preamble_reader = PreambleReader()
         self._preamble_stream = STDOUT if pty is not None else STDERR
@@ -1533,9 +1284,9 @@ class DockerProcess(Process):
         (Half-closing a TTY exec would make the Engine close its output too.)
         """
         if self._pty is not None:
-            eof = self._pty.modes.get(_VEOF, 4)
-            if 0 < eof < 255:
-                await self.write(bytes([eof]))
+            eof = eof_character(self._pty.modes)
+            if eof:
+                await self.write(eof)
             return
         if not self._eof_sent:
             self._eof_sent = True
