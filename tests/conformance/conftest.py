@@ -8,19 +8,27 @@ folder runs against it.
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import MakeGateway
+from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver
 from tests.support.docker_env import docker_overrides
 from tests.support.gateway import GatewayThread
+from tests.support.kube_env import kubernetes_overrides
 
-CONFORMANCE_BACKENDS = ["local", "docker-connection", "docker-session"]
+__all__ = ["kube_apiserver"]
+
+CONFORMANCE_BACKENDS = [
+    "local", "docker-connection", "docker-session", "kubernetes", "kubernetes-session",
+]
 
 # Backends where every channel gets an environment of its own, and the tests
 # that need one channel to see what another left (a file written, then read).
-PER_CHANNEL_ENVIRONMENTS = {"docker-session"}
+PER_CHANNEL_ENVIRONMENTS = {"docker-session", "kubernetes-session"}
 CROSS_CHANNEL_TESTS = {
     "test_sftp_and_scp_round_trip_files_byte_identical",
     "test_sftp_client_sees_the_environments_files",
@@ -43,6 +51,28 @@ def backend_docker_connection() -> dict[str, Any]:
 def backend_docker_session() -> dict[str, Any]:
     """Docker, a container per channel, on a locally built Debian image."""
     return docker_overrides("session")
+
+
+@pytest.fixture(scope="session")
+def conformance_namespace(kube_apiserver: KubeApiServerThread) -> Iterator[str]:
+    """One namespace of the Kubernetes API test server for the whole suite."""
+    name = f"conformance-{uuid.uuid4().hex[:8]}"
+    kube_apiserver.create_namespace(name)
+    yield name
+    kube_apiserver.delete_namespace(name)
+
+
+@pytest.fixture
+def backend_kubernetes(kube_apiserver: KubeApiServerThread, conformance_namespace: str) -> dict[str, Any]:
+    """Kubernetes, a pod per connection, on the API test server (pods as Docker containers)."""
+    return kubernetes_overrides(kube_apiserver, conformance_namespace, "connection")
+
+
+@pytest.fixture
+def backend_kubernetes_session(kube_apiserver: KubeApiServerThread,
+                               conformance_namespace: str) -> dict[str, Any]:
+    """Kubernetes, a pod per channel, on the API test server."""
+    return kubernetes_overrides(kube_apiserver, conformance_namespace, "session")
 
 
 @pytest.fixture(params=CONFORMANCE_BACKENDS)
