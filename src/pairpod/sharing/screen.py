@@ -573,7 +573,7 @@ class EscapeTracker:
             self._partial, self._truncated = tail, truncated
         else:
             self._partial, self._truncated = b"", False
-        self._char_tail = _unfinished_character(data)
+        self._char_tail = _unfinished_character(data) if data[-1] >= 0x80 else b""
 
 
 def _unfinished_character(data: bytes) -> bytes:
@@ -933,7 +933,8 @@ class ScreenModel:
             return
         self._pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes > self._max_pending:
+        # Some slack, so that a flood drops in a few large steps, not per chunk.
+        if self._pending_bytes > self._max_pending + self._max_pending // 2:
             self._drop(self._pending_bytes - self._max_pending)
 
     def resize(self, cols: int, rows: int) -> None:

@@ -29,12 +29,13 @@ Output and flow control
 the owner at once; the owner's flow control is the program's: while the
 owner's channel is paused, ``run`` stops reading, exactly as an unshared
 session does (the owner never loses output). Viewers are served from a
-fan-out buffer flushed once per event-loop turn (or every 32 KiB), so a fast
-producer costs each viewer one write per batch, not per chunk. A viewer's
-channel that pauses gets its output queued, up to ``viewer_backlog`` bytes;
-past that the viewer is *behind*: its queue is dropped and nothing more is
-queued. When its channel resumes it gets a fresh :meth:`ScreenModel.snapshot`
-and continues live. A viewer that stops reading therefore costs a bounded
+fan-out buffer: the first output after a quiet spell goes out in the same
+loop turn, then at most every 5 ms (or every 32 KiB) while output streams, so
+a fast producer costs each viewer one write per batch, not one per chunk. A
+viewer's channel that pauses gets its output queued, up to ``viewer_backlog``
+bytes; past that the viewer is *behind*: its queue is dropped and nothing more
+is queued. When its channel resumes it gets a fresh
+:meth:`ScreenModel.snapshot` and continues live. A viewer that stops reading therefore costs a bounded
 amount of memory and never slows the owner or anyone else.
 
 A viewer's share of the output is also capped (:data:`VIEWER_RATE`, a token
@@ -94,6 +95,7 @@ import asyncio
 import contextlib
 import itertools
 import re
+import time
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
@@ -112,7 +114,8 @@ NOTICE_SECONDS = 5.0
 #: viewer is redrawn from snapshots. Far above interactive use: it only binds
 #: under floods (``cat`` of a big file), which nobody can read live anyway.
 VIEWER_RATE = 512 * 1024
-#: How often viewers that are behind but writable are redrawn, in seconds.
+#: How often (at most) viewers that are behind but writable are redrawn, in
+#: seconds; longer when a redraw is costly.
 RESYNC_INTERVAL = 1.0
 #: What viewers are told when the session ends without a more specific reason.
 SESSION_ENDED = "the shared session has ended"
@@ -122,6 +125,9 @@ KICKED = "you were removed from the session by its owner"
 _READ_SIZE = 1 << 16
 # Viewers' output is batched up to this size before the end of the loop turn.
 _FLUSH_BYTES = 1 << 15
+_FLUSH_INTERVAL = 0.005
+# The share of time redraws during a flood may take (see _resync_tick).
+_RESYNC_SHARE = 0.03
 # While the screen model has output pending, parse a little every so often.
 _IDLE_PARSE_DELAY = 0.05
 
@@ -302,6 +308,7 @@ class Terminal:
         self._viewers: dict[int, Participant] = {}
         self._fanout: list[bytes] = []
         self._fanout_bytes = 0
+        self._last_flush = float("-inf")
         self._flush_handle: asyncio.Handle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._owner_writable = asyncio.Event()
@@ -362,7 +369,13 @@ class Terminal:
             if self._fanout_bytes >= _FLUSH_BYTES:
                 self.flush()
             elif self._flush_handle is None:
-                self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+                # Right away after a quiet spell (a keystroke's echo), else at
+                # most every _FLUSH_INTERVAL: a flood then costs each viewer a
+                # write per interval, not one per chunk read.
+                loop = asyncio.get_running_loop()
+                delay = self._last_flush + _FLUSH_INTERVAL - loop.time()
+                self._flush_handle = (loop.call_later(delay, self.flush) if delay > 0
+                                      else loop.call_soon(self.flush))
         if self._notices_waiting:
             self._show_waiting_notices()
         if self._screen.advance() and self._idle_handle is None:
@@ -523,12 +536,13 @@ class Terminal:
     # --- output ---------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Deliver now what is batched for viewers (``publish`` batches per loop turn)."""
+        """Deliver now what is batched for viewers (``publish`` batches briefly)."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if not self._fanout:
             return
+        self._last_flush = asyncio.get_running_loop().time()
         data = self._fanout[0] if len(self._fanout) == 1 else b"".join(self._fanout)
         self._fanout.clear()
         self._fanout_bytes = 0
@@ -603,7 +617,12 @@ class Terminal:
                     continue
             if snapshot is None:
                 self.flush()
+                started = time.perf_counter()
                 snapshot = self._snapshot()
+                # A redraw during a flood means parsing the model's tail: keep
+                # that to a small share of the time, however slow pyte is here.
+                self._resync_interval = max(RESYNC_INTERVAL,
+                                            (time.perf_counter() - started) / _RESYNC_SHARE)
             self._redraw(participant, snapshot)
             participant.tokens -= len(snapshot)
         if waiting:
