@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes_asyncio import client, config
 
 from pairpod.backends.base import Identity
@@ -133,3 +136,80 @@ async def core_api_from(kubeconfig: Any) -> AsyncIterator[client.CoreV1Api]:
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     async with client.ApiClient(configuration) as api_client:
         yield client.CoreV1Api(api_client)
+
+
+class ApiRelay:
+    """A TCP relay in front of the API server that can be taken down and brought back.
+
+    The gateway's kubeconfig points at the relay, so "the API server is
+    unreachable" is real (connections refused, open ones cut) without
+    touching the shared test server. TLS passes through untouched.
+    """
+
+    def __init__(self, server: KubeApiServerThread, workdir: Path) -> None:
+        from urllib.parse import urlsplit
+
+        target = urlsplit(server.url)
+        self._target = (target.hostname or "127.0.0.1", target.port or 443)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="api-relay", daemon=True)
+        self._thread.start()
+        self._listener: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        self.up()
+        data = yaml.safe_load(server.kubeconfig.read_text())
+        data["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{self.port}"
+        self.kubeconfig = workdir / "kubeconfig-relay"
+        self.kubeconfig.write_text(yaml.safe_dump(data))
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(WAIT)
+
+    def up(self) -> None:
+        """Accept connections (on the same port as before, if any)."""
+        async def listen() -> None:
+            self._listener = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+            self.port = self._listener.sockets[0].getsockname()[1]
+        self._call(listen())
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        async def close() -> None:
+            if self._listener is not None:
+                self._listener.close()
+                await self._listener.wait_closed()
+                self._listener = None
+            for writer in list(self._writers):
+                writer.transport.abort()
+        self._call(close())
+
+    def close(self) -> None:
+        """Take the relay down for good and end its thread."""
+        self.down()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(WAIT)
+        self._loop.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                sink.transport.abort()
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self._writers -= {writer, up_writer}

@@ -178,6 +178,8 @@ _HELPER_TIMEOUT = 10.0
 _POOL_REFILL_DELAY = 2.0
 # Pool refill back-off after failures (seconds, doubled up to the maximum).
 _POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
+# How long a forced (no grace) deletion may take to show.
+_FORCED_DELETE_WAIT = 10.0
 # Input is sent in frames of at most this size.
 _STDIN_FRAME = 64 * 1024
 # Output buffered per process before the WebSocket is no longer read.
@@ -746,10 +748,14 @@ class KubernetesBackend(Backend):
                     return
             except TimeoutError:
                 log.warning("kubernetes.delete_slow", extra=fields(pod=handle.key, limit=time_limit))
-            await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=0, uid=handle.uid or None)
-        except PairpodError as error:
-            log.warning("kubernetes.delete_failed",
-                        extra=fields(pod=handle.key, error=error.operator_message))
+            # Forced: the API object goes at once (the kubelet still kills what runs).
+            async with asyncio.timeout(_FORCED_DELETE_WAIT):
+                gone = await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=0,
+                                                 uid=handle.uid or None)
+                if gone is not None:
+                    await self._wait_gone(handle)
+        except (PairpodError, TimeoutError) as error:
+            log.warning("kubernetes.delete_failed", extra=fields(pod=handle.key, error=str(error)))
         finally:
             self._live.discard(handle.key)
 
