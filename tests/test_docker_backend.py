@@ -74,6 +74,27 @@ async def test_pty_has_the_requested_size_term_and_follows_resizes(mode: str):
     assert status.code == 0
 
 
+@pytest.mark.parametrize("mode", MODES)
+async def test_input_sent_after_a_resize_sees_the_new_size(mode: str):
+    # As the SSH channel does: the resize is handed to its own task, then the
+    # next input to the pump's. The resize is an Engine call; the input must
+    # not overtake it.
+    async with environment(mode) as env:
+        process = await env.start(
+            ProcessSpec(command="read a; stty size; read b", pty=PtySpec("xterm", 80, 24))
+        )
+        resize = asyncio.ensure_future(process.resize(101, 31))
+        typed = asyncio.ensure_future(process.write(b"x\r"))
+        await asyncio.gather(resize, typed)
+        output = b""
+        while not re.search(rb"\d+ \d+\r\n", output):
+            data = await process.read(Stream.STDOUT)
+            assert data, output
+            output += data
+        await process.kill()
+    assert re.search(rb"(\d+ \d+)\r\n", output).group(1) == b"31 101"
+
+
 @pytest.mark.parametrize("mode", ["connection", "pool"])
 async def test_pty_modes_from_the_client_are_applied(mode: str):
     # 53 = ECHO off, 3 = VERASE set to ^H (RFC 4254 opcodes).

@@ -69,7 +69,11 @@ async def test_graceful_shutdown_removes_every_container(make_gateway: MakeGatew
         process = await conn.create_process("echo up; exec sleep 1000")
         assert await process.stdout.readline() == "up\n"
         clients.append(conn)
-    assert len(_instance_containers(gw)) == 4
+    # Three sessions, and the pool refilled after the first took its container.
+    wait_until(
+        lambda: gw.gateway.backend.pool_size() == 1 and len(_instance_containers(gw)) == 4,
+        message="three sessions and a refilled pool",
+    )
     instance_id = gw.gateway.instance_id
     gw.stop()
     gw.stop = lambda: None  # type: ignore[method-assign]  # already stopped

@@ -143,6 +143,7 @@ _POOL_REFILL_DELAY = 2.0
 # Pool refill back-off after failures (seconds, doubled up to the maximum).
 _POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
 
+
 def memory_bytes(size: str) -> int:
     """``512m`` -> bytes (1024-based, like docker)."""
     match = re.fullmatch(r"(\d+)([bkmg]?)", size.lower())
@@ -1139,6 +1140,9 @@ class DockerProcess(Process):
         self._abandoned = False
         self._eof_sent = False
         self._finisher: asyncio.Task[None] | None = None
+        self._resizes_pending = 0
+        self._resize_idle = asyncio.Event()
+        self._resize_idle.set()
         self.token = ""  # a spare's end-of-instructions line
         stream.set_consumer(self._on_data, self._on_eof)
 
@@ -1272,7 +1276,14 @@ class DockerProcess(Process):
         return data
 
     async def write(self, data: bytes) -> None:
-        """Send input; input to a program that has ended is dropped."""
+        """Send input; input to a program that has ended is dropped.
+
+        Input that follows a resize waits for it: the resize is an Engine call,
+        slower than the data path, and a program reading the input ("stty
+        size", a redraw) must already see the new size, as with a local PTY.
+        """
+        if not self._resize_idle.is_set():
+            await self._resize_idle.wait()
         if self._eof_sent or self._status.done():
             return
         with contextlib.suppress(ConnectionError):
@@ -1296,12 +1307,19 @@ class DockerProcess(Process):
         """Resize the TTY through the Engine (the program gets SIGWINCH)."""
         if self._pty is None or self._status.done():
             return
+        # Marked before the first await, so input sent after this resize waits for it.
+        self._resizes_pending += 1
+        self._resize_idle.clear()
         try:
             await self._target.resize(cols, rows)
         except PairpodError as error:
             # Racing with the program's exit is normal; anything else is worth a line.
             if not self._status.done():
                 log.info("docker.resize_failed", extra=fields(error=error.operator_message))
+        finally:
+            self._resizes_pending -= 1
+            if not self._resizes_pending:
+                self._resize_idle.set()
 
     async def signal(self, name: str) -> None:
         """Deliver a signal to the program (a second exec runs ``kill``)."""
