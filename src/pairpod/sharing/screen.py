@@ -10,8 +10,8 @@ Keeping it off the hot path
 pyte parses well under 1 MB/s, so parsing must never bound the owner's
 throughput. ``feed()`` only appends the bytes to a pending queue (O(1), no
 copy). Parsing happens in :meth:`~ScreenModel.advance`, which spends at most a
-fixed share of wall-clock time (10 % by default, in slices of a few
-milliseconds) and is called by the Terminal after it has delivered output. At
+fixed share of wall-clock time (10 % by default, in 1 KiB slices of a
+millisecond or two) and is called by the Terminal after it has delivered output. At
 interactive rates everything is parsed within milliseconds. Under bulk output
 (``cat`` of a big file) the pending queue is bounded (24 KiB by default, about
 40 ms of parsing): past the bound the *oldest* pending bytes are dropped, and
@@ -26,6 +26,11 @@ snapshot parses what is pending first, so its cost is bounded too.
 
 What pyte 0.8 gets right and wrong (checked against its source and by test)
 ---------------------------------------------------------------------------
+pyte parses the stream well; its screen differs from a terminal in many
+places. :class:`DualScreen` fixes what matters for a redraw, and a property
+test (any screen, and any output after it, is the same on a terminal fed only
+the snapshot) keeps it honest.
+
 * **Alternate screen: not handled.** ``CSI ?1049h`` (and ``?47``, ``?1047``)
   only sets a flag in ``Screen.mode``; vim, htop and less then draw over the
   one buffer and nothing is restored when they exit. :class:`DualScreen` keeps
@@ -37,25 +42,35 @@ What pyte 0.8 gets right and wrong (checked against its source and by test)
   place. A program that saves without restoring would grow the stack forever.
   :class:`DualScreen` keeps one slot and restores without popping.
 * **Wide characters: mostly handled.** A width-2 character is stored with an
-  empty-string stub in the next cell, and ``display`` skips the stub. Two gaps:
-  a wide character drawn in the last column is stored there instead of
-  wrapping to the next line first (as xterm does), and overwriting one half of
-  a wide character leaves the other half (xterm blanks it). The renderer draws
-  both cases as blanks, which is what a terminal shows for a cell that cannot
-  hold the character; :func:`visible_cells` applies the same rule.
-* **Combining characters:** merged into the previous cell (NFC), rendered as is.
+  empty-string stub in the next cell. Gaps: a wide character that does not fit
+  in the last column is stored there instead of wrapping first (fixed in
+  :meth:`DualScreen.draw`); overwriting one half of a wide character leaves
+  the other half, and pyte's own ``display`` then raises IndexError (the
+  renderer and :func:`visible_cells` show such halves as blanks, as a
+  terminal does).
+* **Combining characters:** merged into the previous cell (NFC), but one that
+  arrives in the pending-wrap state makes pyte wrap, even scroll, first, and
+  one after a wide character lands on its stub. Both fixed in ``draw``.
+* **Erase** (ED, EL, ECH) changes only the cells pyte's sparse buffer happens
+  to hold, stamps the whole pen (underline, bold) on them, and raises on
+  unknown parameters (``CSI 3 K``); terminals erase every cell to a blank with
+  the current background only. **ICH** pushes the last cell past the margin,
+  where a later DCH brings it back. **VPA** and **DSR** assert in origin mode
+  without margins. **Resize** leaves the cursor and tab stops off the screen.
+  All fixed in :class:`DualScreen`.
 * **DEC line drawing** (``ESC ( 0``, SO/SI), used by ncurses for boxes, is
   ignored by pyte in UTF-8 mode. We decode UTF-8 ourselves and let pyte apply
   the charsets, so boxes arrive as box characters.
 * **Sequences pyte misreads** are removed before parsing: ``CSI > 4;2 m``
   (modifyOtherKeys, sent by vim) would turn underline on; ``CSI ? 4 m`` (its
   query, also sent by vim) and other private CSIs ending in anything but
-  ``h l J K`` make pyte raise; ``CSI ... SP q``
-  (cursor shape) and other CSIs with intermediates or ``<=>`` markers would
-  leave their final letter on screen; DCS/APC/PM/SOS payloads (vim's terminal
-  queries) would be drawn as text; a stray C0 control drops the rest of the
-  text run it is in. Colon sub-parameters in SGR (``38:2::r:g:b``) are turned
-  into the semicolon form pyte reads.
+  ``h l J K`` make pyte raise; ``CSI ... SP q`` (cursor shape) and other CSIs
+  with intermediates or ``<=>`` markers would leave their final letter on
+  screen; DCS/APC/PM/SOS payloads (vim's terminal queries) would be drawn as
+  text; a stray C0 control drops the rest of the text run it is in. Colon
+  sub-parameters in SGR (``38:2::r:g:b``) are turned into the semicolon form
+  pyte reads. Anything pyte still raises on is caught: the rest of that slice
+  is lost, the session goes on (:attr:`ScreenModel.parse_errors`).
 * **Not modelled** (a joiner may see these differently): dim and invisible
   text, underline styles and colours, scrollback, DECCOLM (132 columns:
   ignored, as xterm does by default), double-width lines, and sequences split
