@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -107,16 +106,15 @@ async def test_pods_left_by_a_crash_are_reaped_at_the_next_start(
         kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
     instance = new_instance_id()
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CRASHING_GATEWAY, instance, json.dumps(config.model_dump(mode="json"))],
-        stdout=subprocess.PIPE)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_GATEWAY, instance, json.dumps(config.model_dump(mode="json")),
+        stdout=asyncio.subprocess.PIPE)
     try:
         assert child.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), WAIT)
-        names = json.loads(line)
+        names = json.loads(await asyncio.wait_for(child.stdout.readline(), WAIT))
     finally:
         child.send_signal(signal.SIGKILL)
-        child.wait()
+        await child.wait()
     async with core_api(kube_apiserver) as core:
         # Another instance's pod must survive the reaping.
         other = pod_manifest("other-gateway", busybox_image(), SERVE,
