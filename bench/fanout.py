@@ -54,7 +54,7 @@ HIGH_WATER, LOW_WATER = 1 << 20, 1 << 18
 # A full-screen program that redraws one row per tick with its clock in it.
 WRITER = r'''
 import os, sys, time
-period, duration = float(sys.argv[1]), float(sys.argv[2])
+period = float(sys.argv[1])
 cols, rows = os.get_terminal_size(0)
 words = b"".join(b"\x1b[3%dmword " % (i % 7 + 1) for i in range((cols - 32) // 5))
 def row(y, tick):
@@ -68,13 +68,15 @@ termios.tcsetattr(0, termios.TCSANOW, attrs)
 os.write(1, b"\x1b[?1049h\x1b[H\x1b[2J")
 for y in range(rows - 1):
     os.write(1, row(y, 0))
+import select
 sys.stdin.readline()  # "go", once everyone has joined
 start = time.monotonic()
 tick = 0
-while time.monotonic() - start < duration:
+while True:  # until a line ("stop") comes
     os.write(1, row(tick % (rows - 1), tick) + b"\x1b[%d;1H\x1b[7m tick %d \x1b[m" % (rows, tick))
     tick += 1
-    time.sleep(max(0.0, start + tick * period - time.monotonic()))
+    if select.select([0], [], [], max(0.0, start + tick * period - time.monotonic()))[0]:
+        break
 os.write(1, b"\x1b[?1049l")
 '''
 
@@ -250,8 +252,8 @@ async def _latency_round(far: Far, environment: object, script: Path,
                          args: argparse.Namespace,
                          ) -> tuple[list[float], list[float], float, float]:
     cols, rows = args.cols, args.rows
-    process = await start(environment, f"exec {sys.executable} {script} "
-                                       f"{1 / args.rate} {args.seconds}", cols, rows)
+    process = await start(environment, f"exec {sys.executable} {script} {1 / args.rate}",
+                          cols, rows)
     owner, _ = await far.sink()
     terminal = Terminal(process, owner, owner_name="user:alice", cols=cols, rows=rows,
                         viewer_backlog=BACKLOG)
@@ -264,6 +266,7 @@ async def _latency_round(far: Far, environment: object, script: Path,
     far.tell(f"START {time.monotonic_ns()}")
     cpu, wall = time.process_time(), time.perf_counter()
     await terminal.owner.send_input(b"go\n")
+    stop_at = wall + args.seconds
     snapshot_sizes = []
     pause = args.seconds / (args.joiners + 1)
     for i in range(args.joiners):
@@ -274,6 +277,8 @@ async def _latency_round(far: Far, environment: object, script: Path,
                                          access=Access.READ_ONLY, cols=cols, rows=rows)
         snapshot_sizes.append(sink.bytes)
         far.tell(f"JOIN {far_fd} {sink.bytes} {started}")
+    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    await terminal.owner.send_input(b"stop\n")
     await process.wait()
     await pump
     busy = (time.process_time() - cpu) / (time.perf_counter() - wall)
