@@ -19,9 +19,7 @@ from pairpod.backends.docker_stream import (
     parse_preamble,
 )
 
-frames_strategy = st.lists(
-    st.tuples(st.sampled_from([STDOUT, STDERR]), st.binary(max_size=300)), max_size=30
-)
+frames_strategy = st.lists(st.tuples(st.sampled_from([STDOUT, STDERR]), st.binary(max_size=300)), max_size=30)
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:

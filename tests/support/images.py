@@ -158,9 +158,7 @@ def _docker_import(tar_bytes: bytes | Path, tag: str, *, cmd: list[str]) -> None
 def _busybox_applets() -> list[str]:
     out = _run([str(BUSYBOX_PATH), "--list"], what="busybox --list")
     return sorted(
-        name
-        for name in out.decode().split()
-        if name and "/" not in name and name not in _SKIPPED_APPLETS
+        name for name in out.decode().split() if name and "/" not in name and name not in _SKIPPED_APPLETS
     )
 
 
