@@ -197,3 +197,34 @@ async def test_bad_template_or_credentials_are_config_errors(
     with pytest.raises(ConfigError) as unreadable:
         await KubernetesBackend(missing, new_instance_id()).start()
     assert "kubernetes.kubeconfig" in str(unreadable.value)
+
+
+async def test_a_gateway_in_a_pod_reaps_what_an_earlier_run_in_that_pod_left(
+        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
+    gateway_pod = {"name": "pairpod-gateway-0", "namespace": kube_namespace, "uid": "gw-uid-1"}
+
+    def owned_by(name: str, uid: str) -> dict[str, object]:
+        # Labelled by an earlier run of the gateway, whose instance id was another.
+        manifest = pod_manifest(name, busybox_image(), SERVE, labels={
+            "pairpod.managed": "true", "pairpod.instance": new_instance_id()})
+        manifest["metadata"]["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Pod", "name": "pairpod-gateway-0", "uid": uid}]
+        return manifest
+
+    async with core_api(kube_apiserver) as core:
+        await core.create_namespaced_pod(kube_namespace, owned_by("left-here", "gw-uid-1"))
+        await core.create_namespaced_pod(kube_namespace, owned_by("other-replica", "gw-uid-2"))
+        backend = KubernetesBackend(config, new_instance_id())
+        backend.owner = gateway_pod  # as PAIRPOD_POD_* from the downward API would say
+        await backend.start()
+        try:
+            await wait_pod_gone(core, kube_namespace, "left-here")
+            env = await backend.open(identity(config))
+            pod = await core.read_namespaced_pod(env.pod.name, kube_namespace)
+            assert [(r.kind, r.name, r.uid) for r in pod.metadata.owner_references] == [
+                ("Pod", "pairpod-gateway-0", "gw-uid-1")]
+            await env.close()
+        finally:
+            await backend.stop()
+        assert [p.metadata.name for p in await pods(core, kube_namespace)] == ["other-replica"]

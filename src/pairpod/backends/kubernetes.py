@@ -476,17 +476,29 @@ class KubernetesBackend(Backend):
     async def reap_orphans(self) -> list[str]:
         """Delete this instance's pods that no live connection or pool owns.
 
+        "This instance's" are the pods labelled with its instance id and, when
+        the gateway knows its own pod, the pods that pod owns (left by an earlier
+        run of the gateway in the same pod, whose instance id was another).
         Returns their ``namespace/name``. Raises BackendUnavailable if the API is down.
         """
-        selector = f"{LABEL_INSTANCE}={self.instance_id}"
-        orphans: list[tuple[str, Obj]] = []
+        candidates: dict[str, tuple[str, Obj]] = {}
         for namespace in sorted(self._namespaces):
-            pods, _ = await self.api.list_pods(namespace, selector)
-            for pod in pods:
-                meta = pod.get("metadata") or {}
-                key = f"{namespace}/{meta.get('name')}"
-                if key not in self._live and not meta.get("deletionTimestamp"):
-                    orphans.append((namespace, pod))
+            pods, _ = await self.api.list_pods(namespace, f"{LABEL_INSTANCE}={label_value(self.instance_id)}")
+            candidates.update((f"{namespace}/{p['metadata']['name']}", (namespace, p)) for p in pods)
+        if self.owner is not None:
+            namespace = self.owner["namespace"]
+            pods, _ = await self.api.list_pods(namespace, f"{LABEL_MANAGED}=true")
+            owner_uid = self.owner["uid"]
+            candidates.update(
+                (f"{namespace}/{p['metadata']['name']}", (namespace, p))
+                for p in pods
+                if any(ref.get("uid") == owner_uid for ref in p["metadata"].get("ownerReferences") or [])
+            )
+        orphans = [
+            (namespace, pod)
+            for key, (namespace, pod) in sorted(candidates.items())
+            if key not in self._live and not pod["metadata"].get("deletionTimestamp")
+        ]
         results = await asyncio.gather(
             *(self.api.delete_pod(ns, pod["metadata"]["name"], uid=pod["metadata"].get("uid"))
               for ns, pod in orphans),

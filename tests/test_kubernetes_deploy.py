@@ -1,0 +1,170 @@
+"""The deployable manifests: accepted by kubectl and by the API test server, and coherent.
+
+Also: the Role grants exactly what the backend uses, checked against the
+requests a real backend session made.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from pairpod.config import validate_config
+from tests.kube.kubetools import KUBECTL
+from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
+from tests.support.docker_backend import eventually, run
+from tests.support.kube_env import identity, kubernetes_config, running_backend
+
+__all__ = ["kube_apiserver", "kube_namespace"]
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+
+
+def _objects() -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                found[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return found
+
+
+def _kubectl(server: KubeApiServerThread, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KUBECTL, "--kubeconfig", str(server.kubeconfig), "--cache-dir", str(tmp_path / "cache"), *args],
+        capture_output=True, text=True, timeout=120)
+
+
+EXPECTED = {
+    "Namespace/pairpod", "ServiceAccount/pairpod-gateway", "Role/pairpod-gateway",
+    "RoleBinding/pairpod-gateway", "ConfigMap/pairpod-config", "Secret/pairpod-host-keys",
+    "Deployment/pairpod-gateway", "Service/pairpod",
+}
+
+
+def test_kubectl_accepts_the_manifests_client_side_and_server_side(
+        kube_apiserver: KubeApiServerThread, tmp_path: Path) -> None:
+    assert set(_objects()) == EXPECTED
+    client = _kubectl(kube_apiserver, tmp_path, "apply", "--dry-run=client", "-f", str(DEPLOY))
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.count("(dry run)") == len(EXPECTED)
+    # Server side, namespaced objects need their namespace to exist (as on a cluster).
+    created = _kubectl(kube_apiserver, tmp_path, "apply", "-f", str(DEPLOY / "00-namespace.yaml"))
+    assert created.returncode == 0, created.stderr
+    try:
+        server = _kubectl(kube_apiserver, tmp_path, "apply", "--dry-run=server", "--validate=strict",
+                          "-f", str(DEPLOY))
+        assert server.returncode == 0, server.stderr
+        assert server.stdout.count("(server dry run)") == len(EXPECTED)
+        assert "Warning" not in server.stderr, server.stderr
+    finally:
+        kube_apiserver.delete_namespace("pairpod")
+
+
+def test_the_pieces_fit_together() -> None:
+    objects = _objects()
+    config_map = objects["ConfigMap/pairpod-config"]
+    config = validate_config(yaml.safe_load(config_map["data"]["pairpod.yaml"]), "configmap")
+    assert config.backend == "kubernetes"
+    assert config.kubernetes.kubeconfig is None  # in-cluster credentials
+    assert config.kubernetes.namespace == "pairpod"
+    deployment = objects["Deployment/pairpod-gateway"]
+    pod = deployment["spec"]["template"]
+    spec = pod["spec"]
+    gateway = spec["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    # The config and its authorized_keys come from the ConfigMap's keys.
+    assert volumes["config"]["configMap"]["name"] == "pairpod-config"
+    config_path = Path(mounts["config"]) / "pairpod.yaml"
+    assert gateway["args"] == ["serve", "--config", str(config_path)]
+    assert config.auth.authorized_keys == Path(mounts["config"]) / "authorized_keys"
+    assert "authorized_keys" in config_map["data"]
+    # The host key comes from the Secret, readable by the gateway's group only.
+    host_keys = volumes["host-keys"]["secret"]
+    assert host_keys["secretName"] == "pairpod-host-keys"
+    assert config.host_keys == [Path(mounts["host-keys"]) / host_keys["items"][0]["path"]]
+    assert host_keys["defaultMode"] == 0o440
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
+    # The port: config, container, Service.
+    assert config.listen_address == ("0.0.0.0", 2222)  # noqa: S104 - in its own pod
+    assert gateway["ports"] == [{"name": "ssh", "containerPort": 2222, "protocol": "TCP"}]
+    service = objects["Service/pairpod"]["spec"]
+    assert service["ports"][0]["port"] == 2222 and service["ports"][0]["targetPort"] == "ssh"
+    assert service["selector"] == pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]
+    # Hardened, with the service account the Role is bound to.
+    assert spec["serviceAccountName"] == "pairpod-gateway"
+    binding = objects["RoleBinding/pairpod-gateway"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pairpod-gateway",
+                                    "namespace": "pairpod"}]
+    assert binding["roleRef"]["name"] == "pairpod-gateway"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert gateway["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                          "capabilities": {"drop": ["ALL"]}}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in gateway["env"]}
+    assert env == {"PAIRPOD_POD_NAME": "metadata.name", "PAIRPOD_POD_NAMESPACE": "metadata.namespace",
+                   "PAIRPOD_POD_UID": "metadata.uid"}
+    # Re-applying the placeholder must never clobber a real host key: it sets no data.
+    secret = objects["Secret/pairpod-host-keys"]
+    assert "data" not in secret and "stringData" not in secret
+
+
+def _authorisation(method: str, path_qs: str, namespace: str) -> tuple[str, str] | None:
+    """(resource, verb) as the API server's authoriser sees a request; None outside the namespace."""
+    url = urlsplit(path_qs)
+    prefix = f"/api/v1/namespaces/{namespace}/pods"
+    if not url.path.startswith(prefix):
+        return None
+    rest = [part for part in url.path[len(prefix):].split("/") if part]
+    query = parse_qs(url.query)
+    if not rest:
+        if method == "GET":
+            return ("pods", "watch" if query.get("watch", [""])[0].lower() in ("true", "1") else "list")
+        return ("pods", {"POST": "create", "DELETE": "deletecollection"}[method])
+    if len(rest) == 2:
+        # The exec upgrade: "get" before Kubernetes 1.31, "create" since.
+        return (f"pods/{rest[1]}", "create")
+    return ("pods", {"GET": "get", "DELETE": "delete", "PATCH": "patch", "PUT": "update"}[method])
+
+
+async def test_the_role_grants_exactly_what_the_backend_uses(
+        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    async def forget() -> None:
+        assert kube_apiserver.server is not None
+        kube_apiserver.server.requests.clear()
+
+    async def served() -> list[tuple[str, str]]:
+        assert kube_apiserver.server is not None
+        return [(r.method, r.path_qs) for r in kube_apiserver.server.requests]
+
+    await kube_apiserver.acall(forget())
+    # Everything the backend does: check the template, reap, fill the pool, hand
+    # out (and label) a pod, start pods, exec, signal, kill, delete.
+    config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox", warm_pool=1)
+    async with running_backend(config) as backend:
+        await eventually(lambda: backend.pool_size() == 1, "the pool to fill", 60)
+        env = await backend.open(identity(config))
+        out, _, _ = await run(env, "echo used")
+        assert out == b"used\n"
+        await env.close()
+    requests = await kube_apiserver.acall(served())
+    used = {_authorisation(method, path, kube_namespace) for method, path in requests}
+    assert None not in used, [r for r in requests if _authorisation(*r, kube_namespace) is None]
+
+    role = _objects()["Role/pairpod-gateway"]
+    granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"]
+               for verb in rule["verbs"]}
+    assert all(rule["apiGroups"] == [""] for rule in role["rules"])
+    assert used <= granted
+    # Nothing more, but for the exec upgrade's verb on clusters before 1.31.
+    assert granted - used == {("pods/exec", "get")}
+
+
+def test_the_walkthrough_names_every_manifest() -> None:
+    text = (DEPLOY / "README.md").read_text()
+    for path in DEPLOY.glob("*.yaml"):
+        assert path.name in text, path.name
