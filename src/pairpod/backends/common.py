@@ -28,7 +28,8 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Identity, ProcessSpec
-from pairpod.errors import BackendError, SubsystemUnavailable
+from pairpod.backends.docker_stream import Preamble
+from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
 
 # --- labels ---------------------------------------------------------------------------
 
@@ -131,6 +132,28 @@ exit 0
 
 # The engine's, the kubelet's or the shell's words for "no such program".
 MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not found|not found", re.IGNORECASE)
+
+
+def wrapper_failure(preamble: Preamble, output: bytes, image: str) -> str:
+    """Make sense of a wrapper that reported no PID.
+
+    Raises SubsystemUnavailable (no sftp-server) or CommandNotFound (no
+    ``/bin/sh``, so nothing can run); otherwise returns the text that came
+    instead of the preamble, for the caller's error about the environment
+    itself (most likely it is going away).
+    """
+    if preamble.error == "nosftp":
+        raise SubsystemUnavailable(
+            f"no sftp-server in image {image}",
+            user_message="sftp is not available: no sftp-server in this environment",
+        )
+    text = (preamble.garbage + output).decode(errors="replace").strip()
+    if MISSING_PROGRAM.search(text):
+        raise CommandNotFound(
+            f"cannot start a process in image {image} (it needs {FALLBACK_SHELL}): {text}",
+            user_message="cannot start a process in this environment",
+        )
+    return text
 
 
 def signal_command(name: str, pid: int) -> list[str]:

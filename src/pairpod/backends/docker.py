@@ -52,7 +52,6 @@ from pairpod.backends.common import (
     LABEL_MODE,
     LABEL_POOL,
     LABEL_USER,
-    MISSING_PROGRAM,
     WRAPPER,
     OutputPipe,
     eof_character,
@@ -63,6 +62,7 @@ from pairpod.backends.common import (
     sh_quote,
     signal_command,
     wrapper_args,
+    wrapper_failure,
 )
 from pairpod.backends.common import (
     stty_modes as stty_modes,  # re-exported: part of this module's tested surface
@@ -86,9 +86,7 @@ from pairpod.config import Config, DockerSettings
 from pairpod.errors import (
     BackendError,
     BackendUnavailable,
-    CommandNotFound,
     PairpodError,
-    SubsystemUnavailable,
 )
 from pairpod.log import fields, get_logger
 
@@ -816,17 +814,7 @@ class DockerEnvironment(Environment):
                 raise BackendError("environment closed while a process was starting")
             return process
         await process.kill()
-        if preamble.error == "nosftp":
-            raise SubsystemUnavailable(
-                f"no sftp-server in image {self.settings.image}",
-                user_message="sftp is not available: no sftp-server in this environment",
-            )
-        text = (preamble.garbage + process.leftover_output()).decode(errors="replace").strip()
-        if MISSING_PROGRAM.search(text):
-            raise CommandNotFound(
-                f"cannot start a process in image {self.settings.image} (it needs {FALLBACK_SHELL}): {text}",
-                user_message="cannot start a process in this environment",
-            )
+        text = wrapper_failure(preamble, process.leftover_output(), self.settings.image)
         # Otherwise the engine could not run anything at all: most likely the
         # container is going away (its main process ended, it ran out of memory).
         raise await self._environment_gone(text or "the process produced no output")

@@ -88,14 +88,12 @@ from pairpod.backends.base import (
 )
 from pairpod.backends.common import (
     DEFAULT_IDLE_COMMAND,
-    FALLBACK_SHELL,
     LABEL_CONNECTION,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_MODE,
     LABEL_POOL,
     LABEL_USER,
-    MISSING_PROGRAM,
     OutputPipe,
     eof_character,
     exit_status,
@@ -105,6 +103,7 @@ from pairpod.backends.common import (
     process_env,
     signal_command,
     wrapped_command,
+    wrapper_failure,
 )
 from pairpod.backends.docker_stream import Preamble, PreambleReader
 from pairpod.backends.kube_api import KubeApi, KubeApiError, Obj, WatchExpired
@@ -122,10 +121,8 @@ from pairpod.config import Config, KubernetesSettings
 from pairpod.errors import (
     BackendError,
     BackendUnavailable,
-    CommandNotFound,
     ConfigError,
     PairpodError,
-    SubsystemUnavailable,
 )
 from pairpod.log import fields, get_logger
 
@@ -657,11 +654,13 @@ class KubernetesBackend(Backend):
         name = self.pod_name(identity, suffix)
         key = f"{namespace}/{name}"
         self._live.add(key)
+        image = settings.image
         try:
             async with asyncio.timeout(settings.timeouts.start):
                 for attempt in (1, 2):
                     manifest = self.pod_manifest(settings, name=name, identity=identity, mode=mode, pool=pool)
-                    image = str(_container_of(manifest, settings.container)["image"])  # type: ignore[index]
+                    # The template may name another image than kubernetes.image.
+                    image = str((_container_of(manifest, settings.container) or {}).get("image"))
                     created = await self._create(namespace, manifest, settings.timeouts.stop)
                     uid = str(created["metadata"]["uid"])
                     progress = await self._wait_running(namespace, created, settings, watch, status)
@@ -689,7 +688,7 @@ class KubernetesBackend(Backend):
             await asyncio.shield(self._delete_now(PodHandle(namespace, name, "", settings.container)))
             self._live.discard(key)
             if isinstance(error, TimeoutError):
-                raise start_failure(watch.progress, name, settings.image, settings.timeouts.start) from None
+                raise start_failure(watch.progress, name, image, settings.timeouts.start) from None
             raise
 
     async def _wait_running(
@@ -974,11 +973,19 @@ class KubernetesEnvironment(Environment):
 
     async def exec_process(self, handle: PodHandle, spec: ProcessSpec,
                            on_done: Callable[[KubeProcess], None]) -> KubeProcess:
-        """Start ``spec`` as an exec in a pod and wait until the wrapper reports its PID."""
+        """Start ``spec`` as an exec in a pod and wait until the wrapper reports its PID.
+
+        Bounded by ``timeouts.start``, like starting the pod.
+        """
         command = self.command_for(spec)
+        limit = self.settings.timeouts.start
         try:
-            stream = await self.backend.api.exec(handle.namespace, handle.name, handle.container, command,
-                                                 stdin=True, tty=spec.pty is not None)
+            async with asyncio.timeout(limit):
+                stream = await self.backend.api.exec(handle.namespace, handle.name, handle.container,
+                                                     command, stdin=True, tty=spec.pty is not None)
+        except TimeoutError:
+            raise StartTimeout(f"exec in pod {handle.key} did not start within "
+                               f"kubernetes.timeouts.start ({limit:g}s)") from None
         except ExecRefused as error:
             if error.status in (401, 403):
                 raise BackendError(f"{error.operator_message} (does the gateway's role allow "
@@ -995,26 +1002,25 @@ class KubernetesEnvironment(Environment):
 
     async def _started(self, process: KubeProcess, handle: PodHandle) -> None:
         """Wait for the wrapper's preamble; turn its failures into typed errors."""
+        limit = self.settings.timeouts.start
         try:
-            preamble = await process.preamble()
-        except BaseException:
+            async with asyncio.timeout(limit):
+                preamble = await process.preamble()
+        except BaseException as error:
             await process.kill()
+            if isinstance(error, TimeoutError):
+                raise StartTimeout(f"a process in pod {handle.key} did not start within "
+                                   f"kubernetes.timeouts.start ({limit:g}s)") from None
             raise
         if preamble.pid is not None:
+            if self._closed:
+                # The environment closed while this was starting: it must not outlive it.
+                await process.kill()
+                raise BackendError("environment closed while a process was starting")
             return
         await process.kill()
-        image = self.settings.image
-        if preamble.error == "nosftp":
-            raise SubsystemUnavailable(
-                f"no sftp-server in image {image}",
-                user_message="sftp is not available: no sftp-server in this environment",
-            )
-        text = (preamble.garbage + process.leftover_output()).decode(errors="replace").strip()
-        if MISSING_PROGRAM.search(text):
-            raise CommandNotFound(
-                f"cannot start a process in image {image} (it needs {FALLBACK_SHELL}): {text}",
-                user_message="cannot start a process in this environment",
-            )
+        text = wrapper_failure(preamble, process.leftover_output(), self.settings.image)
+        # Otherwise nothing could run at all: most likely the pod is going away.
         raise await self._environment_gone(handle, text or "the process produced no output")
 
     async def _environment_gone(self, handle: PodHandle, detail: str) -> BackendError:
