@@ -42,6 +42,30 @@ def test_unreachable_engine_gives_the_user_one_line_and_a_failure(make_gateway: 
     assert b"backend unavailable, try again later" in again.stderr
 
 
+@pytest.mark.parametrize(
+    ("settings", "line"),
+    [
+        ({"image": "pairpod-test/does-not-exist:1", "pull": "never"}, b"environment image not available"),
+        (
+            {"image": "127.0.0.1:1/pairpod-test/absent:1", "pull": "if-missing"},
+            b"could not fetch the environment image",
+        ),
+        ({"image": "busybox", "idle_command": ["/bin/sh", "-c", "exit 3"]}, b"environment failed to start"),
+    ],
+    ids=["missing-image", "pull-failure", "exits-at-once"],
+)
+def test_start_failures_give_the_user_one_clear_line(
+    make_gateway: MakeGateway, settings: dict[str, object], line: bytes
+):
+    image = str(settings.pop("image"))
+    overrides = docker_overrides(image=image, **settings)  # type: ignore[arg-type]
+    gw = make_gateway(overrides)
+    result = gw.ssh("true")
+    assert result.returncode != 0
+    assert line in result.stderr, result.stderr
+    wait_until(lambda: _instance_containers(gw) == [], message="nothing left behind")
+
+
 def test_client_killed_mid_session_removes_its_container(make_gateway: MakeGateway):
     gw = make_gateway(docker_overrides(image="busybox"))
     client = subprocess.Popen(
