@@ -6,9 +6,8 @@ from typing import Any
 
 import pytest
 
-from pairpod.backends.kubernetes import (
+from pairpod.backends.kube_pod import (
     ImagePullFailed,
-    KubernetesBackend,
     PodProgress,
     PodStartFailed,
     StartTimeout,
@@ -19,6 +18,7 @@ from pairpod.backends.kubernetes import (
     pod_progress,
     start_failure,
 )
+from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import validate_config
 from tests.support.kube_env import identity
 

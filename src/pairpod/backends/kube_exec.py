@@ -261,8 +261,6 @@ class ExecClient:
         for setting in (await self.configuration.auth_settings()).values():
             if setting.get("in") == "header" and setting.get("value"):
                 headers[setting["key"]] = setting["value"]
-        if self.configuration.username and self.configuration.password:
-            headers["authorization"] = self.configuration.get_basic_auth_token()
         return headers
 
     async def open(
