@@ -251,7 +251,8 @@ class ExecClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=ssl_context(self.configuration), limit=0)
-            self._session = aiohttp.ClientSession(connector=connector)
+            # Proxies from the environment, as kubernetes_asyncio's own client uses them.
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=True)
         return self._session
 
     async def _headers(self) -> dict[str, str]:
