@@ -71,8 +71,10 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("backend: podman\n", "backend: Input should be 'local', 'docker' or 'kubernetes'"),
         ("security:\n  env_allow: LANG\n", "security.env_allow: Input should be a valid list"),
         ("- a list\n", "expected a mapping of settings at the top level"),
+        ("instance_id: Gateway_1\n", "instance_id: Value error, expected 1-32 lowercase letters"),
     ],
-    ids=["yaml", "unknown-key", "wrong-type", "duration", "listen", "backend", "list", "top"],
+    ids=["yaml", "unknown-key", "wrong-type", "duration", "listen", "backend", "list", "top",
+         "instance-id"],
 )
 def test_check_config_names_the_key_and_the_problem(tmp_path: Path, content: str,
                                                     expected: str) -> None:
@@ -163,3 +165,11 @@ def test_demo_setup_prints_a_working_ssh_command(tmp_path: Path) -> None:
     assert "ssh -i" in result.stdout and "-p 2299 demo@127.0.0.1" in result.stdout
     config = load_config(tmp_path / "demo" / "pairpod.yaml")
     assert config.backend == "local" and config.listen == "127.0.0.1:2299"
+
+
+def test_default_instance_id_is_the_host_name_made_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("socket.gethostname", lambda: "Build_Host.example.org")
+    assert Config().effective_instance_id == "build-host-example-org"
+    assert Config(instance_id="gw-2").effective_instance_id == "gw-2"
+    # What a host name becomes is itself a valid instance id.
+    Config(instance_id=Config().effective_instance_id)

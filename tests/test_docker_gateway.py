@@ -5,14 +5,22 @@ from __future__ import annotations
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from pairpod.config import default_instance_id
 from tests.conftest import MakeGateway
 from tests.support.client import connect
 from tests.support.docker_engine import PrivateEngine
 from tests.support.docker_env import containers, docker_overrides
-from tests.support.gateway import wait_until
+from tests.support.gateway import (
+    ClientKey,
+    GatewayProcess,
+    base_config,
+    wait_until,
+    write_config,
+)
 from tests.support.images import busybox_image
 
 
@@ -82,6 +90,44 @@ def test_client_killed_mid_session_removes_its_container(make_gateway: MakeGatew
         if client.poll() is None:
             client.kill()
             client.wait(10)
+
+
+def test_gateway_killed_with_sigkill_and_restarted_removes_what_it_left(
+    tmp_path: Path, client_key: ClientKey
+):
+    """``pairpod serve`` as an operator runs it: the config names no instance id."""
+    config = base_config(tmp_path, client_key, docker_overrides(image="busybox", warm_pool=1))
+    data = config.model_dump(mode="json", exclude={"instance_id"})
+    gateway = GatewayProcess(write_config(tmp_path / "pairpod.yaml", data), key=client_key)
+    instance_id = default_instance_id()  # the host's name
+    client = subprocess.Popen(["true"])
+    try:
+        gateway.start()
+        assert f"instance={instance_id}" in gateway.log()
+        client = subprocess.Popen(gateway.ssh_argv("echo up; exec sleep 1000"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert client.stdout is not None
+        assert client.stdout.readline() == b"up\n"
+        wait_until(lambda: len(containers(instance=instance_id)) == 2,
+                   message="a session's container and a refilled pool")
+        stranded = {c["ID"] for c in containers(instance=instance_id)}
+
+        gateway.proc.kill()  # type: ignore[union-attr]
+        gateway.proc.wait(10)  # type: ignore[union-attr]
+        client.wait(10)
+        assert {c["ID"] for c in containers(instance=instance_id)} == stranded  # a crash removes nothing
+
+        gateway.start()  # the same config, so the same instance id: what it left is reaped
+        assert gateway.ssh("echo again").stdout == b"again\n"
+        wait_until(lambda: not stranded & {c["ID"] for c in containers(instance=instance_id)},
+                   message="the earlier run's containers to be removed")
+        assert gateway.terminate() == 0
+        assert containers(instance=instance_id) == []
+    finally:
+        client.kill()
+        gateway.kill()
+        subprocess.run(["docker", "rm", "-f", *(c["ID"] for c in containers(instance=instance_id))],
+                       capture_output=True)
 
 
 async def test_graceful_shutdown_removes_every_container(make_gateway: MakeGateway):

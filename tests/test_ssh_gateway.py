@@ -223,10 +223,8 @@ def test_sigterm_tells_users_ends_sessions_and_exits_zero(tmp_path: Path,
         "host_keys": [str(tmp_path / "host_key")],
         "auth": {"authorized_keys": str(authorized)},
     })
-    server = GatewayProcess(config).start()
+    gw = server = GatewayProcess(config, key=client_key).start()
     try:
-        gw = GatewayThread.__new__(GatewayThread)  # only for its ssh argv helpers
-        gw.key, gw.port = client_key, server.port
         marker = "sleep 3003"
         client = subprocess.Popen(gw.ssh_argv(marker), stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)

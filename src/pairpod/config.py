@@ -9,6 +9,7 @@ key path and the problem.
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -320,10 +321,23 @@ class LogSettings(Section):
     format: Literal["text", "json"] = "text"
 
 
+_INSTANCE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+def default_instance_id() -> str:
+    """This host's name, made a valid instance id (stable across restarts)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower())[:32].strip("-")
+    return name or "pairpod"
+
+
 class Config(Section):
     """The whole pairpod configuration."""
 
     listen: str = "0.0.0.0:2222"
+    instance_id: str | None = Field(
+        None,
+        description="names this gateway's containers and pods; default: the host's name",
+    )
     host_keys: list[Path] = Field(
         default_factory=lambda: [Path("/var/lib/pairpod/ssh_host_ed25519_key")], min_length=1
     )
@@ -343,6 +357,21 @@ class Config(Section):
     def _listen_address(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id(cls, value: str | None) -> str | None:
+        if value is not None and not _INSTANCE_ID_RE.match(value):
+            raise ValueError(
+                "expected 1-32 lowercase letters, digits or '-', starting and ending "
+                f"with a letter or digit, got {value!r}"
+            )
+        return value
+
+    @property
+    def effective_instance_id(self) -> str:
+        """The instance id in force: the configured one, else the host's name."""
+        return self.instance_id or default_instance_id()
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -293,7 +293,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.instance_id = secrets.token_hex(4)
+        self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
         self.authenticator = Authenticator(config)
         self.sharing = SharingService(config, self.authenticator)

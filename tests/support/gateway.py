@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,8 @@ def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = No
     authorized.write_text(key.public_line + "\n")
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        # Tests run many gateways on one host: each its own instance.
+        "instance_id": f"test-{secrets.token_hex(6)}",
         "host_keys": [str(tmp / "host_key")],
         "auth": {"authorized_keys": str(authorized)},
         "ssh": {"login_timeout": "20s"},
@@ -74,7 +77,43 @@ def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = No
     return validate_config(merge(data, overrides or {}), "test config")
 
 
-class GatewayThread:
+class OpenSSHClient:
+    """The real OpenSSH client aimed at a gateway on loopback (``key``, ``port``)."""
+
+    key: ClientKey
+    port: int
+
+    def ssh_options(self, user: str = "alice", key: ClientKey | None = None,
+                    extra: Sequence[str] = (), batch: bool = True) -> list[str]:
+        """Options common to ssh, scp and sftp (without the port flag)."""
+        # ssh takes the first value of an option: the caller's come first.
+        return [
+            *extra,
+            "-F", "/dev/null",
+            "-i", str((key or self.key).private),
+            "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null",
+            "-o", f"BatchMode={'yes' if batch else 'no'}",
+            "-o", "LogLevel=ERROR",
+            "-o", f"User={user}",
+        ]
+
+    def ssh_argv(self, *command: str, user: str = "alice", options: Sequence[str] = (),
+                 key: ClientKey | None = None, batch: bool = True) -> list[str]:
+        """``ssh`` argv for a command on this gateway (``batch=False`` allows prompts)."""
+        return ["ssh", *self.ssh_options(user, key, options, batch), "-p", str(self.port),
+                "127.0.0.1", *command]
+
+    def ssh(self, *command: str, input: bytes | None = None, user: str = "alice",
+            options: Sequence[str] = (), timeout: float = 60,
+            key: ClientKey | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Run ``ssh`` to completion and capture its output."""
+        return subprocess.run(self.ssh_argv(*command, user=user, options=options, key=key),
+                              input=input, capture_output=True, timeout=timeout)
+
+
+class GatewayThread(OpenSSHClient):
     """A Gateway served from a background thread's event loop."""
 
     def __init__(self, config: Config, key: ClientKey) -> None:
@@ -119,42 +158,16 @@ class GatewayThread:
             return len(self.gateway.connections)
         return int(self.call(count()))
 
-    # --- the OpenSSH client ---------------------------------------------------------
 
-    def ssh_options(self, user: str = "alice", key: ClientKey | None = None,
-                    extra: Sequence[str] = (), batch: bool = True) -> list[str]:
-        """Options common to ssh, scp and sftp (without the port flag)."""
-        # ssh takes the first value of an option: the caller's come first.
-        return [
-            *extra,
-            "-F", "/dev/null",
-            "-i", str((key or self.key).private),
-            "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", f"BatchMode={'yes' if batch else 'no'}",
-            "-o", "LogLevel=ERROR",
-            "-o", f"User={user}",
-        ]
+class GatewayProcess(OpenSSHClient):
+    """``pairpod serve`` as a real subprocess; the port is read from its log.
 
-    def ssh_argv(self, *command: str, user: str = "alice", options: Sequence[str] = (),
-                 key: ClientKey | None = None, batch: bool = True) -> list[str]:
-        """``ssh`` argv for a command on this gateway (``batch=False`` allows prompts)."""
-        return ["ssh", *self.ssh_options(user, key, options, batch), "-p", str(self.port),
-                "127.0.0.1", *command]
+    ``key`` (when given) is the client key its ``ssh*`` helpers log in with.
+    """
 
-    def ssh(self, *command: str, input: bytes | None = None, user: str = "alice",
-            options: Sequence[str] = (), timeout: float = 60,
-            key: ClientKey | None = None) -> subprocess.CompletedProcess[bytes]:
-        """Run ``ssh`` to completion and capture its output."""
-        return subprocess.run(self.ssh_argv(*command, user=user, options=options, key=key),
-                              input=input, capture_output=True, timeout=timeout)
-
-
-class GatewayProcess:
-    """``pairpod serve`` as a real subprocess; the port is read from its log."""
-
-    def __init__(self, config_path: Path, *args: str) -> None:
+    def __init__(self, config_path: Path, *args: str, key: ClientKey | None = None) -> None:
+        if key is not None:
+            self.key = key
         self.config_path = config_path
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
