@@ -6,7 +6,7 @@ sessions print what the login produced (user, env, forced command, image),
 so each test observes the result from inside a session.
 """
 
-# ruff: noqa: S106 - the passwords here are test fixtures, not secrets
+
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ an askpass script (``SSH_ASKPASS_REQUIRE=force``, no controlling terminal
 thanks to ``setsid``).
 """
 
-# ruff: noqa: S106 - the passwords here are test fixtures, not secrets
+
 
 from __future__ import annotations
 
