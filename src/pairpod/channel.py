@@ -157,9 +157,10 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         if self._denied is not None:
             self._finish_with_error(self._denied, 1)
             return
-        spec = self._spec()
         try:
             environment = await self._connection.environment()
+            # Built once the environment is ready: the window may have changed meanwhile.
+            spec = self._spec()
             self._process = await environment.start(spec)
         except PairpodError as error:
             log.warning("channel.start_failed", extra=self._connection.log_fields(
@@ -171,6 +172,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             log.exception("channel.start_failed", extra=self._connection.log_fields())
             self._finish_with_error("internal error", 1)
             return
+        await self._catch_up_resize(self._process, spec.pty)
         log.info("channel.started", extra=self._connection.log_fields(
             kind="subsystem" if spec.subsystem else "exec" if spec.command else "shell",
             command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
@@ -181,6 +183,21 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if shared is not None:
                 self._connection.gateway.sharing.close_session(shared)
         self._exit(status)
+
+    async def _catch_up_resize(self, process: Process, started_with: PtySpec | None) -> None:
+        """Apply a window change that arrived while the environment was starting.
+
+        A slow start (an image pull, a pod being scheduled) is exactly when users
+        resize their window; the process must not keep the size of the request.
+        """
+        pty = self._pty
+        if pty is None or started_with is None:
+            return
+        if (pty.cols, pty.rows, pty.pixel_width, pty.pixel_height) != (
+            started_with.cols, started_with.rows, started_with.pixel_width,
+            started_with.pixel_height,
+        ):
+            await process.resize(pty.cols, pty.rows, pty.pixel_width, pty.pixel_height)
 
     def _share(self, process: Process) -> SharedSession[Terminal] | None:
         """Put a Terminal between the process and this channel if sharing is asked for."""

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import os
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,44 @@ def test_full_screen_program_is_told_of_window_changes(gw: GatewayThread, tmp_pa
         assert int(match.group(1)) in (19, 20)
     finally:
         term.close()
+
+
+async def test_window_change_during_a_slow_start_reaches_the_program(
+    gw: GatewayThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hold the first process start (as an image pull or a pod being scheduled would).
+    asked, released = threading.Event(), threading.Event()
+    open_environment = gw.gateway.open_environment
+
+    async def slow_first_start(identity):  # type: ignore[no-untyped-def]
+        environment = await open_environment(identity)
+        start = environment.start
+
+        async def gated(spec):  # type: ignore[no-untyped-def]
+            if not asked.is_set():
+                asked.set()
+                await asyncio.to_thread(released.wait, 60)
+            return await start(spec)
+
+        environment.start = gated  # type: ignore[method-assign]
+        return environment
+
+    monkeypatch.setattr(gw.gateway, "open_environment", slow_first_start)
+    try:
+        async with await connect(gw) as conn:
+            process = await conn.create_process("read go; stty size", term_type="xterm",
+                                                term_size=(80, 24))
+            await asyncio.to_thread(asked.wait, 60)
+            process.change_terminal_size(100, 30)
+            # The gateway handles a connection's messages in order: once a later
+            # request is answered, the window change has been seen.
+            assert (await conn.run("echo later")).stdout == "later\n"
+            released.set()
+            process.stdin.write("go\n")
+            result = await process.wait(timeout=60)
+        assert str(result.stdout).split()[-2:] == ["30", "100"]
+    finally:
+        released.set()
 
 
 async def test_killed_program_is_reported_with_exit_signal(gw: GatewayThread) -> None:
