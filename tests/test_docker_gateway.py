@@ -71,6 +71,8 @@ def test_start_failures_give_the_user_one_clear_line(
     result = gw.ssh("true")
     assert result.returncode != 0
     assert line in result.stderr, result.stderr
+    if settings.get("pull") == "if-missing":  # told while it pulls, before the failure
+        assert f"pairpod: pulling image {image}...\r\npairpod: ".encode() in result.stderr
     wait_until(lambda: _instance_containers(gw) == [], message="nothing left behind")
 
 

@@ -46,6 +46,8 @@ def test_missing_image_fails_the_login_with_the_reason_and_leaves_no_pod(
     gw = make_gateway(kubernetes_overrides(kube_apiserver, kube_namespace, image=MISSING_IMAGE,
                                            timeouts={"start": "3s", "stop": "10s"}))
     result = gw.ssh("true")
+    # Told of the pod's progress while waiting, then why it failed.
+    assert b"pairpod: environment: " in result.stderr.partition(b"could not be pulled")[0]
     assert result.returncode != 0
     assert (f"environment image {MISSING_IMAGE} could not be pulled (ImagePullBackOff)".encode()
             in result.stderr or

@@ -158,7 +158,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._finish_with_error(self._denied, 1)
             return
         try:
-            environment = await self._connection.environment()
+            environment = await self._connection.environment(waiting=self)
             # Built once the environment is ready: the window may have changed meanwhile.
             spec = self._spec()
             self._process = await environment.start(spec)
@@ -280,8 +280,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         await process.write_eof()
 
     def _finish_with_error(self, message: str, code: int) -> None:
-        assert self._chan is not None
-        self._chan.write_stderr(f"pairpod: {message}\r\n".encode())
+        self.write_status(message)
         self._exit(ExitStatus(code=code))
 
     def _exit(self, status: ExitStatus) -> None:
@@ -370,6 +369,12 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         process = self._process
         if process is not None:
             self._connection.tasks.spawn(process.kill())
+
+    def write_status(self, text: str) -> None:
+        """Show the user a progress line on stderr (while their environment is made)."""
+        if self._chan is not None and not self._closed:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.write_stderr(f"pairpod: {text}\r\n".encode())
 
     def write_notice(self, text: str) -> None:
         """Show the user one line on stderr (used at gateway shutdown)."""

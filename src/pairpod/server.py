@@ -17,7 +17,7 @@ import asyncssh
 
 from pairpod import __version__
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
-from pairpod.backends import Backend, Environment, Identity, create_backend
+from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
@@ -33,6 +33,8 @@ log = get_logger("server")
 
 # How long a graceful shutdown waits for sessions to end before closing anyway.
 SHUTDOWN_GRACE = 10.0
+# Progress lines kept for a channel that starts waiting late.
+_PROGRESS_KEPT = 5
 
 
 class TaskGroup:
@@ -85,6 +87,10 @@ class Connection(asyncssh.SSHServer):
         self._conn: asyncssh.SSHServerConnection | None = None
         self._channels: set[ChannelSession] = set()
         self._environment: asyncio.Task[Environment] | None = None
+        # Progress lines while the environment is being made (an image pull), and
+        # the channels waiting for it that should see them.
+        self._progress: list[str] = []
+        self._waiting: set[ChannelSession] = set()
         self._cleanup: asyncio.Future[None] | None = None
         # What this connection is for: a user's environment, joining a shared
         # terminal (by link), or the owner's sharing controls (``alice+ctl``).
@@ -243,13 +249,31 @@ class Connection(asyncssh.SSHServer):
             self._control_owner = result.authenticated_as
             return  # the control interface never enters an environment
         identity = result.identity(self.conn_id, self.remote_addr)
-        self._environment = self.tasks.spawn(self.gateway.open_environment(identity))
+        self._environment = self.tasks.spawn(
+            self.gateway.open_environment(identity, status=self._show_progress))
 
-    async def environment(self) -> Environment:
-        """The connection's Environment (waits while it is being created)."""
+    def _show_progress(self, line: str) -> None:
+        """A backend's progress line: to every waiting channel, and kept for later ones."""
+        self._progress = [*self._progress[-(_PROGRESS_KEPT - 1):], line]
+        for channel in self._waiting:
+            channel.write_status(line)
+
+    async def environment(self, waiting: ChannelSession | None = None) -> Environment:
+        """The connection's Environment (waits while it is being created).
+
+        A ``waiting`` channel is shown the backend's progress lines meanwhile.
+        """
         if self._environment is None:
             raise BackendError("no environment: not authenticated")
-        return await asyncio.shield(self._environment)
+        if waiting is None or self._environment.done():
+            return await asyncio.shield(self._environment)
+        for line in self._progress:
+            waiting.write_status(line)
+        self._waiting.add(waiting)
+        try:
+            return await asyncio.shield(self._environment)
+        finally:
+            self._waiting.discard(waiting)
 
     # --- channels -----------------------------------------------------------------
 
@@ -343,10 +367,11 @@ class Gateway:
         log.info("gateway.listening", extra=fields(
             address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id))
 
-    async def open_environment(self, identity: Identity) -> Environment:
+    async def open_environment(self, identity: Identity, *,
+                               status: StatusCallback | None = None) -> Environment:
         """Ask the backend for a connection's environment, logging failures."""
         try:
-            environment = await self.backend.open(identity)
+            environment = await self.backend.open(identity, status=status)
         except PairpodError as error:
             log.warning("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr,

@@ -105,8 +105,8 @@ async def test_window_change_during_a_slow_start_reaches_the_program(
     asked, released = threading.Event(), threading.Event()
     open_environment = gw.gateway.open_environment
 
-    async def slow_first_start(identity):  # type: ignore[no-untyped-def]
-        environment = await open_environment(identity)
+    async def slow_first_start(identity, **options):  # type: ignore[no-untyped-def]
+        environment = await open_environment(identity, **options)
         start = environment.start
 
         async def gated(spec):  # type: ignore[no-untyped-def]

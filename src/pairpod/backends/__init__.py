@@ -16,6 +16,7 @@ from pairpod.backends.base import (
     Process,
     ProcessSpec,
     PtySpec,
+    StatusCallback,
     Stream,
 )
 from pairpod.config import Config
@@ -44,6 +45,7 @@ __all__ = [
     "Process",
     "ProcessSpec",
     "PtySpec",
+    "StatusCallback",
     "Stream",
     "create_backend",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -147,6 +147,10 @@ class Environment(ABC):
         """End every process and remove the environment. Idempotent."""
 
 
+StatusCallback = Callable[[str], object]
+"""Shows the user one progress line (see ``Backend.open``)."""
+
+
 class Backend(ABC):
     """Turns identities into Environments, and owns their lifecycle."""
 
@@ -160,8 +164,12 @@ class Backend(ABC):
         """Prepare the backend (connect, reap orphans, fill pools)."""
 
     @abstractmethod
-    async def open(self, identity: Identity) -> Environment:
-        """Create the environment of one connection."""
+    async def open(self, identity: Identity, *, status: StatusCallback | None = None) -> Environment:
+        """Create the environment of one connection.
+
+        ``status``, when given, is called with a short line for the user while
+        they wait on something slow (an image pull, a pod being scheduled).
+        """
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Remove everything this backend created. Called once at shutdown."""

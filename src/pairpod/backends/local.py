@@ -25,6 +25,7 @@ from pairpod.backends.base import (
     Identity,
     Process,
     ProcessSpec,
+    StatusCallback,
     Stream,
 )
 from pairpod.config import LocalSettings
@@ -79,8 +80,8 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    async def open(self, identity: Identity) -> Environment:
-        """Resolve the OS user and shell for this connection."""
+    async def open(self, identity: Identity, *, status: StatusCallback | None = None) -> Environment:
+        """Resolve the OS user and shell for this connection (nothing slow to report)."""
         return LocalEnvironment(identity.config.local, identity)
 
 
