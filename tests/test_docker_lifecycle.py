@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from pairpod.backends.base import ProcessSpec, PtySpec
-from pairpod.backends.docker import (
-    DockerBackend,
+from pairpod.backends.docker import DockerBackend
+from pairpod.errors import (
+    BackendError,
+    BackendUnavailable,
     EnvironmentExited,
     ImagePullFailed,
     ImageUnavailable,
     StartTimeout,
 )
-from pairpod.errors import BackendError, BackendUnavailable
 from tests.support.docker_backend import (
     eventually,
     identity,

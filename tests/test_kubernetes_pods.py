@@ -7,10 +7,7 @@ from typing import Any
 import pytest
 
 from pairpod.backends.kube_pod import (
-    ImagePullFailed,
     PodProgress,
-    PodStartFailed,
-    StartTimeout,
     dns_label,
     explicit_non_root,
     label_value,
@@ -20,6 +17,7 @@ from pairpod.backends.kube_pod import (
 )
 from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import validate_config
+from pairpod.errors import EnvironmentStartFailed, ImagePullFailed, StartTimeout
 from tests.support.kube_env import identity
 
 Obj = dict[str, Any]
@@ -225,7 +223,7 @@ def test_start_failures_tell_the_user_why() -> None:
     assert slow.user_message == "environment did not start in time (ContainerCreating)"
     root = start_failure(PodProgress(permanent=True, runs_as_root=True,
                                      reason="CreateContainerConfigError"), "p", "x:1")
-    assert isinstance(root, PodStartFailed)
+    assert isinstance(root, EnvironmentStartFailed)
     assert root.user_message == "environment image runs as root, which this gateway does not allow"
     exited = start_failure(pod_progress(_pod("Failed", {"terminated": {"exitCode": 1, "reason": "Error"}}),
                                         "shell"), "p", "x:1")

@@ -51,3 +51,37 @@ class SubsystemUnavailable(BackendError):
     """The environment has no program serving the requested subsystem."""
 
     user_message = "subsystem not available in this environment"
+
+
+class EnvironmentStartFailed(BackendError):
+    """The environment (container, pod) could not be started; the reason is in the message."""
+
+    user_message = "environment failed to start"
+
+
+class ImageUnavailable(EnvironmentStartFailed):
+    """The image is not there and the pull policy forbids fetching it."""
+
+    user_message = "environment image not available"
+
+
+class ImagePullFailed(ImageUnavailable):
+    """Fetching the image failed (registry unreachable, no such image, no access)."""
+
+    user_message = "could not fetch the environment image"
+
+
+class EnvironmentExited(EnvironmentStartFailed):
+    """The environment stopped right after it started, or under a connection."""
+
+
+class StartTimeout(BackendError):
+    """Preparing the environment or a process took longer than the start timeout."""
+
+    user_message = "environment did not start in time"
+
+
+class EnvironmentGone(BackendError):
+    """The connection's environment is no longer there to run processes in."""
+
+    user_message = "environment is gone"

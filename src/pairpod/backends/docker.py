@@ -86,38 +86,15 @@ from pairpod.config import Config, DockerSettings
 from pairpod.errors import (
     BackendError,
     BackendUnavailable,
+    EnvironmentExited,
+    ImagePullFailed,
+    ImageUnavailable,
     PairpodError,
+    StartTimeout,
 )
 from pairpod.log import fields, get_logger
 
 log = get_logger("backend.docker")
-
-# --- typed errors ------------------------------------------------------------------
-
-
-class ImageUnavailable(BackendError):
-    """The image is not on the engine and the pull policy forbids fetching it."""
-
-    user_message = "environment image not available"
-
-
-class ImagePullFailed(ImageUnavailable):
-    """Pulling the image failed (registry unreachable, no such image, no access)."""
-
-    user_message = "could not fetch the environment image"
-
-
-class EnvironmentExited(BackendError):
-    """The container stopped, at start or under a connection (its logs are in the message)."""
-
-    user_message = "environment failed to start"
-
-
-class StartTimeout(BackendError):
-    """Preparing the environment took longer than ``docker.timeouts.start``."""
-
-    user_message = "environment did not start in time"
-
 
 # --- constants -----------------------------------------------------------------------
 

@@ -22,40 +22,15 @@ from typing import Any
 
 from pairpod.backends.common import DEFAULT_IDLE_COMMAND
 from pairpod.config import KubernetesSettings
-from pairpod.errors import BackendError
+from pairpod.errors import (
+    BackendError,
+    EnvironmentExited,
+    EnvironmentStartFailed,
+    ImagePullFailed,
+    StartTimeout,
+)
 
 Obj = dict[str, Any]
-
-# --- typed errors ---------------------------------------------------------------------
-
-
-class PodStartFailed(BackendError):
-    """The pod cannot start (the kubelet's reason is in the message and the user line)."""
-
-    user_message = "environment failed to start"
-
-
-class ImagePullFailed(PodStartFailed):
-    """The image cannot be pulled, for good or for longer than the start timeout."""
-
-    user_message = "environment image could not be pulled"
-
-
-class EnvironmentExited(PodStartFailed):
-    """The pod's shell container ended right after it started."""
-
-
-class StartTimeout(BackendError):
-    """The pod did not run within ``kubernetes.timeouts.start``."""
-
-    user_message = "environment did not start in time"
-
-
-class EnvironmentGone(BackendError):
-    """The connection's pod is no longer there to run processes in."""
-
-    user_message = "environment is gone"
-
 
 # --- constants --------------------------------------------------------------------------
 
@@ -317,7 +292,7 @@ def start_failure(progress: PodProgress, name: str, image: str, timeout: float |
             detail, user_message=f"environment image {image} could not be pulled ({reason})"
         )
     if progress.runs_as_root:
-        return PodStartFailed(
+        return EnvironmentStartFailed(
             detail, user_message="environment image runs as root, which this gateway does not allow"
         )
     if timeout is not None:
@@ -327,10 +302,10 @@ def start_failure(progress: PodProgress, name: str, image: str, timeout: float |
             )
         return StartTimeout(detail, user_message=f"environment did not start in time ({reason})")
     if progress.deleted:
-        return PodStartFailed(detail, user_message="environment was removed while starting")
+        return EnvironmentStartFailed(detail, user_message="environment was removed while starting")
     if reason in _EXITED_REASONS:
         return EnvironmentExited(detail, user_message=f"environment stopped right after starting ({reason})")
-    return PodStartFailed(detail, user_message=f"environment failed to start ({reason})")
+    return EnvironmentStartFailed(detail, user_message=f"environment failed to start ({reason})")
 
 
 @dataclass(frozen=True)

@@ -115,13 +115,8 @@ from pairpod.backends.kube_exec import (
 from pairpod.backends.kube_pod import (
     ANNOTATION_USER,
     DELETED,
-    EnvironmentExited,
-    EnvironmentGone,
-    ImagePullFailed,
     PodHandle,
     PodProgress,
-    PodStartFailed,
-    StartTimeout,
     build_pod,
     container_of,
     dns_label,
@@ -136,7 +131,9 @@ from pairpod.errors import (
     BackendError,
     BackendUnavailable,
     ConfigError,
+    EnvironmentGone,
     PairpodError,
+    StartTimeout,
 )
 from pairpod.log import fields, get_logger
 
@@ -1067,14 +1064,9 @@ class KubeProcess(Process):
 
 __all__ = [
     "ConnectionEnvironment",
-    "EnvironmentExited",
-    "EnvironmentGone",
-    "ImagePullFailed",
     "KubeProcess",
     "KubernetesBackend",
     "KubernetesEnvironment",
     "PodHandle",
-    "PodStartFailed",
     "SessionEnvironment",
-    "StartTimeout",
 ]
