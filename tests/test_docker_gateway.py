@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -39,7 +40,10 @@ def private_engine() -> Iterator[PrivateEngine]:
         engine.destroy()
 
 
-def test_unreachable_engine_gives_the_user_one_line_and_a_failure(make_gateway: MakeGateway):
+def test_unreachable_engine_gives_the_user_one_line_and_a_failure(
+    make_gateway: MakeGateway, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, "pairpod")
     gw = make_gateway(docker_overrides(host="unix:///run/pairpod-test-no-engine.sock"))
     result = gw.ssh("true")
     assert result.returncode != 0
@@ -48,6 +52,11 @@ def test_unreachable_engine_gives_the_user_one_line_and_a_failure(make_gateway: 
     again = gw.ssh("true")
     assert again.returncode != 0
     assert b"backend unavailable, try again later" in again.stderr
+    # The operator gets a warning naming the engine, not a traceback.
+    failures = [r for r in caplog.records if r.getMessage() == "environment.failed"]
+    assert failures and all(r.levelno == logging.WARNING for r in failures)
+    assert "pairpod-test-no-engine.sock" in str(failures[0].__dict__.get("pairpod_fields"))
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(

@@ -52,7 +52,14 @@ class TaskGroup:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and (error := task.exception()) is not None:
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if isinstance(error, PairpodError):
+            # Expected failures (backend down, image missing) were logged where they
+            # happened, with their detail; a traceback would only bury them.
+            log.debug("task.failed", extra=fields(error=error.operator_message,
+                                                  kind=type(error).__name__))
+        else:
             log.error("task.failed", exc_info=error)
 
     def __len__(self) -> int:
