@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import subprocess
@@ -139,6 +140,28 @@ def test_gateway_killed_with_sigkill_and_restarted_removes_what_it_left(
         gateway.kill()
         subprocess.run(["docker", "rm", "-f", *(c["ID"] for c in containers(instance=instance_id))],
                        capture_output=True)
+
+
+async def test_fifty_connections_at_once_each_get_their_own_container(make_gateway: MakeGateway):
+    gw = make_gateway(docker_overrides(image="busybox"))
+    users = [f"u{n}" for n in range(50)]
+    conns = await asyncio.gather(*(connect(gw, user=user) for user in users))
+    try:
+        # Each session is held open (stdin) so all fifty containers live at once.
+        processes = await asyncio.gather(*(c.create_process("hostname; cat") for c in conns))
+        hostnames = await asyncio.gather(*(p.stdout.readline() for p in processes))
+        assert hostnames == [f"{user}\n" for user in users]  # the container is named after its user
+        live = containers(instance=gw.gateway.instance_id)
+        assert len({c["ID"] for c in live}) == 50
+        assert sorted(c["Labels"].split("pairpod.user=")[1].split(",")[0] for c in live) == sorted(users)
+        for process in processes:
+            process.stdin.write_eof()
+        results = await asyncio.gather(*(p.wait(timeout=60) for p in processes))
+        assert [r.exit_status for r in results] == [0] * 50
+    finally:
+        for conn in conns:
+            conn.close()
+    wait_until(lambda: _instance_containers(gw) == [], message="every container removed")
 
 
 async def test_graceful_shutdown_removes_every_container(make_gateway: MakeGateway):
