@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import MakeGateway
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
+from tests.support.http_peers import KeySourcePeer, served_in_thread
 
 SHARE = ["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1"]
 
@@ -210,3 +211,24 @@ def test_restricted_session_admits_only_named_people(make_gateway: MakeGateway,
     owner.wait_for(r"user:bob joined \(read-only\)")
     owner.type("echo for-bob-$((5+5))\n")
     viewer.wait_for("for-bob-10")
+
+
+def test_a_github_user_joins_with_the_keys_github_serves(make_gateway: MakeGateway,
+                                                         terms: Terminals, tmp_path: Path) -> None:
+    bob = ClientKey.create(tmp_path / "bob")
+    mallory = ClientKey.create(tmp_path / "mallory")
+    github = KeySourcePeer()
+    github.keys["bob-gh"] = bob.public_line + "\n"
+    with served_in_thread(github):
+        gw = make_gateway({"auth": {"key_sources": {"github": {"url": github.url}}}})
+        owner = terms.start("owner", gw.ssh_argv(
+            options=["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1 PAIRPOD_SHARE_WITH=github:bob-gh"]))
+        _, rw = links(owner)
+        # Only bob's GitHub keys open the link; another key is refused.
+        refused = gw.ssh(user=rw, key=mallory, options=["-tt"], input=b"")
+        assert refused.returncode == 255
+        joiner = terms.start("bob", gw.ssh_argv(user=rw, key=bob, options=["-tt"]))
+        owner.wait_for(r"github:bob-gh joined \(read-write\)")
+        joiner.type("echo typed-by-bob-$((6+6))\n")
+        owner.wait_for("typed-by-bob-12")
+        assert github.counts["bob-gh"] >= 1

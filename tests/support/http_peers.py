@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import socket
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -267,3 +268,19 @@ def refusing_port() -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         sock.close()
+
+
+@contextmanager
+def served_in_thread(peer: Peer) -> Iterator[Peer]:
+    """Serve ``peer`` from an event loop of its own, for tests that block (OpenSSH, tmux)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(peer.start(), loop).result(10)
+        yield peer
+        asyncio.run_coroutine_threadsafe(peer.stop(), loop).result(10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
