@@ -13,8 +13,10 @@ import pytest
 
 from pairpod.auth import verify_password
 from tests.conftest import MakeGateway
+from tests.support.docker_env import docker_overrides
 from tests.support.gateway import GatewayThread
 from tests.support.http_peers import AuthWebhookPeer, ConfigWebhookPeer
+from tests.support.images import busybox_image
 
 
 async def run_ssh(gw: GatewayThread, user: str, command: str, tmp: Path,
@@ -79,6 +81,22 @@ async def test_password_login_and_config_webhook_override_reach_the_session(
     assert out == "profile=from-webhook\n"
     code, out, _ = await run_ssh(gw, "carol", "echo in", tmp_path, password="wrong", use_key=False)
     assert code == 255 and out == ""
+
+
+async def test_config_webhook_gives_one_user_another_container_image(
+        make_gateway: MakeGateway, tmp_path: Path,
+        webhooks: tuple[AuthWebhookPeer, ConfigWebhookPeer]) -> None:
+    overrides = docker_overrides(image="debian")
+    _, config_hook = webhooks
+    config_hook.answers["dave"] = {"config": {"docker": {
+        "image": busybox_image(), "env": {"DAVE_TEAM": "tools"}}}}
+    gw = await asyncio.to_thread(make_gateway, {
+        **overrides, "auth": {"config_webhook": {"url": config_hook.config_url}}})
+    probe = 'if [ -e /etc/debian_version ]; then echo debian; else echo other; fi; echo "team=$DAVE_TEAM"'
+    results = await asyncio.gather(run_ssh(gw, "dave", probe, tmp_path),
+                                   run_ssh(gw, "erin", probe, tmp_path))
+    assert [(code, out) for code, out, _ in results] == [
+        (0, "other\nteam=tools\n"), (0, "debian\nteam=\n")], results
 
 
 async def test_webhook_that_fails_denies_and_the_gateway_keeps_serving(
