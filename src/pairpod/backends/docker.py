@@ -35,7 +35,6 @@ from pairpod.backends import common
 from pairpod.backends.base import (
     SSH_SIGNALS,
     Backend,
-    Environment,
     ExitStatus,
     Identity,
     Process,
@@ -62,11 +61,11 @@ from pairpod.backends.common import (
     sh_quote,
     signal_command,
     wrapper_args,
-    wrapper_failure,
 )
 from pairpod.backends.common import (
     stty_modes as stty_modes,  # re-exported: part of this module's tested surface
 )
+from pairpod.backends.container_env import ContainerEnvironment
 from pairpod.backends.docker_api import (
     STREAM_HIGH_WATER,
     STREAM_LOW_WATER,
@@ -741,77 +740,22 @@ def process_env(settings: DockerSettings, identity: Identity, spec: ProcessSpec)
     return common.process_env(settings.env, identity, spec)
 
 
-class DockerEnvironment(Environment):
+class DockerEnvironment(ContainerEnvironment["DockerProcess"]):
     """Base of both modes: tracks processes and closes once."""
 
+    config_section = "docker"
+    settings: DockerSettings
+
     def __init__(self, backend: DockerBackend, identity: Identity, settings: DockerSettings) -> None:
+        super().__init__(identity, settings)
         self.backend = backend
-        self.identity = identity
-        self.settings = settings
-        self._processes: set[DockerProcess] = set()
-        self._closed = False
-        self._close_task: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
 
-    def background(self, work: Awaitable[Any]) -> None:
-        """Run housekeeping for this environment; it is waited for before removal."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _settle(self) -> None:
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=self.settings.timeouts.stop)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendError("environment is closed")
-
-    def _log_fields(self, **extra: Any) -> dict[str, Any]:
-        return fields(conn=self.identity.conn_id, user=self.identity.username, **extra)
-
-    async def _started(self, process: DockerProcess, spec: ProcessSpec) -> DockerProcess:
+    async def _started(self, process: DockerProcess) -> None:
         """Wait for the wrapper's preamble; turn its failures into typed errors."""
-        self._processes.add(process)
-        try:
-            async with asyncio.timeout(self.settings.timeouts.start):
-                preamble = await process.preamble()
-        except BaseException as error:
-            await process.kill()
-            if isinstance(error, TimeoutError):
-                raise StartTimeout(
-                    f"a process in image {self.settings.image} did not start within "
-                    f"docker.timeouts.start ({self.settings.timeouts.start}s)"
-                ) from None
-            raise
-        if preamble.pid is not None:
-            if self._closed:
-                # The environment closed while this was starting: it must not outlive it.
-                await process.kill()
-                raise BackendError("environment closed while a process was starting")
-            return process
-        await process.kill()
-        text = wrapper_failure(preamble, process.leftover_output(), self.settings.image)
-        # Otherwise the engine could not run anything at all: most likely the
-        # container is going away (its main process ended, it ran out of memory).
-        raise await self._environment_gone(text or "the process produced no output")
+        await self._await_started(process, f"image {self.settings.image}", self._environment_gone)
 
     async def _environment_gone(self, detail: str) -> BackendError:
         return BackendError(f"environment cannot run processes: {detail}")
-
-    def discard(self, process: DockerProcess) -> None:
-        """A process ended."""
-        self._processes.discard(process)
-
-    async def close(self) -> None:
-        """End every process and remove the container(s). Idempotent."""
-        self._closed = True
-        if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._close_task)
-
-    async def _close(self) -> None:
-        raise NotImplementedError
 
 
 class ConnectionEnvironment(DockerEnvironment):
@@ -868,7 +812,7 @@ class ConnectionEnvironment(DockerEnvironment):
             raise
         process = DockerProcess(ExecTarget(engine, exec_id, self), stream, spec.pty, self.discard)
         try:
-            await self._started(process, spec)
+            await self._started(process)
         finally:
             if self.from_pool:
                 self.from_pool = False
@@ -892,7 +836,7 @@ class ConnectionEnvironment(DockerEnvironment):
             spare.abandon()  # it ended without a word: not worth an error, fall back
             return None
         try:
-            await self._started(spare, spec)
+            await self._started(spare)
         finally:
             if self.from_pool:
                 self.from_pool = False
@@ -991,7 +935,7 @@ class SessionEnvironment(DockerEnvironment):
                 raise steps.timeout_error(settings) from None
             raise
         process = DockerProcess(ContainerTarget(self, name, container_id), stream, spec.pty, self.discard)
-        await self._started(process, spec)
+        await self._started(process)
         if spec.pty is not None:
             await process.resize(spec.pty.cols, spec.pty.rows)
         return process

@@ -74,7 +74,6 @@ from typing import Any
 from pairpod.backends.base import (
     SSH_SIGNALS,
     Backend,
-    Environment,
     ExitStatus,
     Identity,
     Process,
@@ -98,8 +97,8 @@ from pairpod.backends.common import (
     process_env,
     signal_command,
     wrapped_command,
-    wrapper_failure,
 )
+from pairpod.backends.container_env import ContainerEnvironment
 from pairpod.backends.docker_stream import Preamble, PreambleReader
 from pairpod.backends.kube_api import KubeApi, KubeApiError, Obj, WatchExpired
 from pairpod.backends.kube_exec import (
@@ -655,35 +654,16 @@ class KubernetesBackend(Backend):
 # --- environments --------------------------------------------------------------------------
 
 
-class KubernetesEnvironment(Environment):
+class KubernetesEnvironment(ContainerEnvironment["KubeProcess"]):
     """Base of both modes: starts processes as execs, tracks them, closes once."""
 
+    config_section = "kubernetes"
+    settings: KubernetesSettings
+
     def __init__(self, backend: KubernetesBackend, identity: Identity, settings: KubernetesSettings) -> None:
+        super().__init__(identity, settings)
         self.backend = backend
-        self.identity = identity
-        self.settings = settings
-        self._processes: set[KubeProcess] = set()
-        self._closed = False
-        self._close_task: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
         self._skipped_logged = False
-
-    def background(self, work: Awaitable[Any]) -> None:
-        """Run housekeeping for this environment; it is waited for before removal."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _settle(self) -> None:
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=self.settings.timeouts.stop)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BackendError("environment is closed")
-
-    def _log_fields(self, **extra: Any) -> dict[str, Any]:
-        return fields(conn=self.identity.conn_id, user=self.identity.username, **extra)
 
     def command_for(self, spec: ProcessSpec) -> list[str]:
         """The exec argv for ``spec``: the wrapper, which also exports the environment."""
@@ -715,36 +695,13 @@ class KubernetesEnvironment(Environment):
                                    "create on pods/exec?)") from None
             raise await self._environment_gone(handle, error.operator_message) from None
         process = KubeProcess(self.backend, handle, stream, spec.pty, on_done)
-        self._processes.add(process)
-        await self._started(process, handle)
+        await self._await_started(process, f"pod {handle.key}",
+                                  lambda detail: self._environment_gone(handle, detail))
         if spec.pty is not None:
             # The wrapper set the size already if the image has stty; this covers
             # images without it.
             await process.resize(spec.pty.cols, spec.pty.rows)
         return process
-
-    async def _started(self, process: KubeProcess, handle: PodHandle) -> None:
-        """Wait for the wrapper's preamble; turn its failures into typed errors."""
-        limit = self.settings.timeouts.start
-        try:
-            async with asyncio.timeout(limit):
-                preamble = await process.preamble()
-        except BaseException as error:
-            await process.kill()
-            if isinstance(error, TimeoutError):
-                raise StartTimeout(f"a process in pod {handle.key} did not start within "
-                                   f"kubernetes.timeouts.start ({limit:g}s)") from None
-            raise
-        if preamble.pid is not None:
-            if self._closed:
-                # The environment closed while this was starting: it must not outlive it.
-                await process.kill()
-                raise BackendError("environment closed while a process was starting")
-            return
-        await process.kill()
-        text = wrapper_failure(preamble, process.leftover_output(), self.settings.image)
-        # Otherwise nothing could run at all: most likely the pod is going away.
-        raise await self._environment_gone(handle, text or "the process produced no output")
 
     async def _environment_gone(self, handle: PodHandle, detail: str) -> BackendError:
         """Why a pod could not run a process: asks the API what became of it."""
@@ -758,20 +715,6 @@ class KubernetesEnvironment(Environment):
             return EnvironmentGone(f"pod {handle.key} is no longer running ({progress.describe()}): {detail}",
                                    user_message=f"environment stopped ({progress.reason})")
         return BackendError(f"pod {handle.key} cannot run processes: {detail}")
-
-    def discard(self, process: KubeProcess) -> None:
-        """A process ended."""
-        self._processes.discard(process)
-
-    async def close(self) -> None:
-        """End every process and delete the pod(s). Idempotent."""
-        self._closed = True
-        if self._close_task is None:
-            self._close_task = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._close_task)
-
-    async def _close(self) -> None:
-        raise NotImplementedError
 
 
 class ConnectionEnvironment(KubernetesEnvironment):
