@@ -45,8 +45,8 @@ def test_missing_image_fails_the_login_with_the_reason_and_leaves_no_pod(
     # The test cluster cannot pull: ErrImagePull, then ImagePullBackOff, until the start timeout.
     gw = make_gateway(kubernetes_overrides(kube_apiserver, kube_namespace, image=MISSING_IMAGE,
                                            timeouts={"start": "3s", "stop": "10s"}))
-    result = gw.ssh("true")
-    # Told of the pod's progress while waiting, then why it failed.
+    result = gw.ssh("true", options=["-tt"])
+    # On a terminal: told of the pod's progress while waiting, then why it failed.
     assert b"pairpod: environment: " in result.stderr.partition(b"could not be pulled")[0]
     assert result.returncode != 0
     assert (f"environment image {MISSING_IMAGE} could not be pulled (ImagePullBackOff)".encode()

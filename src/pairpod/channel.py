@@ -158,7 +158,10 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._finish_with_error(self._denied, 1)
             return
         try:
-            environment = await self._connection.environment(waiting=self)
+            # Progress lines (an image pull) go to terminals only: a command's
+            # stderr belongs to the command, and scripts read it.
+            waiting = self if self._pty is not None else None
+            environment = await self._connection.environment(waiting=waiting)
             # Built once the environment is ready: the window may have changed meanwhile.
             spec = self._spec()
             self._process = await environment.start(spec)
