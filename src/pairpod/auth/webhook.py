@@ -25,7 +25,7 @@ import base64
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 
@@ -244,12 +244,15 @@ def public_values(values: Mapping[str, MetadataValue]) -> dict[str, dict[str, An
     }
 
 
-class AuthWebhook:
-    """Client of a ContainerSSH-compatible authentication webhook."""
+SettingsT = TypeVar("SettingsT", WebhookSettings, ConfigWebhookSettings)
+
+
+class _WebhookClient(Generic[SettingsT]):
+    """What both webhook clients hold: their settings, the HTTP session, a body cap."""
 
     def __init__(
         self,
-        settings: WebhookSettings,
+        settings: SettingsT,
         session: Callable[[], aiohttp.ClientSession],
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -257,6 +260,10 @@ class AuthWebhook:
         self.settings = settings
         self._session = session
         self._max_bytes = max_bytes
+
+
+class AuthWebhook(_WebhookClient[WebhookSettings]):
+    """Client of a ContainerSSH-compatible authentication webhook."""
 
     async def password(self, conn: ConnectionInfo, password: str) -> WebhookAnswer:
         """Ask whether ``password`` is right for ``conn.username``."""
@@ -282,19 +289,8 @@ class AuthWebhook:
         return parse_auth_answer(data)
 
 
-class ConfigWebhook:
+class ConfigWebhook(_WebhookClient[ConfigWebhookSettings]):
     """Client of a ContainerSSH-compatible configuration webhook."""
-
-    def __init__(
-        self,
-        settings: ConfigWebhookSettings,
-        session: Callable[[], aiohttp.ClientSession],
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-    ) -> None:
-        self.settings = settings
-        self._session = session
-        self._max_bytes = max_bytes
 
     async def fetch(
         self,
