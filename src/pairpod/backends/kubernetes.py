@@ -458,13 +458,18 @@ class KubernetesBackend(Backend):
     async def _delete_now(self, handle: PodHandle) -> None:
         """Delete a pod that never served (no grace) and wait until it is gone."""
         try:
-            async with asyncio.timeout(self.config.kubernetes.timeouts.stop):
-                gone = await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=0,
-                                                 uid=handle.uid or None)
-                if gone is not None:
-                    await self._wait_gone(handle)
+            await self._delete_and_wait(handle, self.config.kubernetes.timeouts.stop, grace_seconds=0)
         except (PairpodError, TimeoutError) as error:
             log.warning("kubernetes.delete_failed", extra=fields(pod=handle.key, error=str(error)))
+
+    async def _delete_and_wait(self, handle: PodHandle, time_limit: float,
+                               grace_seconds: int | None = None) -> None:
+        """Delete a pod and wait (up to ``time_limit``) until the API says it is gone."""
+        async with asyncio.timeout(time_limit):
+            gone = await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=grace_seconds,
+                                             uid=handle.uid or None)
+            if gone is not None:
+                await self._wait_gone(handle)
 
     async def remove_pod(self, handle: PodHandle, time_limit: float) -> None:
         """Delete a pod (its processes get TERM) and wait until it is gone.
@@ -474,19 +479,12 @@ class KubernetesBackend(Backend):
         """
         try:
             try:
-                async with asyncio.timeout(time_limit):
-                    gone = await self.api.delete_pod(handle.namespace, handle.name, uid=handle.uid or None)
-                    if gone is not None:
-                        await self._wait_gone(handle)
-                    return
+                await self._delete_and_wait(handle, time_limit)
+                return
             except TimeoutError:
                 log.warning("kubernetes.delete_slow", extra=fields(pod=handle.key, limit=time_limit))
             # Forced: the API object goes at once (the kubelet still kills what runs).
-            async with asyncio.timeout(_FORCED_DELETE_WAIT):
-                gone = await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=0,
-                                                 uid=handle.uid or None)
-                if gone is not None:
-                    await self._wait_gone(handle)
+            await self._delete_and_wait(handle, _FORCED_DELETE_WAIT, grace_seconds=0)
         except (PairpodError, TimeoutError) as error:
             log.warning("kubernetes.delete_failed", extra=fields(pod=handle.key, error=str(error)))
         finally:
