@@ -1,0 +1,77 @@
+"""The transport tuning under AsyncSSH: sliced reads keep every byte, in order."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from pairpod.ssh_transport import FEED_SLICE, CoalescingTransport, tune_transport
+
+
+class _Sink(asyncssh.SSHServerSession[bytes]):
+    """Hashes what the client sends; answers its length and digest at EOF."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        self._chan = chan
+
+    def exec_requested(self, command: str) -> bool:
+        return True
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._hash.update(data)
+        self._size += len(data)
+
+    def eof_received(self) -> bool:
+        assert self._chan is not None
+        self._chan.write(f"{self._size} {self._hash.hexdigest()}".encode())
+        self._chan.exit(0)
+        return True
+
+
+class _Server(asyncssh.SSHServer):
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        tune_transport(conn)
+        assert isinstance(conn._transport, CoalescingTransport)
+
+    def begin_auth(self, username: str) -> bool:
+        return False
+
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+        return _Sink()
+
+
+async def test_bulk_input_reaches_the_session_whole_through_sliced_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    fed: list[int] = []
+    receive = asyncssh.SSHServerConnection.data_received
+
+    def spy(self: asyncssh.SSHServerConnection, data: bytes, datatype: asyncssh.DataType = None) -> None:
+        fed.append(len(data))
+        receive(self, data, datatype)
+
+    monkeypatch.setattr(asyncssh.SSHServerConnection, "data_received", spy)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        _Server, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None
+    )
+    port = server.sockets[0].getsockname()[1]
+    payload = os.urandom(6 * 1024 * 1024 + 5)
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, agent_path=None, config=None, username="u"
+        ) as conn:
+            result = await conn.run("sink", input=payload, encoding=None, check=True)
+    finally:
+        server.close()
+    assert result.stdout == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+    assert max(fed) <= FEED_SLICE
