@@ -12,6 +12,7 @@ Side by side in one run, several rounds, medians and the ratio pairpod / docker:
 Images are the locally built test images (nothing is pulled).
 
     python bench/docker_bench.py [--megabytes 200] [--rounds 5] [--connections 100]
+                                 [--skip latency|throughput|connections ...]
 """
 
 from __future__ import annotations
@@ -276,6 +277,13 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["latency", "throughput", "connections"],
+        help="leave a section out (repeatable)",
+    )
     args = parser.parse_args()
     debian = debian_image()
     busybox = busybox_image()
@@ -285,13 +293,17 @@ def main() -> None:
             f"Docker backend vs the docker CLI (median of {args.rounds} rounds; "
             f"{args.megabytes} MB per throughput round)"
         )
-        latency_section(work, debian, args.rounds, report)
-        throughput_section(work, debian, args.megabytes, args.rounds, report)
-        report.print()
-        lines = asyncio.run(concurrency_section(work, busybox, args.connections))
-        print(f"\n### {args.connections} concurrent connections (Docker backend)\n")
-        print(f"Machine: {machine()}\n")
-        print("\n".join(lines))
+        if "latency" not in args.skip:
+            latency_section(work, debian, args.rounds, report)
+        if "throughput" not in args.skip:
+            throughput_section(work, debian, args.megabytes, args.rounds, report)
+        if report.rows:
+            report.print()
+        if "connections" not in args.skip and args.connections > 0:
+            lines = asyncio.run(concurrency_section(work, busybox, args.connections))
+            print(f"\n### {args.connections} concurrent connections (Docker backend)\n")
+            print(f"Machine: {machine()}\n")
+            print("\n".join(lines))
     finally:
         work.cleanup()
 
