@@ -27,7 +27,7 @@ from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerS
 from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
-from pairpod.ssh_transport import coalesce_writes
+from pairpod.ssh_transport import tune_transport
 
 log = get_logger("server")
 
@@ -116,7 +116,7 @@ class Connection(asyncssh.SSHServer):
         """A client connected."""
         self._conn = conn
         self.auth = self.gateway.authenticator.connection(conn, self.conn_id)
-        coalesce_writes(conn)
+        tune_transport(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         host = peer[0]
         self.remote_addr = f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"

@@ -101,6 +101,3 @@ def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
         conn._transport = CoalescingTransport(transport)
         _feed_in_slices(conn)
 
-
-# The name the server installs this by (it predates sliced reads).
-coalesce_writes = tune_transport
