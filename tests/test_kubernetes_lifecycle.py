@@ -127,7 +127,7 @@ async def test_pods_left_by_a_crash_are_reaped_at_the_next_start(
         async with running_backend(config, instance) as backend:
             for name in names:
                 await wait_pod_gone(core, kube_namespace, name)
-            assert backend.live_pods() == frozenset()
+            assert backend.live_names() == frozenset()
         assert [p.metadata.name for p in await pods(core, kube_namespace)] == ["other-gateway"]
 
 
@@ -186,7 +186,7 @@ async def test_cancelled_start_and_slow_stop_leave_nothing(
         with pytest.raises(asyncio.CancelledError):
             await opening
         assert await pods(core, kube_namespace) == []
-        assert backend.live_pods() == frozenset()
+        assert backend.live_names() == frozenset()
 
 
 async def test_bad_template_or_credentials_are_config_errors(

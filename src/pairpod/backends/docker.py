@@ -27,14 +27,12 @@ import asyncio
 import contextlib
 import re
 import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pairpod.backends import common
 from pairpod.backends.base import (
     SSH_SIGNALS,
-    Backend,
     ExitStatus,
     Identity,
     Process,
@@ -65,6 +63,7 @@ from pairpod.backends.common import (
 from pairpod.backends.common import (
     stty_modes as stty_modes,  # re-exported: part of this module's tested surface
 )
+from pairpod.backends.container_backend import ContainerBackend
 from pairpod.backends.container_env import ContainerEnvironment
 from pairpod.backends.docker_api import (
     STREAM_HIGH_WATER,
@@ -109,13 +108,9 @@ _LOG_TAIL = 20
 _SETTLE_TIMEOUT = 2.0
 # How long a helper exec (kill, signal) may take.
 _HELPER_TIMEOUT = 10.0
-# How often containers nobody owns are looked for (start-up always looks once).
-REAP_INTERVAL = 60.0
 # A handed-out pool container is replaced after the login's first process
 # starts, or after this long at the latest.
 _POOL_REFILL_DELAY = 2.0
-# Pool refill back-off after failures (seconds, doubled up to the maximum).
-_POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
 
 
 def memory_bytes(size: str) -> int:
@@ -184,25 +179,16 @@ class Steps:
 # --- the backend ---------------------------------------------------------------------
 
 
-class DockerBackend(Backend):
+class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
     """Environments as Docker containers, with orphan reaping and a warm pool."""
 
     name = "docker"
-    reap_interval = REAP_INTERVAL
+    log_prefix = "docker"
 
     def __init__(self, config: Config, instance_id: str) -> None:
         super().__init__(config, instance_id)
         self.engine = Engine(config.docker.host)
-        # Names of containers a live connection (or the pool) owns, including
-        # ones being created right now: the reaper leaves these alone.
-        self._live: set[str] = set()
-        self._environments: set[DockerEnvironment] = set()
-        self._pool: deque[PoolEntry] = deque()  # started containers, ready to hand out
-        self._pool_filling = 0
-        self._pool_wakeup = asyncio.Event()
         self._pulls: dict[str, asyncio.Future[None]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._stopping = False
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -212,36 +198,22 @@ class DockerBackend(Backend):
         An engine that does not answer is not fatal: the gateway serves anyway,
         each login reports the engine as unavailable until it is back.
         """
-        try:
-            removed = await self.reap_orphans()
-            if removed:
-                log.info("docker.reaped", extra=fields(count=len(removed), at="start"))
-        except PairpodError as error:
-            log.warning("docker.unavailable_at_start", extra=fields(error=error.operator_message))
-        self._spawn(self._reap_loop())
-        if self.config.docker.warm_pool and self._pool_eligible_settings(self.config.docker):
-            self._spawn(self._pool_loop())
+        await self._start_housekeeping()
 
-    async def stop(self) -> None:
-        """Remove every container this backend created (and any of its instance left)."""
-        self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
-        pool, self._pool = list(self._pool), deque()
+    @property
+    def warm_pool(self) -> int:
+        """Containers kept started ahead of logins (0 when the settings rule a pool out)."""
+        settings = self.config.docker
+        return settings.warm_pool if self._pool_eligible_settings(settings) else 0
+
+    async def _release_pool(self, pool: list[PoolEntry]) -> None:
+        # The final reap removes the containers themselves.
         for entry in pool:
             entry.abandon()
         self._live.difference_update(entry.name for entry in pool)
-        with contextlib.suppress(PairpodError):
-            await self.reap_orphans()
-        await self.engine.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    async def _close_client(self) -> None:
+        await self.engine.close()
 
     # --- reaping ---------------------------------------------------------------------
 
@@ -266,17 +238,6 @@ class DockerBackend(Backend):
             else:
                 removed.append(name)
         return removed
-
-    async def _reap_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reap_interval)
-            try:
-                removed = await self.reap_orphans()
-            except PairpodError as error:
-                log.warning("docker.reap_failed", extra=fields(error=error.operator_message))
-                continue
-            if removed:
-                log.info("docker.reaped", extra=fields(count=len(removed), names=",".join(removed)))
 
     # --- images ------------------------------------------------------------------------
 
@@ -592,35 +553,8 @@ class DockerBackend(Backend):
         self._live.discard(env.name)
         env.name = name
 
-    def pool_refill(self) -> None:
-        """Ask the pool to top itself up now."""
-        self._pool_wakeup.set()
-
-    async def _pool_loop(self) -> None:
-        """Keep ``warm_pool`` started containers ready; refill in the background."""
+    async def _pool_one(self) -> None:
         settings = self.config.docker
-        retry = _POOL_RETRY_MIN
-        while True:
-            self._pool_wakeup.clear()
-            missing = settings.warm_pool - len(self._pool) - self._pool_filling
-            if missing > 0:
-                results = await asyncio.gather(
-                    *(self._pool_one(settings) for _ in range(missing)), return_exceptions=True
-                )
-                failures = [r for r in results if isinstance(r, BaseException)]
-                if failures:
-                    log.warning(
-                        "docker.pool_refill_failed",
-                        extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry),
-                    )
-                    await asyncio.sleep(retry)
-                    retry = min(retry * 2, _POOL_RETRY_MAX)
-                    continue
-                retry = _POOL_RETRY_MIN
-                continue
-            await self._pool_wakeup.wait()
-
-    async def _pool_one(self, settings: DockerSettings) -> None:
         name = self.container_name(None)
         template = settings.hostname
         hostname = "pairpod" if "{username}" in template else hostname_for(template, "")
@@ -685,18 +619,6 @@ class DockerBackend(Backend):
             extra=fields(tty=tty, said=spare.leftover_output().decode(errors="replace").strip()),
         )
         return None
-
-    def pool_size(self) -> int:
-        """How many warm containers are ready now."""
-        return len(self._pool)
-
-    def live_names(self) -> frozenset[str]:
-        """Names of the containers this backend currently owns."""
-        return frozenset(self._live)
-
-    def forget(self, environment: DockerEnvironment) -> None:
-        """An environment closed."""
-        self._environments.discard(environment)
 
 
 # --- environments ----------------------------------------------------------------------

@@ -67,13 +67,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from pairpod.backends.base import (
     SSH_SIGNALS,
-    Backend,
     ExitStatus,
     Identity,
     Process,
@@ -98,6 +96,7 @@ from pairpod.backends.common import (
     signal_command,
     wrapped_command,
 )
+from pairpod.backends.container_backend import ContainerBackend
 from pairpod.backends.container_env import ContainerEnvironment
 from pairpod.backends.docker_stream import Preamble, PreambleReader
 from pairpod.backends.kube_api import KubeApi, KubeApiError, Obj, WatchExpired
@@ -140,15 +139,11 @@ log = get_logger("backend.kubernetes")
 
 # --- constants --------------------------------------------------------------------------
 
-# How often pods nobody owns are looked for (start-up always looks once).
-REAP_INTERVAL = 60.0
 # How long a helper exec (kill, signal) may take.
 _HELPER_TIMEOUT = 10.0
 # A handed-out pool pod is replaced after the login's first process starts, or
 # after this long at the latest.
 _POOL_REFILL_DELAY = 2.0
-# Pool refill back-off after failures (seconds, doubled up to the maximum).
-_POOL_RETRY_MIN, _POOL_RETRY_MAX = 1.0, 30.0
 # How long a forced (no grace) deletion may take to show.
 _FORCED_DELETE_WAIT = 10.0
 # Input is sent in frames of at most this size.
@@ -168,28 +163,20 @@ class _StartWatch:
 # --- the backend -------------------------------------------------------------------------
 
 
-class KubernetesBackend(Backend):
+class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
     """Environments as pods, with watches, orphan reaping and a warm pool."""
 
     name = "kubernetes"
-    reap_interval = REAP_INTERVAL
+    log_prefix = "kubernetes"
 
     def __init__(self, config: Config, instance_id: str) -> None:
         super().__init__(config, instance_id)
         self.api = KubeApi(config.kubernetes)
-        # "namespace/name" of pods a live connection (or the pool) owns, including
-        # ones being created right now: the reaper leaves these alone.
-        self._live: set[str] = set()
+        # Live pods are named "namespace/name".
         self._namespaces: set[str] = {config.kubernetes.namespace}
-        self._environments: set[KubernetesEnvironment] = set()
-        self._pool: deque[PodHandle] = deque()
-        self._pool_filling = 0
-        self._pool_wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
         # Images the kubelet found to run as root: their pods no longer ask for non-root.
         self._root_images: set[str] = set()
         self.owner = gateway_owner()
-        self._stopping = False
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -204,38 +191,25 @@ class KubernetesBackend(Backend):
         await self.api.connect()
         try:
             await self.check_template()
-            removed = await self.reap_orphans()
-            if removed:
-                log.info("kubernetes.reaped", extra=fields(count=len(removed), at="start"))
         except ConfigError:
             await self.api.close()
             raise
-        except PairpodError as error:
-            log.warning("kubernetes.unavailable_at_start", extra=fields(error=error.operator_message))
-        self._spawn(self._reap_loop())
-        settings = self.config.kubernetes
-        if settings.warm_pool and settings.mode == "connection":
-            self._spawn(self._pool_loop())
+        except PairpodError:
+            pass  # unreachable: the first reap says so
+        await self._start_housekeeping()
 
-    async def stop(self) -> None:
-        """Delete every pod this backend created (and any its instance left)."""
-        self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
-        pool, self._pool = list(self._pool), deque()
+    @property
+    def warm_pool(self) -> int:
+        """Pods kept running ahead of logins (connection mode only)."""
+        settings = self.config.kubernetes
+        return settings.warm_pool if settings.mode == "connection" else 0
+
+    async def _release_pool(self, pool: list[PodHandle]) -> None:
         stop = self.config.kubernetes.timeouts.stop
         await asyncio.gather(*(self.remove_pod(handle, stop) for handle in pool), return_exceptions=True)
-        with contextlib.suppress(PairpodError):
-            await self.reap_orphans()
-        await self.api.close()
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    async def _close_client(self) -> None:
+        await self.api.close()
 
     async def check_template(self) -> None:
         """Have the API server validate the pod template (a dry run, strict field validation).
@@ -294,17 +268,6 @@ class KubernetesBackend(Backend):
             else:
                 removed.append(key)
         return removed
-
-    async def _reap_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.reap_interval)
-            try:
-                removed = await self.reap_orphans()
-            except PairpodError as error:
-                log.warning("kubernetes.reap_failed", extra=fields(error=error.operator_message))
-                continue
-            if removed:
-                log.info("kubernetes.reaped", extra=fields(count=len(removed), pods=",".join(removed)))
 
     # --- pods ---------------------------------------------------------------------------
 
@@ -600,32 +563,8 @@ class KubernetesBackend(Backend):
             log.warning("kubernetes.pool_label_failed",
                         extra=fields(pod=handle.key, error=error.operator_message))
 
-    def pool_refill(self) -> None:
-        """Ask the pool to top itself up now."""
-        self._pool_wakeup.set()
-
-    async def _pool_loop(self) -> None:
-        """Keep ``warm_pool`` running pods ready; refill in the background."""
+    async def _pool_one(self) -> None:
         settings = self.config.kubernetes
-        retry = _POOL_RETRY_MIN
-        while True:
-            self._pool_wakeup.clear()
-            missing = settings.warm_pool - len(self._pool) - self._pool_filling
-            if missing > 0:
-                results = await asyncio.gather(*(self._pool_one(settings) for _ in range(missing)),
-                                               return_exceptions=True)
-                failures = [r for r in results if isinstance(r, BaseException)]
-                if failures:
-                    log.warning("kubernetes.pool_refill_failed",
-                                extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry))
-                    await asyncio.sleep(retry)
-                    retry = min(retry * 2, _POOL_RETRY_MAX)
-                    continue
-                retry = _POOL_RETRY_MIN
-                continue
-            await self._pool_wakeup.wait()
-
-    async def _pool_one(self, settings: KubernetesSettings) -> None:
         self._pool_filling += 1
         try:
             handle = await self.start_pod(settings, None, "connection", pool=True)
@@ -635,18 +574,6 @@ class KubernetesBackend(Backend):
             await self.remove_pod(handle, settings.timeouts.stop)
             return
         self._pool.append(handle)
-
-    def pool_size(self) -> int:
-        """How many warm pods are ready now."""
-        return len(self._pool)
-
-    def live_pods(self) -> frozenset[str]:
-        """``namespace/name`` of the pods this backend currently owns."""
-        return frozenset(self._live)
-
-    def forget(self, environment: KubernetesEnvironment) -> None:
-        """An environment closed."""
-        self._environments.discard(environment)
 
 
 # --- environments --------------------------------------------------------------------------
