@@ -1,4 +1,5 @@
-"""The transport tuning under AsyncSSH: sliced reads keep every byte, in order."""
+"""The transport tuning under AsyncSSH: sliced reads keep every byte, in order;
+empty ignore packets are left out under AEAD ciphers only."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from asyncssh.connection import SSHConnection
+from asyncssh.constants import MSG_IGNORE
 
 from pairpod.ssh_transport import FEED_SLICE, CoalescingTransport, tune_transport
 
@@ -37,6 +40,19 @@ class _Sink(asyncssh.SSHServerSession[bytes]):
         return True
 
 
+class _Source(_Sink):
+    """Answers an exec of N with N bytes of output."""
+
+    def exec_requested(self, command: str) -> bool:
+        self._size = int(command)
+        return True
+
+    def session_started(self) -> None:
+        assert self._chan is not None
+        self._chan.write(b"x" * self._size)
+        self._chan.exit(0)
+
+
 class _Server(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         tune_transport(conn)
@@ -47,6 +63,11 @@ class _Server(asyncssh.SSHServer):
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         return _Sink()
+
+
+class _SourceServer(_Server):
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+        return _Source()
 
 
 async def test_bulk_input_reaches_the_session_whole_through_sliced_reads(
@@ -75,3 +96,43 @@ async def test_bulk_input_reaches_the_session_whole_through_sliced_reads(
         server.close()
     assert result.stdout == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
     assert max(fed) <= FEED_SLICE
+
+
+@pytest.mark.parametrize(("cipher", "ignores_expected"), [
+    ("aes128-gcm@openssh.com", False),
+    ("chacha20-poly1305@openssh.com", False),
+    ("aes128-ctr", True),
+])
+async def test_empty_ignore_packets_are_left_out_only_under_aead_ciphers(
+    monkeypatch: pytest.MonkeyPatch, cipher: str, ignores_expected: bool
+):
+    ignores: list[int] = []
+    process_ignore = SSHConnection._packet_handlers[MSG_IGNORE]
+
+    def count(self: SSHConnection, pkttype: int, pktid: int, packet: object) -> None:
+        ignores.append(pktid)
+        process_ignore(self, pkttype, pktid, packet)
+
+    monkeypatch.setitem(SSHConnection._packet_handlers, MSG_IGNORE, count)
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        _SourceServer, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None,
+        encryption_algs=[cipher],
+    )
+    port = server.sockets[0].getsockname()[1]
+    size = 2 * 1024 * 1024
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, agent_path=None, config=None, username="u",
+            encryption_algs=[cipher],
+        ) as conn:
+            assert conn.get_extra_info("send_cipher") == cipher
+            result = await conn.run(str(size), encoding=None, check=True)
+    finally:
+        server.close()
+    assert result.stdout == b"x" * size
+    # The client sends its own ignore packets: count only the server's (64 data packets or more).
+    if ignores_expected:
+        assert len(ignores) >= size // 32768
+    else:
+        assert len(ignores) < size // 32768 // 2
