@@ -391,6 +391,16 @@ class OutputPipe:
             self.chunks.popleft()
             self.offset = 0
             data = chunk[start:] if start else chunk
+            if self.chunks and len(data) + len(self.chunks[0]) <= size:
+                # Several small chunks waiting: one larger read costs one copy
+                # here but saves a relay round (and its packets) per chunk.
+                parts = [data]
+                total = len(data)
+                while self.chunks and total + len(self.chunks[0]) <= size:
+                    part = self.chunks.popleft()
+                    parts.append(part)
+                    total += len(part)
+                data = b"".join(parts)
         else:
             # Slice without copying the rest: big chunks are read in pieces.
             self.offset = start + size
