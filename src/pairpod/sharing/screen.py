@@ -568,11 +568,12 @@ class EscapeTracker:
         if not data:
             return
         self.at_line_start = data.endswith(b"\n")
-        if b"\x1b[?" in data:
+        # rfind of one byte is a memrchr: plain text (a log flood) costs next to nothing.
+        start = data.rfind(b"\x1b")
+        if start >= 0 and b"\x1b[?" in data:
             switches = self._ALT_SCREEN.findall(data)
             if switches:
                 self.in_alt = switches[-1] == b"h"
-        start = data.rfind(b"\x1b")
         truncated = False
         if start >= 0:
             tail = data[start:]
@@ -1087,6 +1088,8 @@ class ScreenModel:
         self._need_boundary = True
 
     def _apply_sticky(self, data: bytes) -> None:
+        if b"\x1b" not in data:  # a memchr, far quicker than the regular expression
+            return
         screen = self._screen
         for match in _STICKY.finditer(data):
             modes, action, top, bottom, reset = match.groups()

@@ -31,7 +31,10 @@ owner's channel is paused, ``run`` stops reading, exactly as an unshared
 session does (the owner never loses output). Viewers are served from a
 fan-out buffer: the first output after a quiet spell goes out in the same
 loop turn, then at most every 5 ms (or every 32 KiB) while output streams, so
-a fast producer costs each viewer one write per batch, not one per chunk. A
+a fast producer costs each viewer one write per batch, not one per chunk. The
+escape tracker and the screen model are fed from the same batches, so the
+owner's path costs one list append per chunk beyond an unshared session's
+(a PTY is read 4 KiB at a time: per-chunk work is what a flood pays for). A
 viewer's channel that pauses gets its output queued, up to ``viewer_backlog``
 bytes; past that the viewer is *behind*: its queue is dropped and nothing more
 is queued. When its channel resumes it gets a fresh
@@ -306,8 +309,9 @@ class Terminal:
                                  access=Access.READ_WRITE, cols=cols, rows=rows,
                                  owner=True, notices=True)
         self._viewers: dict[int, Participant] = {}
-        self._fanout: list[bytes] = []
-        self._fanout_bytes = 0
+        # Output published but not yet modelled (tracker, screen) nor sent to viewers.
+        self._batch: list[bytes] = []
+        self._batch_bytes = 0
         self._last_flush = float("-inf")
         self._flush_handle: asyncio.Handle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
@@ -359,28 +363,22 @@ class Terminal:
         """Deliver one chunk of the program's output (``run`` calls this)."""
         if self._ended.is_set() or not data:
             return
-        self._tracker.feed(data)
-        self._screen.feed(data)
         if not self.owner.left:
             self._deliver(self.owner, data)
-        if self._viewers:
-            self._fanout.append(data)
-            self._fanout_bytes += len(data)
-            if self._fanout_bytes >= _FLUSH_BYTES:
-                self.flush()
-            elif self._flush_handle is None:
-                # Right away after a quiet spell (a keystroke's echo), else at
-                # most every _FLUSH_INTERVAL: a flood then costs each viewer a
-                # write per interval, not one per chunk read.
-                loop = asyncio.get_running_loop()
-                delay = self._last_flush + _FLUSH_INTERVAL - loop.time()
-                self._flush_handle = (loop.call_later(delay, self.flush) if delay > 0
-                                      else loop.call_soon(self.flush))
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= _FLUSH_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            # Right away after a quiet spell (a keystroke's echo), else at
+            # most every _FLUSH_INTERVAL: a flood then costs each viewer (and
+            # the model) a write per interval, not one per chunk read.
+            loop = asyncio.get_running_loop()
+            delay = self._last_flush + _FLUSH_INTERVAL - loop.time()
+            self._flush_handle = (loop.call_later(delay, self.flush) if delay > 0
+                                  else loop.call_soon(self.flush))
         if self._notices_waiting:
             self._show_waiting_notices()
-        if self._screen.advance() and self._idle_handle is None:
-            self._idle_handle = asyncio.get_running_loop().call_later(
-                _IDLE_PARSE_DELAY, self._idle_parse)
 
     # --- joining, leaving, ending ---------------------------------------------------
 
@@ -474,7 +472,8 @@ class Terminal:
 
     @property
     def screen(self) -> ScreenModel:
-        """The screen model (for the control interface and tests)."""
+        """The screen model, fed all output so far (for the control interface and tests)."""
+        self.flush()
         return self._screen
 
     # --- participants' events -------------------------------------------------------
@@ -536,22 +535,32 @@ class Terminal:
     # --- output ---------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Deliver now what is batched for viewers (``publish`` batches briefly)."""
+        """Model and deliver to viewers now what ``publish`` batched.
+
+        Everything that reads the tracker or the screen model flushes first, so
+        they always reflect all output published so far.
+        """
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        if not self._fanout:
+        if not self._batch:
             return
         self._last_flush = asyncio.get_running_loop().time()
-        data = self._fanout[0] if len(self._fanout) == 1 else b"".join(self._fanout)
-        self._fanout.clear()
-        self._fanout_bytes = 0
+        data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
+        self._batch.clear()
+        self._batch_bytes = 0
+        self._tracker.feed(data)
+        self._screen.feed(data)
         for participant in list(self._viewers.values()):
             self._deliver(participant, data)
+        if self._screen.advance() and self._idle_handle is None:
+            self._idle_handle = asyncio.get_running_loop().call_later(
+                _IDLE_PARSE_DELAY, self._idle_parse)
 
     def _snapshot(self) -> bytes:
         # The screen as of everything published, plus the sequence the output
         # is in the middle of, so that the next chunk continues it.
+        self.flush()
         return self._screen.snapshot() + self._tracker.tail()
 
     def _deliver(self, participant: Participant, data: bytes) -> None:
@@ -665,6 +674,7 @@ class Terminal:
             wanted = (min(p.cols for p in writers), min(p.rows for p in writers))
             if wanted != self._size:
                 self._size = wanted
+                self.flush()  # the model resizes after the output before it
                 self._screen.resize(*wanted)
                 self._size_generation += 1
                 self._size_settled.clear()
@@ -718,9 +728,9 @@ class Terminal:
 
     def _show_waiting_notices(self) -> None:
         """Draw waiting notices and clear expired ones, if the stream is at a safe point."""
+        self.flush()
         if not self._tracker.at_ground:
             return  # mid-sequence: try again after the next chunk
-        self.flush()
         self._notices_waiting = False
         for participant in (self.owner, *self._viewers.values()):
             if participant.left or participant.behind:
@@ -770,6 +780,7 @@ class Terminal:
             participant.notice_timer = None
 
     def _release(self, participant: Participant, reason: str) -> None:
+        self.flush()
         self._forget(participant)
         # Straight to the sink, past any queue: the viewer is leaving and what
         # it has not received yet no longer matters.
