@@ -104,6 +104,11 @@ def _feed_in_slices(conn: asyncssh.SSHServerConnection) -> None:
     conn.data_received = data_received  # type: ignore[method-assign]
 
 
+# How much may wait in the socket transport before AsyncSSH pauses its channels
+# (asyncio's default is 64 KiB).
+_SEND_HIGH_WATER = 1 << 20
+_SEND_LOW_WATER = 1 << 18
+
 _EMPTY_STRING = b"\x00\x00\x00\x00"  # an SSH string of no bytes: the ignore packet's body
 
 
@@ -126,6 +131,7 @@ def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
     just-made connection (once)."""
     transport = conn._transport
     if transport is not None and not isinstance(transport, CoalescingTransport):
+        transport.set_write_buffer_limits(high=_SEND_HIGH_WATER, low=_SEND_LOW_WATER)
         conn._transport = CoalescingTransport(transport)
         _feed_in_slices(conn)
         _skip_ignore_packets_under_aead(conn)
