@@ -32,13 +32,11 @@ from typing import Any
 
 from pairpod.backends import common
 from pairpod.backends.base import (
-    SSH_SIGNALS,
     ExitStatus,
     Identity,
     Process,
     ProcessSpec,
     PtySpec,
-    Stream,
 )
 from pairpod.backends.common import (
     DEFAULT_IDLE_COMMAND,
@@ -50,8 +48,6 @@ from pairpod.backends.common import (
     LABEL_POOL,
     LABEL_USER,
     WRAPPER,
-    OutputPipe,
-    eof_character,
     exit_status,
     exportable,
     kill_tree_command,
@@ -65,9 +61,8 @@ from pairpod.backends.common import (
 )
 from pairpod.backends.container_backend import ContainerBackend
 from pairpod.backends.container_env import ContainerEnvironment
+from pairpod.backends.container_process import HELPER_TIMEOUT, OUTPUT_HIGH_WATER, ContainerProcess
 from pairpod.backends.docker_api import (
-    STREAM_HIGH_WATER,
-    STREAM_LOW_WATER,
     Engine,
     EngineError,
     HijackedStream,
@@ -77,7 +72,6 @@ from pairpod.backends.docker_stream import (
     STDOUT,
     SYSTEMERR,
     Demuxer,
-    Preamble,
     PreambleReader,
 )
 from pairpod.config import Config, DockerSettings
@@ -106,8 +100,6 @@ DETACH_KEYS = "ctrl-\\,ctrl-@,ctrl-^,ctrl-_,ctrl-\\,ctrl-@,ctrl-^,ctrl-_"
 _LOG_TAIL = 20
 # How long a container that failed an exec may take to show it has stopped.
 _SETTLE_TIMEOUT = 2.0
-# How long a helper exec (kill, signal) may take.
-_HELPER_TIMEOUT = 10.0
 # A handed-out pool container is replaced after the login's first process
 # starts, or after this long at the latest.
 _POOL_REFILL_DELAY = 2.0
@@ -782,7 +774,7 @@ class ConnectionEnvironment(DockerEnvironment):
     async def run_helper(self, argv: list[str]) -> int | None:
         """Run a short command in the container (no TTY, no input); its exit code."""
         engine = self.backend.engine
-        async with asyncio.timeout(_HELPER_TIMEOUT):
+        async with asyncio.timeout(HELPER_TIMEOUT):
             exec_id = await engine.create_exec(
                 self.container_id,
                 {
@@ -942,8 +934,10 @@ class ContainerTarget:
         await env.backend.remove(self.name, env.settings.timeouts.stop)
 
 
-class DockerProcess(Process):
+class DockerProcess(ContainerProcess):
     """A program in a container, reached through one hijacked Engine stream."""
+
+    log_prefix = "docker"
 
     def __init__(
         self,
@@ -952,24 +946,17 @@ class DockerProcess(Process):
         pty: PtySpec | None,
         on_done: Callable[[DockerProcess], None],
     ) -> None:
+        super().__init__(pty)
         self._target = target
         self._stream = stream
-        self._pty = pty
         self._on_done = on_done
         self._demuxer = None if pty is not None else Demuxer()
-        self._pipes = {STDOUT: OutputPipe(), STDERR: OutputPipe()}
         self._engine_errors = bytearray()
         self._preamble_reader = PreambleReader()
         self._preamble_stream = STDOUT if pty is not None else STDERR
-        loop = asyncio.get_running_loop()
-        self._preamble: asyncio.Future[Preamble] = loop.create_future()
         # Only spares say "ready" (before their instructions, then the preamble).
-        self._ready: asyncio.Future[bool] = loop.create_future()
-        self._status: asyncio.Future[ExitStatus] = loop.create_future()
+        self._ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._paused = False
-        self._killed = False
-        self._abandoned = False
-        self._eof_sent = False
         self._finisher: asyncio.Task[None] | None = None
         self._resizes_pending = 0
         self._resize_idle = asyncio.Event()
@@ -996,7 +983,7 @@ class DockerProcess(Process):
             if stream == self._preamble_stream:
                 payload = self._take_preamble(payload)
             self._pipes[stream].feed(payload)
-        if not self._paused and self._buffered() > STREAM_HIGH_WATER:
+        if not self._paused and self._buffered() > OUTPUT_HIGH_WATER:
             self._paused = True
             self._stream.pause_reading()
 
@@ -1011,9 +998,6 @@ class DockerProcess(Process):
                 continue
             self._preamble.set_result(preamble)
         return payload
-
-    def _buffered(self) -> int:
-        return self._pipes[STDOUT].size + self._pipes[STDERR].size
 
     def _on_eof(self, exc: BaseException | None) -> None:
         if not self._ready.done():
@@ -1055,10 +1039,6 @@ class DockerProcess(Process):
 
     # --- used by the environment ----------------------------------------------------
 
-    async def preamble(self) -> Preamble:
-        """The wrapper's first line (or what came instead of it)."""
-        return await asyncio.shield(self._preamble)
-
     def leftover_output(self) -> bytes:
         """Everything buffered, for error messages when the wrapper did not run."""
         return self._pipes[STDOUT].drain() + self._pipes[STDERR].drain() + bytes(self._engine_errors)
@@ -1096,15 +1076,10 @@ class DockerProcess(Process):
 
     # --- Process -------------------------------------------------------------------------
 
-    async def read(self, stream: Stream, size: int = 65536) -> bytes:
-        """Up to ``size`` bytes of output; ``b""`` at its end (at once for STDERR with a PTY)."""
-        if stream is Stream.STDERR and self._pty is not None:
-            return b""
-        data = await self._pipes[stream.value].read(size)
-        if self._paused and self._buffered() < STREAM_LOW_WATER:
+    def _resume_output(self) -> None:
+        if self._paused:
             self._paused = False
             self._stream.resume_reading()
-        return data
 
     async def write(self, data: bytes) -> None:
         """Send input; input to a program that has ended is dropped.
@@ -1120,19 +1095,8 @@ class DockerProcess(Process):
         with contextlib.suppress(ConnectionError):
             await self._stream.write(data)
 
-    async def write_eof(self) -> None:
-        """Close stdin; with a PTY, type the terminal's EOF character instead.
-
-        (Half-closing a TTY exec would make the Engine close its output too.)
-        """
-        if self._pty is not None:
-            eof = eof_character(self._pty.modes)
-            if eof:
-                await self.write(eof)
-            return
-        if not self._eof_sent:
-            self._eof_sent = True
-            self._stream.write_eof()
+    async def _close_stdin(self) -> None:
+        self._stream.write_eof()
 
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """Resize the TTY through the Engine (the program gets SIGWINCH)."""
@@ -1152,42 +1116,15 @@ class DockerProcess(Process):
             if not self._resizes_pending:
                 self._resize_idle.set()
 
-    async def signal(self, name: str) -> None:
-        """Deliver a signal to the program (a second exec runs ``kill``)."""
-        if name not in SSH_SIGNALS:
-            log.info("docker.signal_ignored", extra=fields(signal=name))
-            return
-        preamble = await self.preamble()
-        if preamble.pid is None or self._status.done() or self._finisher is not None:
-            return
-        try:
-            await self._target.signal(name, preamble.pid)
-        except (PairpodError, TimeoutError) as error:
-            if not self._status.done():
-                log.warning(
-                    "docker.signal_failed",
-                    extra=fields(signal=name, error=getattr(error, "operator_message", str(error))),
-                )
+    def _signallable(self) -> bool:
+        return self._finisher is None  # the stream has not ended
 
-    async def wait(self) -> ExitStatus:
-        """Wait for the program to end; how it ended."""
-        return await asyncio.shield(self._status)
+    async def _send_signal(self, name: str, pid: int) -> None:
+        await self._target.signal(name, pid)
 
-    async def kill(self) -> None:
-        """End the program and its descendants now. Idempotent."""
-        if self._status.done():
-            return
-        self._killed = True
-        preamble = self._preamble.result() if self._preamble.done() else None
+    async def _kill_tree(self, pid: int | None) -> None:
         if self._finisher is None:
-            try:
-                await self._target.kill(preamble.pid if preamble else None)
-            except (PairpodError, TimeoutError) as error:
-                log.warning(
-                    "docker.kill_failed",
-                    extra=fields(error=getattr(error, "operator_message", str(error))),
-                )
-        # Whatever still holds the output open, this process is over for us.
+            await self._target.kill(pid)
+
+    def _stop_stream(self) -> None:
         self._stream.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._status), _HELPER_TIMEOUT)

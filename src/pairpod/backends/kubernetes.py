@@ -71,13 +71,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pairpod.backends.base import (
-    SSH_SIGNALS,
     ExitStatus,
     Identity,
     Process,
     ProcessSpec,
     PtySpec,
-    Stream,
 )
 from pairpod.backends.common import (
     LABEL_CONNECTION,
@@ -86,8 +84,6 @@ from pairpod.backends.common import (
     LABEL_MODE,
     LABEL_POOL,
     LABEL_USER,
-    OutputPipe,
-    eof_character,
     exit_status,
     exportable,
     hostname_for,
@@ -98,7 +94,8 @@ from pairpod.backends.common import (
 )
 from pairpod.backends.container_backend import ContainerBackend
 from pairpod.backends.container_env import ContainerEnvironment
-from pairpod.backends.docker_stream import Preamble, PreambleReader
+from pairpod.backends.container_process import HELPER_TIMEOUT, OUTPUT_HIGH_WATER, ContainerProcess
+from pairpod.backends.docker_stream import PreambleReader
 from pairpod.backends.kube_api import KubeApi, KubeApiError, Obj, WatchExpired
 from pairpod.backends.kube_exec import (
     STDERR,
@@ -139,8 +136,6 @@ log = get_logger("backend.kubernetes")
 
 # --- constants --------------------------------------------------------------------------
 
-# How long a helper exec (kill, signal) may take.
-_HELPER_TIMEOUT = 10.0
 # A handed-out pool pod is replaced after the login's first process starts, or
 # after this long at the latest.
 _POOL_REFILL_DELAY = 2.0
@@ -148,9 +143,6 @@ _POOL_REFILL_DELAY = 2.0
 _FORCED_DELETE_WAIT = 10.0
 # Input is sent in frames of at most this size.
 _STDIN_FRAME = 64 * 1024
-# Output buffered per process before the WebSocket is no longer read.
-_HIGH_WATER = 1 << 20
-_LOW_WATER = 256 * 1024
 
 
 class _StartWatch:
@@ -473,7 +465,7 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
 
     async def run_helper(self, handle: PodHandle, argv: list[str]) -> int | None:
         """Run a short command in a pod (no TTY, no input); its exit code."""
-        async with asyncio.timeout(_HELPER_TIMEOUT):
+        async with asyncio.timeout(HELPER_TIMEOUT):
             stream = await self.api.exec(handle.namespace, handle.name, handle.container, argv,
                                          stdin=False, tty=False)
             try:
@@ -721,8 +713,10 @@ class SessionEnvironment(KubernetesEnvironment):
 # --- processes ---------------------------------------------------------------------------
 
 
-class KubeProcess(Process):
+class KubeProcess(ContainerProcess):
     """A program in a pod, reached through one exec WebSocket."""
+
+    log_prefix = "kubernetes"
 
     def __init__(
         self,
@@ -732,23 +726,16 @@ class KubeProcess(Process):
         pty: PtySpec | None,
         on_done: Callable[[KubeProcess], None],
     ) -> None:
+        super().__init__(pty)
         self._backend = backend
         self._handle = handle
         self._stream = stream
-        self._pty = pty
         self._on_done = on_done
-        self._pipes = {STDOUT: OutputPipe(), STDERR: OutputPipe()}
         self._preamble_reader = PreambleReader()
         self._preamble_channel = STDOUT if pty is not None else STDERR
-        loop = asyncio.get_running_loop()
-        self._preamble: asyncio.Future[Preamble] = loop.create_future()
-        self._status: asyncio.Future[ExitStatus] = loop.create_future()
         self._result: ExecResult | None = None
         self._reading = asyncio.Event()
         self._reading.set()
-        self._killed = False
-        self._abandoned = False
-        self._eof_sent = False
         self._pump = asyncio.ensure_future(self._run())
 
     # --- data from the API server ---------------------------------------------------
@@ -783,11 +770,8 @@ class KubeProcess(Process):
             if preamble is not None:
                 self._preamble.set_result(preamble)
         self._pipes[channel].feed(data)
-        if self._buffered() > _HIGH_WATER:
+        if self._buffered() > OUTPUT_HIGH_WATER:
             self._reading.clear()
-
-    def _buffered(self) -> int:
-        return self._pipes[STDOUT].size + self._pipes[STDERR].size
 
     def _conclude(self) -> None:
         """The stream is over: end the pipes and settle the exit status."""
@@ -814,10 +798,6 @@ class KubeProcess(Process):
 
     # --- used by the environment ----------------------------------------------------
 
-    async def preamble(self) -> Preamble:
-        """The wrapper's first line (or what came instead of it)."""
-        return await asyncio.shield(self._preamble)
-
     def leftover_output(self) -> bytes:
         """Everything buffered and the status message, for errors when the wrapper did not run."""
         text = self._pipes[STDOUT].drain() + self._pipes[STDERR].drain()
@@ -843,14 +823,8 @@ class KubeProcess(Process):
 
     # --- Process ---------------------------------------------------------------------
 
-    async def read(self, stream: Stream, size: int = 65536) -> bytes:
-        """Up to ``size`` bytes of output; ``b""`` at its end (at once for STDERR with a PTY)."""
-        if stream is Stream.STDERR and self._pty is not None:
-            return b""
-        data = await self._pipes[stream.value].read(size)
-        if not self._reading.is_set() and self._buffered() < _LOW_WATER:
-            self._reading.set()
-        return data
+    def _resume_output(self) -> None:
+        self._reading.set()
 
     async def write(self, data: bytes) -> None:
         """Send input; input to a program that has ended is dropped."""
@@ -862,20 +836,9 @@ class KubeProcess(Process):
             for start in range(0, len(view), _STDIN_FRAME):
                 await self._stream.send_stdin(bytes(view[start : start + _STDIN_FRAME]))
 
-    async def write_eof(self) -> None:
-        """Close stdin; with a PTY, type the terminal's EOF character instead.
-
-        On a v4 server stdin cannot be closed without a PTY: logged, and the
-        program keeps its stdin (ending the channel still ends it).
-        """
-        if self._pty is not None:
-            eof = eof_character(self._pty.modes)
-            if eof:
-                await self.write(eof)
-            return
-        if self._eof_sent or self._status.done():
-            return
-        self._eof_sent = True
+    async def _close_stdin(self) -> None:
+        # On a v4 server stdin cannot be closed: logged, and the program keeps
+        # its stdin (ending the channel still ends it).
         try:
             closed = await self._stream.close_stdin()
         except ConnectionError:
@@ -891,43 +854,18 @@ class KubeProcess(Process):
         with contextlib.suppress(ConnectionError):
             await self._stream.resize(cols, rows)
 
-    async def signal(self, name: str) -> None:
-        """Deliver a signal to the program (a second exec runs ``kill``)."""
-        if name not in SSH_SIGNALS:
-            log.info("kubernetes.signal_ignored", extra=fields(signal=name))
-            return
-        preamble = await self.preamble()
-        if preamble.pid is None or self._status.done():
-            return
-        try:
-            await self._backend.run_helper(self._handle, signal_command(name, preamble.pid))
-        except (PairpodError, TimeoutError) as error:
-            if not self._status.done():
-                log.warning("kubernetes.signal_failed",
-                            extra=fields(signal=name, pod=self._handle.key,
-                                         error=getattr(error, "operator_message", str(error))))
+    def _log_fields(self, **extra: Any) -> dict[str, Any]:
+        return fields(pod=self._handle.key, **extra)
 
-    async def wait(self) -> ExitStatus:
-        """Wait for the program to end; how it ended."""
-        return await asyncio.shield(self._status)
+    async def _send_signal(self, name: str, pid: int) -> None:
+        await self._backend.run_helper(self._handle, signal_command(name, pid))
 
-    async def kill(self) -> None:
-        """End the program and its descendants now. Idempotent."""
-        if self._status.done():
-            return
-        self._killed = True
-        preamble = self._preamble.result() if self._preamble.done() else None
-        if preamble is not None and preamble.pid is not None and not self._pump.done():
-            try:
-                await self._backend.run_helper(self._handle, kill_tree_command(preamble.pid))
-            except (PairpodError, TimeoutError) as error:
-                log.warning("kubernetes.kill_failed",
-                            extra=fields(pod=self._handle.key,
-                                         error=getattr(error, "operator_message", str(error))))
-        # Whatever still holds the stream open, this process is over for us.
+    async def _kill_tree(self, pid: int | None) -> None:
+        if pid is not None and not self._pump.done():
+            await self._backend.run_helper(self._handle, kill_tree_command(pid))
+
+    def _stop_stream(self) -> None:
         self._pump.cancel()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._status), _HELPER_TIMEOUT)
 
 
 __all__ = [

@@ -1,0 +1,146 @@
+"""The part of a Process the Docker and Kubernetes backends share.
+
+Both receive a program's output over one stream into two :class:`OutputPipe`
+buffers (reading the stream pauses while too much waits), learn the
+program's PID from the wrapper's preamble, and reach the program the same
+way: EOF on a terminal is its EOF character, signals and kills are a second
+exec (``kill``) aimed at that PID. How the stream is read, and how a helper
+exec is run, stays in each backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, PtySpec, Stream
+from pairpod.backends.common import OutputPipe, eof_character
+from pairpod.backends.docker_stream import STDERR, STDOUT, Preamble
+from pairpod.errors import PairpodError
+from pairpod.log import fields, get_logger
+
+# How long a helper exec (kill, signal) may take.
+HELPER_TIMEOUT = 10.0
+# Output buffered per process before its stream is no longer read, and the
+# level at which reading resumes.
+OUTPUT_HIGH_WATER = 1 << 20
+OUTPUT_LOW_WATER = 256 * 1024
+
+
+class ContainerProcess(Process):
+    """Base of the Docker and Kubernetes processes: output, preamble, status, signals."""
+
+    log_prefix: ClassVar[str]
+    """First part of this backend's log event names (``docker``, ``kubernetes``)."""
+
+    def __init__(self, pty: PtySpec | None) -> None:
+        self._pty = pty
+        self._pipes = {STDOUT: OutputPipe(), STDERR: OutputPipe()}
+        loop = asyncio.get_running_loop()
+        self._preamble: asyncio.Future[Preamble] = loop.create_future()
+        self._status: asyncio.Future[ExitStatus] = loop.create_future()
+        self._killed = False
+        self._abandoned = False
+        self._eof_sent = False
+
+    # --- what each backend does its own way -------------------------------------------
+
+    @abstractmethod
+    def _resume_output(self) -> None:
+        """Output fell below the low-water mark: read the stream again if paused."""
+
+    @abstractmethod
+    async def _close_stdin(self) -> None:
+        """Close the program's stdin (no PTY)."""
+
+    @abstractmethod
+    async def _send_signal(self, name: str, pid: int) -> None:
+        """Run the helper exec that signals ``pid``."""
+
+    @abstractmethod
+    async def _kill_tree(self, pid: int | None) -> None:
+        """End the program and its descendants (as far as this backend can still reach them)."""
+
+    @abstractmethod
+    def _stop_stream(self) -> None:
+        """Stop reading and close the stream: the process is over for us."""
+
+    def _signallable(self) -> bool:
+        """Whether a signal can still reach the program (beyond its status)."""
+        return True
+
+    def _log_fields(self, **extra: Any) -> dict[str, Any]:
+        return fields(**extra)
+
+    @property
+    def _log(self) -> logging.Logger:
+        return get_logger(f"backend.{self.log_prefix}")
+
+    # --- shared ---------------------------------------------------------------------------
+
+    def _buffered(self) -> int:
+        return self._pipes[STDOUT].size + self._pipes[STDERR].size
+
+    async def preamble(self) -> Preamble:
+        """The wrapper's first line (or what came instead of it)."""
+        return await asyncio.shield(self._preamble)
+
+    async def read(self, stream: Stream, size: int = 65536) -> bytes:
+        """Up to ``size`` bytes of output; ``b""`` at its end (at once for STDERR with a PTY)."""
+        if stream is Stream.STDERR and self._pty is not None:
+            return b""
+        data = await self._pipes[stream.value].read(size)
+        if self._buffered() < OUTPUT_LOW_WATER:
+            self._resume_output()
+        return data
+
+    async def write_eof(self) -> None:
+        """Close stdin; with a PTY, type the terminal's EOF character instead
+        (closing a terminal's input would end its output too)."""
+        if self._pty is not None:
+            eof = eof_character(self._pty.modes)
+            if eof:
+                await self.write(eof)
+            return
+        if self._eof_sent or self._status.done():
+            return
+        self._eof_sent = True
+        await self._close_stdin()
+
+    async def signal(self, name: str) -> None:
+        """Deliver a signal to the program (a second exec runs ``kill``)."""
+        if name not in SSH_SIGNALS:
+            self._log.info(f"{self.log_prefix}.signal_ignored", extra=self._log_fields(signal=name))
+            return
+        preamble = await self.preamble()
+        if preamble.pid is None or self._status.done() or not self._signallable():
+            return
+        try:
+            await self._send_signal(name, preamble.pid)
+        except (PairpodError, TimeoutError) as error:
+            if not self._status.done():
+                self._log.warning(f"{self.log_prefix}.signal_failed", extra=self._log_fields(
+                    signal=name, error=getattr(error, "operator_message", str(error))))
+
+    async def wait(self) -> ExitStatus:
+        """Wait for the program to end; how it ended."""
+        return await asyncio.shield(self._status)
+
+    async def kill(self) -> None:
+        """End the program and its descendants now. Idempotent."""
+        if self._status.done():
+            return
+        self._killed = True
+        preamble = self._preamble.result() if self._preamble.done() else None
+        try:
+            await self._kill_tree(preamble.pid if preamble is not None else None)
+        except (PairpodError, TimeoutError) as error:
+            self._log.warning(f"{self.log_prefix}.kill_failed", extra=self._log_fields(
+                error=getattr(error, "operator_message", str(error))))
+        # Whatever still holds the output open, this process is over for us.
+        self._stop_stream()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._status), HELPER_TIMEOUT)
