@@ -262,12 +262,14 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         if data is None or self._input.empty():
             return data
         parts = [data]
-        while not self._input.empty() and sum(map(len, parts)) < _CHUNK:
+        size = len(data)
+        while not self._input.empty() and size < _CHUNK:
             more = self._input.get_nowait()
             if more is None:
                 self._input.put_nowait(None)  # keep EOF for the next round, in order
                 break
             parts.append(more)
+            size += len(more)
         return b"".join(parts)
 
     async def _pump_input(self, process: Process) -> None:
