@@ -24,6 +24,9 @@ nothing, and on bulk transfers it costs a packet's worth of work (framing,
 encryption, a random padding read) per 32 KiB of data. pairpod leaves it out
 while an AEAD cipher is in use; with any other cipher AsyncSSH's behaviour stands.
 
+**Keepalive.** AsyncSSH re-arms its keepalive timer at every read; pairpod
+re-arms it only when it fires before the interval of silence is over.
+
 This is the only place pairpod touches AsyncSSH's private attributes.
 """
 
@@ -126,6 +129,39 @@ def _skip_ignore_packets_under_aead(conn: asyncssh.SSHServerConnection) -> None:
     conn.send_packet = send_packet  # type: ignore[method-assign]
 
 
+def _lazy_keepalive(conn: asyncssh.SSHServerConnection) -> None:
+    """Re-arm the keepalive timer when it fires early, not at every read.
+
+    AsyncSSH cancels its keepalive timer and makes a new one each time data
+    arrives: on a bulk upload that is a timer (and a heap entry left behind)
+    per slice read. Here a read only notes the time; when the timer fires
+    before ``keepalive_interval`` of silence has passed, it is set again for
+    the rest. A silent client is detected exactly as before.
+    """
+    loop = asyncio.get_running_loop()
+    last_read = loop.time()
+    fire = conn._keepalive_timer_callback
+
+    def reset() -> None:
+        nonlocal last_read
+        if conn._auth_complete:
+            last_read = loop.time()
+            if conn._keepalive_timer is None:
+                conn._set_keepalive_timer()
+
+    def callback() -> None:
+        interval = conn._keepalive_interval
+        silent = loop.time() - last_read
+        if interval and silent < interval:
+            conn._keepalive_timer = loop.call_later(interval - silent, callback)
+            return
+        fire()
+
+    # AsyncSSH calls and schedules these through self: the instance attributes win.
+    conn._reset_keepalive_timer = reset  # type: ignore[method-assign]
+    conn._keepalive_timer_callback = callback  # type: ignore[method-assign]
+
+
 def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
     """Install write coalescing, sliced reads and AEAD-aware ignore packets on a
     just-made connection (once)."""
@@ -135,4 +171,5 @@ def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
         conn._transport = CoalescingTransport(transport)
         _feed_in_slices(conn)
         _skip_ignore_packets_under_aead(conn)
+        _lazy_keepalive(conn)
 
