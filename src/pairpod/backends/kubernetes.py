@@ -187,7 +187,7 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
             await self.api.close()
             raise
         except PairpodError:
-            pass  # unreachable: the first reap says so
+            pass  # the API server did not answer: the reap below logs that once
         await self._start_housekeeping()
 
     @property
