@@ -17,7 +17,8 @@ arrives. The figures:
   with viewers (Terminal.run); the ratio of the two.
 
 Medians of several rounds, printed beside the goals. This measures the
-sharing layer without SSH: encryption per viewer is not included yet.
+sharing layer without SSH; bench/sharing_ssh.py measures the owner's throughput
+through the real gateway with ssh viewers.
 
     python bench/fanout.py [--rounds 5] [--viewers 100] [--megabytes 64]
 """
