@@ -163,6 +163,13 @@ def start_sshd(work: Workdir) -> Peer:
     return Peer([sshd, "-D", "-e", "-f", str(config)], port, work.path / "sshd.log")
 
 
+def write_log_payload(path: Path, megabytes: int) -> None:
+    """A file of log lines (plain text, as a busy program prints) of about ``megabytes`` MB."""
+    line = b"2026-01-01T00:00:00Z info request handled path=/api/v1/items status=200\n"
+    with path.open("wb") as handle:
+        handle.write(line * (megabytes * 1_000_000 // len(line)))
+
+
 def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None) -> Peer:
     """``pairpod serve`` with the benchmark's key, on a free port."""
     authorized = work.path / "pairpod_authorized_keys"

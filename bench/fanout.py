@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine
+from common import machine, write_log_payload
 from pairpod.backends.base import Identity, Process, ProcessSpec, PtySpec, Stream
 from pairpod.backends.local import LocalBackend
 from pairpod.config import Config, SharingSettings
@@ -343,10 +343,7 @@ async def run(args: argparse.Namespace) -> None:
         script = Path(directory) / "writer.py"
         script.write_text(WRITER)
         payload = Path(directory) / "payload.txt"
-        line = b"2026-01-01T00:00:00Z info request handled path=/api/v1/items status=200\n"
-        with payload.open("wb") as handle:
-            for _ in range(args.megabytes * 1_000_000 // len(line)):
-                handle.write(line)
+        write_log_payload(payload, args.megabytes)
 
         p50s, p99s, maxes, firsts, sizes, cpu = [], [], [], [], [], []
         unshared, shared = [], []

@@ -18,17 +18,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Workdir, machine, ssh_argv, start_pairpod
+from common import Workdir, machine, ssh_argv, start_pairpod, write_log_payload
 
 _LINK = re.compile(rb"ssh -p \d+ (ro-[A-Za-z0-9]+)@")
 _WAIT = 30.0
 
 
-def wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
     """Poll an observable condition (files other processes write) until it holds."""
     deadline = time.monotonic() + _WAIT
     while not predicate():
@@ -88,10 +89,7 @@ def main() -> None:
     gateway = start_pairpod(work, {"sharing": {"open": True}})
     try:
         payload = work.path / "payload.txt"
-        line = b"2026-01-01T00:00:00Z info request handled path=/api/v1/items status=200\n"
-        with payload.open("wb") as handle:
-            for _ in range(args.megabytes * 1_000_000 // len(line)):
-                handle.write(line)
+        write_log_payload(payload, args.megabytes)
         alone: list[float] = []
         shared: list[float] = []
         seen: list[float] = []

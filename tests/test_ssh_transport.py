@@ -44,12 +44,12 @@ class _Source(_Sink):
     """Answers an exec of N with N bytes of output."""
 
     def exec_requested(self, command: str) -> bool:
-        self._size = int(command)
+        self._answer_size = int(command)
         return True
 
     def session_started(self) -> None:
         assert self._chan is not None
-        self._chan.write(b"x" * self._size)
+        self._chan.write(b"x" * self._answer_size)
         self._chan.exit(0)
 
 

@@ -163,8 +163,8 @@ def _lazy_keepalive(conn: asyncssh.SSHServerConnection) -> None:
 
 
 def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
-    """Install write coalescing, sliced reads and AEAD-aware ignore packets on a
-    just-made connection (once)."""
+    """Tune a just-made connection (once): a deeper send buffer, write
+    coalescing, sliced reads, no ignore packets under AEAD, lazy keepalive."""
     transport = conn._transport
     if transport is not None and not isinstance(transport, CoalescingTransport):
         transport.set_write_buffer_limits(high=_SEND_HIGH_WATER, low=_SEND_LOW_WATER)

@@ -45,12 +45,17 @@ class ContainerProcess(Process):
         self._killed = False
         self._abandoned = False
         self._eof_sent = False
+        self._output_paused = False
 
     # --- what each backend does its own way -------------------------------------------
 
     @abstractmethod
+    def _pause_output(self) -> None:
+        """Stop reading the stream (too much output waits for the reader)."""
+
+    @abstractmethod
     def _resume_output(self) -> None:
-        """Output fell below the low-water mark: read the stream again if paused."""
+        """Read the stream again."""
 
     @abstractmethod
     async def _close_stdin(self) -> None:
@@ -84,6 +89,12 @@ class ContainerProcess(Process):
     def _buffered(self) -> int:
         return self._pipes[STDOUT].size + self._pipes[STDERR].size
 
+    def _hold_back_if_full(self) -> None:
+        """Call after feeding output: past the high-water mark, stop reading the stream."""
+        if not self._output_paused and self._buffered() > OUTPUT_HIGH_WATER:
+            self._output_paused = True
+            self._pause_output()
+
     async def preamble(self) -> Preamble:
         """The wrapper's first line (or what came instead of it)."""
         return await asyncio.shield(self._preamble)
@@ -93,7 +104,8 @@ class ContainerProcess(Process):
         if stream is Stream.STDERR and self._pty is not None:
             return b""
         data = await self._pipes[stream.value].read(size)
-        if self._buffered() < OUTPUT_LOW_WATER:
+        if self._output_paused and self._buffered() < OUTPUT_LOW_WATER:
+            self._output_paused = False
             self._resume_output()
         return data
 

@@ -61,7 +61,7 @@ from pairpod.backends.common import (
 )
 from pairpod.backends.container_backend import ContainerBackend
 from pairpod.backends.container_env import ContainerEnvironment
-from pairpod.backends.container_process import HELPER_TIMEOUT, OUTPUT_HIGH_WATER, ContainerProcess
+from pairpod.backends.container_process import HELPER_TIMEOUT, ContainerProcess
 from pairpod.backends.docker_api import (
     Engine,
     EngineError,
@@ -956,7 +956,6 @@ class DockerProcess(ContainerProcess):
         self._preamble_stream = STDOUT if pty is not None else STDERR
         # Only spares say "ready" (before their instructions, then the preamble).
         self._ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._paused = False
         self._finisher: asyncio.Task[None] | None = None
         self._resizes_pending = 0
         self._resize_idle = asyncio.Event()
@@ -983,9 +982,7 @@ class DockerProcess(ContainerProcess):
             if stream == self._preamble_stream:
                 payload = self._take_preamble(payload)
             self._pipes[stream].feed(payload)
-        if not self._paused and self._buffered() > OUTPUT_HIGH_WATER:
-            self._paused = True
-            self._stream.pause_reading()
+        self._hold_back_if_full()
 
     def _take_preamble(self, payload: bytes) -> bytes:
         while payload and not self._preamble_reader.done:
@@ -1076,10 +1073,11 @@ class DockerProcess(ContainerProcess):
 
     # --- Process -------------------------------------------------------------------------
 
+    def _pause_output(self) -> None:
+        self._stream.pause_reading()
+
     def _resume_output(self) -> None:
-        if self._paused:
-            self._paused = False
-            self._stream.resume_reading()
+        self._stream.resume_reading()
 
     async def write(self, data: bytes) -> None:
         """Send input; input to a program that has ended is dropped.

@@ -94,7 +94,7 @@ from pairpod.backends.common import (
 )
 from pairpod.backends.container_backend import ContainerBackend
 from pairpod.backends.container_env import ContainerEnvironment
-from pairpod.backends.container_process import HELPER_TIMEOUT, OUTPUT_HIGH_WATER, ContainerProcess
+from pairpod.backends.container_process import HELPER_TIMEOUT, ContainerProcess
 from pairpod.backends.docker_stream import PreambleReader
 from pairpod.backends.kube_api import KubeApi, KubeApiError, Obj, WatchExpired
 from pairpod.backends.kube_exec import (
@@ -770,8 +770,7 @@ class KubeProcess(ContainerProcess):
             if preamble is not None:
                 self._preamble.set_result(preamble)
         self._pipes[channel].feed(data)
-        if self._buffered() > OUTPUT_HIGH_WATER:
-            self._reading.clear()
+        self._hold_back_if_full()
 
     def _conclude(self) -> None:
         """The stream is over: end the pipes and settle the exit status."""
@@ -822,6 +821,9 @@ class KubeProcess(ContainerProcess):
         self._pump.cancel()
 
     # --- Process ---------------------------------------------------------------------
+
+    def _pause_output(self) -> None:
+        self._reading.clear()
 
     def _resume_output(self) -> None:
         self._reading.set()
