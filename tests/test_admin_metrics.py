@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import validate_config
-from pairpod.errors import ConfigError
+from pairpod.errors import BackendUnavailable, ConfigError
 from tests.conftest import MakeGateway
+from tests.kube_apiserver.fixture import KubeApiServerThread
 from tests.support.client import connect
 from tests.support.gateway import ClientKey, GatewayThread, wait_until
 
@@ -269,3 +271,27 @@ def test_readyz_goes_503_while_the_docker_engine_is_unreachable(
         assert http_get(admin_url(gw, "/readyz")) == (200, "ready\n")
     finally:
         proxy.close()
+
+
+# --- /readyz asks the Kubernetes API -----------------------------------------------------
+
+
+async def test_kubernetes_readiness_follows_the_api_server(tmp_path: Path) -> None:
+    # A server of this test's own: it is stopped halfway, which the shared one must not be.
+    server = KubeApiServerThread(tmp_path).start()
+    stopped = False
+    config = validate_config(
+        {"backend": "kubernetes", "kubernetes": {"kubeconfig": str(server.kubeconfig)}}, "test config"
+    )
+    backend = KubernetesBackend(config, "readiness-test")
+    try:
+        await backend.api.connect()
+        await backend.check()  # answers: ready
+        await asyncio.to_thread(server.stop)
+        stopped = True
+        with pytest.raises(BackendUnavailable, match="kubernetes API"):
+            await backend.check()
+    finally:
+        await backend.api.close()
+        if not stopped:
+            server.stop()
