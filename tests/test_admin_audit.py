@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import stat
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from pairpod.auth import hash_password
 from tests.conftest import MakeGateway
+from tests.support.client import connect
 from tests.support.gateway import wait_until
 
 
@@ -96,3 +98,37 @@ def test_a_failing_disk_is_logged_once_and_logins_go_on(
     )
     assert gw.ssh("echo still").stdout == b"still\n"
     assert [r.message for r in caplog.records].count("audit.write_failed") == 1
+
+
+async def test_joining_kicking_and_leaving_a_shared_session_are_audited(
+    make_gateway: MakeGateway, tmp_path: Path
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    gw = make_gateway({"audit": {"file": str(audit)}})
+    async with await connect(gw) as owner:
+        shell = await owner.create_process(term_type="xterm", term_size=(80, 24), env={"PAIRPOD_SHARE": "1"})
+        banner = await asyncio.wait_for(shell.stdout.readuntil("read-write:"), 20)
+        match = re.search(r"(ro-\S+)@", banner)
+        assert match is not None
+        token = match.group(1)
+        async with await connect(gw, user=token) as joiner:
+            view = await joiner.create_process(term_type="xterm", term_size=(80, 24))
+            async with await connect(gw, user="alice+ctl") as control:
+                kicked = await control.run("kick 1")
+                assert kicked.exit_status == 0, kicked.stderr
+            await asyncio.wait_for(view.wait_closed(), 20)
+        shell.stdin.write("exit\n")
+        await shell.wait_closed()
+
+    def share_events() -> list[dict[str, Any]]:
+        found = [e for e in audit_lines(audit) if e["event"].startswith("share.")]
+        return found if len(found) == 3 else []
+
+    events = await asyncio.to_thread(wait_until, share_events)
+    assert [e["event"] for e in events] == ["share.join", "share.kick", "share.leave"]
+    join, kick, leave = events
+    assert join["access"] == "ro" and join["name"] == "user:alice"
+    assert kick["user"] == "alice+ctl" and kick["args"] == "1"
+    assert leave["conn"] == join["conn"] != kick["conn"]
+    # The join token (a credential) is in no audit line.
+    assert token not in audit.read_text()
