@@ -24,6 +24,7 @@ from pairpod.errors import BackendUnavailable, ConfigError
 from tests.conftest import MakeGateway
 from tests.kube_apiserver.fixture import KubeApiServerThread
 from tests.support.client import connect
+from tests.support.docker_env import docker_overrides
 from tests.support.gateway import ClientKey, GatewayThread, wait_until
 
 ADMIN = {"admin": {"listen": "127.0.0.1:0"}}
@@ -295,3 +296,12 @@ async def test_kubernetes_readiness_follows_the_api_server(tmp_path: Path) -> No
         await backend.api.close()
         if not stopped:
             server.stop()
+
+
+def test_environment_start_times_tell_warm_from_cold_docker_starts(make_gateway: MakeGateway) -> None:
+    gw = make_gateway({**ADMIN, **docker_overrides(image="busybox", warm_pool=1)})
+    wait_until(lambda: gw.gateway.backend.pool_size() == 1, message="the warm pool")  # type: ignore[attr-defined]
+    assert gw.ssh("true").returncode == 0  # takes the pooled container
+    found = samples(gw)
+    assert value(found, "pairpod_environment_start_seconds_count", backend="docker", start="warm") == 1
+    assert value(found, "pairpod_environment_start_seconds_count", backend="docker", start="cold") == 0
