@@ -8,6 +8,8 @@ operator's endpoints. Everything is off unless configured: with neither
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,9 @@ log = get_logger("admin")
 
 #: What a user whose connection an administrator ends is told (after ``pairpod: ``).
 ENDED_BY_ADMIN = "ended by an administrator"
+# After its sessions are ended, how long a client gets to leave by itself (and
+# show the user why) before the gateway disconnects it.
+END_GRACE = 5.0
 
 
 class Operations:
@@ -39,6 +44,8 @@ class Operations:
         config = gateway.config
         # What closed connections moved (live ones are summed at each scrape).
         self._closed = Traffic()
+        # Connections an administrator is ending, set when they are gone.
+        self._ending: dict[str, asyncio.Event] = {}
         self.metrics = Metrics(self._state) if config.admin.listen is not None else None
         self.audit = AuditLog(config.audit.file) if config.audit.file is not None else None
         self.http = (
@@ -83,6 +90,8 @@ class Operations:
 
     def connection_closed(self, connection: Connection, reason: str) -> None:
         """A client went away (or was sent away)."""
+        if (gone := self._ending.get(connection.conn_id)) is not None:
+            gone.set()
         traffic = connection.traffic
         self._closed.received += traffic.received
         self._closed.sent += traffic.sent
@@ -193,9 +202,27 @@ class Operations:
             found = [c for c in self._gateway.connections if c.conn_id == wanted]
             if not found:
                 return {"error": f"no connection {wanted!r}"}
-            connection = found[0]
-            log.info("admin.end", extra=connection.log_fields())
-            self._audit("admin.end", connection.conn_id, user=connection.display_user)
-            await connection.shutdown(ENDED_BY_ADMIN)
-            return {"ended": connection.conn_id}
+            await self._end(found[0])
+            return {"ended": found[0].conn_id}
         return {"error": f"unknown command {command!r}"}
+
+    async def _end(self, connection: Connection) -> None:
+        """End a connection: its sessions first, so the client closes by itself.
+
+        A client disconnected at once may exit before it has shown the
+        sessions' last words; one whose sessions closed normally shows them.
+        """
+        log.info("admin.end", extra=connection.log_fields())
+        self._audit("admin.end", connection.conn_id, user=connection.display_user)
+        gone = self._ending.setdefault(connection.conn_id, asyncio.Event())
+        try:
+            await asyncio.gather(
+                *(channel.terminate(ENDED_BY_ADMIN) for channel in connection.open_channels()),
+                return_exceptions=True,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), END_GRACE)
+            # Whatever is left (a multiplexing client, a joiner), then the environment.
+            await connection.shutdown(ENDED_BY_ADMIN)
+        finally:
+            self._ending.pop(connection.conn_id, None)
