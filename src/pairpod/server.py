@@ -402,14 +402,14 @@ class Gateway:
             await self.backend.stop()
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
-        log.info("gateway.listening", extra=fields(
-            address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id))
         try:
             await self.ops.start()
         except BaseException:
             self._server.close()
             await self.backend.stop()
             raise
+        log.info("gateway.listening", extra=fields(
+            address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id))
 
     async def open_environment(self, identity: Identity, *,
                                status: StatusCallback | None = None) -> Environment:
