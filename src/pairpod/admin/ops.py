@@ -216,12 +216,13 @@ class Operations:
         self._audit("admin.end", connection.conn_id, user=connection.display_user)
         gone = self._ending.setdefault(connection.conn_id, asyncio.Event())
         try:
+            channels = connection.open_channels()
             await asyncio.gather(
-                *(channel.terminate(ENDED_BY_ADMIN) for channel in connection.open_channels()),
-                return_exceptions=True,
+                *(channel.terminate(ENDED_BY_ADMIN) for channel in channels), return_exceptions=True
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone.wait(), END_GRACE)
+            if channels:  # a client with no session has nothing to show: no wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(gone.wait(), END_GRACE)
             # Whatever is left (a multiplexing client, a joiner), then the environment.
             await connection.shutdown(ENDED_BY_ADMIN)
         finally:
