@@ -170,8 +170,9 @@ def write_log_payload(path: Path, megabytes: int) -> None:
         handle.write(line * (megabytes * 1_000_000 // len(line)))
 
 
-def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None) -> Peer:
-    """``pairpod serve`` with the benchmark's key, on a free port."""
+def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None,
+                  name: str = "pairpod") -> Peer:
+    """``pairpod serve`` with the benchmark's key, on a free port (``name``: its files)."""
     authorized = work.path / "pairpod_authorized_keys"
     authorized.write_text(work.public_key)
     port = free_port()
@@ -182,7 +183,7 @@ def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None) -> 
         "log": {"level": "warning"},
     }
     config.update(overrides or {})
-    path = work.path / "pairpod.yaml"
+    path = work.path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return Peer([sys.executable, "-m", "pairpod.cli", "serve", "--config", str(path)], port,
-                work.path / "pairpod.log")
+                work.path / f"{name}.log")

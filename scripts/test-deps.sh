@@ -20,6 +20,7 @@ have rsync || need_apt+=(rsync)
 have dockerd || need_apt+=(docker.io)
 have debootstrap || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+have prometheus || need_apt+=(prometheus)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from pairpod.config import validate_config
+from pairpod.config import parse_listen, validate_config
 from tests.kube.kubetools import KUBECTL
 from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.docker_backend import eventually, run
@@ -92,7 +92,14 @@ def test_the_pieces_fit_together() -> None:
     assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
     # The port: config, container, Service.
     assert config.listen_address == ("0.0.0.0", 2222)  # noqa: S104 - in its own pod
-    assert gateway["ports"] == [{"name": "ssh", "containerPort": 2222, "protocol": "TCP"}]
+    assert gateway["ports"] == [{"name": "ssh", "containerPort": 2222, "protocol": "TCP"},
+                                {"name": "admin", "containerPort": 9090, "protocol": "TCP"}]
+    # The probes ask the admin listener, which the config opens on that port (never the SSH one).
+    assert config.admin.listen is not None and parse_listen(config.admin.listen)[1] == 9090
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    # pairpod admin (through kubectl exec) finds the socket in a writable place.
+    assert config.admin.socket is not None and config.admin.socket.parent == Path(mounts["tmp"])
     service = objects["Service/pairpod"]["spec"]
     assert service["ports"][0]["port"] == 2222 and service["ports"][0]["targetPort"] == "ssh"
     assert service["selector"] == pod["metadata"]["labels"] == deployment["spec"]["selector"]["matchLabels"]

@@ -66,6 +66,10 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         self._terminal: Terminal | None = None
         self._closed = False
+        # What the admin view shows once the program runs.
+        self.kind: str | None = None
+        self.spec: ProcessSpec | None = None
+        self.shared: SharedSession[Terminal] | None = None
 
     # --- requests before the session starts -------------------------------------------
 
@@ -176,10 +180,13 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._finish_with_error("internal error", 1)
             return
         await self._catch_up_resize(self._process, spec.pty)
+        self.spec, self.kind = spec, "subsystem" if spec.subsystem else "exec" if spec.command else "shell"
         log.info("channel.started", extra=self._connection.log_fields(
-            kind="subsystem" if spec.subsystem else "exec" if spec.command else "shell",
-            command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
+            kind=self.kind, command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
+        self._connection.gateway.ops.channel_started(self._connection, self.kind,
+                                                     spec.command or spec.subsystem, spec.pty is not None)
         shared = self._share(self._process) if spec.pty and not spec.subsystem else None
+        self.shared = shared
         try:
             status = await self._relay(self._process)
         finally:
@@ -215,7 +222,8 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             return None
         if request is None:
             return None
-        terminal = Terminal(process, ChannelSink(self._chan), owner_name=f"user:{username}",
+        terminal = Terminal(process, ChannelSink(self._chan, self._connection.traffic),
+                            owner_name=f"user:{username}",
                             cols=self._pty.cols, rows=self._pty.rows,
                             viewer_backlog=self._connection.config.sharing.viewer_backlog)
         session, banner = service.open_session(self._connection.config, username, terminal,
@@ -251,7 +259,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     async def _pump_output(self, process: Process, stream: Stream,
                            send: Callable[[bytes], None]) -> None:
+        traffic = self._connection.traffic
         while data := await process.read(stream, _CHUNK):
+            traffic.sent += len(data)
             send(data)
             if not self._can_write.is_set():
                 await self._can_write.wait()
@@ -273,7 +283,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         return b"".join(parts)
 
     async def _pump_input(self, process: Process) -> None:
+        traffic = self._connection.traffic
         while (data := await self._next_input()) is not None:
+            traffic.received += len(data)
             if self._terminal is not None:
                 await self._terminal.owner.send_input(data)
             else:
@@ -298,6 +310,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._connection.channel_closed(self)
         log.info("channel.exit", extra=self._connection.log_fields(
             exit_code=status.code, exit_signal=status.signal))
+        self._connection.gateway.ops.channel_exited(self._connection, status)
         with contextlib.suppress(OSError, asyncssh.Error):
             if status.signal is not None:
                 chan.exit_with_signal(status.signal, status.core_dumped,

@@ -1,8 +1,9 @@
-"""The command line: ``pairpod serve | check-config | hash-password | demo-setup``."""
+"""The command line: ``pairpod serve | admin | check-config | hash-password | demo-setup``."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 from pathlib import Path
@@ -77,6 +78,60 @@ async def _serve(config: Config) -> None:
     await stop.wait()
     log.info("gateway.signal", extra=fields(action="shutdown"))
     await gateway.stop()
+
+
+@main.group()
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              help="The gateway's config file: its admin.socket is where to ask.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path),
+              help="The gateway's admin socket (instead of reading it from --config).")
+@click.pass_context
+def admin(ctx: click.Context, config_path: Path | None, socket_path: Path | None) -> None:
+    """Look at and end the connections of a gateway running on this machine."""
+    if socket_path is None:
+        try:
+            socket_path = load_config(config_path).admin.socket
+        except ConfigError as error:
+            _fail(str(error))
+        if socket_path is None:
+            _fail(f"admin.socket is not set in {config_path or 'the default config'}: "
+                  "set it (and restart the gateway) to use pairpod admin")
+    ctx.obj = socket_path
+
+
+def _ask(socket_path: Path, request: dict[str, Any]) -> dict[str, Any]:
+    from pairpod.admin.control import ask
+
+    try:
+        answer = ask(socket_path, request)
+    except (OSError, ValueError) as error:
+        _fail(f"no gateway answers at {socket_path}: {error}", 1)
+    if "error" in answer:
+        _fail(str(answer["error"]), 1)
+    return answer
+
+
+@admin.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the gateway's JSON answer.")
+@click.pass_obj
+def admin_list(socket_path: Path, as_json: bool) -> None:
+    """Connections: user, address, environment, channels, shared sessions, bytes."""
+    from pairpod.admin.view import format_connections
+
+    answer = _ask(socket_path, {"command": "list"})
+    if as_json:
+        click.echo(json.dumps(answer["connections"], indent=2))
+    else:
+        click.echo(format_connections(answer["connections"]), nl=False)
+
+
+@admin.command("end")
+@click.argument("connection")
+@click.pass_obj
+def admin_end(socket_path: Path, connection: str) -> None:
+    """End CONNECTION: its user is told why, its environment is removed."""
+    answer = _ask(socket_path, {"command": "end", "connection": connection})
+    click.echo(f"connection {answer['ended']} ended")
 
 
 @main.command("check-config")

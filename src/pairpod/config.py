@@ -22,7 +22,9 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pairpod.errors import ConfigError
 
@@ -70,6 +72,15 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"port {port} is out of range 0-65535")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
     return host, port
+
+
+def same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses would collide (same port on the same or a wildcard host)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    if port_a != port_b or port_a == 0:
+        return False
+    wildcard = {"0.0.0.0", "::", ""}  # noqa: S104 - comparing, not binding
+    return host_a == host_b or host_a in wildcard or host_b in wildcard
 
 
 class Section(BaseModel):
@@ -321,6 +332,26 @@ class LogSettings(Section):
     format: Literal["text", "json"] = "text"
 
 
+class AdminSettings(Section):
+    """The operator's side: the HTTP listener (metrics, probes) and the local admin socket."""
+
+    listen: str | None = Field(None, description="HOST:PORT of /metrics, /healthz, /readyz")
+    socket: Path | None = Field(None, description="Unix socket of `pairpod admin` (mode 0600)")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
+class AuditSettings(Section):
+    """The audit log: one JSON object per line for each thing that happened."""
+
+    file: Path | None = None
+
+
 _INSTANCE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
 
@@ -351,6 +382,19 @@ class Config(Section):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     sharing: SharingSettings = Field(default_factory=SharingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @model_validator(mode="after")
+    def _admin_not_public(self) -> Config:
+        # The admin listener must never be the port users reach.
+        if self.admin.listen is not None and same_address(parse_listen(self.admin.listen),
+                                                          self.listen_address):
+            raise ValidationError.from_exception_data("Config", [{
+                "type": PydanticCustomError("same_address", "must not be the SSH address ({listen})",
+                                            {"listen": self.listen}),
+                "loc": ("admin", "listen"), "input": self.admin.listen}])
+        return self
 
     @field_validator("listen")
     @classmethod

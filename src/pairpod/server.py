@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Awaitable, Coroutine, Sequence
 from typing import Any
 
 import asyncssh
 
 from pairpod import __version__
+from pairpod.admin import Operations
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.channel import ChannelSession
@@ -28,6 +30,7 @@ from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
 from pairpod.ssh_transport import tune_transport
+from pairpod.traffic import Traffic
 
 log = get_logger("server")
 
@@ -91,6 +94,7 @@ class Connection(asyncssh.SSHServer):
         self.auth: ConnectionAuth | None = None
         self.username: str | None = None
         self.remote_addr = "?"
+        self.traffic = Traffic()
         self._conn: asyncssh.SSHServerConnection | None = None
         self._channels: set[ChannelSession] = set()
         self._environment: asyncio.Task[Environment] | None = None
@@ -123,6 +127,7 @@ class Connection(asyncssh.SSHServer):
         self.gateway.connections.add(self)
         log.info("connection.open", extra=self.log_fields(
             client=conn.get_extra_info("client_version")))
+        self.gateway.ops.connection_opened(self, conn.get_extra_info("client_version"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The client went away (or we closed): end everything it owns."""
@@ -131,6 +136,7 @@ class Connection(asyncssh.SSHServer):
             self.auth.connection_lost()
         reason = str(exc) if exc else "closed"
         log.info("connection.closed", extra=self.log_fields(reason=reason))
+        self.gateway.ops.connection_closed(self, reason)
         self.gateway.spawn(self.cleanup())
 
     async def cleanup(self) -> None:
@@ -149,6 +155,30 @@ class Connection(asyncssh.SSHServer):
             environment = await self._environment
             await environment.close()
             log.info("environment.closed", extra=self.log_fields(env=environment.description))
+
+    # --- what the admin view and metrics read -------------------------------------
+
+    @property
+    def display_user(self) -> str | None:
+        """Who this connection is, fit to show: a joiner's name, never their join token."""
+        if self._join is not None:
+            return f"{self._join_name or 'guest'} (joined {self._join[0].label})"
+        if self._invalid_link:
+            return "(invalid join link)"
+        if self._control_owner is not None:
+            return f"{self._control_owner}+ctl"
+        return self.username
+
+    def ready_environment(self) -> Environment | None:
+        """The environment, once made (None while it is made, or when it failed)."""
+        task = self._environment
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+    def open_channels(self) -> list[ChannelSession]:
+        """The session channels open now."""
+        return list(self._channels)
 
     # --- authentication -----------------------------------------------------------
 
@@ -326,7 +356,8 @@ class Gateway:
         self.config = config
         self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
-        self.authenticator = Authenticator(config)
+        self.ops = Operations(self)
+        self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
         self.sharing = SharingService(config, self.authenticator)
         self.connections: set[Connection] = set()
         self._tasks = TaskGroup()
@@ -371,25 +402,36 @@ class Gateway:
             await self.backend.stop()
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
+        try:
+            await self.ops.start()
+        except BaseException:
+            self._server.close()
+            await self.backend.stop()
+            raise
         log.info("gateway.listening", extra=fields(
             address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id))
 
     async def open_environment(self, identity: Identity, *,
                                status: StatusCallback | None = None) -> Environment:
         """Ask the backend for a connection's environment, logging failures."""
+        began = time.monotonic()
         try:
             environment = await self.backend.open(identity, status=status)
         except PairpodError as error:
             log.warning("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr,
                 error=error.operator_message, kind=type(error).__name__))
+            self.ops.environment_failed(identity, error)
             raise
         except Exception as error:
             log.exception("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr))
-            raise BackendError(f"backend failed: {error!r}") from error
+            wrapped = BackendError(f"backend failed: {error!r}")
+            self.ops.environment_failed(identity, wrapped)
+            raise wrapped from error
         log.info("environment.ready", extra=fields(
             conn=identity.conn_id, user=identity.username, env=environment.description))
+        self.ops.environment_ready(identity, environment, time.monotonic() - began)
         return environment
 
     async def stop(self, message: str = "the gateway is shutting down") -> None:
@@ -406,4 +448,5 @@ class Gateway:
         await self._tasks.wait_all(SHUTDOWN_GRACE)
         await self.backend.stop()
         await self.authenticator.aclose()
+        await self.ops.stop()
         log.info("gateway.stopped")

@@ -55,6 +55,8 @@ from pairpod.auth.password import (
 )
 from pairpod.auth.remote_keys import RemoteKeySource
 from pairpod.auth.result import (
+    AuthDecision,
+    AuthObserver,
     AuthResult,
     LoginPermissions,
     MetadataValue,
@@ -108,8 +110,11 @@ class Authenticator:
         *,
         clock: Callable[[], float] = time.monotonic,
         http: aiohttp.ClientSession | None = None,
+        observer: AuthObserver | None = None,
     ) -> None:
         self.config = config
+        #: Told every final decision (metrics, audit).
+        self.observer = observer
         auth = config.auth
         self._http_session = http
         self._own_http = http is None
@@ -373,6 +378,9 @@ class ConnectionAuth:
                 forced_command="yes" if candidate.permissions.forced_command else None,
             ),
         )
+        self._observe(AuthDecision(self.conn_id, self.address, candidate.method, candidate.username,
+                                   True, candidate.source, authenticated_as=candidate.authenticated_as,
+                                   key=candidate.key_fingerprint))
         return candidate
 
     def connection_lost(self) -> None:
@@ -670,9 +678,18 @@ class ConnectionAuth:
             Verdict.deny("lockout", f"{lock.kind} {lock.subject} locked for {lock.remaining:.0f}s"),
         )
 
+    def _observe(self, decision: AuthDecision) -> None:
+        if self._owner.observer is not None:
+            self._owner.observer(decision)
+
     def _decision(
         self, event: str, method: str, username: str, verdict: Verdict, **extra: Any
     ) -> None:
+        if event == "auth.reject":
+            # Approvals are counted once, when the login completes (a key is
+            # approved twice: when the client asks, and again when it signs).
+            self._observe(AuthDecision(self.conn_id, self.address, method, username, False,
+                                       verdict.source, verdict.reason))
         log.info(
             event,
             extra=fields(

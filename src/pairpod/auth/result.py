@@ -146,3 +146,27 @@ class AuthResult:
             config=self.config,
             env=self.env,
         )
+
+
+@dataclass(frozen=True)
+class AuthDecision:
+    """A decided login attempt, for metrics and the audit log (never the secret).
+
+    ``accepted`` is True only for the login that completed; every refused
+    credential is one decision with ``accepted`` False.
+    """
+
+    conn_id: str
+    address: str
+    method: str
+    username: str
+    accepted: bool
+    source: str
+    reason: str | None = None
+    authenticated_as: str | None = None
+    key: str | None = None
+
+
+AuthObserver = Callable[[AuthDecision], None]
+"""Told each :class:`AuthDecision` as it is made."""
+

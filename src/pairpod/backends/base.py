@@ -137,6 +137,8 @@ class Environment(ABC):
 
     #: A short description for logs, e.g. a container id.
     description: str = ""
+    #: True when it came ready from a warm pool (a warm start), until its first process.
+    from_pool: bool = False
 
     @abstractmethod
     async def start(self, spec: ProcessSpec) -> Process:
@@ -169,6 +171,12 @@ class Backend(ABC):
 
         ``status``, when given, is called with a short line for the user while
         they wait on something slow (an image pull, a pod being scheduled).
+        """
+
+    async def check(self) -> None:  # noqa: B027 - a backend with no peer is always ready
+        """Raise BackendUnavailable (saying why) unless the backend can make environments now.
+
+        Answers a readiness probe: a cheap call to the engine or API server.
         """
 
     async def stop(self) -> None:  # noqa: B027 - optional hook

@@ -192,6 +192,10 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         """
         await self._start_housekeeping()
 
+    async def check(self) -> None:
+        """The engine answers its ping (else BackendUnavailable)."""
+        await self.engine.ping()
+
     @property
     def warm_pool(self) -> int:
         """Containers kept started ahead of logins (0 when the settings rule a pool out)."""

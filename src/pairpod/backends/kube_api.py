@@ -160,6 +160,14 @@ class KubeApi:
     def _options() -> dict[str, Any]:
         return {"_preload_content": False, "_request_timeout": API_TIMEOUT}
 
+    async def version(self) -> Obj:
+        """The API server's ``/version`` (any authenticated client may read it)."""
+        if self._api is None:
+            raise BackendUnavailable("the kubernetes API client is not connected")
+        found = await self._request("get version", k8s.VersionApi(self._api).get_code(**self._options()))
+        assert found is not None
+        return found
+
     async def create_pod(self, namespace: str, pod: Obj, dry_run: bool = False) -> Obj:
         """Create a pod; the created object.
 

@@ -190,6 +190,10 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
             pass  # the API server did not answer: the reap below logs that once
         await self._start_housekeeping()
 
+    async def check(self) -> None:
+        """The API server answers (else BackendUnavailable)."""
+        await self.api.version()
+
     @property
     def warm_pool(self) -> int:
         """Pods kept running ahead of logins (connection mode only)."""

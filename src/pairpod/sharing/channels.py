@@ -17,6 +17,7 @@ from pairpod.log import get_logger
 from pairpod.sharing.service import ControlError, SharingService
 from pairpod.sharing.terminal import Participant, Sink, Terminal, TerminalEnded
 from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Access, rejection_delay
+from pairpod.traffic import Traffic
 
 if TYPE_CHECKING:
     from pairpod.server import Connection
@@ -32,11 +33,14 @@ def _exit(chan: asyncssh.SSHServerChannel[bytes], code: int) -> None:
 class ChannelSink(Sink):
     """A participant's SSH channel, as the Terminal sees it."""
 
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], traffic: Traffic | None = None) -> None:
         self._chan = chan
+        self._traffic = traffic
 
     def write(self, data: bytes) -> None:
         """Terminal output to this participant."""
+        if self._traffic is not None:
+            self._traffic.sent += len(data)
         with contextlib.suppress(OSError, asyncssh.Error):
             self._chan.write(data)
 
@@ -111,8 +115,10 @@ class ControlSession(_LineSession):
         except ControlError as error:
             self._say(f"pairpod: {error}\n", 2)
             return
-        log.info("sharing.control", extra=self._connection.log_fields(
-            command=(self._command or "help").split()[0]))
+        words = (self._command or "help").split()
+        log.info("sharing.control", extra=self._connection.log_fields(command=words[0]))
+        if words[0] in {"kick", "revoke", "mint"}:
+            self._connection.gateway.ops.sharing(self._connection, words[0], args=" ".join(words[1:]))
         self._say(output, 0)
 
 
@@ -168,12 +174,14 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         assert self._size is not None
         try:
             self._viewer = self._terminal.join(
-                ChannelSink(self._chan), name=self._name, access=self._access,
+                ChannelSink(self._chan, self._connection.traffic), name=self._name, access=self._access,
                 cols=self._size[0], rows=self._size[1])
         except TerminalEnded as error:
             self._chan.write_stderr(f"pairpod: {error.user_message}\r\n".encode())
             _exit(self._chan, 1)
             return
+        self._connection.gateway.ops.sharing(self._connection, "join", name=self._name,
+                                             access=self._access.value)
         self._connection.tasks.spawn(self._pump_input(self._viewer))
 
     async def _pump_input(self, viewer: Participant) -> None:
@@ -187,6 +195,7 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Keystrokes: the Terminal merges read-write input and drops read-only input."""
+        self._connection.traffic.received += len(data)
         self._input.put_nowait(data)
 
     def terminal_size_changed(self, width: int, height: int,
@@ -209,3 +218,4 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         """The joiner left."""
         if self._viewer is not None:
             self._viewer.leave()
+            self._connection.gateway.ops.sharing(self._connection, "leave", name=self._name)

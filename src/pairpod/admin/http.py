@@ -1,0 +1,86 @@
+"""The admin HTTP listener: ``/metrics``, ``/healthz`` and ``/readyz``.
+
+Never the public SSH port (the config refuses that). ``/healthz`` answers
+while the process serves; ``/readyz`` asks the backend (a Docker engine ping,
+the Kubernetes API's ``/version``) and answers 503 with the reason when it
+does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from pairpod.admin.metrics import Metrics
+from pairpod.config import parse_listen
+from pairpod.errors import ConfigError, PairpodError
+from pairpod.log import fields, get_logger
+
+log = get_logger("admin")
+
+# A probe must answer before the kubelet gives up on it (its default timeout is 1s,
+# ours in the Deployment a few seconds).
+READY_TIMEOUT = 3.0
+
+
+class AdminHTTP:
+    """Serves the operator's endpoints on ``listen`` (``HOST:PORT``)."""
+
+    def __init__(self, listen: str, metrics: Metrics, check: Callable[[], Awaitable[None]]) -> None:
+        self._listen = listen
+        self._metrics = metrics
+        self._check = check
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Listen; a busy or invalid address is a ConfigError naming ``admin.listen``."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = parse_listen(self._listen)
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as error:
+            await runner.cleanup()
+            raise ConfigError(
+                f"admin.listen: cannot listen on {self._listen}: {error.strerror or error}"
+            ) from None
+        self._runner = runner
+        self.port = runner.addresses[0][1]  # the real one when asked for port 0
+        log.info("admin.listening", extra=fields(address=f"{host}:{self.port}"))
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self._metrics.exposition(), headers={"Content-Type": self._metrics.content_type}
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        try:
+            async with asyncio.timeout(READY_TIMEOUT):
+                await self._check()
+        except TimeoutError:
+            return _not_ready(f"the backend did not answer within {READY_TIMEOUT:g}s")
+        except PairpodError as error:
+            return _not_ready(error.operator_message)
+        return web.Response(text="ready\n")
+
+
+def _not_ready(reason: str) -> web.Response:
+    log.info("admin.not_ready", extra=fields(reason=reason))
+    return web.Response(status=503, text=f"not ready: {reason}\n")

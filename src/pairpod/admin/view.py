@@ -1,0 +1,88 @@
+"""What ``pairpod admin list`` shows of each connection, and how it prints."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pairpod.server import Connection
+
+
+def rfc3339(stamp: float) -> str:
+    """A Unix time as RFC 3339 in UTC, to the second."""
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe(connection: Connection) -> dict[str, Any]:
+    """One connection as a JSON-able mapping (the admin socket's ``list`` answer)."""
+    environment = connection.ready_environment()
+    channels = []
+    shared = []
+    for channel in connection.open_channels():
+        spec = channel.spec
+        if channel.kind is None or spec is None:
+            continue  # not started yet
+        channels.append(
+            {"kind": channel.kind, "command": spec.command or spec.subsystem, "pty": spec.pty is not None}
+        )
+        if channel.shared is not None:
+            session = channel.shared
+            shared.append(
+                {
+                    "session": session.session_id,
+                    "participants": [
+                        {"id": p.id, "name": p.name, "role": "owner" if p.owner else p.access.label}
+                        for p in session.terminal.participants()
+                    ],
+                }
+            )
+    traffic = connection.traffic
+    return {
+        "id": connection.conn_id,
+        "user": connection.display_user,
+        "remote": connection.remote_addr,
+        "environment": environment.description if environment is not None else None,
+        "channels": channels,
+        "shared": shared,
+        "started": rfc3339(traffic.started),
+        "bytes_in": traffic.received,
+        "bytes_out": traffic.sent,
+    }
+
+
+def format_connections(rows: list[dict[str, Any]]) -> str:
+    """The table ``pairpod admin list`` prints: a line per connection, details under it."""
+    if not rows:
+        return "no connections\n"
+    header = ("CONNECTION", "USER", "REMOTE", "STARTED", "BYTES IN", "BYTES OUT", "ENVIRONMENT")
+    table = [header] + [
+        (
+            row["id"],
+            row["user"] or "-",
+            row["remote"],
+            row["started"],
+            str(row["bytes_in"]),
+            str(row["bytes_out"]),
+            row["environment"] or "-",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header) - 1)]
+    lines = []
+    for index, line in enumerate(table):
+        lines.append(
+            "  ".join([*(cell.ljust(w) for cell, w in zip(line, widths, strict=False)), line[-1]]).rstrip()
+        )
+        if index == 0:
+            continue
+        row = rows[index - 1]
+        for channel in row["channels"]:
+            what = channel["kind"] + (" (pty)" if channel["pty"] else "")
+            if channel["command"]:
+                what += f": {channel['command']}"
+            lines.append(f"    channel {what}")
+        for session in row["shared"]:
+            people = ", ".join(f"{p['name']} ({p['role']})" for p in session["participants"])
+            lines.append(f"    shared session {session['session']}: {people}")
+    return "\n".join(lines) + "\n"
