@@ -81,6 +81,14 @@ class MetadataValue:
 
 
 @dataclass(frozen=True)
+class FileValue:
+    """One ``files`` entry of a ContainerSSH webhook answer: a file to place in the environment."""
+
+    content: bytes = field(repr=False)
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One authenticator's answer about one credential.
 
@@ -96,6 +104,7 @@ class Verdict:
     permissions: LoginPermissions = field(default_factory=LoginPermissions)
     environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
 
     @classmethod
     def allow(cls, source: str, reason: str, **extra: object) -> Verdict:
@@ -123,7 +132,8 @@ class AuthResult:
     connection (authorized_keys ``environment=``, webhook environment and
     metadata); ``sensitive_env`` names those that must never be logged.
     ``config`` is the effective config of this connection, with the config
-    webhook's overrides merged and validated.
+    webhook's overrides merged and validated. ``files`` are the webhooks'
+    files (path -> content), placed in the environment before any process.
     """
 
     username: str
@@ -136,6 +146,7 @@ class AuthResult:
     sensitive_env: frozenset[str] = frozenset()
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     key_fingerprint: str | None = None
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
 
     def identity(self, conn_id: str, remote_addr: str) -> Identity:
         """The backend Identity of this login (named by ``authenticated_as``)."""
@@ -145,4 +156,5 @@ class AuthResult:
             remote_addr=remote_addr,
             config=self.config,
             env=self.env,
+            files=MappingProxyType({path: item.content for path, item in self.files.items()}),
         )
