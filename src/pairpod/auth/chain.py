@@ -227,6 +227,7 @@ class ConnectionAuth:
         self._config_memo: dict[tuple[Any, ...], tuple[Config, WebhookAnswer]] = {}
         self._webhook_key_memo: dict[tuple[str, bytes], Verdict] = {}
         self._offered_key: bytes | None = None
+        self._authz_memo: dict[tuple[Any, ...], Verdict] = {}
         if owner.webhook is not None:
             # Certificates go to the webhook whole, as ContainerSSH sends them.
             record_offered_keys(conn, self._note_offered_key)
@@ -616,18 +617,26 @@ class ConnectionAuth:
     async def _authorize(self, username: str, authenticated_as: str, verdict: Verdict) -> Verdict:
         """Put a successful login to the webhook's ``/authz``; its values win over the login's."""
         assert self._owner.webhook is not None
+        memo_key = (username, authenticated_as, *_values_key(verdict.metadata, verdict.environment,
+                                                             verdict.files))
+        if memo_key in self._authz_memo:
+            # A key is asked about, then signed with: one authorization.
+            return self._authz_memo[memo_key]
         answer = await self._owner.webhook.authorize(
             self._info(username), authenticated_as, verdict.metadata, verdict.environment,
             verdict.files,
         )
         if not answer.success:
-            return Verdict.deny("authz", f"authorization webhook refused {authenticated_as!r}")
-        return replace(
+            refused = Verdict.deny("authz", f"authorization webhook refused {authenticated_as!r}")
+            self._authz_memo[memo_key] = refused
+            return refused
+        self._authz_memo[memo_key] = replace(
             verdict,
             metadata={**verdict.metadata, **answer.metadata},
             environment={**verdict.environment, **answer.environment},
             files={**verdict.files, **answer.files},
         )
+        return self._authz_memo[memo_key]
 
     async def _configure(
         self,
@@ -640,13 +649,7 @@ class ConnectionAuth:
         webhook = self._owner.config_webhook
         if webhook is None:
             return self._owner.config, WebhookAnswer()
-        memo_key = (
-            username,
-            authenticated_as,
-            tuple(sorted((k, v.value, v.sensitive) for k, v in metadata.items())),
-            tuple(sorted((k, v.value, v.sensitive) for k, v in environment.items())),
-            tuple(sorted((k, v.content, v.sensitive) for k, v in files.items())),
-        )
+        memo_key = (username, authenticated_as, *_values_key(metadata, environment, files))
         if memo_key in self._config_memo:
             return self._config_memo[memo_key]
         answer = await webhook.fetch(
@@ -743,3 +746,16 @@ class ConnectionAuth:
                 **extra,
             ),
         )
+
+
+def _values_key(
+    metadata: Mapping[str, MetadataValue],
+    environment: Mapping[str, MetadataValue],
+    files: Mapping[str, FileValue],
+) -> tuple[Any, ...]:
+    """What a webhook answer carried, as a hashable key for the per-connection memos."""
+    return (
+        tuple(sorted((k, v.value, v.sensitive) for k, v in metadata.items())),
+        tuple(sorted((k, v.value, v.sensitive) for k, v in environment.items())),
+        tuple(sorted((k, v.content, v.sensitive) for k, v in files.items())),
+    )

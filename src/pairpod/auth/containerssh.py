@@ -102,6 +102,8 @@ class _Reader:
         self._used: set[str] = set()
 
     def _at(self, name: str) -> str:
+        # The key as the answer spelled it, so the message names what was sent.
+        name = self._items.get(name.lower(), (name, None))[0]
         return f"{self.path}.{name}" if self.path else name
 
     def raw(self, name: str) -> Any:
