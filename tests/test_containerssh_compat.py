@@ -342,3 +342,68 @@ async def test_a_certificate_login_is_sent_to_the_webhook_as_its_line(
     assert (code, out) == (0, "cert-in\n"), err
     assert cert_line in [body["publicKey"] for body in peer.requests_to("/pubkey")]
     assert peer.problems == []
+
+
+# -- through a gateway (Docker backend) ------------------------------------------------------
+
+
+async def test_docker_a_containerssh_answer_changes_one_users_image_and_files_arrive_0600(
+    make_gateway: MakeGateway, peer: ContainerSSHPeer, tmp_path: Path
+) -> None:
+    from tests.support.docker_env import docker_overrides
+    from tests.support.images import busybox_image
+
+    overrides = docker_overrides(image="debian")
+    key = ClientKey.create(tmp_path / "webhook-key")
+    for user in ("hal", "ida"):
+        peer.pubkeys[user] = {key_line(key)}
+        peer.auth_answers[user] = {
+            "files": {"/tmp/pp/token": {"value": b64(b"t0ken\n"), "sensitive": True}},
+        }
+    container = {
+        **DOCKER_CONTAINER_CONFIG,
+        "Image": busybox_image(),
+        "Env": ["HAL_TEAM=tools"],
+        "User": "1000",
+    }
+    peer.config_answers["hal"] = go_config_answer(
+        **{
+            "backend": "docker",
+            "docker.execution.container": container,
+            "docker.execution.imagePullPolicy": "Never",
+        }
+    )
+    gw = await asyncio.to_thread(
+        make_gateway,
+        {
+            **overrides,
+            "auth": {"webhook": {"url": peer.url}, "config_webhook": {"url": f"{peer.url}/config"}},
+        },
+    )
+    probe = (
+        "if [ -e /etc/debian_version ]; then echo debian; else echo other; fi; "
+        'echo "team=$HAL_TEAM"; stat -c "%a %u" /tmp/pp/token; cat /tmp/pp/token'
+    )
+    results = await asyncio.gather(ssh(gw, "hal", probe, key), ssh(gw, "ida", probe, key))
+    assert [(code, out) for code, out, _ in results] == [
+        (0, "other\nteam=tools\n600 1000\nt0ken\n"),
+        (0, "debian\nteam=\n600 0\nt0ken\n"),
+    ], results
+    assert peer.problems == []
+
+
+async def test_docker_session_mode_cannot_take_files_and_says_so(
+    make_gateway: MakeGateway, peer: ContainerSSHPeer, tmp_path: Path
+) -> None:
+    from tests.support.docker_env import docker_overrides
+
+    key = ClientKey.create(tmp_path / "webhook-key")
+    peer.pubkeys["jo"] = {key_line(key)}
+    peer.auth_answers["jo"] = {"files": {"/tmp/x": {"value": b64(b"x"), "sensitive": False}}}
+    gw = await asyncio.to_thread(
+        make_gateway,
+        {**docker_overrides(mode="session", image="busybox"), "auth": {"webhook": {"url": peer.url}}},
+    )
+    code, out, err = await ssh(gw, "jo", "echo in", key)
+    assert code != 0 and out == ""
+    assert "cannot place the login's files in the environment" in err
