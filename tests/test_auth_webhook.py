@@ -69,7 +69,7 @@ async def test_password_request_fields_and_answer(
     auth_peer.extra["alice"] = {
         "authenticatedUsername": "alice@corp",
         "metadata": {"TEAM": {"value": "red", "sensitive": False}},
-        "environment": {"TOKEN": {"value": "s3cr3t", "sensitive": True}, "PLAIN": "v"},
+        "environment": {"TOKEN": {"value": "s3cr3t", "sensitive": True}, "PLAIN": {"value": "v"}},
     }
     answer = await auth_client(auth_peer.url, http).password(CONN, "wonderland")
     assert answer.success and answer.authenticated_username == "alice@corp"
@@ -170,10 +170,17 @@ async def test_down_webhook(http: aiohttp.ClientSession) -> None:
         ({"success": True, "authenticatedUsername": "a\nb"}, "not a usable name"),
         ({"success": True, "environment": []}, "environment must be an object"),
         ({"success": True, "environment": {"1X": "v"}}, "not a valid variable name"),
-        ({"success": True, "environment": {"X": 5}}, "must be an object"),
+        ({"success": True, "environment": {"X": 5}}, "expected"),
+        # ContainerSSH's Value is an object: a bare string is not one.
+        ({"success": True, "environment": {"X": "v"}}, "expected"),
+        ({"success": True, "environment": {"X": {"value": "v", "extra": 1}}}, "expected"),
+        ({"success": True, "files": {"/f": {"value": "not base64!"}}}, "not base64"),
+        ({"success": True, "files": {"relative": {"value": ""}}}, "absolute"),
+        ({"success": True, "files": {"/a/../etc/x": {"value": ""}}}, "normalised"),
+        ({"success": True, "surprise": 1}, "unknown field"),
         ({"success": True, "environment": {"X": {"value": 5}}}, "expected"),
         ({"success": True, "metadata": {"k": {"value": "v", "sensitive": "no"}}}, "expected"),
-        ({"success": True, "metadata": {"k": "a\0b"}}, "NUL"),
+        ({"success": True, "metadata": {"k": {"value": "a\0b"}}}, "NUL"),
         ({"success": True, "files": []}, "files must be an object"),
     ],
 )
@@ -224,7 +231,7 @@ async def test_deeply_nested_answer_is_refused(
 
 
 def test_metadata_names_need_not_be_variable_names() -> None:
-    answer = parse_auth_answer({"success": True, "metadata": {"github.com/org": "x"}})
+    answer = parse_auth_answer({"success": True, "metadata": {"github.com/org": {"value": "x"}}})
     assert answer.metadata == {"github.com/org": MetadataValue("x")}
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -239,8 +240,6 @@ async def test_auth_answer_environment_metadata_and_files_reach_the_session(
     )
     code, out, err = await ssh(gw, "ann", probe, key)
     assert code == 0, err
-    import os
-
     uid = os.getuid()
     lines = out.splitlines()
     assert lines[:4] == ["team= token= editor=vim", f"600 {uid}", f"600 {uid}", "s3cret"]

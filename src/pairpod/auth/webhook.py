@@ -172,10 +172,7 @@ async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> byte
 
 
 def _values(data: Mapping[str, Any], key: str, *, env_names: bool) -> dict[str, MetadataValue]:
-    """Parse a ``{name: {"value": str, "sensitive": bool}}`` map.
-
-    A plain string value is accepted too, as not sensitive.
-    """
+    """Parse a ``{name: {"value": str, "sensitive": bool}}`` map (ContainerSSH's ``Value``)."""
     raw = data.get(key)
     if raw is None:
         return {}
@@ -185,20 +182,23 @@ def _values(data: Mapping[str, Any], key: str, *, env_names: bool) -> dict[str, 
     for name, item in raw.items():
         if env_names and not is_env_name(name):
             raise WebhookError(f"{key}: {name[:64]!r} is not a valid variable name")
-        if isinstance(item, str):
-            value, sensitive = item, False
-        elif isinstance(item, dict):
-            value, sensitive = item.get("value"), item.get("sensitive", False)
-            if not isinstance(value, str) or not isinstance(sensitive, bool):
-                raise WebhookError(
-                    f"{key}.{name[:64]}: expected {{'value': string, 'sensitive': bool}}"
-                )
-        else:
-            raise WebhookError(f"{key}.{name[:64]} must be an object, got {type(item).__name__}")
+        value, sensitive = _value_and_flag(item, f"{key}.{name[:64]}", "string")
         if "\0" in value:
             raise WebhookError(f"{key}.{name[:64]} holds a NUL character")
         parsed[name] = MetadataValue(value, sensitive)
     return parsed
+
+
+def _value_and_flag(item: Any, where: str, kind: str) -> tuple[str, bool]:
+    """``(value, sensitive)`` of one ``{"value": ..., "sensitive": bool}`` entry, checked."""
+    if (
+        not isinstance(item, dict)
+        or set(item) - {"value", "sensitive"}
+        or not isinstance(item.get("value"), str)
+        or not isinstance(item.get("sensitive", False), bool)
+    ):
+        raise WebhookError(f"{where}: expected {{'value': {kind}, 'sensitive': bool}}")
+    return item["value"], item.get("sensitive", False)
 
 
 def _files(data: Mapping[str, Any]) -> dict[str, FileValue]:
@@ -222,11 +222,7 @@ def _files(data: Mapping[str, Any]) -> dict[str, FileValue]:
             or any(part in (".", "..") for part in parts)
         ):
             raise WebhookError(f"files: {shown!r} is not an absolute, normalised file path")
-        if not isinstance(item, dict) or set(item) - {"value", "sensitive"}:
-            raise WebhookError(f"files.{shown}: expected {{'value': base64, 'sensitive': bool}}")
-        value, sensitive = item.get("value", ""), item.get("sensitive", False)
-        if not isinstance(value, str) or not isinstance(sensitive, bool):
-            raise WebhookError(f"files.{shown}: expected {{'value': base64, 'sensitive': bool}}")
+        value, sensitive = _value_and_flag(item, f"files.{shown}", "base64")
         try:
             content = base64.b64decode(value, validate=True)
         except ValueError:
