@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairpod.auth.result import MetadataValue
+from pairpod.auth.result import LoginValues, MetadataValue
 from pairpod.auth.webhook import (
     AuthWebhook,
     ConfigWebhook,
@@ -254,8 +254,10 @@ async def test_config_request_carries_identity_and_only_public_metadata(
     answer = await client.fetch(
         CONN,
         "alice@corp",
-        {"TEAM": MetadataValue("red"), "TOKEN": MetadataValue("s3cr3t", True)},
-        {"HOME_HINT": MetadataValue("/h"), "SECRET": MetadataValue("x", True)},
+        LoginValues(
+            {"TEAM": MetadataValue("red"), "TOKEN": MetadataValue("s3cr3t", True)},
+            {"HOME_HINT": MetadataValue("/h"), "SECRET": MetadataValue("x", True)},
+        ),
     )
     assert answer.config == {"docker": {"image": "alice/dev:1"}}
     assert answer.environment == {"EDITOR": MetadataValue("vim")}
@@ -288,7 +290,7 @@ async def test_config_webhook_broken_modes(
     config_peer.mode = mode
     client = ConfigWebhook(ConfigWebhookSettings(url=config_peer.config_url), lambda: http)
     with pytest.raises(WebhookError, match=problem):
-        await client.fetch(CONN, "alice", {}, {})
+        await client.fetch(CONN, "alice", LoginValues())
 
 
 async def test_config_answer_of_wrong_type(
@@ -297,7 +299,7 @@ async def test_config_answer_of_wrong_type(
     config_peer.answers["alice"] = {"config": ["docker"]}
     client = ConfigWebhook(ConfigWebhookSettings(url=config_peer.config_url), lambda: http)
     with pytest.raises(WebhookError, match="config must be an object"):
-        await client.fetch(CONN, "alice", {}, {})
+        await client.fetch(CONN, "alice", LoginValues())
 
 
 def test_overrides_merge_and_validate_with_the_config_model() -> None:

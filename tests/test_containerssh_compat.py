@@ -11,7 +11,6 @@ import asyncio
 import base64
 import os
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,12 @@ from tests.conftest import MakeGateway
 from tests.support.containerssh_peer import (
     DOCKER_CONTAINER_CONFIG,
     ContainerSSHPeer,
+    containerssh_peer,
     go_config_answer,
 )
 from tests.support.gateway import ClientKey, GatewayThread
+
+__all__ = ["containerssh_peer"]  # the ``peer`` fixture
 
 BASE = validate_config({"security": {"env_allow": ["LANG"]}}, "test")
 
@@ -176,14 +178,6 @@ def test_a_wrong_type_is_refused_by_name() -> None:
 
 
 # -- through a gateway (local backend) --------------------------------------------------------
-
-
-@pytest.fixture
-async def peer() -> AsyncIterator[ContainerSSHPeer]:
-    server = ContainerSSHPeer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def key_line(key: ClientKey) -> str:

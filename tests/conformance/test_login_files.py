@@ -11,24 +11,15 @@ import asyncio
 import base64
 import shutil
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conformance.conftest import PER_CHANNEL_ENVIRONMENTS
 from tests.conftest import MakeGateway
-from tests.support.containerssh_peer import ContainerSSHPeer
+from tests.support.containerssh_peer import ContainerSSHPeer, containerssh_peer
 from tests.support.gateway import ClientKey
 
-
-@pytest.fixture
-async def peer() -> AsyncIterator[ContainerSSHPeer]:
-    server = ContainerSSHPeer()
-    await server.start()
-    yield server
-    await server.stop()
+__all__ = ["containerssh_peer"]  # the ``peer`` fixture
 
 
 async def test_files_from_the_auth_answer_are_in_the_environment(
@@ -42,12 +33,12 @@ async def test_files_from_the_auth_answer_are_in_the_environment(
     directory = f"/tmp/pairpod-files-{uuid.uuid4().hex[:8]}"
     content = b"line one\n\x00\xffbinary tail"
     peer.pubkeys["kim"] = {" ".join(key.public_line.split()[:2])}
-    peer.auth_answers["kim"] = {"files": {
-        f"{directory}/sub/token": {"value": base64.b64encode(content).decode(), "sensitive": True},
-    }}
-    gw = await asyncio.to_thread(
-        make_gateway, {**backend_overrides, "auth": {"webhook": {"url": peer.url}}}
-    )
+    peer.auth_answers["kim"] = {
+        "files": {
+            f"{directory}/sub/token": {"value": base64.b64encode(content).decode(), "sensitive": True},
+        }
+    }
+    gw = await asyncio.to_thread(make_gateway, {**backend_overrides, "auth": {"webhook": {"url": peer.url}}})
     probe = f'stat -c "%a %u" {directory}/sub/token; id -u; od -An -tx1 {directory}/sub/token'
     try:
         result = await asyncio.to_thread(gw.ssh, probe, user="kim", key=key)

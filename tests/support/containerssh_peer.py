@@ -29,9 +29,11 @@ import binascii
 import copy
 import ipaddress
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests.support.http_peers import Peer
@@ -170,3 +172,12 @@ class ContainerSSHPeer(Peer):
         if ok:
             answer.update(self.auth_answers.get(user, {}))
         return web.json_response(answer)
+
+
+@pytest.fixture(name="peer")
+async def containerssh_peer() -> AsyncIterator[ContainerSSHPeer]:
+    """A started :class:`ContainerSSHPeer` (import this fixture into a test module to use it)."""
+    server = ContainerSSHPeer()
+    await server.start()
+    yield server
+    await server.stop()

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -62,9 +62,8 @@ from pairpod.auth.password import (
 from pairpod.auth.remote_keys import RemoteKeySource
 from pairpod.auth.result import (
     AuthResult,
-    FileValue,
     LoginPermissions,
-    MetadataValue,
+    LoginValues,
     Outcome,
     Verdict,
     frozen_map,
@@ -547,9 +546,7 @@ class ConnectionAuth:
                     self._decision("auth.reject", method, username, verdict)
                     return False
                 step = "config_webhook"
-            config, answer = await self._configure(
-                username, authenticated_as, verdict.metadata, verdict.environment, verdict.files
-            )
+            config, answer = await self._configure(username, authenticated_as, verdict.values)
         except WebhookError as error:
             self._decision("auth.reject", method, username, Verdict.deny(step, str(error)))
             return False
@@ -617,44 +614,33 @@ class ConnectionAuth:
     async def _authorize(self, username: str, authenticated_as: str, verdict: Verdict) -> Verdict:
         """Put a successful login to the webhook's ``/authz``; its values win over the login's."""
         assert self._owner.webhook is not None
-        memo_key = (username, authenticated_as, *_values_key(verdict.metadata, verdict.environment,
-                                                             verdict.files))
+        memo_key = (username, authenticated_as, *verdict.values.memo_key())
         if memo_key in self._authz_memo:
             # A key is asked about, then signed with: one authorization.
             return self._authz_memo[memo_key]
         answer = await self._owner.webhook.authorize(
-            self._info(username), authenticated_as, verdict.metadata, verdict.environment,
-            verdict.files,
+            self._info(username), authenticated_as, verdict.values
         )
         if not answer.success:
             refused = Verdict.deny("authz", f"authorization webhook refused {authenticated_as!r}")
             self._authz_memo[memo_key] = refused
             return refused
+        merged = answer.values.over(verdict.values)
         self._authz_memo[memo_key] = replace(
-            verdict,
-            metadata={**verdict.metadata, **answer.metadata},
-            environment={**verdict.environment, **answer.environment},
-            files={**verdict.files, **answer.files},
+            verdict, metadata=merged.metadata, environment=merged.environment, files=merged.files
         )
         return self._authz_memo[memo_key]
 
     async def _configure(
-        self,
-        username: str,
-        authenticated_as: str,
-        metadata: Mapping[str, MetadataValue],
-        environment: Mapping[str, MetadataValue],
-        files: Mapping[str, FileValue],
+        self, username: str, authenticated_as: str, values: LoginValues
     ) -> tuple[Config, WebhookAnswer]:
         webhook = self._owner.config_webhook
         if webhook is None:
             return self._owner.config, WebhookAnswer()
-        memo_key = (username, authenticated_as, *_values_key(metadata, environment, files))
+        memo_key = (username, authenticated_as, *values.memo_key())
         if memo_key in self._config_memo:
             return self._config_memo[memo_key]
-        answer = await webhook.fetch(
-            self._info(username), authenticated_as, metadata, environment, files
-        )
+        answer = await webhook.fetch(self._info(username), authenticated_as, values)
         config = apply_overrides(self._owner.config, answer.config, webhook.settings.format)
         if answer.config:
             log.info(
@@ -747,15 +733,3 @@ class ConnectionAuth:
             ),
         )
 
-
-def _values_key(
-    metadata: Mapping[str, MetadataValue],
-    environment: Mapping[str, MetadataValue],
-    files: Mapping[str, FileValue],
-) -> tuple[Any, ...]:
-    """What a webhook answer carried, as a hashable key for the per-connection memos."""
-    return (
-        tuple(sorted((k, v.value, v.sensitive) for k, v in metadata.items())),
-        tuple(sorted((k, v.value, v.sensitive) for k, v in environment.items())),
-        tuple(sorted((k, v.content, v.sensitive) for k, v in files.items())),
-    )

@@ -176,6 +176,14 @@ def _put(target: dict[str, Any], path: str, value: Any) -> None:
     target[last] = value
 
 
+def _timeouts(timeouts: _Reader, out: dict[str, Any], section: str, start: str, stop: str) -> None:
+    """The start and stop timeouts of a backend; ContainerSSH's others have no pairpod twin."""
+    for name, key in ((start, "start"), (stop, "stop")):
+        if (seconds := _seconds(timeouts, name)) is not None:
+            _put(out, f"{section}.timeouts.{key}", seconds)
+    timeouts.finish("pairpod has no such timeout")
+
+
 def _seconds(reader: _Reader, name: str) -> float | str | None:
     """A Go ``time.Duration`` (nanoseconds) or a duration string, for pairpod's Duration."""
     value = reader.raw(name)
@@ -269,11 +277,7 @@ def _docker(docker: _Reader, out: dict[str, Any]) -> None:
         _put(out, "security.expose_auth_metadata_as_env", expose)
     _agent_and_subsystems(execution)
     execution.finish()
-    timeouts = docker.sub("timeouts")
-    for name, key in (("containerStart", "start"), ("containerStop", "stop")):
-        if (value := _seconds(timeouts, name)) is not None:
-            _put(out, f"docker.timeouts.{key}", value)
-    timeouts.finish("pairpod has no such timeout")
+    _timeouts(docker.sub("timeouts"), out, "docker", "containerStart", "containerStop")
     docker.finish()
 
 
@@ -351,11 +355,7 @@ def _kubernetes(kube: _Reader, out: dict[str, Any], default_container: str) -> N
     pod.refuse("exposeAuthMetadataAsAnnotations", "not supported by pairpod")
     _agent_and_subsystems(pod)
     pod.finish()
-    timeouts = kube.sub("timeouts")
-    for name, key in (("podStart", "start"), ("podStop", "stop")):
-        if (value := _seconds(timeouts, name)) is not None:
-            _put(out, f"kubernetes.timeouts.{key}", value)
-    timeouts.finish("pairpod has no such timeout")
+    _timeouts(kube.sub("timeouts"), out, "kubernetes", "podStart", "podStop")
     kube.finish()
 
 

@@ -89,6 +89,31 @@ class FileValue:
 
 
 @dataclass(frozen=True)
+class LoginValues:
+    """What webhooks attach to a login (ContainerSSH's metadata, environment and files)."""
+
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
+    environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
+
+    def over(self, base: LoginValues) -> LoginValues:
+        """These values merged over ``base`` (entry by entry; these win)."""
+        return LoginValues(
+            {**base.metadata, **self.metadata},
+            {**base.environment, **self.environment},
+            {**base.files, **self.files},
+        )
+
+    def memo_key(self) -> tuple[object, ...]:
+        """A hashable key of all the values, for per-connection memos of webhook answers."""
+        return (
+            tuple(sorted((k, v.value, v.sensitive) for k, v in self.metadata.items())),
+            tuple(sorted((k, v.value, v.sensitive) for k, v in self.environment.items())),
+            tuple(sorted((k, v.content, v.sensitive) for k, v in self.files.items())),
+        )
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One authenticator's answer about one credential.
 
@@ -105,6 +130,11 @@ class Verdict:
     environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
+
+    @property
+    def values(self) -> LoginValues:
+        """The metadata, environment and files the login brought."""
+        return LoginValues(self.metadata, self.environment, self.files)
 
     @classmethod
     def allow(cls, source: str, reason: str, **extra: object) -> Verdict:

@@ -41,7 +41,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 
 from pairpod.auth.containerssh import UnsupportedSettings, looks_like_containerssh, to_pairpod
-from pairpod.auth.result import FileValue, MetadataValue, is_env_name
+from pairpod.auth.result import FileValue, LoginValues, MetadataValue, is_env_name
 from pairpod.config import (
     Config,
     ConfigWebhookSettings,
@@ -108,6 +108,11 @@ class WebhookAnswer:
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
     files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
+
+    @property
+    def values(self) -> LoginValues:
+        """The metadata, environment and files of the answer."""
+        return LoginValues(self.metadata, self.environment, self.files)
 
 
 def format_address(host: str, port: int) -> str:
@@ -329,18 +334,14 @@ def public_files(files: Mapping[str, FileValue]) -> dict[str, dict[str, Any]]:
 
 
 def authenticated_request(
-    conn: ConnectionInfo,
-    authenticated_username: str,
-    metadata: Mapping[str, MetadataValue],
-    environment: Mapping[str, MetadataValue],
-    files: Mapping[str, FileValue],
+    conn: ConnectionInfo, authenticated_username: str, values: LoginValues
 ) -> dict[str, Any]:
     """ContainerSSH's ``ConnectionAuthenticatedMetadata``: the body of authz and config requests."""
     body = conn.request()
     body["authenticatedUsername"] = authenticated_username
-    body["metadata"] = public_values(metadata)
-    body["environment"] = public_values(environment)
-    body["files"] = public_files(files)
+    body["metadata"] = public_values(values.metadata)
+    body["environment"] = public_values(values.environment)
+    body["files"] = public_files(values.files)
     return body
 
 
@@ -378,16 +379,10 @@ class AuthWebhook(_WebhookClient[WebhookSettings]):
         return await self._ask("pubkey", body)
 
     async def authorize(
-        self,
-        conn: ConnectionInfo,
-        authenticated_username: str,
-        metadata: Mapping[str, MetadataValue],
-        environment: Mapping[str, MetadataValue],
-        files: Mapping[str, FileValue],
+        self, conn: ConnectionInfo, authenticated_username: str, values: LoginValues
     ) -> WebhookAnswer:
         """Ask ``<url>/authz`` whether this authenticated login may go on (ContainerSSH's authz)."""
-        body = authenticated_request(conn, authenticated_username, metadata, environment, files)
-        return await self._ask("authz", body)
+        return await self._ask("authz", authenticated_request(conn, authenticated_username, values))
 
     async def _ask(self, endpoint: str, body: dict[str, Any]) -> WebhookAnswer:
         data = await post_json(
@@ -405,18 +400,13 @@ class ConfigWebhook(_WebhookClient[ConfigWebhookSettings]):
     """Client of a ContainerSSH-compatible configuration webhook."""
 
     async def fetch(
-        self,
-        conn: ConnectionInfo,
-        authenticated_username: str,
-        metadata: Mapping[str, MetadataValue],
-        environment: Mapping[str, MetadataValue],
-        files: Mapping[str, FileValue] | None = None,
+        self, conn: ConnectionInfo, authenticated_username: str, values: LoginValues
     ) -> WebhookAnswer:
         """Ask for this connection's config overrides.
 
         The answer is not applied yet: see :func:`apply_overrides`.
         """
-        body = authenticated_request(conn, authenticated_username, metadata, environment, files or {})
+        body = authenticated_request(conn, authenticated_username, values)
         data = await post_json(
             self._session(),
             self.settings.url,

@@ -46,9 +46,7 @@ async def place_files(environment: Environment, files: Mapping[str, bytes]) -> N
             user_message=_USER_MESSAGE,
         )
     for path, content in files.items():
-        process = await environment.start(
-            ProcessSpec(command=WRITE_FILE, env={"PAIRPOD_FILE": path})
-        )
+        process = await environment.start(ProcessSpec(command=WRITE_FILE, env={"PAIRPOD_FILE": path}))
         output = asyncio.gather(_drain(process, Stream.STDOUT), _drain(process, Stream.STDERR))
         try:
             async with asyncio.timeout(FILE_TIMEOUT):
