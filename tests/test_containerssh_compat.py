@@ -100,6 +100,19 @@ def test_a_go_library_answer_maps_container_host_and_security() -> None:
     assert config.auth == BASE.auth and config.listen == BASE.listen
 
 
+def test_default_mode_applies_where_no_mode_is_set() -> None:
+    answer = go_config_answer(
+        **{
+            "security.defaultMode": "disable",
+            "security.signal": {"mode": "enable", "allow": None, "deny": None},
+            "security.shell": {"mode": "enable"},
+        }
+    )
+    security = mapped(answer).security
+    assert (security.allow_exec, security.allow_shell, security.allow_pty) == (False, True, False)
+    assert (security.env_allow, security.subsystems) == ([], [])
+
+
 def test_a_kubernetes_answer_maps_the_console_container() -> None:
     answer = go_config_answer(
         **{
@@ -140,6 +153,8 @@ def test_a_kubernetes_answer_maps_the_console_container() -> None:
         ({"docker.execution.subsystems": {"sftp": "/opt/sftp"}}, "docker.execution.subsystems.sftp"),
         ({"security.command": {"mode": "filter", "allow": ["ls"]}}, "security.command.allow"),
         ({"security.forwarding": {"forwardingMode": "enable"}}, "security.forwarding.forwardingMode"),
+        ({"security.signal": {"mode": "disable"}}, "security.signal.mode"),
+        ({"security.defaultMode": "disable"}, "security.signal.(defaultMode)"),
         ({"backend": "sshproxy"}, "backend"),
         ({"sshproxy.server": "10.0.0.2"}, "sshproxy"),
         (

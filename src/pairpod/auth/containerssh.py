@@ -442,7 +442,9 @@ def _security(security: _Reader, out: dict[str, Any]) -> None:
         forwarding.tolerate(name, "disable")  # pairpod never forwards
     forwarding.finish()
     signal = security.sub("signal")
-    signal.tolerate("mode", "enable")  # pairpod always passes signals on
+    if mode_of(signal) not in (None, "enable"):  # pairpod always passes signals on
+        where = "mode" if signal.raw("mode") is not None else "(defaultMode)"
+        signal.problems.append(f"{signal.path}.{where}: pairpod passes every signal on")
     signal.refuse("allow", "pairpod passes every signal on")
     signal.refuse("deny", "pairpod passes every signal on")
     signal.finish()
