@@ -11,6 +11,8 @@ import asyncio
 import base64
 import os
 import subprocess
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from pairpod.auth.webhook import WebhookError, apply_overrides
 from pairpod.config import Config, validate_config
 from tests.conftest import MakeGateway
+from tests.kube_apiserver.fixture import kube_apiserver
 from tests.support.containerssh_peer import (
     DOCKER_CONTAINER_CONFIG,
     ContainerSSHPeer,
@@ -27,7 +30,7 @@ from tests.support.containerssh_peer import (
 )
 from tests.support.gateway import ClientKey, GatewayThread
 
-__all__ = ["containerssh_peer"]  # the ``peer`` fixture
+__all__ = ["containerssh_peer", "kube_apiserver"]  # fixtures
 
 BASE = validate_config({"security": {"env_allow": ["LANG"]}}, "test")
 
@@ -415,3 +418,51 @@ async def test_docker_session_mode_cannot_take_files_and_says_so(
     code, out, err = await ssh(gw, "jo", "echo in", key)
     assert code != 0 and out == ""
     assert "cannot place the login's files in the environment" in err
+
+
+# -- through a gateway (Kubernetes backend, on the API test server) ---------------------------
+
+
+@pytest.fixture
+def kube_namespace(kube_apiserver: Any) -> Iterator[str]:
+    """A namespace of the test API server (request it before ``make_gateway``: it goes last)."""
+    name = f"cssh-{uuid.uuid4().hex[:8]}"
+    kube_apiserver.create_namespace(name)
+    yield name
+    kube_apiserver.delete_namespace(name)
+
+
+async def test_kubernetes_a_containerssh_pod_spec_changes_one_users_image(
+    kube_namespace: str,
+    make_gateway: MakeGateway,
+    peer: ContainerSSHPeer,
+    tmp_path: Path,
+    kube_apiserver: Any,
+) -> None:
+    from tests.support.images import busybox_image
+    from tests.support.kube_env import kubernetes_overrides
+
+    key = ClientKey.create(tmp_path / "webhook-key")
+    for user in ("kay", "lou"):
+        peer.pubkeys[user] = {key_line(key)}
+    spec = {
+        "containers": [
+            {"name": "shell", "image": busybox_image(), "env": [{"name": "KAY_TEAM", "value": "ops"}]}
+        ]
+    }
+    peer.config_answers["kay"] = go_config_answer(**{"backend": "kubernetes", "kubernetes.pod.spec": spec})
+    overrides = kubernetes_overrides(kube_apiserver, kube_namespace)
+    gw = await asyncio.to_thread(
+        make_gateway,
+        {
+            **overrides,
+            "auth": {"webhook": {"url": peer.url}, "config_webhook": {"url": f"{peer.url}/config"}},
+        },
+    )
+    probe = 'if [ -e /etc/debian_version ]; then echo debian; else echo other; fi; echo "team=$KAY_TEAM"'
+    results = await asyncio.gather(ssh(gw, "kay", probe, key), ssh(gw, "lou", probe, key))
+    assert [(code, out) for code, out, _ in results] == [
+        (0, "other\nteam=ops\n"),
+        (0, "debian\nteam=\n"),
+    ], results
+    assert peer.problems == []
