@@ -11,8 +11,6 @@ import asyncio
 import base64
 import os
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import pytest
 from pairpod.auth.webhook import WebhookError, apply_overrides
 from pairpod.config import Config, validate_config
 from tests.conftest import MakeGateway
-from tests.kube_apiserver.fixture import kube_apiserver
+from tests.kube_apiserver.fixture import kube_apiserver, kube_namespace
 from tests.support.containerssh_peer import (
     DOCKER_CONTAINER_CONFIG,
     ContainerSSHPeer,
@@ -30,7 +28,7 @@ from tests.support.containerssh_peer import (
 )
 from tests.support.gateway import ClientKey, GatewayThread
 
-__all__ = ["containerssh_peer", "kube_apiserver"]  # fixtures
+__all__ = ["containerssh_peer", "kube_apiserver", "kube_namespace"]  # fixtures
 
 BASE = validate_config({"security": {"env_allow": ["LANG"]}}, "test")
 
@@ -421,15 +419,6 @@ async def test_docker_session_mode_cannot_take_files_and_says_so(
 
 
 # -- through a gateway (Kubernetes backend, on the API test server) ---------------------------
-
-
-@pytest.fixture
-def kube_namespace(kube_apiserver: Any) -> Iterator[str]:
-    """A namespace of the test API server (request it before ``make_gateway``: it goes last)."""
-    name = f"cssh-{uuid.uuid4().hex[:8]}"
-    kube_apiserver.create_namespace(name)
-    yield name
-    kube_apiserver.delete_namespace(name)
 
 
 async def test_kubernetes_a_containerssh_pod_spec_changes_one_users_image(
