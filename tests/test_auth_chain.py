@@ -424,25 +424,39 @@ async def webhook() -> AsyncIterator[AuthWebhookPeer]:
             "API_TOKEN": {"value": "tok-SENSITIVE-42", "sensitive": True},
             "not.a.variable": {"value": "ignored", "sensitive": False},
         },
-        "environment": {"EDITOR": {"value": "vim", "sensitive": False}},
+        "environment": {
+            "EDITOR": {"value": "vim", "sensitive": False},
+            "DB_PASSWORD": {"value": "db-SENSITIVE-7", "sensitive": True},
+        },
     }
     await peer.start()
     yield peer
     await peer.stop()
 
 
+@pytest.mark.parametrize("expose", [False, True])
 async def test_webhook_password_login_carries_env_and_metadata(
-    make_server: MakeServer, webhook: AuthWebhookPeer, caplog: pytest.LogCaptureFixture
+    make_server: MakeServer,
+    webhook: AuthWebhookPeer,
+    caplog: pytest.LogCaptureFixture,
+    expose: bool,
 ) -> None:
-    harness = await make_server({"webhook": {"url": webhook.url}})
+    harness = await make_server(
+        {"webhook": {"url": webhook.url}},
+        security={"expose_auth_metadata_as_env": expose},
+    )
     out = await login(harness, "alice", password="wonderland", preferred_auth="password")
     assert out["as"] == "alice@example.org" and out["source"] == "webhook"
-    assert out["env"] == {"TEAM": "red", "API_TOKEN": "tok-SENSITIVE-42", "EDITOR": "vim"}
-    assert out["sensitive"] == ["API_TOKEN"]
+    # The environment always; metadata only when exposed, and never a sensitive entry.
+    expected = {"EDITOR": "vim", "DB_PASSWORD": "db-SENSITIVE-7"}
+    if expose:
+        expected["TEAM"] = "red"
+    assert out["env"] == expected
+    assert out["sensitive"] == ["DB_PASSWORD"]
     body = webhook.requests[0][1]
     assert body["username"] == "alice" and body["clientVersion"].startswith("SSH-2.0-AsyncSSH")
     assert body["remoteAddress"].startswith("127.0.0.1:")
-    assert_never_logged(caplog, "wonderland", "tok-SENSITIVE-42")
+    assert_never_logged(caplog, "wonderland", "tok-SENSITIVE-42", "db-SENSITIVE-7")
     [success] = decisions(caplog, "auth.success")
     assert success["authenticated_as"] == "alice@example.org"
 

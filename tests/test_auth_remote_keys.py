@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import aiohttp
 import asyncssh
@@ -247,3 +251,36 @@ async def test_a_failing_source_is_not_retried_before_retry_after(
     clock.now += 31
     assert (await src.lookup("alice")).status == "fresh"
     assert peer.counts["alice"] == 2
+
+
+@pytest.fixture
+def static_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """Python's own ``http.server`` serving a folder on loopback, as people publish key files."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+async def test_a_static_file_server_key_list_is_accepted_and_html_still_refused(
+    static_server: tuple[str, Path], http: aiohttp.ClientSession, keys: list[asyncssh.SSHKey]
+) -> None:
+    url, folder = static_server
+    (folder / "alice.keys").write_text(f"{_pub(keys[0])}\n")
+    (folder / "mallory.keys").write_text("<!DOCTYPE html><html><body>Sign in</body></html>\n")
+    (folder / "blob.keys").write_bytes(b"\x00\x01\x02 not keys\n")
+    async with http.get(f"{url}/alice.keys") as response:
+        assert response.content_type == "application/octet-stream"  # what the server says
+    src = source(url, http)
+    alice = await src.lookup("alice")
+    assert alice.status == "fresh" and [e.blob for e in alice.entries] == [keys[0].public_data]
+    mallory = await src.lookup("mallory")
+    assert mallory.status == "unavailable" and "HTML" in (mallory.problem or "")
+    blob = await src.lookup("blob")
+    assert blob.status == "unavailable" and "no readable key" in (blob.problem or "")

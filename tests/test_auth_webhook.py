@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairpod.auth.result import MetadataValue
+from pairpod.auth.result import LoginValues, MetadataValue
 from pairpod.auth.webhook import (
     AuthWebhook,
     ConfigWebhook,
@@ -69,7 +69,7 @@ async def test_password_request_fields_and_answer(
     auth_peer.extra["alice"] = {
         "authenticatedUsername": "alice@corp",
         "metadata": {"TEAM": {"value": "red", "sensitive": False}},
-        "environment": {"TOKEN": {"value": "s3cr3t", "sensitive": True}, "PLAIN": "v"},
+        "environment": {"TOKEN": {"value": "s3cr3t", "sensitive": True}, "PLAIN": {"value": "v"}},
     }
     answer = await auth_client(auth_peer.url, http).password(CONN, "wonderland")
     assert answer.success and answer.authenticated_username == "alice@corp"
@@ -170,10 +170,17 @@ async def test_down_webhook(http: aiohttp.ClientSession) -> None:
         ({"success": True, "authenticatedUsername": "a\nb"}, "not a usable name"),
         ({"success": True, "environment": []}, "environment must be an object"),
         ({"success": True, "environment": {"1X": "v"}}, "not a valid variable name"),
-        ({"success": True, "environment": {"X": 5}}, "must be an object"),
+        ({"success": True, "environment": {"X": 5}}, "expected"),
+        # ContainerSSH's Value is an object: a bare string is not one.
+        ({"success": True, "environment": {"X": "v"}}, "expected"),
+        ({"success": True, "environment": {"X": {"value": "v", "extra": 1}}}, "expected"),
+        ({"success": True, "files": {"/f": {"value": "not base64!"}}}, "not base64"),
+        ({"success": True, "files": {"relative": {"value": ""}}}, "absolute"),
+        ({"success": True, "files": {"/a/../etc/x": {"value": ""}}}, "normalised"),
+        ({"success": True, "surprise": 1}, "unknown field"),
         ({"success": True, "environment": {"X": {"value": 5}}}, "expected"),
         ({"success": True, "metadata": {"k": {"value": "v", "sensitive": "no"}}}, "expected"),
-        ({"success": True, "metadata": {"k": "a\0b"}}, "NUL"),
+        ({"success": True, "metadata": {"k": {"value": "a\0b"}}}, "NUL"),
         ({"success": True, "files": []}, "files must be an object"),
     ],
 )
@@ -224,7 +231,7 @@ async def test_deeply_nested_answer_is_refused(
 
 
 def test_metadata_names_need_not_be_variable_names() -> None:
-    answer = parse_auth_answer({"success": True, "metadata": {"github.com/org": "x"}})
+    answer = parse_auth_answer({"success": True, "metadata": {"github.com/org": {"value": "x"}}})
     assert answer.metadata == {"github.com/org": MetadataValue("x")}
 
 
@@ -247,8 +254,10 @@ async def test_config_request_carries_identity_and_only_public_metadata(
     answer = await client.fetch(
         CONN,
         "alice@corp",
-        {"TEAM": MetadataValue("red"), "TOKEN": MetadataValue("s3cr3t", True)},
-        {"HOME_HINT": MetadataValue("/h"), "SECRET": MetadataValue("x", True)},
+        LoginValues(
+            {"TEAM": MetadataValue("red"), "TOKEN": MetadataValue("s3cr3t", True)},
+            {"HOME_HINT": MetadataValue("/h"), "SECRET": MetadataValue("x", True)},
+        ),
     )
     assert answer.config == {"docker": {"image": "alice/dev:1"}}
     assert answer.environment == {"EDITOR": MetadataValue("vim")}
@@ -281,7 +290,7 @@ async def test_config_webhook_broken_modes(
     config_peer.mode = mode
     client = ConfigWebhook(ConfigWebhookSettings(url=config_peer.config_url), lambda: http)
     with pytest.raises(WebhookError, match=problem):
-        await client.fetch(CONN, "alice", {}, {})
+        await client.fetch(CONN, "alice", LoginValues())
 
 
 async def test_config_answer_of_wrong_type(
@@ -290,7 +299,7 @@ async def test_config_answer_of_wrong_type(
     config_peer.answers["alice"] = {"config": ["docker"]}
     client = ConfigWebhook(ConfigWebhookSettings(url=config_peer.config_url), lambda: http)
     with pytest.raises(WebhookError, match="config must be an object"):
-        await client.fetch(CONN, "alice", {}, {})
+        await client.fetch(CONN, "alice", LoginValues())
 
 
 def test_overrides_merge_and_validate_with_the_config_model() -> None:

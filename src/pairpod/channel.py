@@ -37,12 +37,15 @@ _DRAIN_AFTER_EXIT = 2.0
 _CHUNK = 1 << 18
 
 
-def filter_env(requested: dict[str, str], allow: list[str]) -> dict[str, str]:
-    """Keep only the variables whose names match one of the ``allow`` glob patterns."""
+def filter_env(
+    requested: dict[str, str], allow: list[str], deny: list[str] | None = None
+) -> dict[str, str]:
+    """Keep the variables whose names match an ``allow`` glob and no ``deny`` glob."""
     return {
         name: value
         for name, value in requested.items()
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
+        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in deny or ())
     }
 
 
@@ -142,7 +145,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         client_env = self._client_env()
         # Variables from the login (authorized_keys environment=, webhook) come with the
         # Identity; these are only what the client asked for and the config allows.
-        env = filter_env(client_env, self._security.env_allow)
+        env = filter_env(client_env, self._security.env_allow, self._security.env_deny)
         command = self._command
         subsystem = self._subsystem
         forced = self._connection.permissions.forced_command or self._security.force_command

@@ -150,6 +150,9 @@ class WebhookSettings(Section):
     url: str
     timeout: Duration = 2.0
     retries: int = Field(2, ge=0, le=10)
+    authz: bool = Field(
+        False, description="after a login succeeds, ask POST <url>/authz (ContainerSSH's authz)"
+    )
 
 
 class ConfigWebhookSettings(Section):
@@ -157,6 +160,9 @@ class ConfigWebhookSettings(Section):
 
     url: str
     timeout: Duration = 2.0
+    format: Literal["auto", "containerssh", "pairpod"] = Field(
+        "auto", description="shape of the answer's config; auto tells them apart"
+    )
 
 
 class LockoutSettings(Section):
@@ -300,6 +306,10 @@ class SecuritySettings(Section):
     """What an SSH client may ask for."""
 
     env_allow: list[str] = Field(default_factory=lambda: ["LANG", "LC_*", "TERM", "TZ"])
+    env_deny: list[str] = Field(default_factory=list, description="globs refused even if allowed")
+    expose_auth_metadata_as_env: bool = Field(
+        False, description="auth webhook metadata (never sensitive entries) become variables"
+    )
     allow_exec: bool = True
     allow_shell: bool = True
     allow_pty: bool = True

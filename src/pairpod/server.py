@@ -20,6 +20,7 @@ from pairpod import __version__
 from pairpod.admin import Operations
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
+from pairpod.backends.files import place_files
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
@@ -417,6 +418,11 @@ class Gateway:
         began = time.monotonic()
         try:
             environment = await self.backend.open(identity, status=status)
+            try:
+                await place_files(environment, identity.files)
+            except BaseException:
+                await environment.close()
+                raise
         except PairpodError as error:
             log.warning("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr,

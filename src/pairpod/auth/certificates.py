@@ -17,11 +17,13 @@ Who checks what:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+from asyncssh.public_key import decode_ssh_certificate
 
 from pairpod.auth.keys import AuthorizedKey, KeyFile, KeyParseError, parse_key_line
 from pairpod.log import fields, get_logger
@@ -106,3 +108,39 @@ class PrincipalRecorder(asyncssh.SSHAuthorizedKeys):
         if ca:
             self._report(key.public_data, tuple(cert_principals or ()))
         return None
+
+
+def record_offered_keys(conn: Any, report: Callable[[bytes], None]) -> None:
+    """Have ``report`` called with the blob of every key or certificate the client offers.
+
+    AsyncSSH gives the server's ``validate_ca_key`` only a certificate's
+    signing key, but a ContainerSSH-style webhook wants the certificate itself
+    (ContainerSSH sends its authorized_keys line). The connection's
+    ``validate_public_key`` sees the blob first, so it is wrapped, on this
+    one connection object, to note the blob and go on unchanged.
+    """
+    original = getattr(conn, "validate_public_key", None)
+    if original is None:
+        return
+
+    async def validate_public_key(
+        username: str, key_data: bytes, msg: bytes, signature: bytes
+    ) -> bool:
+        report(key_data)
+        return bool(await original(username, key_data, msg, signature))
+
+    conn.validate_public_key = validate_public_key
+
+
+def certificate_line(blob: bytes | None, ca_key: asyncssh.SSHKey) -> str | None:
+    """The authorized_keys line of the certificate ``blob`` if ``ca_key`` signed it, else None."""
+    if blob is None:
+        return None
+    try:
+        cert = decode_ssh_certificate(blob)
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+    signer = getattr(cert, "signing_key", None)
+    if signer is None or signer.public_data != ca_key.public_data:
+        return None
+    return f"{cert.algorithm.decode()} {base64.b64encode(blob).decode('ascii')}"

@@ -37,14 +37,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
 import asyncssh
 
-from pairpod.auth.certificates import PrincipalRecorder, TrustedCAs, check_principals
+from pairpod.auth.certificates import (
+    PrincipalRecorder,
+    TrustedCAs,
+    certificate_line,
+    check_principals,
+    record_offered_keys,
+)
 from pairpod.auth.keys import StaticKeys, find_key
 from pairpod.auth.lockout import Lock, Lockout
 from pairpod.auth.password import (
@@ -59,7 +65,7 @@ from pairpod.auth.result import (
     AuthObserver,
     AuthResult,
     LoginPermissions,
-    MetadataValue,
+    LoginValues,
     Outcome,
     Verdict,
     frozen_map,
@@ -224,6 +230,11 @@ class ConnectionAuth:
         self._attempted = False
         self._config_memo: dict[tuple[Any, ...], tuple[Config, WebhookAnswer]] = {}
         self._webhook_key_memo: dict[tuple[str, bytes], Verdict] = {}
+        self._offered_key: bytes | None = None
+        self._authz_memo: dict[tuple[Any, ...], Verdict] = {}
+        if owner.webhook is not None:
+            # Certificates go to the webhook whole, as ContainerSSH sends them.
+            record_offered_keys(conn, self._note_offered_key)
 
     @property
     def remote_address(self) -> str:
@@ -308,6 +319,9 @@ class ConnectionAuth:
             verdict = Verdict.allow(
                 entry.origin, f"certificate signed by trusted CA {ca_fingerprint}"
             )
+        line = certificate_line(self._offered_key, key)
+        if verdict.outcome is not Outcome.ALLOW and self._owner.webhook and line is not None:
+            verdict = await self._run(method, [("webhook", self._webhook_key)], username, line)
         pending = (ca_fingerprint, seen[1] if seen else (), username)
         self._settle_certificate(pending)
         if verdict.outcome is not Outcome.ALLOW:
@@ -450,15 +464,19 @@ class ConnectionAuth:
                 notes.append(f"{source}({login}): key not published")
         return Verdict.abstain("remote_keys", "; ".join(notes))
 
-    async def _webhook_key(self, username: str, key: asyncssh.SSHKey) -> Verdict:
+    async def _webhook_key(self, username: str, key: asyncssh.SSHKey | str) -> Verdict:
+        """Ask the webhook about a key, or a certificate given as its authorized_keys line."""
         webhook = self._owner.webhook
         if webhook is None:
             return Verdict.abstain("webhook", "no webhook configured")
-        memo_key = (username, key.public_data)
+        if isinstance(key, str):
+            line = key
+        else:
+            line = f"{key.algorithm.decode()} {base64.b64encode(key.public_data).decode()}"
+        memo_key = (username, line.encode())
         if memo_key in self._webhook_key_memo:
             # A client asks about a key, then signs with it: one webhook call.
             return self._webhook_key_memo[memo_key]
-        line = f"{key.algorithm.decode()} {base64.b64encode(key.public_data).decode()}"
         answer = await webhook.pubkey(self._info(username), line)
         verdict = self._webhook_verdict(answer, "key")
         self._webhook_key_memo[memo_key] = verdict
@@ -518,6 +536,7 @@ class ConnectionAuth:
             authenticated_as=answer.authenticated_username,
             environment=answer.environment,
             metadata=answer.metadata,
+            files=answer.files,
         )
 
     # -- approval --------------------------------------------------------------
@@ -526,23 +545,26 @@ class ConnectionAuth:
         self, method: str, username: str, verdict: Verdict, fingerprint: str | None
     ) -> bool:
         authenticated_as = verdict.authenticated_as or username
-        webhook_env = verdict.environment
+        step = "config_webhook"
         try:
-            config, answer = await self._configure(
-                username, authenticated_as, verdict.metadata, webhook_env
-            )
+            if self._owner.webhook is not None and self._owner.webhook.settings.authz:
+                step = "authz"
+                verdict = await self._authorize(username, authenticated_as, verdict)
+                if verdict.outcome is not Outcome.ALLOW:
+                    self._decision("auth.reject", method, username, verdict)
+                    return False
+                step = "config_webhook"
+            config, answer = await self._configure(username, authenticated_as, verdict.values)
         except WebhookError as error:
-            self._decision(
-                "auth.reject", method, username, Verdict.deny("config_webhook", str(error))
-            )
+            self._decision("auth.reject", method, username, Verdict.deny(step, str(error)))
             return False
         except Exception as error:  # deny by default on any error
-            log.exception("auth.error", extra=fields(conn=self.conn_id, source="config_webhook"))
+            log.exception("auth.error", extra=fields(conn=self.conn_id, source=step))
             self._decision(
                 "auth.reject",
                 method,
                 username,
-                Verdict.deny("config_webhook", f"internal error ({type(error).__name__})"),
+                Verdict.deny(step, f"internal error ({type(error).__name__})"),
             )
             return False
         env: dict[str, str] = {}
@@ -555,9 +577,19 @@ class ConnectionAuth:
         for name, value in verdict.permissions.environment.items():
             put(name, value, False)
         # Later sources win: auth webhook metadata, its environment, then the
-        # config webhook's metadata and environment.
-        for values in (verdict.metadata, webhook_env, answer.metadata, answer.environment):
+        # config webhook's metadata and environment. Metadata becomes variables
+        # only when the config says so, and a sensitive entry never does (as
+        # in ContainerSSH's exposeAuthMetadataAsEnv).
+        expose = config.security.expose_auth_metadata_as_env
+        for values, is_metadata in (
+            (verdict.metadata, True),
+            (verdict.environment, False),
+            (answer.metadata, True),
+            (answer.environment, False),
+        ):
             for name, item in values.items():
+                if is_metadata and (not expose or item.sensitive):
+                    continue
                 if is_env_name(name):
                     put(name, item.value, item.sensitive)
         metadata = {**verdict.metadata, **answer.metadata}
@@ -572,6 +604,7 @@ class ConnectionAuth:
             sensitive_env=frozenset(sensitive),
             metadata=metadata,
             key_fingerprint=fingerprint,
+            files={**verdict.files, **answer.files},
         )
         self._decision(
             "auth.accept",
@@ -586,26 +619,37 @@ class ConnectionAuth:
         self._candidate = result
         return True
 
+    async def _authorize(self, username: str, authenticated_as: str, verdict: Verdict) -> Verdict:
+        """Put a successful login to the webhook's ``/authz``; its values win over the login's."""
+        assert self._owner.webhook is not None
+        memo_key = (username, authenticated_as, *verdict.values.memo_key())
+        if memo_key in self._authz_memo:
+            # A key is asked about, then signed with: one authorization.
+            return self._authz_memo[memo_key]
+        answer = await self._owner.webhook.authorize(
+            self._info(username), authenticated_as, verdict.values
+        )
+        if not answer.success:
+            refused = Verdict.deny("authz", f"authorization webhook refused {authenticated_as!r}")
+            self._authz_memo[memo_key] = refused
+            return refused
+        merged = answer.values.over(verdict.values)
+        self._authz_memo[memo_key] = replace(
+            verdict, metadata=merged.metadata, environment=merged.environment, files=merged.files
+        )
+        return self._authz_memo[memo_key]
+
     async def _configure(
-        self,
-        username: str,
-        authenticated_as: str,
-        metadata: Mapping[str, MetadataValue],
-        environment: Mapping[str, MetadataValue],
+        self, username: str, authenticated_as: str, values: LoginValues
     ) -> tuple[Config, WebhookAnswer]:
         webhook = self._owner.config_webhook
         if webhook is None:
             return self._owner.config, WebhookAnswer()
-        memo_key = (
-            username,
-            authenticated_as,
-            tuple(sorted((k, v.value, v.sensitive) for k, v in metadata.items())),
-            tuple(sorted((k, v.value, v.sensitive) for k, v in environment.items())),
-        )
+        memo_key = (username, authenticated_as, *values.memo_key())
         if memo_key in self._config_memo:
             return self._config_memo[memo_key]
-        answer = await webhook.fetch(self._info(username), authenticated_as, metadata, environment)
-        config = apply_overrides(self._owner.config, answer.config)
+        answer = await webhook.fetch(self._info(username), authenticated_as, values)
+        config = apply_overrides(self._owner.config, answer.config, webhook.settings.format)
         if answer.config:
             log.info(
                 "auth.config_override",
@@ -619,6 +663,9 @@ class ConnectionAuth:
         return config, answer
 
     # -- bookkeeping -------------------------------------------------------------
+
+    def _note_offered_key(self, key_data: bytes) -> None:
+        self._offered_key = key_data
 
     def _note_principals(self, ca_blob: bytes, principals: tuple[str, ...]) -> None:
         self._cert_seen = (ca_blob, principals)
@@ -702,3 +749,4 @@ class ConnectionAuth:
                 **extra,
             ),
         )
+

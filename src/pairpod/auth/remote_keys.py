@@ -7,8 +7,11 @@
 - While the source fails, the last good answer is used (logged) for up to
   ``max_stale`` past its ttl; failures are not retried for ``retry_after``
   seconds, so a dead source does not cost every login a full timeout.
-- A page that is not a list of keys is refused: non-200, not ``text/plain``,
-  larger than ``max_bytes``, not UTF-8, HTML, or no readable key line.
+- A page that is not a list of keys is refused: non-200, a content type
+  other than ``text/plain`` or ``application/octet-stream`` (what static
+  file servers such as nginx or Python's ``http.server`` send for a
+  ``.keys`` file), larger than ``max_bytes``, not UTF-8, HTML, or no
+  readable key line.
   Unreadable lines in a good page are skipped with a log line.
 - Each fetch has the source's ``timeout``; fetches run concurrently and
   never hold up another login.
@@ -28,6 +31,10 @@ import aiohttp
 from pairpod.auth.keys import AuthorizedKey, parse_authorized_keys
 from pairpod.config import KeySourceSettings
 from pairpod.log import fields, get_logger
+
+#: Content types a key list may come as: GitHub's and GitLab's, and what
+#: static file servers send for a file with an unknown extension.
+KEY_CONTENT_TYPES = ("text/plain", "application/octet-stream")
 
 log = get_logger("auth.remote_keys")
 
@@ -169,9 +176,10 @@ class RemoteKeySource:
                     return ()
                 if response.status != 200:
                     raise KeySourceError(f"HTTP status {response.status}")
-                if response.content_type != "text/plain":
+                if response.content_type not in KEY_CONTENT_TYPES:
                     raise KeySourceError(
-                        f"content type {response.content_type!r}, expected text/plain"
+                        f"content type {response.content_type!r}, expected "
+                        + " or ".join(KEY_CONTENT_TYPES)
                     )
                 length = response.content_length
                 if length is not None and length > self._max_bytes:

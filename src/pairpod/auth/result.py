@@ -81,6 +81,39 @@ class MetadataValue:
 
 
 @dataclass(frozen=True)
+class FileValue:
+    """One ``files`` entry of a ContainerSSH webhook answer: a file to place in the environment."""
+
+    content: bytes = field(repr=False)
+    sensitive: bool = False
+
+
+@dataclass(frozen=True)
+class LoginValues:
+    """What webhooks attach to a login (ContainerSSH's metadata, environment and files)."""
+
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
+    environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
+
+    def over(self, base: LoginValues) -> LoginValues:
+        """These values merged over ``base`` (entry by entry; these win)."""
+        return LoginValues(
+            {**base.metadata, **self.metadata},
+            {**base.environment, **self.environment},
+            {**base.files, **self.files},
+        )
+
+    def memo_key(self) -> tuple[object, ...]:
+        """A hashable key of all the values, for per-connection memos of webhook answers."""
+        return (
+            tuple(sorted((k, v.value, v.sensitive) for k, v in self.metadata.items())),
+            tuple(sorted((k, v.value, v.sensitive) for k, v in self.environment.items())),
+            tuple(sorted((k, v.content, v.sensitive) for k, v in self.files.items())),
+        )
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One authenticator's answer about one credential.
 
@@ -96,6 +129,12 @@ class Verdict:
     permissions: LoginPermissions = field(default_factory=LoginPermissions)
     environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
+
+    @property
+    def values(self) -> LoginValues:
+        """The metadata, environment and files the login brought."""
+        return LoginValues(self.metadata, self.environment, self.files)
 
     @classmethod
     def allow(cls, source: str, reason: str, **extra: object) -> Verdict:
@@ -123,7 +162,8 @@ class AuthResult:
     connection (authorized_keys ``environment=``, webhook environment and
     metadata); ``sensitive_env`` names those that must never be logged.
     ``config`` is the effective config of this connection, with the config
-    webhook's overrides merged and validated.
+    webhook's overrides merged and validated. ``files`` are the webhooks'
+    files (path -> content), placed in the environment before any process.
     """
 
     username: str
@@ -136,6 +176,7 @@ class AuthResult:
     sensitive_env: frozenset[str] = frozenset()
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     key_fingerprint: str | None = None
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
 
     def identity(self, conn_id: str, remote_addr: str) -> Identity:
         """The backend Identity of this login (named by ``authenticated_as``)."""
@@ -145,6 +186,7 @@ class AuthResult:
             remote_addr=remote_addr,
             config=self.config,
             env=self.env,
+            files=MappingProxyType({path: item.content for path, item in self.files.items()}),
         )
 
 

@@ -8,9 +8,20 @@ HTTP 200 either way, is ``{"success": bool, "authenticatedUsername": str,
 "metadata": {name: {"value": str, "sensitive": bool}}, "environment":
 {...}, "files": {...}}``.
 
+``files`` map absolute paths to ``{"value": base64, "sensitive": bool}``
+(Go's encoding of ``[]byte``). With ``authz: true`` a login that succeeded
+is then put to ``POST <url>/authz`` (the connection fields plus
+``authenticatedUsername``, metadata, environment and files); its answer has
+the auth answer's shape and its values win over the login's.
+
 Config webhook: JSON ``POST <url>`` with the same connection fields plus
-``authenticatedUsername`` and the non-sensitive metadata; the answer is
-``{"config": {...partial config...}, "metadata": {...}, "environment": {...}}``.
+``authenticatedUsername`` and the non-sensitive metadata, environment and
+files; the answer is ``{"config": {...}, "metadata": {...}, "environment":
+{...}, "files": {...}}``, where the config is pairpod's partial config or a
+ContainerSSH ``AppConfig`` (see :mod:`pairpod.auth.containerssh`).
+
+Answers are checked strictly: a field of the wrong type, an unknown field,
+a bad variable name or file path is an error.
 
 Every problem (no connection, timeout, non-200, body too large, not JSON,
 a field of the wrong type) raises :class:`WebhookError`, whose message is
@@ -29,7 +40,8 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
-from pairpod.auth.result import MetadataValue, is_env_name
+from pairpod.auth.containerssh import UnsupportedSettings, looks_like_containerssh, to_pairpod
+from pairpod.auth.result import FileValue, LoginValues, MetadataValue, is_env_name
 from pairpod.config import (
     Config,
     ConfigWebhookSettings,
@@ -46,6 +58,18 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 #: Config sections a config webhook may override; anything else is refused,
 #: so a webhook can never change who may log in or where pairpod listens.
 OVERRIDABLE_SECTIONS = frozenset({"backend", "docker", "kubernetes", "local", "security"})
+
+#: The connection fields ContainerSSH echoes back in its answers (ignored
+#: beyond their types); anything else not named here is an unknown field.
+_ECHOED_FIELDS = ("username", "remoteAddress", "connectionId", "clientVersion")
+_AUTH_FIELDS = frozenset(
+    {"success", "authenticatedUsername", "metadata", "environment", "files", *_ECHOED_FIELDS}
+)
+_CONFIG_FIELDS = frozenset(
+    {"config", "authenticatedUsername", "metadata", "environment", "files", *_ECHOED_FIELDS}
+)
+MAX_FILES = 64
+MAX_PATH = 4096
 
 
 class WebhookError(Exception):
@@ -83,6 +107,12 @@ class WebhookAnswer:
     environment: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
+
+    @property
+    def values(self) -> LoginValues:
+        """The metadata, environment and files of the answer."""
+        return LoginValues(self.metadata, self.environment, self.files)
 
 
 def format_address(host: str, port: int) -> str:
@@ -147,10 +177,7 @@ async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> byte
 
 
 def _values(data: Mapping[str, Any], key: str, *, env_names: bool) -> dict[str, MetadataValue]:
-    """Parse a ``{name: {"value": str, "sensitive": bool}}`` map.
-
-    A plain string value is accepted too, as not sensitive.
-    """
+    """Parse a ``{name: {"value": str, "sensitive": bool}}`` map (ContainerSSH's ``Value``)."""
     raw = data.get(key)
     if raw is None:
         return {}
@@ -160,49 +187,91 @@ def _values(data: Mapping[str, Any], key: str, *, env_names: bool) -> dict[str, 
     for name, item in raw.items():
         if env_names and not is_env_name(name):
             raise WebhookError(f"{key}: {name[:64]!r} is not a valid variable name")
-        if isinstance(item, str):
-            value, sensitive = item, False
-        elif isinstance(item, dict):
-            value, sensitive = item.get("value"), item.get("sensitive", False)
-            if not isinstance(value, str) or not isinstance(sensitive, bool):
-                raise WebhookError(
-                    f"{key}.{name[:64]}: expected {{'value': string, 'sensitive': bool}}"
-                )
-        else:
-            raise WebhookError(f"{key}.{name[:64]} must be an object, got {type(item).__name__}")
+        value, sensitive = _value_and_flag(item, f"{key}.{name[:64]}", "string")
         if "\0" in value:
             raise WebhookError(f"{key}.{name[:64]} holds a NUL character")
         parsed[name] = MetadataValue(value, sensitive)
     return parsed
 
 
-def parse_auth_answer(data: Any) -> WebhookAnswer:
-    """Check an auth webhook answer field by field; raise WebhookError on any wrong type."""
+def _value_and_flag(item: Any, where: str, kind: str) -> tuple[str, bool]:
+    """``(value, sensitive)`` of one ``{"value": ..., "sensitive": bool}`` entry, checked."""
+    if (
+        not isinstance(item, dict)
+        or set(item) - {"value", "sensitive"}
+        or not isinstance(item.get("value"), str)
+        or not isinstance(item.get("sensitive", False), bool)
+    ):
+        raise WebhookError(f"{where}: expected {{'value': {kind}, 'sensitive': bool}}")
+    return item["value"], item.get("sensitive", False)
+
+
+def _files(data: Mapping[str, Any]) -> dict[str, FileValue]:
+    """Parse ``files``: ``{absolute path: {"value": base64, "sensitive": bool}}``."""
+    raw = data.get("files")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise WebhookError(f"files must be an object, got {type(raw).__name__}")
+    if len(raw) > MAX_FILES:
+        raise WebhookError(f"files: {len(raw)} files, at most {MAX_FILES}")
+    parsed: dict[str, FileValue] = {}
+    for path, item in raw.items():
+        shown = path[:64]
+        parts = path.split("/")
+        if (
+            not path.startswith("/")
+            or len(path) > MAX_PATH
+            or "\0" in path
+            or path.endswith("/")
+            or any(part in (".", "..") for part in parts)
+        ):
+            raise WebhookError(f"files: {shown!r} is not an absolute, normalised file path")
+        value, sensitive = _value_and_flag(item, f"files.{shown}", "base64")
+        try:
+            content = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise WebhookError(f"files.{shown}: value is not base64") from None
+        parsed[path] = FileValue(content, sensitive)
+    return parsed
+
+
+def _check_fields(data: Any, known: frozenset[str]) -> dict[str, Any]:
+    """The answer as an object, with no unknown field and the echoed fields as strings."""
     if not isinstance(data, dict):
         raise WebhookError(f"answer must be a JSON object, got {type(data).__name__}")
-    success = data.get("success")
-    if not isinstance(success, bool):
-        raise WebhookError("success must be true or false")
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise WebhookError(f"unknown field(s) in answer: {[name[:64] for name in unknown[:8]]}")
+    for name in _ECHOED_FIELDS:
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise WebhookError(f"{name} must be a string")
     who = data.get("authenticatedUsername")
     if who is not None and not isinstance(who, str):
         raise WebhookError("authenticatedUsername must be a string")
     if who is not None and (len(who) > 256 or not who.isprintable()):
         raise WebhookError("authenticatedUsername is not a usable name")
-    files = data.get("files")
-    if files is not None and not isinstance(files, dict):
-        raise WebhookError("files must be an object")
+    return data
+
+
+def parse_auth_answer(data: Any) -> WebhookAnswer:
+    """Check an auth (or authz) answer field by field; raise WebhookError on anything wrong."""
+    data = _check_fields(data, _AUTH_FIELDS)
+    success = data.get("success")
+    if not isinstance(success, bool):
+        raise WebhookError("success must be true or false")
     return WebhookAnswer(
         success=success,
-        authenticated_username=who or None,
+        authenticated_username=data.get("authenticatedUsername") or None,
         environment=_values(data, "environment", env_names=True),
         metadata=_values(data, "metadata", env_names=False),
+        files=_files(data),
     )
 
 
 def parse_config_answer(data: Any) -> WebhookAnswer:
     """Check a config webhook answer; the partial config is checked by :func:`apply_overrides`."""
-    if not isinstance(data, dict):
-        raise WebhookError(f"answer must be a JSON object, got {type(data).__name__}")
+    data = _check_fields(data, _CONFIG_FIELDS)
     config = data.get("config")
     if config is None:
         config = {}
@@ -213,15 +282,26 @@ def parse_config_answer(data: Any) -> WebhookAnswer:
         environment=_values(data, "environment", env_names=True),
         metadata=_values(data, "metadata", env_names=False),
         config=config,
+        files=_files(data),
     )
 
 
-def apply_overrides(base: Config, overrides: Mapping[str, Any]) -> Config:
+def apply_overrides(base: Config, overrides: Mapping[str, Any], shape: str = "auto") -> Config:
     """Merge a webhook's partial config over ``base`` and validate it with the same model.
 
+    ``shape`` is ``auth.config_webhook.format``: ``containerssh`` answers
+    (or, with ``auto``, answers that look like one) are mapped first.
     Raises WebhookError naming the refused section or the invalid key path.
     """
-    refused = sorted(set(overrides) - OVERRIDABLE_SECTIONS)
+    allowed = OVERRIDABLE_SECTIONS
+    if shape == "containerssh" or (shape == "auto" and looks_like_containerssh(overrides)):
+        try:
+            overrides = to_pairpod(overrides, kubernetes_container=base.kubernetes.container)
+        except UnsupportedSettings as error:
+            raise WebhookError(f"ContainerSSH config: {error}") from None
+        # security.maxSessions is ContainerSSH's per-connection channel limit.
+        allowed = allowed | {"ssh"}
+    refused = sorted(set(overrides) - allowed)
     if refused:
         raise WebhookError(
             f"config sections {refused} may not be overridden "
@@ -242,6 +322,27 @@ def public_values(values: Mapping[str, MetadataValue]) -> dict[str, dict[str, An
         for name, item in values.items()
         if not item.sensitive
     }
+
+
+def public_files(files: Mapping[str, FileValue]) -> dict[str, dict[str, Any]]:
+    """The non-sensitive files, in webhook form (base64 values, as Go encodes ``[]byte``)."""
+    return {
+        path: {"value": base64.b64encode(item.content).decode("ascii"), "sensitive": False}
+        for path, item in files.items()
+        if not item.sensitive
+    }
+
+
+def authenticated_request(
+    conn: ConnectionInfo, authenticated_username: str, values: LoginValues
+) -> dict[str, Any]:
+    """ContainerSSH's ``ConnectionAuthenticatedMetadata``: the body of authz and config requests."""
+    body = conn.request()
+    body["authenticatedUsername"] = authenticated_username
+    body["metadata"] = public_values(values.metadata)
+    body["environment"] = public_values(values.environment)
+    body["files"] = public_files(values.files)
+    return body
 
 
 SettingsT = TypeVar("SettingsT", WebhookSettings, ConfigWebhookSettings)
@@ -277,6 +378,12 @@ class AuthWebhook(_WebhookClient[WebhookSettings]):
         body["publicKey"] = public_key
         return await self._ask("pubkey", body)
 
+    async def authorize(
+        self, conn: ConnectionInfo, authenticated_username: str, values: LoginValues
+    ) -> WebhookAnswer:
+        """Ask ``<url>/authz`` whether this authenticated login may go on (ContainerSSH's authz)."""
+        return await self._ask("authz", authenticated_request(conn, authenticated_username, values))
+
     async def _ask(self, endpoint: str, body: dict[str, Any]) -> WebhookAnswer:
         data = await post_json(
             self._session(),
@@ -293,20 +400,13 @@ class ConfigWebhook(_WebhookClient[ConfigWebhookSettings]):
     """Client of a ContainerSSH-compatible configuration webhook."""
 
     async def fetch(
-        self,
-        conn: ConnectionInfo,
-        authenticated_username: str,
-        metadata: Mapping[str, MetadataValue],
-        environment: Mapping[str, MetadataValue],
+        self, conn: ConnectionInfo, authenticated_username: str, values: LoginValues
     ) -> WebhookAnswer:
         """Ask for this connection's config overrides.
 
         The answer is not applied yet: see :func:`apply_overrides`.
         """
-        body = conn.request()
-        body["authenticatedUsername"] = authenticated_username
-        body["metadata"] = public_values(metadata)
-        body["environment"] = public_values(environment)
+        body = authenticated_request(conn, authenticated_username, values)
         data = await post_json(
             self._session(),
             self.settings.url,

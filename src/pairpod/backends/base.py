@@ -31,6 +31,8 @@ class Identity:
     with any per-user or webhook overrides already merged and validated.
     ``env`` holds variables the authentication step attached (webhook
     environment and metadata); they reach every process of the connection.
+    ``files`` (absolute path -> content) are written into the environment,
+    mode 0600 and owned by the session user, before any process starts.
     """
 
     username: str
@@ -38,6 +40,7 @@ class Identity:
     remote_addr: str
     config: Config
     env: Mapping[str, str] = field(default_factory=dict)
+    files: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,8 @@ class Environment(ABC):
     description: str = ""
     #: True when it came ready from a warm pool (a warm start), until its first process.
     from_pool: bool = False
+    #: Whether all processes see one filesystem (False: a container per process).
+    shares_filesystem: bool = True
 
     @abstractmethod
     async def start(self, spec: ProcessSpec) -> Process:

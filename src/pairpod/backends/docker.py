@@ -812,6 +812,8 @@ class ConnectionEnvironment(DockerEnvironment):
 class SessionEnvironment(DockerEnvironment):
     """``mode: session``: each process is its own container running the command."""
 
+    shares_filesystem = False
+
     def __init__(self, backend: DockerBackend, identity: Identity, settings: DockerSettings) -> None:
         super().__init__(backend, identity, settings)
         self._count = 0

@@ -673,6 +673,8 @@ class ConnectionEnvironment(KubernetesEnvironment):
 class SessionEnvironment(KubernetesEnvironment):
     """``mode: session``: each process gets a pod of its own, deleted when it ends."""
 
+    shares_filesystem = False
+
     def __init__(self, backend: KubernetesBackend, identity: Identity, settings: KubernetesSettings) -> None:
         super().__init__(backend, identity, settings)
         self._count = 0
