@@ -15,7 +15,6 @@ from typing import Any
 
 import asyncssh
 
-from pairpod import __version__
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.channel import ChannelSession
@@ -27,6 +26,7 @@ from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerS
 from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
+from pairpod.ssh_requests import SERVER_VERSION
 from pairpod.ssh_transport import tune_transport
 
 log = get_logger("server")
@@ -354,7 +354,7 @@ class Gateway:
                 host,
                 port,
                 server_host_keys=host_keys,
-                server_version=f"pairpod_{__version__}",
+                server_version=SERVER_VERSION,
                 encryption_algs=ssh.ciphers,
                 login_timeout=ssh.login_timeout,
                 keepalive_interval=ssh.keepalive_interval or None,

@@ -65,6 +65,13 @@ DEFAULT_IDLE_COMMAND = [
 # arguments, stty mode arguments, the kind (shell | sftp | plain), how many
 # NAME=value words follow to export, those words, then argv.
 #
+# Without a TTY the program's stdout is a FIFO read by a ``cat`` of ours
+# (when the image has mkfifo, cat and a writable temporary directory), whose
+# PID follows the program's in the preamble (``pairpod:pid:N:READER``): the
+# engine's end of the output is out of reach, so ending that reader is how
+# the program's stdout is closed when the client stops reading
+# (``eow@openssh.com``) and its next write gets SIGPIPE, as under sshd.
+#
 # A *spare* (``spare TOKEN tty|pipe FD``) is started ahead of need in a warm
 # pool container: it says ``ready``, then reads those same arguments from its
 # stdin, shell-quoted, up to a line holding TOKEN. A TTY spare reads in raw
@@ -106,7 +113,17 @@ sftp)
   if [ -z "$s" ]; then echo "pairpod:error:nosftp" >&"$fd"; exit 127; fi
   set -- "$s" ;;
 esac
-echo "pairpod:pid:$$" >&"$fd"
+r=
+if [ "$fd" = 2 ] && [ "$kind" != sftp ] && command -v mkfifo >/dev/null 2>&1 &&
+    command -v cat >/dev/null 2>&1 && d=$(mktemp -d 2>/dev/null); then
+  if mkfifo "$d/o" 2>/dev/null; then
+    cat "$d/o" & r=$!
+    exec 3>"$d/o"
+  fi
+  rm -rf "$d"
+fi
+echo "pairpod:pid:$$${r:+:$r}" >&"$fd"
+[ -z "$r" ] || exec "$@" >&3 3>&-
 exec "$@"
 """
 
@@ -374,6 +391,11 @@ class OutputPipe:
         """No more output will come."""
         self.eof = True
         self._wake()
+
+    def close(self) -> None:
+        """The reader wants no more: drop what is buffered, end, ignore what follows."""
+        self.drain()
+        self.end()
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` buffered bytes; waits for some; ``b""`` at the end."""

@@ -422,6 +422,30 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         detail = f"; last log lines:\n{lines}" if lines else "; it logged nothing"
         return EnvironmentExited(f"container {name} stopped ({', '.join(why)}){detail}")
 
+    async def run_helper(self, container_id: str, argv: list[str]) -> int | None:
+        """Run a short command in a container (no TTY, no input); its exit code."""
+        engine = self.engine
+        async with asyncio.timeout(HELPER_TIMEOUT):
+            exec_id = await engine.create_exec(
+                container_id,
+                {
+                    "AttachStdin": False,
+                    "AttachStdout": True,
+                    "AttachStderr": True,
+                    "Tty": False,
+                    "Cmd": argv,
+                },
+            )
+            stream = await engine.start_exec(exec_id, False)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            stream.set_consumer(lambda _: None, lambda _: done.done() or done.set_result(None))
+            try:
+                await done
+            finally:
+                stream.close()
+            code = (await engine.inspect_exec(exec_id)).get("ExitCode")
+        return int(code) if code is not None else None
+
     # --- opening an environment ----------------------------------------------------
 
     async def open(
@@ -773,27 +797,7 @@ class ConnectionEnvironment(DockerEnvironment):
 
     async def run_helper(self, argv: list[str]) -> int | None:
         """Run a short command in the container (no TTY, no input); its exit code."""
-        engine = self.backend.engine
-        async with asyncio.timeout(HELPER_TIMEOUT):
-            exec_id = await engine.create_exec(
-                self.container_id,
-                {
-                    "AttachStdin": False,
-                    "AttachStdout": True,
-                    "AttachStderr": True,
-                    "Tty": False,
-                    "Cmd": argv,
-                },
-            )
-            stream = await engine.start_exec(exec_id, False)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            stream.set_consumer(lambda _: None, lambda _: done.done() or done.set_result(None))
-            try:
-                await done
-            finally:
-                stream.close()
-            code = (await engine.inspect_exec(exec_id)).get("ExitCode")
-        return int(code) if code is not None else None
+        return await self.backend.run_helper(self.container_id, argv)
 
     async def _close(self) -> None:
         for process in [*self._processes, *self._spares.values()]:
@@ -888,6 +892,9 @@ class ExecTarget:
         if pid is not None:
             await self._env().run_helper(kill_tree_command(pid))
 
+    async def end_reader(self, pid: int) -> None:
+        await self._env().run_helper(signal_command("KILL", pid))
+
     async def exit_code(self) -> int | None:
         """The exit code, once the exec has ended (its stream is already at its end)."""
         delay = 0.005
@@ -922,6 +929,9 @@ class ContainerTarget:
 
     async def kill(self, pid: int | None) -> None:
         await self.release()
+
+    async def end_reader(self, pid: int) -> None:
+        await self.environment.backend.run_helper(self.container_id, signal_command("KILL", pid))
 
     async def exit_code(self) -> int | None:
         return await self.environment.backend.engine.wait_container(self.container_id)
@@ -1119,6 +1129,9 @@ class DockerProcess(ContainerProcess):
 
     async def _send_signal(self, name: str, pid: int) -> None:
         await self._target.signal(name, pid)
+
+    async def _end_reader(self, pid: int) -> None:
+        await self._target.end_reader(pid)
 
     async def _kill_tree(self, pid: int | None) -> None:
         if self._finisher is None:
