@@ -296,6 +296,22 @@ class SecuritySettings(Section):
     force_command: str | None = None
 
 
+class LimitsSettings(Section):
+    """How many environments (containers, pods) users may hold and open."""
+
+    environments_per_user: int = Field(10, ge=1, description="held at once by one user")
+    environments_total: int = Field(100, ge=1, description="held at once by the gateway")
+    environment_rate: int = Field(60, ge=1, description="opened per user per minute")
+
+
+class TimeoutSettings(Section):
+    """Gateway-wide time limits on a connection."""
+
+    first_channel: Duration = Field(
+        30.0, gt=0, description="an authenticated connection must open a channel within this"
+    )
+
+
 class UserSharingSettings(Section):
     """Per-user sharing overrides."""
 
@@ -349,6 +365,8 @@ class Config(Section):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     sharing: SharingSettings = Field(default_factory=SharingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 

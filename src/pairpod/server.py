@@ -19,6 +19,7 @@ from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
+from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys
 from pairpod.log import fields, get_logger
@@ -105,6 +106,7 @@ class Connection(asyncssh.SSHServer):
         self._join_name: str | None = None
         self._invalid_link = False
         self._control_owner: str | None = None
+        self._had_channel = False
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
         """Logging fields naming this connection, user and address."""
@@ -149,6 +151,7 @@ class Connection(asyncssh.SSHServer):
             environment = await self._environment
             await environment.close()
             log.info("environment.closed", extra=self.log_fields(env=environment.description))
+        self.gateway.environment_limits.release(self.conn_id)
 
     # --- authentication -----------------------------------------------------------
 
@@ -252,12 +255,26 @@ class Connection(asyncssh.SSHServer):
         self.config = result.config  # per-connection overrides (config webhook)
         self.permissions = result.permissions
         self.username = result.authenticated_as
+        self.tasks.spawn(self._close_without_channel())
         if self._control_owner is not None:
             self._control_owner = result.authenticated_as
             return  # the control interface never enters an environment
         identity = result.identity(self.conn_id, self.remote_addr)
         self._environment = self.tasks.spawn(
             self.gateway.open_environment(identity, status=self._show_progress))
+
+    async def _close_without_channel(self) -> None:
+        """Close the connection if it opens no channel within ``timeouts.first_channel``.
+
+        An idle authenticated connection would otherwise hold its environment
+        (a container, a pod) for as long as it likes.
+        """
+        limit = self.gateway.config.timeouts.first_channel
+        await asyncio.sleep(limit)
+        if not self._had_channel and self._conn is not None:
+            log.info("connection.no_channel", extra=self.log_fields(
+                reason=f"no channel within timeouts.first_channel ({limit:g}s)"))
+            self._conn.close()
 
     def _show_progress(self, line: str) -> None:
         """A backend's progress line: to every waiting channel, and kept for later ones."""
@@ -286,6 +303,7 @@ class Connection(asyncssh.SSHServer):
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         """A new session channel, up to ``ssh.max_sessions`` at once."""
+        self._had_channel = True
         if self._invalid_link:
             return InvalidLinkSession(self)
         if self._join is not None:
@@ -329,6 +347,7 @@ class Gateway:
         self.authenticator = Authenticator(config)
         self.sharing = SharingService(config, self.authenticator)
         self.connections: set[Connection] = set()
+        self.environment_limits = EnvironmentLimits(config.limits)
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
 
@@ -376,15 +395,18 @@ class Gateway:
 
     async def open_environment(self, identity: Identity, *,
                                status: StatusCallback | None = None) -> Environment:
-        """Ask the backend for a connection's environment, logging failures."""
+        """Ask the backend for a connection's environment (within ``limits``), logging failures."""
         try:
+            self.environment_limits.admit(identity.username, identity.conn_id)
             environment = await self.backend.open(identity, status=status)
         except PairpodError as error:
+            self.environment_limits.release(identity.conn_id)
             log.warning("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr,
                 error=error.operator_message, kind=type(error).__name__))
             raise
         except Exception as error:
+            self.environment_limits.release(identity.conn_id)
             log.exception("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr))
             raise BackendError(f"backend failed: {error!r}") from error
