@@ -92,5 +92,5 @@ class EnvironmentLimits:
         del self._per_user[username]
         # Forget a user who holds nothing once their window is empty too.
         recent = self._opened.get(username)
-        if recent is not None and recent[-1] <= self._clock() - RATE_WINDOW:
+        if recent is not None and (not recent or recent[-1] <= self._clock() - RATE_WINDOW):
             del self._opened[username]

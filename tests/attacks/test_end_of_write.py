@@ -47,4 +47,3 @@ def test_program_ends_when_the_clients_stdout_closes(serve: ServeGateway, backen
     else:
         wait_until(lambda: not containers(instance=instance), message="the container to be gone")
     assert_probe_login_prompt(gateway)
-

@@ -31,7 +31,9 @@ def run_into_head(argv: Sequence[str], timeout: float = 60) -> HeadRun:
     began = time.monotonic()
     proc = subprocess.Popen(
         ["sh", "-c", f"{{ {shlex.join(argv)}; echo pipeline-status:$? >&2; }} | head -1"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         start_new_session=True,
     )
     try:
