@@ -67,6 +67,7 @@ from pairpod.backends.docker_api import (
     EngineError,
     HijackedStream,
 )
+from pairpod.backends.docker_disk import DiskLimit
 from pairpod.backends.docker_stream import (
     STDERR,
     STDOUT,
@@ -180,6 +181,7 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
     def __init__(self, config: Config, instance_id: str) -> None:
         super().__init__(config, instance_id)
         self.engine = Engine(config.docker.host)
+        self.disk = DiskLimit(self.engine)
         self._pulls: dict[str, asyncio.Future[None]] = {}
 
     # --- lifecycle ---------------------------------------------------------------
@@ -322,9 +324,18 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
             host["NanoCpus"] = int(limits.cpus * 1e9)
         if limits.pids is not None:
             host["PidsLimit"] = limits.pids
-        if security.read_only_rootfs:
-            # Programs still need somewhere to write scratch files.
-            host["Tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=64m"}
+        if limits.tmp is not None:
+            # Scratch space in memory (charged to the memory limit), never on the
+            # host's disk; also somewhere to write with a read-only root.
+            host["Tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={limits.tmp}"}
+        # The log of the main process: the program itself in session mode.
+        logs = settings.logs
+        host["LogConfig"] = (
+            {"Type": "none", "Config": {}}
+            if logs.driver == "none"
+            else {"Type": logs.driver,
+                  "Config": {"max-size": logs.max_size, "max-file": str(logs.max_files)}}
+        )
         if settings.home_volume and username is not None:
             host["Mounts"] = [
                 {
@@ -374,7 +385,8 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         for attempt in (1, 2):
             if steps is not None:
                 steps.now = "creating the container"
-            task = asyncio.ensure_future(self.engine.create_container(name, config))
+            config = await self.disk.apply(config, settings.limits.disk)
+            task = asyncio.ensure_future(self.disk.create(name, config))
             try:
                 return await asyncio.shield(task)
             except asyncio.CancelledError:
