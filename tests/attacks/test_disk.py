@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,8 +34,7 @@ def test_tmp_is_a_capped_tmpfs(serve: ServeGateway, mode: str) -> None:
     gateway, instance = docker_gateway(serve, mode, limits={"tmp": "16m"})
     try:
         result = gateway.ssh(
-            "head -c 40000000 /dev/zero > /tmp/fill; echo status=$?; df -k /tmp | tail -1; "
-            "wc -c < /tmp/fill"
+            "head -c 40000000 /dev/zero > /tmp/fill; echo status=$?; df -k /tmp | tail -1; wc -c < /tmp/fill"
         )
         out = result.stdout.decode()
         assert b"No space left on device" in result.stderr
@@ -48,16 +48,22 @@ def test_tmp_is_a_capped_tmpfs(serve: ServeGateway, mode: str) -> None:
 
 def test_container_gets_log_cap_tmpfs_and_disk_limit_where_supported(serve: ServeGateway) -> None:
     gateway, instance = docker_gateway(serve, "connection")
-    client = subprocess.Popen(gateway.ssh_argv("sleep 600"), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = subprocess.Popen(
+        gateway.ssh_argv("sleep 600"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         found = wait_until(lambda: containers(instance=instance), message="the container")
         host = inspect(found[0]["Names"])["HostConfig"]
-        assert host["LogConfig"] == {"Type": "json-file",
-                                     "Config": {"max-size": "10m", "max-file": "1"}}
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "1"}}
         assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=256m"}
-        info = json.loads(subprocess.run(["docker", "info", "--format", "{{json .}}"],
-                                         capture_output=True, check=True).stdout)
+        info = json.loads(
+            subprocess.run(
+                ["docker", "info", "--format", "{{json .}}"], capture_output=True, check=True
+            ).stdout
+        )
         supported, driver = driver_supports_size(info)
         if supported:
             assert host["StorageOpt"] == {"size": "1g"}
@@ -79,7 +85,9 @@ def test_session_output_does_not_grow_the_engine_log_past_its_cap(serve: ServeGa
     marker = f"end-{secrets.token_hex(4)}"
     client = subprocess.Popen(
         gateway.ssh_argv(f"yes 0123456789abcdef | head -c {total}; echo {marker}; sleep 600"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
     )
     try:
         assert client.stdout is not None
@@ -91,7 +99,7 @@ def test_session_output_does_not_grow_the_engine_log_past_its_cap(serve: ServeGa
         assert len(received) > total  # all of it went through the engine's log too
         log_path = inspect(containers(instance=instance)[0]["Names"])["LogPath"]
         # The log keeps up with the attach stream: wait for the marker's line to reach it.
-        wait_until(lambda: marker.encode() in open(log_path, "rb").read(), message="the log")
+        wait_until(lambda: marker.encode() in Path(log_path).read_bytes(), message="the log")
         size = os.path.getsize(log_path)
         print(f"{total} bytes of output, engine log {size} bytes (cap 1m)")
         assert size <= 2 * MIB  # max-size is checked per line: a line past the cap at most

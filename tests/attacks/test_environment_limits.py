@@ -14,6 +14,7 @@ from typing import Any
 import asyncssh
 
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
+from tests.support.client import connect
 from tests.support.docker_env import containers, docker_overrides, remove_all
 from tests.support.gateway import GatewayProcess, wait_until
 
@@ -23,15 +24,7 @@ PER_USER_DEFAULT = 10  # limits.environments_per_user's documented default
 
 async def open_connection(gateway: GatewayProcess, user: str) -> asyncssh.SSHClientConnection:
     """An authenticated AsyncSSH connection that opens no channel."""
-    return await asyncssh.connect(
-        "127.0.0.1",
-        gateway.port,
-        username=user,
-        client_keys=[str(gateway.key.private)],
-        known_hosts=None,
-        agent_path=None,
-        config=None,
-    )
+    return await connect(gateway, user)
 
 
 async def run(conn: asyncssh.SSHClientConnection, command: str) -> asyncssh.SSHCompletedProcess:
