@@ -142,13 +142,16 @@ class ContainerProcess(Process):
         preamble = await self.preamble()
         if preamble.pid is None or self._status.done() or not self._signallable():
             return
-        if preamble.reader is None:
-            # The image lacks mkfifo, cat or a writable temporary directory.
-            self._log.info(f"{self.log_prefix}.output_not_closable", extra=self._log_fields(
-                reason="no stdout reader in this environment; output is dropped instead"))
-            return
         try:
-            await self._end_reader(preamble.reader)
+            if preamble.reader is not None:
+                await self._end_reader(preamble.reader)
+            else:
+                # No reader of ours to end: the program is its container's main
+                # process, or the image lacks mkfifo, cat or a writable temporary
+                # directory. SIGPIPE now is what its next write would have got.
+                self._log.info(f"{self.log_prefix}.output_closed_by_signal",
+                               extra=self._log_fields(reason="no stdout reader of ours"))
+                await self._send_signal("PIPE", preamble.pid)
         except (PairpodError, TimeoutError) as error:
             if not self._status.done():
                 self._log.warning(f"{self.log_prefix}.close_output_failed", extra=self._log_fields(

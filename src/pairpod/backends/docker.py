@@ -652,9 +652,12 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
 # --- environments ----------------------------------------------------------------------
 
 
-def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
-    """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec)."""
-    return common.wrapped_command(settings.shell, spec)
+def wrapped_command(settings: DockerSettings, spec: ProcessSpec, *, main: bool = False) -> list[str]:
+    """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec).
+
+    ``main``: it is the container's main process (session mode).
+    """
+    return common.wrapped_command(settings.shell, spec, main=main)
 
 
 def spare_command(tty: bool, token: str) -> list[str]:
@@ -839,7 +842,7 @@ class SessionEnvironment(DockerEnvironment):
         tty = spec.pty is not None
         config = backend.container_config(
             settings,
-            cmd=wrapped_command(settings, spec),
+            cmd=wrapped_command(settings, spec, main=True),
             labels=backend.labels(settings, self.identity, "session"),
             hostname=hostname_for(settings.hostname, self.identity.username),
             env=process_env(settings, self.identity, spec),
