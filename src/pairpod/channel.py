@@ -179,12 +179,12 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._finish_with_error("internal error", 1)
             return
         await self._catch_up_resize(self._process, spec.pty)
-        if self._output_closed:
-            await self._process.close_output()
         log.info("channel.started", extra=self._connection.log_fields(
             kind="subsystem" if spec.subsystem else "exec" if spec.command else "shell",
             command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
         shared = self._share(self._process) if spec.pty and not spec.subsystem else None
+        if self._output_closed and self._terminal is None:
+            self._later(lambda p: p.close_output())  # eow came before the program started
         try:
             status = await self._relay(self._process)
         finally:
