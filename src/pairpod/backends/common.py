@@ -67,7 +67,8 @@ DEFAULT_IDLE_COMMAND = [
 # export, those words, then argv.
 #
 # With a reader, the program's stdout is a FIFO read by a ``cat`` of ours
-# (when the image has mkfifo, cat and a writable temporary directory), whose
+# (when the image has mkfifo, cat and a writable temporary directory; mkfifo
+# never reuses an existing name, and /tmp is sticky), whose
 # PID follows the program's in the preamble (``pairpod:pid:N:READER``): the
 # engine's end of the output is out of reach, so ending that reader is how
 # the program's stdout is closed when the client stops reading
@@ -118,13 +119,13 @@ sftp)
   set -- "$s" ;;
 esac
 r=
-if [ -n "$reader" ] && command -v mkfifo >/dev/null 2>&1 &&
-    command -v cat >/dev/null 2>&1 && d=$(mktemp -d 2>/dev/null); then
-  if mkfifo "$d/o" 2>/dev/null; then
-    cat "$d/o" & r=$!
-    exec 3>"$d/o"
+if [ -n "$reader" ] && command -v mkfifo >/dev/null 2>&1 && command -v cat >/dev/null 2>&1; then
+  o=${TMPDIR:-/tmp}/.pairpod-out.$$
+  if mkfifo -m 600 "$o" 2>/dev/null; then
+    cat "$o" & r=$!
+    exec 3>"$o"
+    rm -f "$o"
   fi
-  rm -rf "$d"
 fi
 echo "pairpod:pid:$$${r:+:$r}" >&"$fd"
 [ -z "$r" ] || exec "$@" >&3 3>&-
