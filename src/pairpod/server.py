@@ -274,7 +274,8 @@ class Connection(asyncssh.SSHServer):
         if not self._had_channel and self._conn is not None:
             log.info("connection.no_channel", extra=self.log_fields(
                 reason=f"no channel within timeouts.first_channel ({limit:g}s)"))
-            self._conn.close()
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION,
+                                  f"pairpod: no session opened within {limit:g}s")
 
     def _show_progress(self, line: str) -> None:
         """A backend's progress line: to every waiting channel, and kept for later ones."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import subprocess
 from typing import Any
 
 import asyncssh
@@ -88,23 +89,23 @@ def test_one_user_gets_only_the_per_user_cap_of_containers(serve: ServeGateway) 
 
 def test_connection_without_a_channel_is_closed_and_its_container_removed(serve: ServeGateway) -> None:
     gateway, instance = docker_gateway(serve, timeouts={"first_channel": "2s"})
-
-    async def idle() -> None:
-        conn = await open_connection(gateway, "idler")
-        try:
-            await asyncio.to_thread(
-                wait_until, lambda: containers(instance=instance), message="the container"
-            )
-            await asyncio.wait_for(conn.wait_closed(), 30)  # closed by the gateway
-        finally:
-            conn.close()
-
+    # ssh -N authenticates and opens no session channel.
+    client = subprocess.Popen(
+        gateway.ssh_argv(options=["-N", "-o", "LogLevel=INFO"], user="idler"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
-        asyncio.run(idle())
+        wait_until(lambda: containers(instance=instance), message="the container")
+        _, stderr = client.communicate(timeout=30)  # closed by the gateway, saying why
+        assert b"pairpod: no session opened within 2s" in stderr
         assert "connection.no_channel" in gateway.log()
         wait_until(lambda: not containers(instance=instance), message="the container to be removed")
         assert_probe_login_prompt(gateway)
     finally:
+        client.kill()
+        client.wait()
         remove_all(instance=instance)
 
 
