@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
-from tests.support.docker_env import containers, docker_overrides
+from tests.support.docker_env import containers, docker_overrides, remove_all
 from tests.support.gateway import processes_matching, wait_until
 from tests.support.pipelines import run_into_head
 
@@ -34,16 +34,21 @@ def test_program_ends_when_the_clients_stdout_closes(serve: ServeGateway, backen
     instance = f"attack-eow-{secrets.token_hex(4)}"
     gateway = serve(backend_overrides(backend, instance))
     marker = f"eow-{secrets.token_hex(4)}"
+    try:
+        run = run_into_head(gateway.ssh_argv(f"yes {marker}"))
+        print(f"{backend}: ssh gw yes | head -1 returned in {run.elapsed:.2f}s")
 
-    run = run_into_head(gateway.ssh_argv(f"yes {marker}"))
-    print(f"{backend}: ssh gw yes | head -1 returned in {run.elapsed:.2f}s")
-
-    assert run.out == f"{marker}\n".encode()
-    assert run.elapsed < PIPELINE_SECONDS
-    # It ended the way it does under sshd: its next write after the close got SIGPIPE.
-    wait_until(lambda: "exit_signal=PIPE" in gateway.log(), message="the program's SIGPIPE")
-    if backend == "local":
-        wait_until(lambda: not processes_matching(marker), message="the program to be gone")
-    else:
-        wait_until(lambda: not containers(instance=instance), message="the container to be gone")
-    assert_probe_login_prompt(gateway)
+        assert run.out == f"{marker}\n".encode()
+        assert run.elapsed < PIPELINE_SECONDS
+        # It ended the way it does under sshd: its next write after the close got SIGPIPE.
+        wait_until(lambda: "exit_signal=PIPE" in gateway.log(), message="the program's SIGPIPE")
+        if backend == "local":
+            wait_until(lambda: not processes_matching(marker), message="the program to be gone")
+        else:
+            wait_until(lambda: not containers(instance=instance), message="the container to be gone")
+        assert_probe_login_prompt(gateway)
+    finally:
+        if backend != "local":
+            # The gateway is killed at the end: what it was still removing is ours to remove.
+            gateway.kill()
+            remove_all(instance=instance)
