@@ -193,7 +193,9 @@ def throughput_section(work: Workdir, image: str, megabytes: int, rounds: int, r
 
 
 async def concurrency_section(work: Workdir, image: str, connections: int) -> list[str]:
-    gateway = start_pairpod(work, docker_overrides(image))
+    # One user holds every connection here: lift the per-user limits to match.
+    limits = {"environments_per_user": connections, "environment_rate": connections}
+    gateway = start_pairpod(work, {**docker_overrides(image), "limits": limits})
     lines = []
     try:
         await asyncio.sleep(0.5)  # let the process settle before the baseline reading

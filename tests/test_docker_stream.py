@@ -119,6 +119,8 @@ def test_encode_rejects_unknown_stream():
     ("line", "expected"),
     [
         (b"pairpod:pid:42", Preamble(pid=42)),
+        (b"pairpod:pid:42:43", Preamble(pid=42, reader=43)),
+        (b"pairpod:pid:42:x", Preamble(garbage=b"pairpod:pid:42:x")),
         (b"pairpod:error:nosftp", Preamble(error="nosftp")),
         (b"pairpod:ready", Preamble(ready=True)),
         (b"pairpod:pid:", Preamble(garbage=b"pairpod:pid:")),

@@ -192,6 +192,9 @@ class CountingProcess(Process):
     async def write_eof(self) -> None:
         await self.inner.write_eof()
 
+    async def close_output(self) -> None:
+        await self.inner.close_output()
+
     async def resize(self, cols: int, rows: int, pixel_width: int = 0,
                      pixel_height: int = 0) -> None:
         await self.inner.resize(cols, rows, pixel_width, pixel_height)

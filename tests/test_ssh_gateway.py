@@ -55,7 +55,7 @@ def test_login_timeout_closes_idle_unauthenticated_connections(make_gateway: Mak
         received = b""
         while chunk := sock.recv(4096):
             received += chunk
-    assert received.startswith(b"SSH-2.0-pairpod")  # then EOF: the server hung up
+    assert received.startswith(b"SSH-2.0-OpenSSH_compatible pairpod_")  # then EOF: hung up
 
 
 def test_keepalive_drops_a_client_that_stopped_answering(make_gateway: MakeGateway) -> None:

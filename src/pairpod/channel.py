@@ -22,6 +22,7 @@ from pairpod.log import get_logger
 from pairpod.sharing.channels import ChannelSink
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import SharedSession
+from pairpod.ssh_requests import on_end_of_write
 
 if TYPE_CHECKING:
     from pairpod.server import Connection
@@ -73,6 +74,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self.kind: str | None = None
         self.spec: ProcessSpec | None = None
         self.shared: SharedSession[Terminal] | None = None
+        self._output_closed = False
 
     # --- requests before the session starts -------------------------------------------
 
@@ -80,6 +82,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """Remember the channel and keep AsyncSSH's write buffer small."""
         self._chan = chan
         chan.set_write_buffer_limits(high=1 << 20, low=1 << 18)
+        on_end_of_write(chan, self.end_of_write_received)
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: asyncssh.TermModes) -> bool:
@@ -190,6 +193,8 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
                                                      spec.command or spec.subsystem, spec.pty is not None)
         shared = self._share(self._process) if spec.pty and not spec.subsystem else None
         self.shared = shared
+        if self._output_closed and self._terminal is None:
+            self._later(lambda p: p.close_output())  # eow came before the program started
         try:
             status = await self._relay(self._process)
         finally:
@@ -346,6 +351,15 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._terminal.owner.resize(width, height)
             return
         self._later(lambda p: p.resize(width, height, pixwidth, pixheight))
+
+    def end_of_write_received(self) -> None:
+        """The client's stdout closed (``eow@openssh.com``): close the program's, as sshd does.
+
+        A shared terminal is left alone: its other participants still read it.
+        """
+        self._output_closed = True
+        if self._terminal is None:
+            self._later(lambda p: p.close_output())
 
     def signal_received(self, signal: str) -> None:
         """Deliver a client's signal request (only the RFC 4254 names)."""

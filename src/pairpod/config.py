@@ -221,8 +221,12 @@ class DockerLimits(Section):
     memory: str | None = "512m"
     cpus: float | None = Field(1.0, gt=0)
     pids: int | None = Field(256, ge=1)
+    disk: str | None = Field(
+        "1g", description="writable layer, where the storage driver can cap it (else logged)"
+    )
+    tmp: str | None = Field("256m", description="tmpfs on /tmp (counts as memory); null: none")
 
-    @field_validator("memory")
+    @field_validator("memory", "disk", "tmp")
     @classmethod
     def _memory_size(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"\d+[bkmgBKMG]?", value):
@@ -239,6 +243,22 @@ class DockerSecurity(Section):
         default_factory=lambda: ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID", "KILL"]
     )
     read_only_rootfs: bool = False
+
+
+class DockerLogs(Section):
+    """The log driver of a container: what its main process prints (the program itself
+    in session mode) is kept by the engine, so it is capped."""
+
+    driver: Literal["json-file", "local", "none"] = "json-file"
+    max_size: str = "10m"
+    max_files: int = Field(1, ge=1, le=100)
+
+    @field_validator("max_size")
+    @classmethod
+    def _log_size(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[kmgKMG]", value):
+            raise ValueError(f"expected a size such as 10m or 1g, got {value!r}")
+        return value
 
 
 class DockerTimeouts(Section):
@@ -265,6 +285,7 @@ class DockerSettings(Section):
     network: str = "none"
     limits: DockerLimits = Field(default_factory=DockerLimits)
     security: DockerSecurity = Field(default_factory=DockerSecurity)
+    logs: DockerLogs = Field(default_factory=DockerLogs)
     home_volume: str | None = None
     warm_pool: int = Field(0, ge=0, le=1000)
     timeouts: DockerTimeouts = Field(default_factory=DockerTimeouts)
@@ -315,6 +336,22 @@ class SecuritySettings(Section):
     allow_pty: bool = True
     subsystems: list[Literal["sftp"]] = Field(default_factory=lambda: ["sftp"])
     force_command: str | None = None
+
+
+class LimitsSettings(Section):
+    """How many environments (containers, pods) users may hold and open."""
+
+    environments_per_user: int = Field(10, ge=1, description="held at once by one user")
+    environments_total: int = Field(100, ge=1, description="held at once by the gateway")
+    environment_rate: int = Field(60, ge=1, description="opened per user per minute")
+
+
+class TimeoutSettings(Section):
+    """Gateway-wide time limits on a connection."""
+
+    first_channel: Duration = Field(
+        30.0, gt=0, description="an authenticated connection must open a channel within this"
+    )
 
 
 class UserSharingSettings(Section):
@@ -390,6 +427,8 @@ class Config(Section):
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     sharing: SharingSettings = Field(default_factory=SharingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)

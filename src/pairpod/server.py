@@ -16,13 +16,13 @@ from typing import Any
 
 import asyncssh
 
-from pairpod import __version__
 from pairpod.admin import Operations
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
+from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys
 from pairpod.log import fields, get_logger
@@ -30,6 +30,7 @@ from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerS
 from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
+from pairpod.ssh_requests import SERVER_VERSION
 from pairpod.ssh_transport import tune_transport
 from pairpod.traffic import Traffic
 
@@ -110,6 +111,7 @@ class Connection(asyncssh.SSHServer):
         self._join_name: str | None = None
         self._invalid_link = False
         self._control_owner: str | None = None
+        self._had_channel = False
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
         """Logging fields naming this connection, user and address."""
@@ -156,6 +158,7 @@ class Connection(asyncssh.SSHServer):
             environment = await self._environment
             await environment.close()
             log.info("environment.closed", extra=self.log_fields(env=environment.description))
+        self.gateway.environment_limits.release(self.conn_id)
 
     # --- what the admin view and metrics read -------------------------------------
 
@@ -283,12 +286,27 @@ class Connection(asyncssh.SSHServer):
         self.config = result.config  # per-connection overrides (config webhook)
         self.permissions = result.permissions
         self.username = result.authenticated_as
+        self.tasks.spawn(self._close_without_channel())
         if self._control_owner is not None:
             self._control_owner = result.authenticated_as
             return  # the control interface never enters an environment
         identity = result.identity(self.conn_id, self.remote_addr)
         self._environment = self.tasks.spawn(
             self.gateway.open_environment(identity, status=self._show_progress))
+
+    async def _close_without_channel(self) -> None:
+        """Close the connection if it opens no channel within ``timeouts.first_channel``.
+
+        An idle authenticated connection would otherwise hold its environment
+        (a container, a pod) for as long as it likes.
+        """
+        limit = self.gateway.config.timeouts.first_channel
+        await asyncio.sleep(limit)
+        if not self._had_channel and self._conn is not None:
+            log.info("connection.no_channel", extra=self.log_fields(
+                reason=f"no channel within timeouts.first_channel ({limit:g}s)"))
+            self._conn.disconnect(asyncssh.DISC_BY_APPLICATION,
+                                  f"pairpod: no session opened within {limit:g}s")
 
     def _show_progress(self, line: str) -> None:
         """A backend's progress line: to every waiting channel, and kept for later ones."""
@@ -317,6 +335,7 @@ class Connection(asyncssh.SSHServer):
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
         """A new session channel, up to ``ssh.max_sessions`` at once."""
+        self._had_channel = True
         if self._invalid_link:
             return InvalidLinkSession(self)
         if self._join is not None:
@@ -361,6 +380,7 @@ class Gateway:
         self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
         self.sharing = SharingService(config, self.authenticator)
         self.connections: set[Connection] = set()
+        self.environment_limits = EnvironmentLimits(config.limits)
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
 
@@ -386,7 +406,7 @@ class Gateway:
                 host,
                 port,
                 server_host_keys=host_keys,
-                server_version=f"pairpod_{__version__}",
+                server_version=SERVER_VERSION,
                 encryption_algs=ssh.ciphers,
                 login_timeout=ssh.login_timeout,
                 keepalive_interval=ssh.keepalive_interval or None,
@@ -414,9 +434,10 @@ class Gateway:
 
     async def open_environment(self, identity: Identity, *,
                                status: StatusCallback | None = None) -> Environment:
-        """Ask the backend for a connection's environment, logging failures."""
+        """Ask the backend for a connection's environment (within ``limits``), logging failures."""
         began = time.monotonic()
         try:
+            self.environment_limits.admit(identity.username, identity.conn_id)
             environment = await self.backend.open(identity, status=status)
             try:
                 await place_files(environment, identity.files)
@@ -424,12 +445,14 @@ class Gateway:
                 await environment.close()
                 raise
         except PairpodError as error:
+            self.environment_limits.release(identity.conn_id)
             log.warning("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr,
                 error=error.operator_message, kind=type(error).__name__))
             self.ops.environment_failed(identity, error)
             raise
         except Exception as error:
+            self.environment_limits.release(identity.conn_id)
             log.exception("environment.failed", extra=fields(
                 conn=identity.conn_id, user=identity.username, remote=identity.remote_addr))
             wrapped = BackendError(f"backend failed: {error!r}")

@@ -8,6 +8,7 @@ ordinary user still logs in promptly meanwhile (``probe_login``).
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,8 @@ def attack_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = 
     authorized.chmod(0o600)
     data: dict[str, Any] = {
         "listen": "127.0.0.1:0",
-        "instance_id": f"attack-{tmp.name}",
+        # Unique per gateway: runs sharing one Docker engine must not reap each other's.
+        "instance_id": f"attack-{secrets.token_hex(6)}",
         "host_keys": [str(tmp / "host_key")],
         "auth": {"authorized_keys": str(authorized)},
         "backend": "local",

@@ -119,6 +119,17 @@ class Process(ABC):
         """Close the program's standard input."""
 
     @abstractmethod
+    async def close_output(self) -> None:
+        """The client reads no more output (OpenSSH's ``eow@openssh.com``).
+
+        As with OpenSSH's sshd: without a PTY the program's stdout is closed,
+        so its next write gets SIGPIPE (or EPIPE); stderr stays open. A
+        terminal cannot be closed for output alone: with a PTY its output is
+        dropped from then on, and input, resizes and signals still work.
+        Reading STDOUT returns ``b""`` afterwards. Idempotent.
+        """
+
+    @abstractmethod
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """Change the PTY size (no-op without a PTY)."""
 

@@ -62,8 +62,20 @@ DEFAULT_IDLE_COMMAND = [
 
 # The wrapper every process starts through. Arguments: the fd to print the
 # preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
-# arguments, stty mode arguments, the kind (shell | sftp | plain), how many
-# NAME=value words follow to export, those words, then argv.
+# arguments, stty mode arguments, the kind (shell | sftp | plain), whether to
+# put a reader on stdout (1 or empty), how many NAME=value words follow to
+# export, those words, then argv.
+#
+# With a reader, the program's stdout is a FIFO read by a ``cat`` of ours
+# (when the image has mkfifo, cat and a writable temporary directory; mkfifo
+# never reuses an existing name, and /tmp is sticky), whose
+# PID follows the program's in the preamble (``pairpod:pid:N:READER``): the
+# engine's end of the output is out of reach, so ending that reader is how
+# the program's stdout is closed when the client stops reading
+# (``eow@openssh.com``) and its next write gets SIGPIPE, as under sshd. Only
+# where the program is not the container's main process: when that one
+# exits, everything else in the container is killed, the reader with
+# whatever output it had not passed on yet.
 #
 # A *spare* (``spare TOKEN tty|pipe FD``) is started ahead of need in a warm
 # pool container: it says ``ready``, then reads those same arguments from its
@@ -87,8 +99,8 @@ if [ "$1" = spare ]; then
   [ -z "$saved" ] || stty "$saved"
   eval "set -- $s"
 fi
-fd=$1 size=$2 modes=$3 kind=$4 n=$5
-shift 5
+fd=$1 size=$2 modes=$3 kind=$4 reader=$5 n=$6
+shift 6
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
 if [ -n "$size" ] && command -v stty >/dev/null 2>&1; then
   stty $size 2>/dev/null
@@ -106,7 +118,17 @@ sftp)
   if [ -z "$s" ]; then echo "pairpod:error:nosftp" >&"$fd"; exit 127; fi
   set -- "$s" ;;
 esac
-echo "pairpod:pid:$$" >&"$fd"
+r=
+if [ -n "$reader" ] && command -v mkfifo >/dev/null 2>&1 && command -v cat >/dev/null 2>&1; then
+  o=${TMPDIR:-/tmp}/.pairpod-out.$$
+  if mkfifo -m 600 "$o" 2>/dev/null; then
+    cat "$o" & r=$!
+    exec 3>"$o"
+    rm -f "$o"
+  fi
+fi
+echo "pairpod:pid:$$${r:+:$r}" >&"$fd"
+[ -z "$r" ] || exec "$@" >&3 3>&-
 exec "$@"
 """
 
@@ -309,26 +331,40 @@ def exportable(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     return exports, skipped
 
 
-def wrapper_args(shell: Sequence[str], spec: ProcessSpec, exports: Mapping[str, str]) -> list[str]:
-    """The wrapper's arguments (after ``$0``) for ``spec``, exporting ``exports``."""
+def wrapper_args(
+    shell: Sequence[str], spec: ProcessSpec, exports: Mapping[str, str], *, main: bool = False
+) -> list[str]:
+    """The wrapper's arguments (after ``$0``) for ``spec``, exporting ``exports``.
+
+    ``main``: the program will be its container's main process, so its stdout
+    gets no reader of ours (see :data:`WRAPPER`).
+    """
     argv, kind = argv_and_kind(shell, spec)
     pty = spec.pty
     size = f"rows {pty.rows} cols {pty.cols}" if pty is not None else ""
     modes = stty_modes(pty.modes) if pty is not None else ""
     fd = "1" if pty is not None else "2"
+    # A terminal's output cannot be closed alone; sftp clients never send eow.
+    reader = "1" if pty is None and kind != "sftp" and not main else ""
     words = [f"{k}={v}" for k, v in exports.items()]
-    return [fd, size, modes, kind, str(len(words)), *words, *argv]
+    return [fd, size, modes, kind, reader, str(len(words)), *words, *argv]
 
 
 def wrapped_command(
-    shell: Sequence[str], spec: ProcessSpec, exports: Mapping[str, str] | None = None
+    shell: Sequence[str],
+    spec: ProcessSpec,
+    exports: Mapping[str, str] | None = None,
+    *,
+    main: bool = False,
 ) -> list[str]:
     """The argv that runs ``spec`` through :data:`WRAPPER`.
 
     ``exports`` are set by the wrapper itself, for exec APIs that cannot pass
-    an environment (Kubernetes); names must be valid shell names.
+    an environment (Kubernetes); names must be valid shell names. ``main``
+    as for :func:`wrapper_args`.
     """
-    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", *wrapper_args(shell, spec, exports or {})]
+    args = wrapper_args(shell, spec, exports or {}, main=main)
+    return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", *args]
 
 
 def sh_quote(word: str) -> str:
@@ -374,6 +410,11 @@ class OutputPipe:
         """No more output will come."""
         self.eof = True
         self._wake()
+
+    def close(self) -> None:
+        """The reader wants no more: drop what is buffered, end, ignore what follows."""
+        self.drain()
+        self.end()
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` buffered bytes; waits for some; ``b""`` at the end."""

@@ -46,6 +46,7 @@ class ContainerProcess(Process):
         self._abandoned = False
         self._eof_sent = False
         self._output_paused = False
+        self._output_closed = False
 
     # --- what each backend does its own way -------------------------------------------
 
@@ -64,6 +65,10 @@ class ContainerProcess(Process):
     @abstractmethod
     async def _send_signal(self, name: str, pid: int) -> None:
         """Run the helper exec that signals ``pid``."""
+
+    @abstractmethod
+    async def _end_reader(self, pid: int) -> None:
+        """Run the helper exec that ends the wrapper's stdout reader ``pid``."""
 
     @abstractmethod
     async def _kill_tree(self, pid: int | None) -> None:
@@ -121,6 +126,36 @@ class ContainerProcess(Process):
             return
         self._eof_sent = True
         await self._close_stdin()
+
+    async def close_output(self) -> None:
+        """Close the program's stdout (no PTY) or drop its output (PTY); see Process."""
+        if self._output_closed:
+            return
+        self._output_closed = True
+        self._pipes[STDOUT].close()
+        if self._output_paused and self._buffered() < OUTPUT_LOW_WATER:
+            # Nobody may read again to resume it: stderr and the exit still need the stream.
+            self._output_paused = False
+            self._resume_output()
+        if self._pty is not None:
+            return
+        preamble = await self.preamble()
+        if preamble.pid is None or self._status.done() or not self._signallable():
+            return
+        try:
+            if preamble.reader is not None:
+                await self._end_reader(preamble.reader)
+            else:
+                # No reader of ours to end: the program is its container's main
+                # process, or the image lacks mkfifo, cat or a writable temporary
+                # directory. SIGPIPE now is what its next write would have got.
+                self._log.info(f"{self.log_prefix}.output_closed_by_signal",
+                               extra=self._log_fields(reason="no stdout reader of ours"))
+                await self._send_signal("PIPE", preamble.pid)
+        except (PairpodError, TimeoutError) as error:
+            if not self._status.done():
+                self._log.warning(f"{self.log_prefix}.close_output_failed", extra=self._log_fields(
+                    error=getattr(error, "operator_message", str(error))))
 
     async def signal(self, name: str) -> None:
         """Deliver a signal to the program (a second exec runs ``kill``)."""

@@ -67,6 +67,7 @@ from pairpod.backends.docker_api import (
     EngineError,
     HijackedStream,
 )
+from pairpod.backends.docker_disk import DiskLimit
 from pairpod.backends.docker_stream import (
     STDERR,
     STDOUT,
@@ -180,6 +181,7 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
     def __init__(self, config: Config, instance_id: str) -> None:
         super().__init__(config, instance_id)
         self.engine = Engine(config.docker.host)
+        self.disk = DiskLimit(self.engine)
         self._pulls: dict[str, asyncio.Future[None]] = {}
 
     # --- lifecycle ---------------------------------------------------------------
@@ -326,9 +328,18 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
             host["NanoCpus"] = int(limits.cpus * 1e9)
         if limits.pids is not None:
             host["PidsLimit"] = limits.pids
-        if security.read_only_rootfs:
-            # Programs still need somewhere to write scratch files.
-            host["Tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=64m"}
+        if limits.tmp is not None:
+            # Scratch space in memory (charged to the memory limit), never on the
+            # host's disk; also somewhere to write with a read-only root.
+            host["Tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={limits.tmp}"}
+        # The log of the main process: the program itself in session mode.
+        logs = settings.logs
+        host["LogConfig"] = (
+            {"Type": "none", "Config": {}}
+            if logs.driver == "none"
+            else {"Type": logs.driver,
+                  "Config": {"max-size": logs.max_size, "max-file": str(logs.max_files)}}
+        )
         if settings.home_volume and username is not None:
             host["Mounts"] = [
                 {
@@ -378,7 +389,8 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         for attempt in (1, 2):
             if steps is not None:
                 steps.now = "creating the container"
-            task = asyncio.ensure_future(self.engine.create_container(name, config))
+            config = await self.disk.apply(config, settings.limits.disk)
+            task = asyncio.ensure_future(self.disk.create(name, config))
             try:
                 return await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -425,6 +437,30 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         lines = logs.rstrip("\n")
         detail = f"; last log lines:\n{lines}" if lines else "; it logged nothing"
         return EnvironmentExited(f"container {name} stopped ({', '.join(why)}){detail}")
+
+    async def run_helper(self, container_id: str, argv: list[str]) -> int | None:
+        """Run a short command in a container (no TTY, no input); its exit code."""
+        engine = self.engine
+        async with asyncio.timeout(HELPER_TIMEOUT):
+            exec_id = await engine.create_exec(
+                container_id,
+                {
+                    "AttachStdin": False,
+                    "AttachStdout": True,
+                    "AttachStderr": True,
+                    "Tty": False,
+                    "Cmd": argv,
+                },
+            )
+            stream = await engine.start_exec(exec_id, False)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            stream.set_consumer(lambda _: None, lambda _: done.done() or done.set_result(None))
+            try:
+                await done
+            finally:
+                stream.close()
+            code = (await engine.inspect_exec(exec_id)).get("ExitCode")
+        return int(code) if code is not None else None
 
     # --- opening an environment ----------------------------------------------------
 
@@ -620,9 +656,12 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
 # --- environments ----------------------------------------------------------------------
 
 
-def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
-    """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec)."""
-    return common.wrapped_command(settings.shell, spec)
+def wrapped_command(settings: DockerSettings, spec: ProcessSpec, *, main: bool = False) -> list[str]:
+    """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec).
+
+    ``main``: it is the container's main process (session mode).
+    """
+    return common.wrapped_command(settings.shell, spec, main=main)
 
 
 def spare_command(tty: bool, token: str) -> list[str]:
@@ -777,27 +816,7 @@ class ConnectionEnvironment(DockerEnvironment):
 
     async def run_helper(self, argv: list[str]) -> int | None:
         """Run a short command in the container (no TTY, no input); its exit code."""
-        engine = self.backend.engine
-        async with asyncio.timeout(HELPER_TIMEOUT):
-            exec_id = await engine.create_exec(
-                self.container_id,
-                {
-                    "AttachStdin": False,
-                    "AttachStdout": True,
-                    "AttachStderr": True,
-                    "Tty": False,
-                    "Cmd": argv,
-                },
-            )
-            stream = await engine.start_exec(exec_id, False)
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            stream.set_consumer(lambda _: None, lambda _: done.done() or done.set_result(None))
-            try:
-                await done
-            finally:
-                stream.close()
-            code = (await engine.inspect_exec(exec_id)).get("ExitCode")
-        return int(code) if code is not None else None
+        return await self.backend.run_helper(self.container_id, argv)
 
     async def _close(self) -> None:
         for process in [*self._processes, *self._spares.values()]:
@@ -829,7 +848,7 @@ class SessionEnvironment(DockerEnvironment):
         tty = spec.pty is not None
         config = backend.container_config(
             settings,
-            cmd=wrapped_command(settings, spec),
+            cmd=wrapped_command(settings, spec, main=True),
             labels=backend.labels(settings, self.identity, "session"),
             hostname=hostname_for(settings.hostname, self.identity.username),
             env=process_env(settings, self.identity, spec),
@@ -894,6 +913,9 @@ class ExecTarget:
         if pid is not None:
             await self._env().run_helper(kill_tree_command(pid))
 
+    async def end_reader(self, pid: int) -> None:
+        await self._env().run_helper(signal_command("KILL", pid))
+
     async def exit_code(self) -> int | None:
         """The exit code, once the exec has ended (its stream is already at its end)."""
         delay = 0.005
@@ -928,6 +950,9 @@ class ContainerTarget:
 
     async def kill(self, pid: int | None) -> None:
         await self.release()
+
+    async def end_reader(self, pid: int) -> None:
+        await self.environment.backend.run_helper(self.container_id, signal_command("KILL", pid))
 
     async def exit_code(self) -> int | None:
         return await self.environment.backend.engine.wait_container(self.container_id)
@@ -1125,6 +1150,9 @@ class DockerProcess(ContainerProcess):
 
     async def _send_signal(self, name: str, pid: int) -> None:
         await self._target.signal(name, pid)
+
+    async def _end_reader(self, pid: int) -> None:
+        await self._target.end_reader(pid)
 
     async def _kill_tree(self, pid: int | None) -> None:
         if self._finisher is None:

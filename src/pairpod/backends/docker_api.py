@@ -223,6 +223,10 @@ class Engine:
         """Raise BackendUnavailable unless the engine answers."""
         await self.call("GET", "/_ping", raw=True, time_limit=10)
 
+    async def info(self) -> dict[str, Any]:
+        """The engine's description of itself (storage driver, versions, ...)."""
+        return dict(await self.call("GET", "/info"))
+
     async def create_container(self, name: str, config: Mapping[str, Any]) -> str:
         """Create a container; return its id."""
         answer = await self.call("POST", "/containers/create", params={"name": name}, body=config)

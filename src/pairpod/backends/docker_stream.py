@@ -117,7 +117,8 @@ _PREAMBLE_MAX = 256
 class Preamble:
     """What the wrapper reported before running the program.
 
-    Exactly one of ``pid`` (the program's PID inside the container),
+    Exactly one of ``pid`` (the program's PID inside the container, with
+    ``reader``, the PID of the process reading its stdout when there is one),
     ``error`` (a short reason, e.g. ``nosftp``) or ``ready`` (a spare process
     waiting for its instructions) is set. ``garbage`` holds the bytes received
     when the line was not a preamble at all (the wrapper itself could not run;
@@ -125,6 +126,7 @@ class Preamble:
     """
 
     pid: int | None = None
+    reader: int | None = None
     error: str | None = None
     garbage: bytes = b""
     ready: bool = False
@@ -173,13 +175,14 @@ class PreambleReader:
 
 
 def parse_preamble(line: bytes) -> Preamble:
-    """Parse ``pairpod:pid:<n>``, ``pairpod:error:<reason>`` or ``pairpod:ready``."""
+    """Parse ``pairpod:pid:<n>[:<reader>]``, ``pairpod:error:<reason>`` or ``pairpod:ready``."""
     if line == PREAMBLE_PREFIX + b"ready":
         return Preamble(ready=True)
     if line.startswith(PREAMBLE_PREFIX):
         kind, _, value = line[len(PREAMBLE_PREFIX) :].partition(b":")
-        if kind == b"pid" and value.isdigit():
-            return Preamble(pid=int(value))
+        pid, _, reader = value.partition(b":")
+        if kind == b"pid" and pid.isdigit() and (not reader or reader.isdigit()):
+            return Preamble(pid=int(pid), reader=int(reader) if reader else None)
         if kind == b"error" and value:
             return Preamble(error=value.decode("ascii", "replace"))
     return Preamble(garbage=line)

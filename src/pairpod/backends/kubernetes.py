@@ -868,6 +868,9 @@ class KubeProcess(ContainerProcess):
     async def _send_signal(self, name: str, pid: int) -> None:
         await self._backend.run_helper(self._handle, signal_command(name, pid))
 
+    async def _end_reader(self, pid: int) -> None:
+        await self._backend.run_helper(self._handle, signal_command("KILL", pid))
+
     async def _kill_tree(self, pid: int | None) -> None:
         if pid is not None and not self._pump.done():
             await self._backend.run_helper(self._handle, kill_tree_command(pid))

@@ -222,6 +222,15 @@ class OutputReader(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def discard(self, *, close: bool) -> None:
+        """Drop what is buffered and all that follows; ``close`` the descriptor too."""
+        self.pipe.close()
+        if close:
+            self.close()
+        elif self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; ``b""`` at the end of the output."""
         data = await self.pipe.read(size)
@@ -380,6 +389,13 @@ class LocalProcess(Process):
             return
         if not self._stdin.is_closing():
             self._stdin.close()
+
+    async def close_output(self) -> None:
+        """Close our (the only) read end of stdout: the program's next write gets SIGPIPE.
+
+        A PTY's master stays open (input still goes through it): its output is dropped.
+        """
+        self._stdout.discard(close=self._pty_fd is None)
 
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """Resize the PTY; the foreground program gets SIGWINCH."""
