@@ -21,7 +21,7 @@ from pairpod.backends import Backend, Environment, Identity, StatusCallback, cre
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
-from pairpod.hostkeys import load_host_keys
+from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerSession
 from pairpod.sharing.service import SharingService, split_control_username
@@ -344,10 +344,11 @@ class Gateway:
 
     async def start(self) -> None:
         """Load host keys, start the backend, listen."""
-        host_keys = load_host_keys(self.config.host_keys)
+        ssh = self.config.ssh
+        host_keys = restrict_algorithms(load_host_keys(self.config.host_keys),
+                                        ssh.host_key_algorithms)
         host, port = self.config.listen_address
         await self.backend.start()
-        ssh = self.config.ssh
         try:
             self._server = await asyncssh.create_server(
                 lambda: Connection(self),
@@ -356,6 +357,8 @@ class Gateway:
                 server_host_keys=host_keys,
                 server_version=f"pairpod_{__version__}",
                 encryption_algs=ssh.ciphers,
+                kex_algs=ssh.kex_algorithms,
+                mac_algs=ssh.macs,
                 login_timeout=ssh.login_timeout,
                 keepalive_interval=ssh.keepalive_interval or None,
                 keepalive_count_max=ssh.keepalive_count_max,
