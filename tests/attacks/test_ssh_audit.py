@@ -25,7 +25,9 @@ def ssh_audit(gateway: GatewayProcess) -> str:
     """ssh-audit's report on ``gateway`` (no colours), as text."""
     result = subprocess.run(
         [sys.executable, "-m", "ssh_audit", "-n", "-p", str(gateway.port), "127.0.0.1"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     report = result.stdout + result.stderr
     # It prints algorithm sections only once it has the server's KEXINIT.
@@ -52,18 +54,22 @@ def test_default_configuration_has_no_ssh_audit_failures(serve: ServeGateway) ->
     print(report)
     assert failed_items(report) == []
     # What made earlier versions fail is not offered any more.
-    for gone in ("diffie-hellman-group14-sha1", "mlkem768nistp256", "mlkem1024nistp384",
-                 "diffie-hellman-group-exchange", "hmac-sha1", "ecdh-sha2-nistp"):
+    for gone in (
+        "diffie-hellman-group14-sha1",
+        "mlkem768nistp256",
+        "mlkem1024nistp384",
+        "diffie-hellman-group-exchange",
+        "hmac-sha1",
+        "ecdh-sha2-nistp",
+    ):
         assert gone not in report, gone
     assert "mlkem768x25519-sha256" in report  # post-quantum hybrid still offered
     assert_probe_login_prompt(gateway)
 
 
-def test_rsa_host_key_is_offered_with_sha2_signatures_only(serve: ServeGateway,
-                                                           tmp_path: Path) -> None:
+def test_rsa_host_key_is_offered_with_sha2_signatures_only(serve: ServeGateway, tmp_path: Path) -> None:
     rsa_key = tmp_path / "rsa_host_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "3072", "-N", "", "-f", str(rsa_key)],
-                   check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "3072", "-N", "", "-f", str(rsa_key)], check=True)
     gateway = serve({"host_keys": [str(rsa_key)]})
     report = ssh_audit(gateway)
     assert failed_items(report) == []
@@ -74,9 +80,12 @@ def test_rsa_host_key_is_offered_with_sha2_signatures_only(serve: ServeGateway,
 def test_failure_parser_names_the_failing_algorithm() -> None:
     # The parser itself, on a line in ssh-audit's format: a report with a
     # failure must not read as clean.
-    report = ("(kex) diffie-hellman-group14-sha1            -- [fail] using broken SHA-1 hash\n"
-              "                                             `- [info] available since OpenSSH 3.9\n"
-              "(mac) hmac-sha2-256-etm@openssh.com          -- [info] available since OpenSSH 6.2\n")
+    report = (
+        "(kex) diffie-hellman-group14-sha1            -- [fail] using broken SHA-1 hash\n"
+        "                                             `- [info] available since OpenSSH 3.9\n"
+        "(mac) hmac-sha2-256-etm@openssh.com          -- [info] available since OpenSSH 6.2\n"
+    )
     assert failed_items(report) == [
         "kex diffie-hellman-group14-sha1: (kex) diffie-hellman-group14-sha1"
-        "            -- [fail] using broken SHA-1 hash"]
+        "            -- [fail] using broken SHA-1 hash"
+    ]
