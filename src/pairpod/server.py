@@ -18,7 +18,7 @@ import asyncssh
 from pairpod import __version__
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
-from pairpod.channel import ChannelSession
+from pairpod.channel import ChannelSession, ssh_connection_env
 from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys, restrict_algorithms
@@ -91,6 +91,8 @@ class Connection(asyncssh.SSHServer):
         self.auth: ConnectionAuth | None = None
         self.username: str | None = None
         self.remote_addr = "?"
+        # SSH_CONNECTION and SSH_CLIENT for every process of the connection.
+        self.ssh_env: dict[str, str] = {}
         self._conn: asyncssh.SSHServerConnection | None = None
         self._channels: set[ChannelSession] = set()
         self._environment: asyncio.Task[Environment] | None = None
@@ -120,6 +122,8 @@ class Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or ("?", 0)
         host = peer[0]
         self.remote_addr = f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+        self.ssh_env = ssh_connection_env(conn.get_extra_info("peername"),
+                                          conn.get_extra_info("sockname"))
         self.gateway.connections.add(self)
         log.info("connection.open", extra=self.log_fields(
             client=conn.get_extra_info("client_version")))

@@ -618,7 +618,7 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
 
 def wrapped_command(settings: DockerSettings, spec: ProcessSpec) -> list[str]:
     """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec)."""
-    return common.wrapped_command(settings.shell, spec)
+    return common.wrapped_command(settings.shell, spec, cd_home=settings.workdir is None)
 
 
 def spare_command(tty: bool, token: str) -> list[str]:
@@ -645,7 +645,7 @@ def spare_instructions(
     exports, skipped = exportable(env)
     if skipped:
         log.info("docker.env_skipped", extra=fields(names=",".join(skipped)))
-    words = wrapper_args(settings.shell, spec, exports)
+    words = wrapper_args(settings.shell, spec, exports, cd_home=settings.workdir is None)
     return (" ".join(sh_quote(w) for w in words) + "\n" + token + "\n").encode()
 
 
