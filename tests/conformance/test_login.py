@@ -8,14 +8,18 @@ window changes kept in order with the input that follows them, under load.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.client import connect
 from tests.support.gateway import GatewayThread, Tmux, wait_until
 from tests.support.sshd import LoginView, Reference, login_view, terminal_modes
 
@@ -125,3 +129,86 @@ def test_window_changes_apply_before_later_input_under_load(
             assert int(match.group(2)) == width, f"round {round_}: stty size {match.group(0)!r}"
     finally:
         term.close()
+
+
+async def test_window_change_and_the_input_right_behind_it_stay_in_order_under_load(
+    gw: GatewayThread, cpu_load: None
+) -> None:
+    # The window change and the command are sent in one go (one TCP write), so
+    # they arrive together: nothing but the gateway's ordering keeps the resize first.
+    async with await connect(gw) as conn:
+        process = await conn.create_process(term_type="xterm", term_size=(90, 25))
+        output = ""
+
+        async def read_until(marker: str) -> str:
+            nonlocal output
+            async with asyncio.timeout(60):
+                while marker not in output:
+                    output += await process.stdout.read(65536)
+            before, _, output = output.partition(marker)
+            return before
+
+        process.stdin.write("echo READY-$((1+1))\n")
+        await read_until("READY-2")
+        for round_ in range(20):
+            width = 60 + round_
+            process.change_terminal_size(width, 20)
+            process.stdin.write(f"stty size; echo ROUND-$(({round_}+100))\n")
+            sizes = re.findall(r"(\d+) (\d+)\r?\n", await read_until(f"ROUND-{round_ + 100}"))
+            assert sizes and sizes[-1] == ("20", str(width)), f"round {round_}: {sizes}"
+        process.stdin.write("exit\n")
+        await process.wait(timeout=60)
+
+
+async def test_input_waits_while_a_window_change_is_being_applied(
+    gw: GatewayThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resize that takes its time (a busy engine): input sent after it must wait for it.
+    applying, release = threading.Event(), threading.Event()
+    events: list[str] = []
+    open_environment = gw.gateway.open_environment
+
+    async def recording_environment(identity, **options):  # type: ignore[no-untyped-def]
+        environment = await open_environment(identity, **options)
+        start = environment.start
+
+        async def started(spec):  # type: ignore[no-untyped-def]
+            process = await start(spec)
+            resize, write = process.resize, process.write
+
+            async def slow_resize(*size):  # type: ignore[no-untyped-def]
+                events.append("resize")
+                applying.set()
+                await asyncio.to_thread(release.wait, 60)
+                await resize(*size)
+                events.append("resized")
+
+            async def recorded_write(data):  # type: ignore[no-untyped-def]
+                events.append("write")
+                await write(data)
+
+            process.resize, process.write = slow_resize, recorded_write
+            return process
+
+        environment.start = started
+        return environment
+
+    monkeypatch.setattr(gw.gateway, "open_environment", recording_environment)
+    try:
+        async with await connect(gw) as conn:
+            process = await conn.create_process(
+                "echo READY; read line; stty size", term_type="xterm", term_size=(90, 25)
+            )
+            assert (await process.stdout.readline()).strip() == "READY"
+            process.change_terminal_size(70, 20)
+            process.stdin.write("go\n")
+            await asyncio.to_thread(applying.wait, 60)
+            # A whole command on another channel later, the input is still held back.
+            assert (await conn.run("echo later")).stdout == "later\n"
+            assert "write" not in events
+            release.set()
+            result = await process.wait(timeout=60)
+        assert str(result.stdout).split()[-2:] == ["20", "70"]
+        assert events[:3] == ["resize", "resized", "write"]
+    finally:
+        release.set()
