@@ -248,6 +248,9 @@ def argv_and_kind(shell: Sequence[str], spec: ProcessSpec) -> tuple[list[str], s
     return list(shell), "shell"
 
 
+# What the wrapper sets from the passwd entry unless given explicitly (config, login, client).
+LOGIN_VARIABLES = frozenset({"USER", "LOGNAME", "HOME", "SHELL"})
+
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
