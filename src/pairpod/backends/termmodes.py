@@ -106,12 +106,12 @@ def apply_modes(fd: int, modes: Mapping[int, int]) -> None:
             index = _FIELD_INDEX[field]
             attrs[index] = (attrs[index] | bit) if value else (attrs[index] & ~bit)
         elif opcode in CHARACTERS:
-            index = getattr(termios, CHARACTERS[opcode][1], None)
-            if index is not None and 0 <= value <= 255:
-                chars[index] = bytes([0 if value == _DISABLED else value])
+            slot = getattr(termios, CHARACTERS[opcode][1], None)
+            if isinstance(slot, int) and 0 <= value <= 255:
+                chars[slot] = bytes([0 if value == _DISABLED else value])
         elif opcode in (ISPEED, OSPEED):
             speed = getattr(termios, f"B{value}", None)
-            if speed is not None:
+            if isinstance(speed, int):
                 attrs[4 if opcode == ISPEED else 5] = speed
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
