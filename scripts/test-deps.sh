@@ -21,6 +21,9 @@ have dockerd || need_apt+=(docker.io)
 have debootstrap || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
 have prometheus || need_apt+=(prometheus)
+# Other SSH clients the interop tests drive (binaries only: no server is started).
+{ have dbclient && have dropbearconvert; } || need_apt+=(dropbear-bin)
+{ have plink && have pscp && have puttygen; } || need_apt+=(putty-tools)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

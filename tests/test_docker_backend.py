@@ -390,8 +390,8 @@ def test_hostname_template_is_made_a_valid_label():
 
 
 def test_stty_modes_translate_rfc4254_opcodes():
-    assert stty_modes({53: 0, 51: 1, 1: 3, 3: 127, 4: 255, 999: 1}) == (
-        "intr ^C erase ^? kill undef icanon -echo"
+    assert stty_modes({53: 0, 51: 1, 1: 3, 3: 127, 4: 255, 999: 1, 72: 1, 73: 0, 128: 38400}) == (
+        "intr ^C\nerase ^?\nkill undef\nicanon\n-echo\nonlcr\n-ocrnl\nispeed 38400"
     )
 
 

@@ -1,10 +1,13 @@
 """The transport tuning under AsyncSSH: sliced reads keep every byte, in order;
-empty ignore packets are left out under AEAD ciphers only."""
+empty ignore packets are left out under AEAD ciphers only; a client's guessed
+key exchange packet is ignored exactly when RFC 4253 says the guess is wrong."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import asyncssh
@@ -13,6 +16,7 @@ from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_IGNORE
 
 from pairpod.ssh_transport import FEED_SLICE, CoalescingTransport, tune_transport
+from tests.support.gateway import require
 
 
 class _Sink(asyncssh.SSHServerSession[bytes]):
@@ -136,3 +140,37 @@ async def test_empty_ignore_packets_are_left_out_only_under_aead_ciphers(
         assert len(ignores) >= size // 32768
     else:
         assert len(ignores) < size // 32768 // 2
+
+
+class _UntunedServer(_Server):
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("server_class", "logs_in"), [(_Server, True), (_UntunedServer, False)])
+async def test_guessed_key_exchange_packet_is_judged_by_the_first_choices(
+    tmp_path: Path, server_class: type[_Server], logs_in: bool
+):
+    # dbclient guesses curve25519-sha256 and sends its KEXDH_INIT at once. The
+    # server's first choice differs, so by RFC 4253 section 7.1 the guess is
+    # wrong even though curve25519-sha256 is what gets negotiated; dbclient then
+    # sends its KEXDH_INIT again. Untuned AsyncSSH took the guessed packet and
+    # disconnected at the second: if that case starts logging in, AsyncSSH
+    # applies the RFC's rule itself and the tuning can go.
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    server = await asyncssh.create_server(
+        server_class, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None,
+        kex_algs=["mlkem768x25519-sha256", "curve25519-sha256"],
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [require("dbclient"), "-y", "-p", str(port), "u@127.0.0.1", "sink"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+            env={**os.environ, "HOME": str(tmp_path)},
+        )
+    finally:
+        server.close()
+    empty = f"0 {hashlib.sha256(b'').hexdigest()}".encode()
+    assert (result.stdout == empty) is logs_in, result.stderr

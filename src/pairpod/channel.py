@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import fnmatch
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -36,6 +37,23 @@ _INPUT_LOW_WATER = 1 << 18
 # job holding the terminal open must not hold the channel forever).
 _DRAIN_AFTER_EXIT = 2.0
 _CHUNK = 1 << 18
+# Window changes waiting in the input queue at most; past that (a client flooding
+# them) only the latest is kept, applied in place of the last one queued.
+_MAX_QUEUED_RESIZES = 64
+
+
+@dataclass(frozen=True)
+class WindowSize:
+    """A window change, queued with the input so it reaches the program in order."""
+
+    cols: int
+    rows: int
+    pixel_width: int
+    pixel_height: int
+
+
+# What the input queue carries: data, a window change, or None for EOF.
+InputItem = bytes | WindowSize | None
 
 
 def filter_env(
@@ -47,6 +65,23 @@ def filter_env(
         for name, value in requested.items()
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
         and not any(fnmatch.fnmatchcase(name, pattern) for pattern in deny or ())
+    }
+
+
+def _plain_ip(host: object) -> str:
+    # An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d; sshd prints a.b.c.d.
+    return str(host).removeprefix("::ffff:")
+
+
+def ssh_connection_env(peer: tuple[object, ...] | None, local: tuple[object, ...] | None) -> dict[str, str]:
+    """``SSH_CONNECTION`` and ``SSH_CLIENT`` as sshd sets them, from the socket's two ends."""
+    if not peer or not local:
+        return {}
+    client_ip, client_port, server_ip, server_port = (
+        _plain_ip(peer[0]), peer[1], _plain_ip(local[0]), local[1])
+    return {
+        "SSH_CONNECTION": f"{client_ip} {client_port} {server_ip} {server_port}",
+        "SSH_CLIENT": f"{client_ip} {client_port} {server_port}",
     }
 
 
@@ -62,7 +97,13 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._subsystem: str | None = None
         self._denied: str | None = None
         self._process: Process | None = None
-        self._input: asyncio.Queue[bytes | None] = asyncio.Queue()
+        # Input and window changes, in the order the client sent them: sshd
+        # applies a window change before any input that follows it.
+        self._input: asyncio.Queue[InputItem] = asyncio.Queue()
+        self._held: InputItem = None
+        self._holding = False
+        self._resizes_queued = 0
+        self._resize_overflow: WindowSize | None = None
         self._input_queued = 0
         self._reading_paused = False
         self._can_write = asyncio.Event()
@@ -159,6 +200,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             command, subsystem = forced, None
         if self._pty is not None and "TERM" not in env:
             env["TERM"] = self._pty.term
+        env.update(self._connection.ssh_env)  # never the client's say
         return ProcessSpec(command=command, subsystem=subsystem, pty=self._pty, env=env)
 
     async def _run(self) -> None:
@@ -185,7 +227,6 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             log.exception("channel.start_failed", extra=self._connection.log_fields())
             self._finish_with_error("internal error", 1)
             return
-        await self._catch_up_resize(self._process, spec.pty)
         self.spec, self.kind = spec, "subsystem" if spec.subsystem else "exec" if spec.command else "shell"
         log.info("channel.started", extra=self._connection.log_fields(
             kind=self.kind, command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
@@ -201,21 +242,6 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if shared is not None:
                 self._connection.gateway.sharing.close_session(shared)
         self._exit(status)
-
-    async def _catch_up_resize(self, process: Process, started_with: PtySpec | None) -> None:
-        """Apply a window change that arrived while the environment was starting.
-
-        A slow start (an image pull, a pod being scheduled) is exactly when users
-        resize their window; the process must not keep the size of the request.
-        """
-        pty = self._pty
-        if pty is None or started_with is None:
-            return
-        if (pty.cols, pty.rows, pty.pixel_width, pty.pixel_height) != (
-            started_with.cols, started_with.rows, started_with.pixel_width,
-            started_with.pixel_height,
-        ):
-            await process.resize(pty.cols, pty.rows, pty.pixel_width, pty.pixel_height)
 
     def _share(self, process: Process) -> SharedSession[Terminal] | None:
         """Put a Terminal between the process and this channel if sharing is asked for."""
@@ -274,17 +300,23 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if not self._can_write.is_set():
                 await self._can_write.wait()
 
-    async def _next_input(self) -> bytes | None:
-        """The next input, joined with whatever else is already queued (fewer writes)."""
-        data = await self._input.get()
-        if data is None or self._input.empty():
-            return data
-        parts = [data]
-        size = len(data)
+    async def _take(self) -> InputItem:
+        if self._holding:
+            self._holding = False
+            return self._held
+        return await self._input.get()
+
+    async def _next_input(self) -> InputItem:
+        """The next item; data joined with the data already queued behind it (fewer writes)."""
+        item = await self._take()
+        if not isinstance(item, bytes) or self._input.empty():
+            return item
+        parts = [item]
+        size = len(item)
         while not self._input.empty() and size < _CHUNK:
             more = self._input.get_nowait()
-            if more is None:
-                self._input.put_nowait(None)  # keep EOF for the next round, in order
+            if not isinstance(more, bytes):
+                self._held, self._holding = more, True  # EOF or a resize: next round, in order
                 break
             parts.append(more)
             size += len(more)
@@ -292,13 +324,23 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     async def _pump_input(self, process: Process) -> None:
         traffic = self._connection.traffic
-        while (data := await self._next_input()) is not None:
-            traffic.received += len(data)
+        while (item := await self._next_input()) is not None:
+            if isinstance(item, WindowSize):
+                self._resizes_queued -= 1
+                if self._resizes_queued == 0 and self._resize_overflow is not None:
+                    item, self._resize_overflow = self._resize_overflow, None
+                if self._terminal is not None:
+                    # The Terminal sizes the PTY for everyone (smallest read-write participant).
+                    self._terminal.owner.resize(item.cols, item.rows)
+                else:
+                    await process.resize(item.cols, item.rows, item.pixel_width, item.pixel_height)
+                continue
+            traffic.received += len(item)
             if self._terminal is not None:
-                await self._terminal.owner.send_input(data)
+                await self._terminal.owner.send_input(item)
             else:
-                await process.write(data)
-            self._input_queued -= len(data)
+                await process.write(item)
+            self._input_queued -= len(item)
             if self._reading_paused and self._input_queued < _INPUT_LOW_WATER and self._chan:
                 self._reading_paused = False
                 self._chan.resume_reading()
@@ -343,14 +385,19 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int,
                               pixwidth: int, pixheight: int) -> None:
-        """Resize the PTY of the running process."""
-        if self._pty is not None:
-            self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
-        if self._terminal is not None:
-            # The Terminal sizes the PTY for everyone (smallest read-write participant).
-            self._terminal.owner.resize(width, height)
+        """Queue the resize with the input: it applies before any input sent after it.
+
+        The program starts with the size of the PTY request; changes made while
+        it starts are in the queue too, and reach it in order.
+        """
+        if self._pty is None:
             return
-        self._later(lambda p: p.resize(width, height, pixwidth, pixheight))
+        size = WindowSize(width, height, pixwidth, pixheight)
+        if self._resizes_queued >= _MAX_QUEUED_RESIZES:
+            self._resize_overflow = size
+            return
+        self._resizes_queued += 1
+        self._input.put_nowait(size)
 
     def end_of_write_received(self) -> None:
         """The client's stdout closed (``eow@openssh.com``): close the program's, as sshd does.

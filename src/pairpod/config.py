@@ -99,6 +99,53 @@ DEFAULT_CIPHERS = [
     "aes256-ctr",
 ]
 
+# Key exchange: no SHA-1, no NIST-curve hybrids or ECDH, no group exchange
+# (AsyncSSH hands a client asking for it a 1024-bit group). The client's order
+# picks the algorithm; the server's first entry only decides whether a client's
+# guessed first packet is right (RFC 4253 section 7.1), and curve25519 is what
+# guessing clients (dropbear) put first.
+DEFAULT_KEX_ALGORITHMS = [
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "mlkem768x25519-sha256",
+    "curve448-sha512",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+    "diffie-hellman-group14-sha256",
+]
+
+# MACs (used only with non-AEAD ciphers): SHA-2 and UMAC-128, encrypt-then-MAC first.
+DEFAULT_MACS = [
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+    "umac-128@openssh.com",
+]
+
+# Host key signature algorithms: everything but SHA-1 (ssh-rsa) and DSA.
+DEFAULT_HOST_KEY_ALGORITHMS = [
+    "ssh-ed25519",
+    "ssh-ed448",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+]
+
+
+def _check_algorithms(kind: str, names: list[str], supported: list[bytes]) -> list[str]:
+    """``names`` if AsyncSSH implements each of them; else an error listing what it does."""
+    known = [name.decode() for name in supported]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"unsupported {kind}(s) {unknown}; supported: {known}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a {kind} is listed twice")
+    return names
+
 
 class SSHSettings(Section):
     """Protocol-level settings of the SSH server."""
@@ -108,17 +155,41 @@ class SSHSettings(Section):
     keepalive_count_max: int = Field(3, ge=1)
     max_sessions: int = Field(10, ge=1, description="channels per connection")
     ciphers: list[str] = Field(default_factory=lambda: list(DEFAULT_CIPHERS), min_length=1)
+    kex_algorithms: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_KEX_ALGORITHMS), min_length=1)
+    macs: list[str] = Field(default_factory=lambda: list(DEFAULT_MACS), min_length=1)
+    host_key_algorithms: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_HOST_KEY_ALGORITHMS), min_length=1)
 
     @field_validator("ciphers")
     @classmethod
     def _known_ciphers(cls, ciphers: list[str]) -> list[str]:
         import asyncssh
 
-        supported = {name.decode() for name in asyncssh.encryption.get_encryption_algs()}
-        unknown = [c for c in ciphers if c not in supported]
-        if unknown:
-            raise ValueError(f"unsupported cipher(s) {unknown}; supported: {sorted(supported)}")
-        return ciphers
+        return _check_algorithms("cipher", ciphers, asyncssh.encryption.get_encryption_algs())
+
+    @field_validator("kex_algorithms")
+    @classmethod
+    def _known_kex(cls, names: list[str]) -> list[str]:
+        from asyncssh.kex import get_kex_algs
+
+        # GSS-API key exchange needs Kerberos credentials pairpod never has.
+        algorithms = [a for a in get_kex_algs() if not a.startswith(b"gss-")]
+        return _check_algorithms("key exchange algorithm", names, algorithms)
+
+    @field_validator("macs")
+    @classmethod
+    def _known_macs(cls, names: list[str]) -> list[str]:
+        from asyncssh.mac import get_mac_algs
+
+        return _check_algorithms("MAC", names, get_mac_algs())
+
+    @field_validator("host_key_algorithms")
+    @classmethod
+    def _known_host_key_algorithms(cls, names: list[str]) -> list[str]:
+        from asyncssh.public_key import get_public_key_algs
+
+        return _check_algorithms("host key algorithm", names, get_public_key_algs())
 
 
 class KeySourceSettings(Section):

@@ -42,3 +42,23 @@ def load_host_keys(paths: list[Path]) -> list[asyncssh.SSHKey]:
         except (ValueError, asyncssh.KeyImportError) as error:
             raise ConfigError(f"{where}: not a valid private key ({error})") from None
     return keys
+
+
+def restrict_algorithms(keys: list[asyncssh.SSHKey], algorithms: list[str]) -> list[asyncssh.SSHKeyPair]:
+    """The host keys as key pairs offering only the signature ``algorithms`` allowed.
+
+    An RSA key can sign with SHA-1 (``ssh-rsa``) or SHA-2; the server offers
+    each of a key's algorithms that ``ssh.host_key_algorithms`` names. A key
+    left with none cannot be used: that is a configuration error.
+    """
+    allowed = [name.encode() for name in algorithms]
+    pairs = list(asyncssh.load_keypairs(keys))
+    for index, pair in enumerate(pairs):
+        offered = [alg for alg in pair.host_key_algorithms if alg in allowed]
+        if not offered:
+            raise ConfigError(
+                f"host_keys[{index}]: a {pair.algorithm.decode()} key can sign only with "
+                f"{b', '.join(pair.host_key_algorithms).decode()}, none of them in "
+                "ssh.host_key_algorithms")
+        pair.host_key_algorithms = offered
+    return pairs

@@ -20,11 +20,11 @@ from pairpod.admin import Operations
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
-from pairpod.channel import ChannelSession
+from pairpod.channel import ChannelSession, ssh_connection_env
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
-from pairpod.hostkeys import load_host_keys
+from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerSession
 from pairpod.sharing.service import SharingService, split_control_username
@@ -97,6 +97,8 @@ class Connection(asyncssh.SSHServer):
         self.username: str | None = None
         self.remote_addr = "?"
         self.traffic = Traffic()
+        # SSH_CONNECTION and SSH_CLIENT for every process of the connection.
+        self.ssh_env: dict[str, str] = {}
         self._conn: asyncssh.SSHServerConnection | None = None
         self._channels: set[ChannelSession] = set()
         self._environment: asyncio.Task[Environment] | None = None
@@ -127,6 +129,8 @@ class Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername") or ("?", 0)
         host = peer[0]
         self.remote_addr = f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+        self.ssh_env = ssh_connection_env(conn.get_extra_info("peername"),
+                                          conn.get_extra_info("sockname"))
         self.gateway.connections.add(self)
         log.info("connection.open", extra=self.log_fields(
             client=conn.get_extra_info("client_version")))
@@ -396,10 +400,11 @@ class Gateway:
 
     async def start(self) -> None:
         """Load host keys, start the backend, listen."""
-        host_keys = load_host_keys(self.config.host_keys)
+        ssh = self.config.ssh
+        host_keys = restrict_algorithms(load_host_keys(self.config.host_keys),
+                                        ssh.host_key_algorithms)
         host, port = self.config.listen_address
         await self.backend.start()
-        ssh = self.config.ssh
         try:
             self._server = await asyncssh.create_server(
                 lambda: Connection(self),
@@ -408,6 +413,8 @@ class Gateway:
                 server_host_keys=host_keys,
                 server_version=SERVER_VERSION,
                 encryption_algs=ssh.ciphers,
+                kex_algs=ssh.kex_algorithms,
+                mac_algs=ssh.macs,
                 login_timeout=ssh.login_timeout,
                 keepalive_interval=ssh.keepalive_interval or None,
                 keepalive_count_max=ssh.keepalive_count_max,

@@ -27,17 +27,28 @@ while an AEAD cipher is in use; with any other cipher AsyncSSH's behaviour stand
 **Keepalive.** AsyncSSH re-arms its keepalive timer at every read; pairpod
 re-arms it only when it fires before the interval of silence is over.
 
+**Guessed key exchange packets.** A client may send its first key exchange
+packet right after its KEXINIT, guessing the algorithms (dropbear does).
+RFC 4253 section 7.1: the guess is wrong, and the packet must be ignored, when
+the two sides' *first* key exchange algorithms differ or their first host key
+algorithms differ. AsyncSSH 2.24 ignores it only when the negotiated algorithm
+is not the client's first, so it took dropbear's packet, then got the re-sent
+one and disconnected ("Key exchange not in progress"). pairpod applies the
+RFC's rule once AsyncSSH has processed the KEXINIT.
+
 This is the only place pairpod touches AsyncSSH's private attributes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 import asyncssh
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_IGNORE, MSG_KEXINIT
 from asyncssh.encryption import ChachaEncryption, GCMEncryption
+from asyncssh.packet import SSHPacket
 
 # Largest piece of received data handed to AsyncSSH at once, about two packets
 # of the usual size (slices of 32 to 128 KiB measured alike).
@@ -162,9 +173,58 @@ def _lazy_keepalive(conn: asyncssh.SSHServerConnection) -> None:
     conn._keepalive_timer_callback = callback  # type: ignore[method-assign]
 
 
+def kexinit_guess_fields(kexinit: bytes) -> tuple[bytes, bytes, bool]:
+    """A KEXINIT payload's first key exchange and host key algorithms, and its
+    ``first_kex_packet_follows`` flag (RFC 4253 section 7.1)."""
+    packet = SSHPacket(kexinit)
+    packet.get_byte()  # message type
+    packet.get_bytes(16)  # cookie
+    kex_algs = packet.get_namelist()
+    host_key_algs = packet.get_namelist()
+    for _ in range(8):  # ciphers, MACs, compression (both ways), languages
+        packet.get_namelist()
+    follows = packet.get_boolean()
+    return (kex_algs[0] if kex_algs else b"", host_key_algs[0] if host_key_algs else b"", follows)
+
+
+def guess_is_wrong(client_kexinit: bytes, server_kexinit: bytes) -> bool:
+    """Whether the client sent a guessed key exchange packet that must be ignored."""
+    client_kex, client_host_key, follows = kexinit_guess_fields(client_kexinit)
+    server_kex, server_host_key, _ = kexinit_guess_fields(server_kexinit)
+    return follows and (client_kex != server_kex or client_host_key != server_host_key)
+
+
+def _judge_kex_guess_by_rfc(conn: asyncssh.SSHServerConnection) -> None:
+    """Ignore a client's guessed key exchange packet exactly when RFC 4253 says it is wrong."""
+    process = conn.process_packet
+
+    def judge() -> None:
+        if conn._client_kexinit and conn._server_kexinit:
+            conn._ignore_first_kex = guess_is_wrong(conn._client_kexinit, conn._server_kexinit)
+
+    def process_packet(pkttype: int, pktid: int, packet: SSHPacket) -> Any:
+        result = process(pkttype, pktid, packet)
+        if pkttype != MSG_KEXINIT:
+            return result
+        if not inspect.isawaitable(result):
+            judge()
+            return result
+
+        async def then_judge() -> None:
+            await result
+            # AsyncSSH holds further input until this returns: the guessed packet comes after.
+            judge()
+
+        return then_judge()
+
+    # AsyncSSH dispatches each received packet through self.process_packet.
+    conn.process_packet = process_packet  # type: ignore[method-assign]
+
+
 def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
     """Tune a just-made connection (once): a deeper send buffer, write
-    coalescing, sliced reads, no ignore packets under AEAD, lazy keepalive."""
+    coalescing, sliced reads, no ignore packets under AEAD, lazy keepalive, the
+    RFC's rule for guessed key exchange packets."""
     transport = conn._transport
     if transport is not None and not isinstance(transport, CoalescingTransport):
         transport.set_write_buffer_limits(high=_SEND_HIGH_WATER, low=_SEND_LOW_WATER)
@@ -172,4 +232,5 @@ def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
         _feed_in_slices(conn)
         _skip_ignore_packets_under_aead(conn)
         _lazy_keepalive(conn)
+        _judge_kex_guess_by_rfc(conn)
 

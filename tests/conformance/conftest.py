@@ -17,8 +17,9 @@ import pytest
 from tests.conftest import MakeGateway
 from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver
 from tests.support.docker_env import docker_overrides
-from tests.support.gateway import GatewayThread
+from tests.support.gateway import ClientKey, GatewayThread
 from tests.support.kube_env import kubernetes_overrides
+from tests.support.sshd import OpenSSHServer, Reference
 
 __all__ = ["kube_apiserver"]
 
@@ -95,3 +96,12 @@ def backend_overrides(request: pytest.FixtureRequest, backend_name: str) -> dict
 def gw(make_gateway: MakeGateway, backend_overrides: dict[str, Any]) -> GatewayThread:
     """A gateway on the backend under test."""
     return make_gateway(backend_overrides)
+
+
+@pytest.fixture(scope="session")
+def sshd_reference(tmp_path_factory: pytest.TempPathFactory,
+                   client_key: ClientKey) -> Iterator[Reference]:
+    """OpenSSH's sshd on loopback, for the whole run: what every backend is compared with."""
+    server = OpenSSHServer(tmp_path_factory.mktemp("sshd"), client_key).start()
+    yield Reference(server)
+    server.stop()

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Identity, ProcessSpec
 from pairpod.backends.docker_stream import Preamble
+from pairpod.backends.termmodes import eof_character as eof_character  # re-exported
+from pairpod.backends.termmodes import stty_modes as stty_modes  # re-exported
 from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
 
 # --- labels ---------------------------------------------------------------------------
@@ -63,8 +65,14 @@ DEFAULT_IDLE_COMMAND = [
 # The wrapper every process starts through. Arguments: the fd to print the
 # preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
 # arguments, stty mode arguments, the kind (shell | sftp | plain), whether to
-# put a reader on stdout (1 or empty), how many NAME=value words follow to
-# export, those words, then argv.
+# put a reader on stdout (1 or empty), 1 to start in $HOME (no working
+# directory configured), how many NAME=value words follow to export, those
+# words, then argv.
+#
+# Like sshd it gives the program a login environment: USER, LOGNAME, HOME and
+# SHELL from the passwd entry of the user it runs as, a PATH if there is
+# none, and SSH_TTY with a terminal (SSH_CONNECTION and SSH_CLIENT come from
+# the gateway with the client's variables).
 #
 # With a reader, the program's stdout is a FIFO read by a ``cat`` of ours
 # (when the image has mkfifo, cat and a writable temporary directory; mkfifo
@@ -99,12 +107,28 @@ if [ "$1" = spare ]; then
   [ -z "$saved" ] || stty "$saved"
   eval "set -- $s"
 fi
-fd=$1 size=$2 modes=$3 kind=$4 reader=$5 n=$6
-shift 6
+fd=$1 size=$2 modes=$3 kind=$4 reader=$5 home=$6 n=$7
+shift 7
+uid=$(id -u 2>/dev/null) && while IFS=: read -r pn _ pu _ _ ph ps; do
+  if [ "$pu" = "$uid" ]; then
+    export USER="$pn" LOGNAME="$pn" HOME="$ph" SHELL="${ps:-/bin/sh}"
+    break
+  fi
+done 2>/dev/null </etc/passwd
+[ -n "$PATH" ] || export PATH=/usr/local/bin:/usr/bin:/bin
 while [ "$n" -gt 0 ]; do export "$1"; shift; n=$((n - 1)); done
+[ "$home" != 1 ] || [ -z "$HOME" ] || cd "$HOME" 2>/dev/null || :
+[ "$fd" != 1 ] || ! SSH_TTY=$(tty 2>/dev/null) || export SSH_TTY
 if [ -n "$size" ] && command -v stty >/dev/null 2>&1; then
   stty $size 2>/dev/null
-  [ -z "$modes" ] || stty $modes 2>/dev/null
+  if [ -n "$modes" ] && ! stty $modes 2>/dev/null; then
+    # One mode this stty lacks fails the whole call: apply them one line at a time.
+    rest="$modes
+"
+    while [ -n "$rest" ]; do stty ${rest%%"
+"*} 2>/dev/null; rest=${rest#*"
+"}; done
+  fi
 fi
 case $kind in
 shell) command -v "$1" >/dev/null 2>&1 || { shift; set -- /bin/sh "$@"; } ;;
@@ -190,82 +214,7 @@ def kill_tree_command(pid: int) -> list[str]:
 
 # --- terminal modes -------------------------------------------------------------------
 
-# RFC 4254 terminal mode opcodes -> stty names.
-_STTY_CHARS = {
-    1: "intr",
-    2: "quit",
-    3: "erase",
-    4: "kill",
-    5: "eof",
-    6: "eol",
-    7: "eol2",
-    8: "start",
-    9: "stop",
-    10: "susp",
-    12: "rprnt",
-    13: "werase",
-    14: "lnext",
-}
-_STTY_FLAGS = {
-    30: "ignpar",
-    31: "parmrk",
-    32: "inpck",
-    33: "istrip",
-    34: "inlcr",
-    35: "igncr",
-    36: "icrnl",
-    38: "ixon",
-    39: "ixany",
-    40: "ixoff",
-    41: "imaxbel",
-    42: "iutf8",
-    50: "isig",
-    51: "icanon",
-    53: "echo",
-    54: "echoe",
-    55: "echok",
-    56: "echonl",
-    57: "noflsh",
-    58: "tostop",
-    59: "iexten",
-    60: "echoctl",
-    61: "echoke",
-    70: "opost",
-    72: "onlcr",
-    73: "ocrnl",
-    74: "onocr",
-    75: "onlret",
-}
-VEOF = 5
-
-
-def stty_modes(modes: Mapping[int, int]) -> str:
-    """The client's terminal modes as ``stty`` arguments (unknown opcodes skipped)."""
-    args = []
-    for opcode, value in sorted(modes.items()):
-        if opcode in _STTY_FLAGS:
-            args.append(_STTY_FLAGS[opcode] if value else f"-{_STTY_FLAGS[opcode]}")
-        elif opcode in _STTY_CHARS:
-            if value in (0, 255):  # _POSIX_VDISABLE as clients send it
-                args += [_STTY_CHARS[opcode], "undef"]
-            elif value < 32:
-                args += [_STTY_CHARS[opcode], "^" + chr(value + 64)]
-            elif value == 127:
-                args += [_STTY_CHARS[opcode], "^?"]
-            elif chr(value).isalnum():
-                args += [_STTY_CHARS[opcode], chr(value)]
-    return " ".join(args)
-
-
-def eof_character(modes: Mapping[int, int]) -> bytes:
-    """The byte a terminal reads as end of input (``b""`` when the client disabled it).
-
-    With a TTY, stdin is not half-closed to signal EOF (that ends the output
-    too); the terminal's EOF character is typed instead.
-    """
-    eof = modes.get(VEOF, 4)
-    return bytes([eof]) if 0 < eof < 255 else b""
-
+# One table for every backend, in .termmodes; imported above for the container backends.
 
 # --- exit statuses ----------------------------------------------------------------------
 
@@ -321,6 +270,9 @@ def argv_and_kind(shell: Sequence[str], spec: ProcessSpec) -> tuple[list[str], s
     return list(shell), "shell"
 
 
+# What the wrapper sets from the passwd entry unless given explicitly (config, login, client).
+LOGIN_VARIABLES = frozenset({"USER", "LOGNAME", "HOME", "SHELL"})
+
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -332,12 +284,19 @@ def exportable(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
 
 
 def wrapper_args(
-    shell: Sequence[str], spec: ProcessSpec, exports: Mapping[str, str], *, main: bool = False
+    shell: Sequence[str],
+    spec: ProcessSpec,
+    exports: Mapping[str, str],
+    *,
+    main: bool = False,
+    cd_home: bool = True,
 ) -> list[str]:
     """The wrapper's arguments (after ``$0``) for ``spec``, exporting ``exports``.
 
     ``main``: the program will be its container's main process, so its stdout
-    gets no reader of ours (see :data:`WRAPPER`).
+    gets no reader of ours (see :data:`WRAPPER`). ``cd_home``: start in the
+    user's home directory (when no working directory is configured), as sshd
+    does.
     """
     argv, kind = argv_and_kind(shell, spec)
     pty = spec.pty
@@ -347,7 +306,8 @@ def wrapper_args(
     # A terminal's output cannot be closed alone; sftp clients never send eow.
     reader = "1" if pty is None and kind != "sftp" and not main else ""
     words = [f"{k}={v}" for k, v in exports.items()]
-    return [fd, size, modes, kind, reader, str(len(words)), *words, *argv]
+    return [fd, size, modes, kind, reader, "1" if cd_home else "0", str(len(words)), *words,
+            *argv]
 
 
 def wrapped_command(
@@ -356,6 +316,7 @@ def wrapped_command(
     exports: Mapping[str, str] | None = None,
     *,
     main: bool = False,
+    cd_home: bool = True,
 ) -> list[str]:
     """The argv that runs ``spec`` through :data:`WRAPPER`.
 
@@ -363,7 +324,7 @@ def wrapped_command(
     an environment (Kubernetes); names must be valid shell names. ``main``
     as for :func:`wrapper_args`.
     """
-    args = wrapper_args(shell, spec, exports or {}, main=main)
+    args = wrapper_args(shell, spec, exports or {}, main=main, cd_home=cd_home)
     return [FALLBACK_SHELL, "-c", WRAPPER, "pairpod", *args]
 
 

@@ -47,6 +47,7 @@ from pairpod.backends.common import (
     LABEL_MODE,
     LABEL_POOL,
     LABEL_USER,
+    LOGIN_VARIABLES,
     WRAPPER,
     exit_status,
     exportable,
@@ -656,12 +657,18 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
 # --- environments ----------------------------------------------------------------------
 
 
-def wrapped_command(settings: DockerSettings, spec: ProcessSpec, *, main: bool = False) -> list[str]:
+def wrapped_command(settings: DockerSettings, spec: ProcessSpec, env: Mapping[str, str], *,
+                    main: bool = False) -> list[str]:
     """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec).
 
-    ``main``: it is the container's main process (session mode).
+    The wrapper sets the login variables from the passwd entry; those ``env``
+    sets explicitly are handed to it again so that they win, as they do
+    when a spare or the Kubernetes backend exports everything. ``main``: it
+    is the container's main process (session mode).
     """
-    return common.wrapped_command(settings.shell, spec, main=main)
+    explicit = {k: v for k, v in env.items() if k in LOGIN_VARIABLES}
+    return common.wrapped_command(settings.shell, spec, explicit, main=main,
+                                  cd_home=settings.workdir is None)
 
 
 def spare_command(tty: bool, token: str) -> list[str]:
@@ -688,7 +695,7 @@ def spare_instructions(
     exports, skipped = exportable(env)
     if skipped:
         log.info("docker.env_skipped", extra=fields(names=",".join(skipped)))
-    words = wrapper_args(settings.shell, spec, exports)
+    words = wrapper_args(settings.shell, spec, exports, cd_home=settings.workdir is None)
     return (" ".join(sh_quote(w) for w in words) + "\n" + token + "\n").encode()
 
 
@@ -750,13 +757,14 @@ class ConnectionEnvironment(DockerEnvironment):
             process = await self._start_spare(spare, spec)
             if process is not None:
                 return process
+        env = process_env(self.settings, self.identity, spec)
         config = {
             "AttachStdin": True,
             "AttachStdout": True,
             "AttachStderr": True,
             "Tty": tty,
-            "Cmd": wrapped_command(self.settings, spec),
-            "Env": [f"{k}={v}" for k, v in process_env(self.settings, self.identity, spec).items()],
+            "Cmd": wrapped_command(self.settings, spec, env),
+            "Env": [f"{k}={v}" for k, v in env.items()],
             "DetachKeys": DETACH_KEYS,
         }
         try:
@@ -846,12 +854,13 @@ class SessionEnvironment(DockerEnvironment):
         self._count += 1
         name = backend.container_name(self.identity, f"s{self._count}")
         tty = spec.pty is not None
+        env = process_env(settings, self.identity, spec)
         config = backend.container_config(
             settings,
-            cmd=wrapped_command(settings, spec, main=True),
+            cmd=wrapped_command(settings, spec, env, main=True),
             labels=backend.labels(settings, self.identity, "session"),
             hostname=hostname_for(settings.hostname, self.identity.username),
-            env=process_env(settings, self.identity, spec),
+            env=env,
             username=self.identity.username,
             session=True,
             tty=tty,

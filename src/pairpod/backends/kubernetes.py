@@ -593,7 +593,10 @@ class KubernetesEnvironment(ContainerEnvironment["KubeProcess"]):
         if skipped and not self._skipped_logged:
             self._skipped_logged = True
             log.info("kubernetes.env_skipped", extra=self._log_fields(names=",".join(skipped)))
-        return wrapped_command(self.settings.shell, spec, exports)
+        # Start in $HOME unless the pod template gives the container a working directory.
+        container = container_of(self.settings.pod, self.settings.container) or {}
+        return wrapped_command(self.settings.shell, spec, exports,
+                               cd_home="workingDir" not in container)
 
     async def exec_process(self, handle: PodHandle, spec: ProcessSpec,
                            on_done: Callable[[KubeProcess], None]) -> KubeProcess:

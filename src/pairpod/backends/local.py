@@ -29,6 +29,7 @@ from pairpod.backends.base import (
     Stream,
 )
 from pairpod.backends.common import OutputPipe
+from pairpod.backends.termmodes import apply_modes
 from pairpod.config import LocalSettings
 from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
 from pairpod.log import fields, get_logger
@@ -128,11 +129,12 @@ class LocalEnvironment(Environment):
         if user.pw_uid == 0:
             path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         # Start from a clean slate: the gateway's own environment may hold secrets.
+        # The login variables come from the user's passwd entry, as sshd sets them.
         env = {
             "HOME": user.pw_dir,
             "USER": user.pw_name,
             "LOGNAME": user.pw_name,
-            "SHELL": self._settings.shell[0],
+            "SHELL": user.pw_shell or FALLBACK_SHELL,
             "PATH": path,
         }
         env.update(self._settings.env)
@@ -283,14 +285,15 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
     master, slave = os.openpty()
     try:
         set_winsize(slave, spec.pty.rows, spec.pty.cols, spec.pty.pixel_width, spec.pty.pixel_height)
-        _apply_modes(slave, spec.pty.modes)
+        apply_modes(slave, spec.pty.modes)
+        env = {**kwargs["env"], "SSH_TTY": os.ttyname(slave)}  # type: ignore[dict-item]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=slave,
             stdout=slave,
             stderr=slave,
             preexec_fn=_take_controlling_tty,
-            **kwargs,  # type: ignore[arg-type]
+            **{**kwargs, "env": env},  # type: ignore[arg-type]
         )
     except BaseException:
         os.close(master)
@@ -305,30 +308,6 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
     writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
     reader = await _read_output(master)
     return LocalProcess(proc, reader, None, writer, pty_fd=write_transport.get_extra_info("pipe").fileno())
-
-
-# Terminal modes we honour from the client (RFC 4254 opcodes -> termios flags).
-_MODE_FLAGS = {
-    53: ("lflag", termios.ECHO),
-    50: ("lflag", termios.ISIG),
-    51: ("lflag", termios.ICANON),
-    72: ("oflag", termios.OPOST),
-    73: ("oflag", termios.ONLCR),
-    36: ("iflag", termios.ICRNL),
-}
-_FLAG_INDEX = {"iflag": 0, "oflag": 1, "lflag": 3}
-
-
-def _apply_modes(fd: int, modes: Mapping[int, int]) -> None:
-    relevant = {op: val for op, val in modes.items() if op in _MODE_FLAGS}
-    if not relevant:
-        return
-    attrs = termios.tcgetattr(fd)
-    for opcode, value in relevant.items():
-        flag_name, bit = _MODE_FLAGS[opcode]
-        index = _FLAG_INDEX[flag_name]
-        attrs[index] = (attrs[index] | bit) if value else (attrs[index] & ~bit)
-    termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
 class LocalProcess(Process):
