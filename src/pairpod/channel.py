@@ -19,6 +19,13 @@ import asyncssh
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec, Stream
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
+from pairpod.request_limits import (
+    bounded_size,
+    command_refusal,
+    env_refusal,
+    pty_refusal,
+    subsystem_refusal,
+)
 from pairpod.sharing.channels import ChannelSink
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import SharedSession
@@ -84,12 +91,20 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._log_denied("pty")
             return False
         cols, rows, pixel_width, pixel_height = term_size
+        limit = self._connection.config.ssh.max_pty
+        refusal = pty_refusal(term_type, cols, rows, limit)
+        if refusal is not None:
+            assert self._chan is not None
+            self._chan.write_stderr(f"pairpod: {refusal}\r\n".encode())
+            self._log_denied("pty")
+            return False
+        size = bounded_size(cols, rows, pixel_width, pixel_height, limit)
         self._pty = PtySpec(
             term=term_type or "dumb",
-            cols=cols or 80,
-            rows=rows or 24,
-            pixel_width=pixel_width,
-            pixel_height=pixel_height,
+            cols=size.cols,
+            rows=size.rows,
+            pixel_width=size.pixel_width,
+            pixel_height=size.pixel_height,
             modes=dict(term_modes),
         )
         return True
@@ -104,11 +119,19 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """Accept; a denial is reported on stderr once the session starts."""
         if not self._security.allow_exec:
             self._deny("exec", "running commands is disabled on this gateway")
+        refusal = command_refusal(command, self._security)
+        if refusal is not None:
+            self._deny("exec", refusal)
+            command = ""
         self._command = command
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         """Accept the subsystems the config allows (sftp)."""
+        refusal = subsystem_refusal(subsystem)
+        if refusal is not None:
+            self._deny("subsystem", refusal)
+            return True
         if subsystem not in self._security.subsystems:
             self._deny("subsystem", f"subsystem {subsystem!r} is not allowed on this gateway")
         self._subsystem = subsystem
@@ -154,6 +177,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
     async def _run(self) -> None:
         chan = self._chan
         assert chan is not None
+        if self._denied is None:
+            self._denied = env_refusal(filter_env(self._client_env(), self._security.env_allow),
+                                       self._security)
         if self._denied is not None:
             self._finish_with_error(self._denied, 1)
             return
@@ -200,7 +226,12 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             started_with.cols, started_with.rows, started_with.pixel_width,
             started_with.pixel_height,
         ):
-            await process.resize(pty.cols, pty.rows, pty.pixel_width, pty.pixel_height)
+            try:
+                await process.resize(pty.cols, pty.rows, pty.pixel_width, pty.pixel_height)
+            except Exception:
+                # A size the backend cannot apply must not cost the session its relay.
+                log.warning("channel.resize_failed", exc_info=True,
+                            extra=self._connection.log_fields())
 
     def _share(self, process: Process) -> SharedSession[Terminal] | None:
         """Put a Terminal between the process and this channel if sharing is asked for."""
@@ -322,7 +353,11 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int,
                               pixwidth: int, pixheight: int) -> None:
-        """Resize the PTY of the running process."""
+        """Resize the PTY of the running process (to at most ``ssh.max_pty``)."""
+        size = bounded_size(width, height, pixwidth, pixheight,
+                            self._connection.config.ssh.max_pty)
+        width, height, pixwidth, pixheight = (size.cols, size.rows, size.pixel_width,
+                                              size.pixel_height)
         if self._pty is not None:
             self._pty = PtySpec(self._pty.term, width, height, pixwidth, pixheight, self._pty.modes)
         if self._terminal is not None:

@@ -371,17 +371,28 @@ class DualScreen(pyte.Screen):
     # only the cells its sparse buffer happens to hold, stamps the whole pen
     # (underline, bold...) on them, and raises on unknown parameters.
 
-    def _erase(self, y: int, columns: Iterable[int]) -> None:
-        line = self.buffer[y]
+    # Erasing a whole row costs the same however wide the screen is: the row is
+    # replaced by an empty one whose default cell is the blank (pyte's rows are
+    # StaticDefaultDicts); only a partial row is erased cell by cell, and then
+    # only the cells the row holds when the blank is its default.
+
+    def _erase(self, y: int, columns: range) -> None:
         bg = self.cursor.attrs.bg
-        if bg == "default":
-            for x in columns:
-                line.pop(x, None)
+        blank = self.default_char if bg == "default" else self.default_char._replace(bg=bg)
+        self.dirty.add(y)
+        if columns.start <= 0 and columns.stop >= self.columns:
+            if blank == self.default_char:
+                self.buffer.pop(y, None)
+            else:
+                self.buffer[y] = StaticDefaultDict(blank)
+            return
+        line = self.buffer[y]
+        if line.default == blank:
+            for x in [x for x in line if x in columns]:
+                del line[x]
         else:
-            blank = self.default_char._replace(bg=bg)
             for x in columns:
                 line[x] = blank
-        self.dirty.add(y)
 
     def erase_in_line(self, how: int = 0, private: bool = False) -> None:
         """EL 0/1/2; others are ignored, as terminals do."""
@@ -897,6 +908,11 @@ class ScreenModel:
 
     #: Bytes parsed at a time: one or two milliseconds of pyte's time.
     SLICE = 1024
+    #: The largest screen modelled, whatever the PTY's size: the model's memory
+    #: and the cost of one escape sequence grow with its cells. A larger PTY is
+    #: modelled by its top-left corner (a late joiner sees that much of it).
+    MAX_COLS = 400
+    MAX_ROWS = 200
     #: A flood is over when nothing was dropped for this long (seconds).
     FLOOD_QUIET = 0.5
 
@@ -910,7 +926,7 @@ class ScreenModel:
         max_step: float = 0.005,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._screen = DualScreen(cols, rows)
+        self._screen = DualScreen(*self._bounded(cols, rows))
         self._stream = ModelStream(self._screen)
         self._pending: deque[bytes | tuple[int, int]] = deque()
         self._offset = 0  # into the first pending chunk
@@ -955,7 +971,11 @@ class ScreenModel:
 
     def resize(self, cols: int, rows: int) -> None:
         """The PTY changed size here in the stream (applied in order with the output)."""
-        self._pending.append((cols, rows))
+        self._pending.append(self._bounded(cols, rows))
+
+    @classmethod
+    def _bounded(cls, cols: int, rows: int) -> tuple[int, int]:
+        return min(max(cols, 1), cls.MAX_COLS), min(max(rows, 1), cls.MAX_ROWS)
 
     def advance(self) -> bool:
         """Parse within the time budget; True if output is still pending.
