@@ -6,10 +6,10 @@ from typing import Any
 
 import asyncssh
 
-from tests.support.gateway import GatewayThread
+from tests.support.gateway import OpenSSHClient
 
 
-async def connect(gw: GatewayThread, user: str = "alice", **options: Any) -> asyncssh.SSHClientConnection:
+async def connect(gw: OpenSSHClient, user: str = "alice", **options: Any) -> asyncssh.SSHClientConnection:
     """An AsyncSSH client connection to ``gw`` with the test key."""
     return await asyncssh.connect(
         "127.0.0.1",

@@ -371,17 +371,22 @@ class DualScreen(pyte.Screen):
     # only the cells its sparse buffer happens to hold, stamps the whole pen
     # (underline, bold...) on them, and raises on unknown parameters.
 
-    # Erasing a whole row costs the same however wide the screen is: the row is
-    # replaced by an empty one whose default cell is the blank (pyte's rows are
-    # StaticDefaultDicts); only a partial row is erased cell by cell, and then
+    # Erasing costs the same however wide the screen is: a whole row becomes an
+    # empty one whose default cell is the blank (pyte's rows are
+    # StaticDefaultDicts), and a whole screen on the default background is one
+    # clear of the buffer. Only a partial row is erased cell by cell, and then
     # only the cells the row holds when the blank is its default.
 
-    def _erase(self, y: int, columns: range) -> None:
+    def _blank(self) -> Char:
+        default = self.default_char
         bg = self.cursor.attrs.bg
-        blank = self.default_char if bg == "default" else self.default_char._replace(bg=bg)
+        return default if bg == "default" else default._replace(bg=bg)
+
+    def _erase(self, y: int, columns: range, blank: Char | None = None) -> None:
+        blank = blank or self._blank()
         self.dirty.add(y)
         if columns.start <= 0 and columns.stop >= self.columns:
-            if blank == self.default_char:
+            if blank.bg == "default":
                 self.buffer.pop(y, None)
             else:
                 self.buffer[y] = StaticDefaultDict(blank)
@@ -407,8 +412,14 @@ class DualScreen(pyte.Screen):
                 2: range(self.lines)}.get(how)
         if rows is None:
             return
-        for y in rows:
-            self._erase(y, range(self.columns))
+        blank = self._blank()
+        if how == 2 and blank.bg == "default":
+            self.buffer.clear()
+            self.dirty.update(rows)
+        else:
+            whole = range(self.columns)
+            for y in rows:
+                self._erase(y, whole, blank)
         if how in (0, 1):
             self.erase_in_line(how)
 
@@ -913,6 +924,9 @@ class ScreenModel:
     #: modelled by its top-left corner (a late joiner sees that much of it).
     MAX_COLS = 400
     MAX_ROWS = 200
+    #: How long one catch-up may parse before it drops all but the tail (seconds).
+    CATCH_UP_BUDGET = 0.03
+    CATCH_UP_TAIL = 512
     #: A flood is over when nothing was dropped for this long (seconds).
     FLOOD_QUIET = 0.5
 
@@ -998,8 +1012,18 @@ class ScreenModel:
         return bool(self._pending)
 
     def catch_up(self) -> None:
-        """Parse everything pending now (bounded by the pending limit)."""
+        """Parse everything pending now, within a time bound.
+
+        Pending output is bounded in bytes, but not what those bytes cost to
+        parse (thousands of clear-screens in a few KiB). Past
+        :attr:`CATCH_UP_BUDGET` the older pending output is dropped, as in a
+        flood, and only the last :attr:`CATCH_UP_TAIL` bytes are parsed.
+        """
+        start = self._clock()
         while self._pending:
+            if (self._pending_bytes > self.CATCH_UP_TAIL
+                    and self._clock() - start > self.CATCH_UP_BUDGET):
+                self._drop(self._pending_bytes - self.CATCH_UP_TAIL)
             self._parse_one()
 
     def snapshot(self) -> bytes:
