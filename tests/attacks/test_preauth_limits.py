@@ -7,12 +7,13 @@ import re
 import resource
 import select
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import GatewayProcess, wait_until
 
 # How long the last silent_connections took to connect them all.
 connect_seconds: list[float] = []
@@ -101,3 +102,20 @@ def test_serve_raises_its_open_files_limit_to_the_hard_limit(serve: ServeGateway
     limits = Path(f"/proc/{gateway.proc.pid}/limits").read_text()
     soft, hard = re.search(r"Max open files\s+(\d+)\s+(\d+)", limits).groups()  # type: ignore[union-attr]
     assert soft == hard == str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+
+def test_out_of_file_descriptors_pauses_accepting_and_logs_a_summary(
+        serve: ServeGateway) -> None:
+    gateway = serve({"ssh": {"max_startups": "1000", "per_source_max_startups": None,
+                             "per_source_rate": None}})
+    assert gateway.proc is not None
+    subprocess.run(["prlimit", f"--pid={gateway.proc.pid}", "--nofile=64:64"], check=True)
+    with silent_connections(gateway, ["127.0.0.7"] * 150):
+        # Past 64 descriptors accept() fails with EMFILE: asyncio stops accepting for a
+        # second each time, and the error is logged at most 10 times per 10 s.
+        wait_until(lambda: "out of system resource" in gateway.log(), message="EMFILE hit")
+        time.sleep(3)  # let the listener retry a few times while nothing is freed
+        errors = gateway.log().count("out of system resource")
+        assert 1 <= errors <= 10, errors
+    # The connections are gone: descriptors are free and logins work again.
+    assert_probe_login_prompt(gateway)
