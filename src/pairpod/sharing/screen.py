@@ -145,6 +145,8 @@ class DualScreen(pyte.Screen):
         self.public_modes: set[int] = set()
         self._other_buffer: _Buffer | None = None
         self._other_savepoints: list[Savepoint] = []
+        # The blank of the last full erase (ED 2), while no cell changed since.
+        self._cleared_with: Char | None = None
         super().__init__(columns, lines)
         self._other_buffer = self._new_buffer()
 
@@ -386,10 +388,14 @@ class DualScreen(pyte.Screen):
         blank = blank or self._blank()
         self.dirty.add(y)
         if columns.start <= 0 and columns.stop >= self.columns:
+            line = self.buffer.get(y)
             if blank.bg == "default":
                 self.buffer.pop(y, None)
-            else:
+            elif line is None:
                 self.buffer[y] = StaticDefaultDict(blank)
+            else:  # rows are never shared between two places: reuse it
+                line.clear()
+                line.default = blank
             return
         line = self.buffer[y]
         if line.default == blank:
@@ -413,15 +419,25 @@ class DualScreen(pyte.Screen):
         if rows is None:
             return
         blank = self._blank()
-        if how == 2 and blank.bg == "default":
-            self.buffer.clear()
-            self.dirty.update(rows)
-        else:
-            whole = range(self.columns)
-            for y in rows:
+        whole = range(self.columns)
+        if how == 2:
+            # Every change to a cell marks its row dirty (pyte's bookkeeping, which
+            # nothing else here reads): after a full erase only the rows changed
+            # since need erasing again, so a flood of clear-screens costs one row each.
+            targets: Iterable[int] = rows
+            if blank == self._cleared_with:
+                targets = [y for y in self.dirty if y < self.lines]
+            elif blank.bg == "default":
+                self.buffer.clear()
+                targets = ()
+            for y in targets:
                 self._erase(y, whole, blank)
-        if how in (0, 1):
-            self.erase_in_line(how)
+            self.dirty.clear()
+            self._cleared_with = blank
+            return
+        for y in rows:
+            self._erase(y, whole, blank)
+        self.erase_in_line(how)
 
     def erase_characters(self, count: int | None = None) -> None:
         """ECH."""
@@ -924,9 +940,6 @@ class ScreenModel:
     #: modelled by its top-left corner (a late joiner sees that much of it).
     MAX_COLS = 400
     MAX_ROWS = 200
-    #: How long one catch-up may parse before it drops all but the tail (seconds).
-    CATCH_UP_BUDGET = 0.03
-    CATCH_UP_TAIL = 512
     #: A flood is over when nothing was dropped for this long (seconds).
     FLOOD_QUIET = 0.5
 
@@ -1012,18 +1025,8 @@ class ScreenModel:
         return bool(self._pending)
 
     def catch_up(self) -> None:
-        """Parse everything pending now, within a time bound.
-
-        Pending output is bounded in bytes, but not what those bytes cost to
-        parse (thousands of clear-screens in a few KiB). Past
-        :attr:`CATCH_UP_BUDGET` the older pending output is dropped, as in a
-        flood, and only the last :attr:`CATCH_UP_TAIL` bytes are parsed.
-        """
-        start = self._clock()
+        """Parse everything pending now (bounded by the pending limit)."""
         while self._pending:
-            if (self._pending_bytes > self.CATCH_UP_TAIL
-                    and self._clock() - start > self.CATCH_UP_BUDGET):
-                self._drop(self._pending_bytes - self.CATCH_UP_TAIL)
             self._parse_one()
 
     def snapshot(self) -> bytes:
