@@ -20,6 +20,7 @@ from tests.support.gateway import (
     GatewayThread,
     Tmux,
     processes_matching,
+    unique_sleep,
     wait_until,
     write_config,
     zombie_children,
@@ -59,7 +60,7 @@ def test_login_timeout_closes_idle_unauthenticated_connections(make_gateway: Mak
 
 def test_keepalive_drops_a_client_that_stopped_answering(make_gateway: MakeGateway) -> None:
     gw = make_gateway({"ssh": {"keepalive_interval": "1s", "keepalive_count_max": 2}})
-    marker = "sleep 3000.4711"  # a unique argument: bash execs the command itself
+    marker = unique_sleep()  # a unique argument: bash execs the command itself
     client = subprocess.Popen(gw.ssh_argv(marker), stdin=subprocess.DEVNULL,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -163,16 +164,21 @@ def test_failing_backend_tells_the_user_one_line(make_gateway: MakeGateway) -> N
 
 
 def test_client_killed_leaves_no_process_zombie_or_task(gateway: GatewayThread) -> None:
+    first, second = unique_sleep(), unique_sleep()
     client = subprocess.Popen(
-        gateway.ssh_argv("sleep 3001 & sleep 3002 & wait"),
+        gateway.ssh_argv(f"{first} & {second} & wait"),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: len([p for p in processes_matching("sleep 300") if p != client.pid]) >= 2,
-               message="remote processes")
+
+    def remote() -> list[int]:
+        return [p for marker in (first, second) for p in processes_matching(marker)
+                if p != client.pid]
+
+    wait_until(lambda: len(remote()) >= 2, message="remote processes")
     client.kill()
     client.wait()
     wait_until(lambda: gateway.connection_count() == 0, message="connection closed")
-    wait_until(lambda: not processes_matching("sleep 300"), message="remote processes gone")
+    wait_until(lambda: not remote(), message="remote processes gone")
     wait_until(lambda: gateway.task_count() <= gateway.baseline_tasks, message="tasks ended")
     assert zombie_children(os.getpid()) == []
 
@@ -225,7 +231,7 @@ def test_sigterm_tells_users_ends_sessions_and_exits_zero(tmp_path: Path,
     })
     gw = server = GatewayProcess(config, key=client_key).start()
     try:
-        marker = "sleep 3003"
+        marker = unique_sleep()
         client = subprocess.Popen(gw.ssh_argv(marker), stdin=subprocess.DEVNULL,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         def remote() -> list[int]:

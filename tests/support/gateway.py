@@ -275,6 +275,15 @@ def _shell_quote(text: str) -> str:
     return shlex.quote(text)
 
 
+def unique_sleep(seconds: int = 3000) -> str:
+    """A ``sleep`` command line no other test run on this machine has (``sleep 3000.417``).
+
+    Tests find remote programs by their command line; two runs of the suite at
+    once must never see each other's.
+    """
+    return f"sleep {seconds}.{secrets.randbelow(10**9):09d}"
+
+
 def processes_matching(marker: str) -> list[int]:
     """PIDs whose command line contains ``marker`` (for orphan checks)."""
     pids = []
