@@ -67,8 +67,13 @@ class Ticket:
 class Admission:
     """Counts unauthenticated connections and decides whether to accept a new one."""
 
-    def __init__(self, settings: SSHSettings, *, clock: Callable[[], float] = time.monotonic,
-                 draw: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        settings: SSHSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        draw: Callable[[], float] | None = None,
+    ) -> None:
         self._settings = settings
         self._clock = clock
         self._draw = draw or (lambda: secrets.randbelow(1_000_000) / 1_000_000)
@@ -100,16 +105,17 @@ class Admission:
             span = max(full - start, 1)
             chance = (rate + (100 - rate) * (count - start) / span) / 100
             if self._draw() < chance:
-                return Refusal(f"max_startups: random early drop at {count} unauthenticated "
-                               f"connections ({round(chance * 100)}%)")
+                return Refusal(
+                    f"max_startups: random early drop at {count} unauthenticated "
+                    f"connections ({round(chance * 100)}%)"
+                )
         return None
 
     def _source_refusal(self, source: str) -> Refusal | None:
         settings = self._settings
         cap = settings.per_source_max_startups
         if cap is not None and self._per_source[source] >= cap:
-            return Refusal(f"per_source_max_startups: {cap} unauthenticated connections "
-                           f"from {source}")
+            return Refusal(f"per_source_max_startups: {cap} unauthenticated connections from {source}")
         rate = settings.per_source_rate
         if rate is None:
             return None
@@ -122,8 +128,10 @@ class Admission:
         while len(self._buckets) > _MAX_BUCKETS:
             self._buckets.popitem(last=False)
         if refused:
-            return Refusal(f"per_source_rate: more than {rate:g} new connections/s "
-                           f"(burst {settings.per_source_burst}) from {source}")
+            return Refusal(
+                f"per_source_rate: more than {rate:g} new connections/s "
+                f"(burst {settings.per_source_burst}) from {source}"
+            )
         return None
 
     def _leave(self, source: str) -> None:

@@ -53,15 +53,13 @@ def _pixels(value: int) -> int:
 def pty_refusal(term_type: str, cols: int, rows: int, limit: PtyLimit) -> str | None:
     """Why a PTY request is refused (None: it is within bounds)."""
     if len(term_type.encode("utf-8", "surrogatepass")) > MAX_TERM_TYPE:
-        return too_long("terminal type", len(term_type.encode("utf-8", "surrogatepass")),
-                        MAX_TERM_TYPE)
+        return too_long("terminal type", len(term_type.encode("utf-8", "surrogatepass")), MAX_TERM_TYPE)
     if cols > limit.cols or rows > limit.rows:
         return f"terminal size {cols}x{rows} too large (max {limit.cols}x{limit.rows})"
     return None
 
 
-def bounded_size(cols: int, rows: int, pixel_width: int, pixel_height: int,
-                 limit: PtyLimit) -> TermSize:
+def bounded_size(cols: int, rows: int, pixel_width: int, pixel_height: int, limit: PtyLimit) -> TermSize:
     """A window change clamped to the limit (0 means "not given": 80x24)."""
     return TermSize(
         cols=min(cols or 80, limit.cols),

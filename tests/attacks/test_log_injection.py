@@ -24,7 +24,8 @@ async def test_commands_and_signal_names_are_escaped_in_the_text_log(serve: Serv
     log = gateway.log()
     assert "channel.signal_ignored" in log and "channel.started" in log
     # Every byte of the log is printable, or a line end.
-    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", log), \
-        [line for line in log.splitlines() if re.search(r"[\x00-\x1f\x7f-\x9f]", line)]
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]", log), [
+        line for line in log.splitlines() if re.search(r"[\x00-\x1f\x7f-\x9f]", line)
+    ]
     started = next(line for line in log.splitlines() if 'command="true;' in line)
     assert r'command="true;\u001b[2J\u001b[Hfake\b\b\b\u0007\u007f\u009b31m"' in started

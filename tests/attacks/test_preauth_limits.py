@@ -75,8 +75,16 @@ def test_max_startups_drops_between_start_and_full(serve: ServeGateway) -> None:
 
 
 def test_new_connections_per_source_are_rate_limited(serve: ServeGateway) -> None:
-    gateway = serve({"ssh": {"per_source_rate": 2, "per_source_burst": 5,
-                             "per_source_max_startups": None, "max_startups": "1000"}})
+    gateway = serve(
+        {
+            "ssh": {
+                "per_source_rate": 2,
+                "per_source_burst": 5,
+                "per_source_max_startups": None,
+                "max_startups": "1000",
+            }
+        }
+    )
     with silent_connections(gateway, ["127.0.0.5"] * 30) as open_:
         admitted = sum(open_)
     elapsed = connect_seconds[-1]
@@ -104,10 +112,10 @@ def test_serve_raises_its_open_files_limit_to_the_hard_limit(serve: ServeGateway
     assert soft == hard == str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def test_out_of_file_descriptors_pauses_accepting_and_logs_a_summary(
-        serve: ServeGateway) -> None:
-    gateway = serve({"ssh": {"max_startups": "1000", "per_source_max_startups": None,
-                             "per_source_rate": None}})
+def test_out_of_file_descriptors_pauses_accepting_and_logs_a_summary(serve: ServeGateway) -> None:
+    gateway = serve(
+        {"ssh": {"max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None}}
+    )
     assert gateway.proc is not None
     subprocess.run(["prlimit", f"--pid={gateway.proc.pid}", "--nofile=64:64"], check=True)
     with silent_connections(gateway, ["127.0.0.7"] * 150):

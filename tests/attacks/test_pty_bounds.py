@@ -18,8 +18,9 @@ async def test_a_huge_pty_request_is_refused_with_one_line(serve: ServeGateway) 
     async with conn:
         # What froze the gateway for 142 s: a shared 65535x65535 terminal and a clear.
         with pytest.raises(asyncssh.ChannelOpenError, match="PTY request failed"):
-            await conn.create_process("printf '\\033[2J'", term_type="xterm",
-                                      term_size=(65535, 65535), env={"PAIRPOD_SHARE": "1"})
+            await conn.create_process(
+                "printf '\\033[2J'", term_type="xterm", term_size=(65535, 65535), env={"PAIRPOD_SHARE": "1"}
+            )
         # The connection keeps working: a terminal within the limit is fine.
         result = await conn.run("stty size", term_type="xterm", term_size=(1000, 1000))
         assert result.stdout.strip() == "1000 1000"
@@ -27,12 +28,12 @@ async def test_a_huge_pty_request_is_refused_with_one_line(serve: ServeGateway) 
     await asyncio.to_thread(assert_probe_login_prompt, gateway)
 
 
-async def test_a_window_change_past_the_limit_is_clamped_and_the_session_lives(
-        serve: ServeGateway) -> None:
+async def test_a_window_change_past_the_limit_is_clamped_and_the_session_lives(serve: ServeGateway) -> None:
     gateway = serve({"ssh": {"max_pty": {"cols": 300, "rows": 200}}})
     async with await connect(gateway) as conn:
-        process = await conn.create_process("read line; stty size; exit 3", term_type="xterm",
-                                            term_size=(80, 24))
+        process = await conn.create_process(
+            "read line; stty size; exit 3", term_type="xterm", term_size=(80, 24)
+        )
         # Sent at once, so it may arrive before the program starts (what killed the relay).
         process.change_terminal_size(70000, 70000, 99999, 99999)
         process.stdin.write("go\n")
@@ -41,13 +42,12 @@ async def test_a_window_change_past_the_limit_is_clamped_and_the_session_lives(
     assert result.stdout.strip().splitlines()[-1] == "200 300"
 
 
-async def test_clear_screen_floods_on_the_largest_shared_terminal_stall_nobody(
-        serve: ServeGateway) -> None:
+async def test_clear_screen_floods_on_the_largest_shared_terminal_stall_nobody(serve: ServeGateway) -> None:
     gateway = serve({"sharing": {"open": True}})
     # The largest terminal allowed, shared, with a coloured background (every erased cell
     # painted) and thousands of clear-screens, while viewers keep joining (each join
     # renders the screen from the model, parsing what is pending).
-    flood = ("printf '\\033[41m'; while :; do printf '\\033[2J\\033[2J\\033[2J\\033[2J'; done")
+    flood = "printf '\\033[41m'; while :; do printf '\\033[2J\\033[2J\\033[2J\\033[2J'; done"
     conn, owner, links = await share(gateway, flood, cols=1000, rows=1000)
     joined_twice = asyncio.Event()
 

@@ -19,7 +19,8 @@ def gateway_dir(tmp_path: Path) -> Path:
 
 
 def test_a_world_writable_authorized_keys_stops_the_start_naming_the_file(
-        tmp_path: Path, client_key: ClientKey) -> None:
+    tmp_path: Path, client_key: ClientKey
+) -> None:
     tmp_path = gateway_dir(tmp_path)
     config = attack_config(tmp_path, client_key)
     authorized = tmp_path / "authorized_keys"
@@ -30,8 +31,7 @@ def test_a_world_writable_authorized_keys_stops_the_start_naming_the_file(
     assert f"file {authorized} is writable by group or others (mode 0666)" in gateway.log()
 
 
-def test_a_host_key_readable_by_others_stops_the_start(tmp_path: Path,
-                                                      client_key: ClientKey) -> None:
+def test_a_host_key_readable_by_others_stops_the_start(tmp_path: Path, client_key: ClientKey) -> None:
     tmp_path = gateway_dir(tmp_path)
     host_key = tmp_path / "host_key"
     host_key.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
@@ -43,7 +43,8 @@ def test_a_host_key_readable_by_others_stops_the_start(tmp_path: Path,
 
 
 def test_authorized_keys_made_writable_while_serving_is_refused_at_the_next_login(
-        serve: ServeGateway) -> None:
+    serve: ServeGateway,
+) -> None:
     gateway = serve()
     authorized = gateway.config_path.parent / "authorized_keys"
     assert gateway.ssh("true").returncode == 0

@@ -29,8 +29,10 @@ def host_key_problem(path: Path) -> str | None:
     # and shared with the gateway's group (a Kubernetes Secret mounted 0440
     # with an fsGroup) may be group-readable, but never readable by others.
     if (info.st_uid == os.getuid() and mode & 0o077) or mode & 0o007:
-        return (f"permissions {mode:04o} are too open: a host key must not be accessible "
-                f"by others (chmod 600 {path}, {_OPT_OUT})")
+        return (
+            f"permissions {mode:04o} are too open: a host key must not be accessible "
+            f"by others (chmod 600 {path}, {_OPT_OUT})"
+        )
     return None
 
 
@@ -40,9 +42,13 @@ def authorized_keys_problem(path: Path) -> str | None:
         info = os.stat(target)
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o022:
-            return (f"{what} {target} is writable by group or others (mode {mode:04o}): "
-                    f"anyone could add a key (chmod go-w {target}, {_OPT_OUT})")
+            return (
+                f"{what} {target} is writable by group or others (mode {mode:04o}): "
+                f"anyone could add a key (chmod go-w {target}, {_OPT_OUT})"
+            )
         if info.st_uid not in (0, os.getuid()):
-            return (f"{what} {target} is owned by uid {info.st_uid}, not by root or the "
-                    f"gateway's user ({_OPT_OUT})")
+            return (
+                f"{what} {target} is owned by uid {info.st_uid}, not by root or the "
+                f"gateway's user ({_OPT_OUT})"
+            )
     return None

@@ -60,9 +60,14 @@ class Admitted:
 class JoinAuth:
     """The join-link side of one connection's authentication (AsyncSSH callbacks)."""
 
-    def __init__(self, service: SharingService, lockout: Lockout, address: str,
-                 send_banner: Callable[[str], None],
-                 log_fields: Callable[..., dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        service: SharingService,
+        lockout: Lockout,
+        address: str,
+        send_banner: Callable[[str], None],
+        log_fields: Callable[..., dict[str, Any]],
+    ) -> None:
         self._service = service
         self._lockout = lockout
         self._address = address
@@ -89,8 +94,10 @@ class JoinAuth:
 
     def _admit(self, access: Access, session: SharedSession[Terminal], name: str) -> bool:
         self.admitted = Admitted(access, session, name)
-        log.info("sharing.join_admitted", extra=self._log_fields(
-            session=session.session_id, identity=name, access=access.value))
+        log.info(
+            "sharing.join_admitted",
+            extra=self._log_fields(session=session.session_id, identity=name, access=access.value),
+        )
         return True
 
     async def validate_public_key(self, key: asyncssh.SSHKey) -> bool:
@@ -101,9 +108,14 @@ class JoinAuth:
             if session.open:  # the link alone admits: no key looked up, as with tmate
                 return self._admit(access, session, self._guest())
             identities = await self._service.joiner_identities(session, key, self._address)
-            log.info("sharing.joiner_key", extra=self._log_fields(
-                session=session.session_id, accepted=bool(identities),
-                identity=identities[0] if identities else None))
+            log.info(
+                "sharing.joiner_key",
+                extra=self._log_fields(
+                    session=session.session_id,
+                    accepted=bool(identities),
+                    identity=identities[0] if identities else None,
+                ),
+            )
             if identities:
                 return self._admit(access, session, identities[0])
         await self._refuse("publickey", known=found is not None)
@@ -127,11 +139,20 @@ class JoinAuth:
             # for one link is one guess, three links are three.
             self._counted.add(self._username)
             for lock in self._lockout.record_failure(self._address, "", guessable=False):
-                log.warning("auth.lockout", extra=self._log_fields(
-                    addr=self._address, method="join", kind=lock.kind, subject=lock.subject,
-                    duration=lock.remaining))
-            log.info("sharing.join_refused", extra=self._log_fields(
-                method=method, reason="key not allowed" if known else "invalid link"))
+                log.warning(
+                    "auth.lockout",
+                    extra=self._log_fields(
+                        addr=self._address,
+                        method="join",
+                        kind=lock.kind,
+                        subject=lock.subject,
+                        duration=lock.remaining,
+                    ),
+                )
+            log.info(
+                "sharing.join_refused",
+                extra=self._log_fields(method=method, reason="key not allowed" if known else "invalid link"),
+            )
         await asyncio.sleep(rejection_delay())
         if not self._told:
             self._told = True
