@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from secrets import token_hex
+from typing import Any
 
 import asyncssh
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
 from tests.attacks.sharing_clients import drain, share
 from tests.support.client import connect
+from tests.support.docker_env import docker_overrides
 
 
 async def test_a_huge_pty_request_is_refused_with_one_line(serve: ServeGateway) -> None:
@@ -28,18 +31,28 @@ async def test_a_huge_pty_request_is_refused_with_one_line(serve: ServeGateway) 
     await asyncio.to_thread(assert_probe_login_prompt, gateway)
 
 
-async def test_a_window_change_past_the_limit_is_clamped_and_the_session_lives(serve: ServeGateway) -> None:
-    gateway = serve({"ssh": {"max_pty": {"cols": 300, "rows": 200}}})
-    async with await connect(gateway) as conn:
-        process = await conn.create_process(
-            "read line; stty size; exit 3", term_type="xterm", term_size=(80, 24)
-        )
-        # Sent at once, so it may arrive before the program starts (what killed the relay).
-        process.change_terminal_size(70000, 70000, 99999, 99999)
-        process.stdin.write("go\n")
-        result = await asyncio.wait_for(process.wait(), 30)
-    assert result.exit_status == 3
-    assert result.stdout.strip().splitlines()[-1] == "200 300"
+@pytest.mark.parametrize("backend", ["local", "docker"])
+async def test_a_window_change_past_the_limit_is_clamped_and_the_session_lives(
+    serve: ServeGateway, backend: str
+) -> None:
+    overrides: dict[str, Any] = {"ssh": {"max_pty": {"cols": 300, "rows": 200}}}
+    if backend == "docker":
+        # Its own instance id: a gateway reaps the containers of its id that it does not own.
+        overrides |= docker_overrides(image="busybox") | {"instance_id": f"attack-{token_hex(4)}"}
+    gateway = serve(overrides)
+    try:
+        async with await connect(gateway) as conn:
+            process = await conn.create_process(
+                "read line; stty size; exit 3", term_type="xterm", term_size=(80, 24)
+            )
+            # Sent at once, so it may arrive before the program starts (what killed the relay).
+            process.change_terminal_size(70000, 70000, 99999, 99999)
+            process.stdin.write("go\n")
+            result = await asyncio.wait_for(process.wait(), 60)
+        assert result.exit_status == 3
+        assert result.stdout.strip().splitlines()[-1] == "200 300"
+    finally:
+        assert gateway.terminate() == 0  # removes its containers
 
 
 async def test_clear_screen_floods_on_the_largest_shared_terminal_stall_nobody(serve: ServeGateway) -> None:
