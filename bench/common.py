@@ -181,6 +181,10 @@ def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None,
         "host_keys": [str(work.path / "pairpod_host_key")],
         "auth": {"authorized_keys": str(authorized)},
         "log": {"level": "warning"},
+        # All benchmark clients come from one address and some open many connections
+        # at once: the pre-auth limits would drop some (they are not what is measured).
+        "ssh": {"max_startups": "1000", "per_source_max_startups": None,
+                "per_source_rate": None},
     }
     config.update(overrides or {})
     path = work.path / f"{name}.yaml"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import argon2
 import bcrypt
 import pytest
 
 from pairpod.auth.password import (
+    ChecksBusy,
+    PasswordChecks,
     dummy_verify,
-    dummy_verify_async,
     hash_kind,
     hash_password,
     verify_password,
-    verify_password_async,
 )
 
 
@@ -67,8 +69,25 @@ def test_dummy_verify_is_always_false() -> None:
     assert dummy_verify("") is False
 
 
-async def test_async_wrappers() -> None:
+async def test_checks_pool_verifies_in_threads() -> None:
+    checks = PasswordChecks(workers=1, queue=0)
     stored = hash_password("pw")
-    assert await verify_password_async(stored, "pw")
-    assert not await verify_password_async(stored, "nope")
-    assert await dummy_verify_async("pw") is False
+    try:
+        assert await checks.verify(stored, "pw")
+        assert not await checks.verify(stored, "nope")
+        assert await checks.dummy("pw") is False
+    finally:
+        checks.close()
+
+
+async def test_checks_pool_refuses_past_its_places_at_once() -> None:
+    checks = PasswordChecks(workers=1, queue=1)
+    stored = hash_password("pw")
+    try:
+        running = [asyncio.ensure_future(checks.verify(stored, "nope")) for _ in range(2)]
+        await asyncio.sleep(0)  # both have taken their place
+        with pytest.raises(ChecksBusy):
+            await checks.verify(stored, "nope")
+        assert await asyncio.gather(*running) == [False, False]
+    finally:
+        checks.close()

@@ -128,6 +128,7 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
 def test_serve_reports_an_invalid_host_key(tmp_path: Path) -> None:
     key = tmp_path / "hk"
     key.write_text("not a key\n")
+    key.chmod(0o600)  # modes fine, so the content is what is refused
     path = write_config(tmp_path / "c.yaml", {"host_keys": [str(key)], "listen": "127.0.0.1:0"})
     result = pairpod("serve", "--config", str(path))
     assert result.returncode == 2

@@ -433,3 +433,20 @@ def test_snapshot_of_a_large_screen_redraws_it(big_model: ScreenModel) -> None:
     again = redraw(big_model)
     assert state(again.screen) == state(big_model.screen)
     assert render_screen(big_model.screen) == big_model.snapshot()
+
+
+def test_a_model_of_any_size_holds_a_bounded_screen() -> None:
+    model = model_of(b"\x1b[41m\x1b[2J\x1b[65535;65535Hx", 65535, 65535)
+    assert model.size == (ScreenModel.MAX_COLS, ScreenModel.MAX_ROWS)
+    model.resize(2**32 - 1, 2**32 - 1)
+    assert model.size == (ScreenModel.MAX_COLS, ScreenModel.MAX_ROWS)
+    assert visible_cells(model.screen)[-1][-1].data == "x"  # the far corner, clamped
+
+
+def test_repeated_clear_screens_erase_what_was_drawn_between_them() -> None:
+    model = model_of(b"\x1b[41m\x1b[2J\x1b[5;5Hx\x1b[2J\x1b[44m\x1b[7;1Hy\x1b[2J\x1b[9;9Hz"
+                     b"\x1b[2J\x1b[1;1Hw", 20, 10)
+    cells = visible_cells(model.screen)
+    assert cells[0][0].data == "w"
+    assert all(cell.bg == "blue" and cell.data == " "
+               for row in cells for cell in row if cell is not None and cell.data != "w")

@@ -160,9 +160,7 @@ def test_owner_controls_list_kick_and_revoke(open_gw: GatewayThread, terms: Term
     # Revoking the read-write link stops it admitting anyone.
     link_id = re.search(r"link (\w+)\s+read-write", control(open_gw, "list")).group(1)
     assert "revoked" in control(open_gw, "revoke", link_id)
-    refused = open_gw.ssh(user=rw, options=["-tt"], input=b"")
-    assert refused.returncode == 1
-    assert b"invalid or expired session" in refused.stderr
+    assert_join_refused(open_gw, rw)
     # A new link works.
     minted = control(open_gw, "mint", "rw")
     new_rw = re.search(r"(rw-\w+)@gw\.example\.test", minted).group(1)
@@ -187,13 +185,20 @@ def test_owner_leaving_ends_the_joiners(open_gw: GatewayThread, terms: Terminals
     owner.type("exit\n")
     viewer.wait_for("the shared session has ended")
     viewer.wait_for("PANE-EXIT=0")
-    assert open_gw.ssh(user=ro, options=["-tt"], input=b"").returncode == 1
+    assert_join_refused(open_gw, ro)
+
+
+def assert_join_refused(gw: GatewayThread, link: str) -> None:
+    """A dead link fails authentication like a refused key, with one line (a banner)."""
+    # LogLevel=INFO: OpenSSH shows auth banners only from that level on.
+    result = gw.ssh(user=link, options=["-tt", "-o", "LogLevel=INFO"], input=b"")
+    assert result.returncode == 255
+    assert b"pairpod: invalid or expired session" in result.stderr
+    assert b"Permission denied" in result.stderr
 
 
 def test_unknown_link_gets_one_line(open_gw: GatewayThread) -> None:
-    result = open_gw.ssh(user="ro-" + "a" * 25, options=["-tt"], input=b"")
-    assert result.returncode == 1
-    assert result.stderr.strip() == b"pairpod: invalid or expired session"
+    assert_join_refused(open_gw, "ro-" + "a" * 25)
 
 
 def test_restricted_session_admits_only_named_people(make_gateway: MakeGateway,

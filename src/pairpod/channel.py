@@ -20,6 +20,13 @@ import asyncssh
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec, Stream
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
+from pairpod.request_limits import (
+    bounded_size,
+    command_refusal,
+    env_refusal,
+    pty_refusal,
+    subsystem_refusal,
+)
 from pairpod.sharing.channels import ChannelSink
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import SharedSession
@@ -135,12 +142,20 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._log_denied("pty")
             return False
         cols, rows, pixel_width, pixel_height = term_size
+        limit = self._connection.config.ssh.max_pty
+        refusal = pty_refusal(term_type, cols, rows, limit)
+        if refusal is not None:
+            assert self._chan is not None
+            self._chan.write_stderr(f"pairpod: {refusal}\r\n".encode())
+            self._log_denied("pty")
+            return False
+        size = bounded_size(cols, rows, pixel_width, pixel_height, limit)
         self._pty = PtySpec(
             term=term_type or "dumb",
-            cols=cols or 80,
-            rows=rows or 24,
-            pixel_width=pixel_width,
-            pixel_height=pixel_height,
+            cols=size.cols,
+            rows=size.rows,
+            pixel_width=size.pixel_width,
+            pixel_height=size.pixel_height,
             modes=dict(term_modes),
         )
         return True
@@ -155,11 +170,19 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """Accept; a denial is reported on stderr once the session starts."""
         if not self._security.allow_exec:
             self._deny("exec", "running commands is disabled on this gateway")
+        refusal = command_refusal(command, self._security)
+        if refusal is not None:
+            self._deny("exec", refusal)
+            command = ""
         self._command = command
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
         """Accept the subsystems the config allows (sftp)."""
+        refusal = subsystem_refusal(subsystem)
+        if refusal is not None:
+            self._deny("subsystem", refusal)
+            return True
         if subsystem not in self._security.subsystems:
             self._deny("subsystem", f"subsystem {subsystem!r} is not allowed on this gateway")
         self._subsystem = subsystem
@@ -206,6 +229,9 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
     async def _run(self) -> None:
         chan = self._chan
         assert chan is not None
+        if self._denied is None:
+            self._denied = env_refusal(filter_env(self._client_env(), self._security.env_allow),
+                                       self._security)
         if self._denied is not None:
             self._finish_with_error(self._denied, 1)
             return
@@ -242,6 +268,13 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if shared is not None:
                 self._connection.gateway.sharing.close_session(shared)
         self._exit(status)
+
+    async def _resize(self, process: Process, size: WindowSize) -> None:
+        try:
+            await process.resize(size.cols, size.rows, size.pixel_width, size.pixel_height)
+        except Exception:
+            # A size the backend cannot apply must not cost the session its input.
+            log.warning("channel.resize_failed", exc_info=True, extra=self._connection.log_fields())
 
     def _share(self, process: Process) -> SharedSession[Terminal] | None:
         """Put a Terminal between the process and this channel if sharing is asked for."""
@@ -333,7 +366,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
                     # The Terminal sizes the PTY for everyone (smallest read-write participant).
                     self._terminal.owner.resize(item.cols, item.rows)
                 else:
-                    await process.resize(item.cols, item.rows, item.pixel_width, item.pixel_height)
+                    await self._resize(process, item)
                 continue
             traffic.received += len(item)
             if self._terminal is not None:
@@ -388,11 +421,14 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """Queue the resize with the input: it applies before any input sent after it.
 
         The program starts with the size of the PTY request; changes made while
-        it starts are in the queue too, and reach it in order.
+        it starts are in the queue too, and reach it in order. Sizes are
+        bounded by ``ssh.max_pty`` before anything is queued.
         """
         if self._pty is None:
             return
-        size = WindowSize(width, height, pixwidth, pixheight)
+        bounded = bounded_size(width, height, pixwidth, pixheight,
+                               self._connection.config.ssh.max_pty)
+        size = WindowSize(bounded.cols, bounded.rows, bounded.pixel_width, bounded.pixel_height)
         if self._resizes_queued >= _MAX_QUEUED_RESIZES:
             self._resize_overflow = size
             return

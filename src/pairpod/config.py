@@ -147,6 +147,32 @@ def _check_algorithms(kind: str, names: list[str], supported: list[bytes]) -> li
     return names
 
 
+_MAX_STARTUPS_RE = re.compile(r"^(\d+)(?::(\d+):(\d+))?$")
+
+
+def parse_max_startups(value: Any) -> tuple[int, int, int]:
+    """``start:rate:full`` (as sshd's MaxStartups) or a single number ``full``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    match = _MAX_STARTUPS_RE.match(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected start:rate:full such as 10:30:100, got {value!r}")
+    if match.group(2) is None:
+        full = int(match.group(1))
+        return full, 100, full
+    start, rate, full = (int(match.group(i)) for i in (1, 2, 3))
+    if not 1 <= start <= full or not 1 <= rate <= 100:
+        raise ValueError(f"need 1 <= start <= full and a rate of 1-100 (%), got {value!r}")
+    return start, rate, full
+
+
+class PtyLimit(Section):
+    """The largest terminal a client may ask for (columns and rows)."""
+
+    cols: int = Field(1000, ge=80, le=65535)
+    rows: int = Field(1000, ge=24, le=65535)
+
+
 class SSHSettings(Section):
     """Protocol-level settings of the SSH server."""
 
@@ -154,6 +180,15 @@ class SSHSettings(Section):
     keepalive_interval: Duration = 30.0
     keepalive_count_max: int = Field(3, ge=1)
     max_sessions: int = Field(10, ge=1, description="channels per connection")
+    max_pty: PtyLimit = Field(default_factory=PtyLimit)
+    max_startups: Annotated[
+        tuple[int, int, int],
+        BeforeValidator(parse_max_startups),
+        PlainSerializer(lambda v: f"{v[0]}:{v[1]}:{v[2]}", return_type=str),
+    ] = (10, 30, 100)
+    per_source_max_startups: int | None = Field(5, ge=1)
+    per_source_rate: float | None = Field(10.0, gt=0, description="new connections per second")
+    per_source_burst: int = Field(40, ge=1)
     ciphers: list[str] = Field(default_factory=lambda: list(DEFAULT_CIPHERS), min_length=1)
     kex_algorithms: list[str] = Field(
         default_factory=lambda: list(DEFAULT_KEX_ALGORITHMS), min_length=1)
@@ -244,6 +279,13 @@ class LockoutSettings(Section):
     duration: Duration = 900.0
 
 
+class PasswordCheckSettings(Section):
+    """How many password hashes are verified at once, and how many may wait."""
+
+    workers: int = Field(2, ge=1, le=64)
+    queue: int = Field(16, ge=0)
+
+
 class UserSettings(Section):
     """One named identity that may log in."""
 
@@ -267,6 +309,7 @@ class AuthSettings(Section):
     webhook: WebhookSettings | None = None
     config_webhook: ConfigWebhookSettings | None = None
     lockout: LockoutSettings = Field(default_factory=LockoutSettings)
+    password_checks: PasswordCheckSettings = Field(default_factory=PasswordCheckSettings)
 
     @field_validator("users", mode="before")
     @classmethod
@@ -407,6 +450,9 @@ class SecuritySettings(Section):
     allow_pty: bool = True
     subsystems: list[Literal["sftp"]] = Field(default_factory=lambda: ["sftp"])
     force_command: str | None = None
+    strict_modes: bool = True
+    max_env_value: int = Field(64 * 1024, ge=1, description="bytes")
+    max_command: int = Field(64 * 1024, ge=1, le=128 * 1024 - 1, description="bytes")
 
 
 class LimitsSettings(Section):
@@ -441,6 +487,7 @@ class SharingSettings(Section):
     public_host: str | None = None
     public_port: int | None = Field(None, ge=1, le=65535)
     viewer_backlog: int = Field(1 << 20, ge=4096, description="bytes buffered per slow viewer")
+    max_participants: int = Field(50, ge=1, description="joined viewers per shared session")
 
 
 class LogSettings(Section):

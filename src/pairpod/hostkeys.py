@@ -7,6 +7,7 @@ from pathlib import Path
 
 import asyncssh
 
+from pairpod.auth.file_modes import host_key_problem
 from pairpod.errors import ConfigError
 from pairpod.log import fields, get_logger
 
@@ -25,8 +26,11 @@ def _generate(path: Path) -> asyncssh.SSHKey:
     return key
 
 
-def load_host_keys(paths: list[Path]) -> list[asyncssh.SSHKey]:
-    """Load every configured host key, generating the missing ones."""
+def load_host_keys(paths: list[Path], *, strict_modes: bool = True) -> list[asyncssh.SSHKey]:
+    """Load every configured host key, generating the missing ones.
+
+    With ``strict_modes`` a key readable by group or others is refused.
+    """
     keys = []
     for index, path in enumerate(paths):
         where = f"host_keys[{index}]: {path}"
@@ -34,6 +38,9 @@ def load_host_keys(paths: list[Path]) -> list[asyncssh.SSHKey]:
             if not path.exists():
                 keys.append(_generate(path))
                 continue
+            problem = host_key_problem(path) if strict_modes else None
+            if problem is not None:
+                raise ConfigError(f"{where}: {problem}")
             keys.append(asyncssh.read_private_key(path))
         except PermissionError as error:
             raise ConfigError(f"{where}: cannot read: {error.strerror}") from None

@@ -17,6 +17,7 @@ from typing import Any
 import asyncssh
 
 from pairpod.admin import Operations
+from pairpod.admission import Admission, Refusal, Ticket
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
@@ -26,7 +27,8 @@ from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
-from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerSession
+from pairpod.sharing.channels import ControlSession, ViewerSession
+from pairpod.sharing.join_auth import JoinAuth
 from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
@@ -101,6 +103,10 @@ class Connection(asyncssh.SSHServer):
         self.ssh_env: dict[str, str] = {}
         self._conn: asyncssh.SSHServerConnection | None = None
         self._channels: set[ChannelSession] = set()
+        # Joiners' and control channels: they count towards ssh.max_sessions too.
+        self._side_channels: set[asyncssh.SSHServerSession[bytes]] = set()
+        # Its place among unauthenticated connections (None: dropped at once).
+        self._ticket: Ticket | None = None
         self._environment: asyncio.Task[Environment] | None = None
         # Progress lines while the environment is being made (an image pull), and
         # the channels waiting for it that should see them.
@@ -111,7 +117,7 @@ class Connection(asyncssh.SSHServer):
         # terminal (by link), or the owner's sharing controls (``alice+ctl``).
         self._join: tuple[Access, SharedSession[Terminal]] | None = None
         self._join_name: str | None = None
-        self._invalid_link = False
+        self._join_auth: JoinAuth | None = None
         self._control_owner: str | None = None
         self._had_channel = False
 
@@ -122,13 +128,22 @@ class Connection(asyncssh.SSHServer):
     # --- connection lifecycle -----------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        """A client connected."""
+        """A client connected: admitted (see pairpod.admission) or dropped at once."""
         self._conn = conn
-        self.auth = self.gateway.authenticator.connection(conn, self.conn_id)
-        tune_transport(conn)
         peer = conn.get_extra_info("peername") or ("?", 0)
         host = peer[0]
         self.remote_addr = f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
+        ticket = self.gateway.admission.admit(str(host))
+        if isinstance(ticket, Refusal):
+            # Warnings are rate-limited in the log: a flood is summarised, not copied.
+            log.warning("connection.refused", extra=fields(remote=self.remote_addr,
+                                                           reason=ticket.reason))
+            # After AsyncSSH's own connection_made has returned: no key exchange.
+            asyncio.get_running_loop().call_soon(conn.abort)
+            return
+        self._ticket = ticket
+        self.auth = self.gateway.authenticator.connection(conn, self.conn_id)
+        tune_transport(conn)
         self.ssh_env = ssh_connection_env(conn.get_extra_info("peername"),
                                           conn.get_extra_info("sockname"))
         self.gateway.connections.add(self)
@@ -138,6 +153,9 @@ class Connection(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The client went away (or we closed): end everything it owns."""
+        if self._ticket is None:
+            return  # dropped at admission: nothing was started for it
+        self._ticket.release()
         self.gateway.connections.discard(self)
         if self.auth is not None:
             self.auth.connection_lost()
@@ -171,8 +189,8 @@ class Connection(asyncssh.SSHServer):
         """Who this connection is, fit to show: a joiner's name, never their join token."""
         if self._join is not None:
             return f"{self._join_name or 'guest'} (joined {self._join[0].label})"
-        if self._invalid_link:
-            return "(invalid join link)"
+        if self._join_auth is not None:
+            return "(joining by link)"  # not admitted (yet): the link may be anything
         if self._control_owner is not None:
             return f"{self._control_owner}+ctl"
         return self.username
@@ -198,27 +216,28 @@ class Connection(asyncssh.SSHServer):
         if self.config.banner and self._conn is not None:
             banner = self.config.banner
             self._conn.send_auth_banner(banner if banner.endswith("\n") else banner + "\n")
+        # AsyncSSH calls this again when the client changes username: start afresh.
+        self._join_auth = None
+        self._control_owner = None
         if looks_like_join_username(username):
-            return self._begin_join(username)
+            self._join_auth = self._new_join_auth()
+            self._join_auth.begin(username)
+            return True  # a join link authenticates like any login (see sharing.join_auth)
         owner = split_control_username(username)
         if owner is not None:
             self._control_owner = owner
             return self._auth.begin_auth(owner)
         return self._auth.begin_auth(username)
 
-    def _begin_join(self, username: str) -> bool:
-        self._join = self.gateway.sharing.lookup(username)
-        if self._join is None:
-            # Let them in to be told, after a random pause, that the link is dead;
-            # nothing else is reachable from such a connection.
-            self._invalid_link = True
-            log.info("sharing.invalid_link", extra=self.log_fields())
-            return False
-        _, session = self._join
-        if session.open:
-            self._join_name = f"guest@{self.remote_addr.rsplit(':', 1)[0]}"
-            return False
-        return True
+    def _new_join_auth(self) -> JoinAuth:
+        address = self.remote_addr.rsplit(":", 1)[0].strip("[]")
+
+        def banner(text: str) -> None:
+            if self._conn is not None:
+                self._conn.send_auth_banner(text)
+
+        return JoinAuth(self.gateway.sharing, self.gateway.authenticator.lockout, address,
+                        banner, self.log_fields)
 
     def _chain_name(self, username: str) -> str:
         """The name the auth chain checks (``alice`` for the control user ``alice+ctl``)."""
@@ -231,56 +250,58 @@ class Connection(asyncssh.SSHServer):
 
     def public_key_auth_supported(self) -> bool:
         """Offer publickey when any key source is configured (always to joiners)."""
-        return self._join is not None or self._auth.public_key_auth_supported()
+        return self._join_auth is not None or self._auth.public_key_auth_supported()
 
     def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool]:
         """Ask the chain (or, for a joiner, the sharing service) about ``key``."""
-        if self._join is not None:
-            return self._validate_joiner_key(key)
+        if self._join_auth is not None:
+            return self._join_auth.validate_public_key(key)
         return self._auth.validate_public_key(self._chain_name(username), key)
-
-    async def _validate_joiner_key(self, key: asyncssh.SSHKey) -> bool:
-        assert self._join is not None
-        _, session = self._join
-        address = self.remote_addr.rsplit(":", 1)[0].strip("[]")
-        identities = await self.gateway.sharing.joiner_identities(session, key, address)
-        log.info("sharing.joiner_key", extra=self.log_fields(
-            session=session.session_id, accepted=bool(identities),
-            identity=identities[0] if identities else None))
-        if identities:
-            self._join_name = identities[0]
-        return bool(identities)
 
     def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> Awaitable[bool] | bool:
         """Ask the chain whether a certificate's CA is trusted for ``username``."""
-        if self._join is not None:
+        if self._join_auth is not None:
             return False
         return self._auth.validate_ca_key(self._chain_name(username), key)
 
     def password_auth_supported(self) -> bool:
         """Offer password when passwords or a webhook are configured (never to joiners)."""
-        return self._join is None and self._auth.password_auth_supported()
+        return self._join_auth is None and self._auth.password_auth_supported()
 
     def validate_password(self, username: str, password: str) -> Awaitable[bool]:
         """Ask the chain to check a password (never logged)."""
         return self._auth.validate_password(self._chain_name(username), password)
 
     def kbdint_auth_supported(self) -> bool:
-        """Offer keyboard-interactive (a password prompt) like password."""
-        return self._join is None and self._auth.kbdint_auth_supported()
+        """Offer keyboard-interactive (a password prompt) like password; always to joiners."""
+        return self._join_auth is not None or self._auth.kbdint_auth_supported()
 
     def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> Any:
-        """The password prompt of keyboard-interactive."""
+        """The password prompt of keyboard-interactive (no prompt for a joiner)."""
+        if self._join_auth is not None:
+            return self._join_auth.kbdint_challenge()
         return self._auth.get_kbdint_challenge(self._chain_name(username), lang, submethods)
 
     def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> Any:
         """Check the answer to the prompt."""
+        if self._join_auth is not None:
+            return self._join_auth.validate_kbdint(responses)
         return self._auth.validate_kbdint_response(self._chain_name(username), responses)
 
     def auth_completed(self) -> None:
         """Authenticated: start creating the environment while channels open."""
-        if self._join is not None or self._invalid_link:
-            return  # joiners attach to a live terminal; they get no environment
+        if self._ticket is not None:
+            self._ticket.authenticated()
+        if self._join_auth is not None:
+            # Joiners attach to a live terminal; they get no environment.
+            admitted = self._join_auth.admitted
+            if admitted is None:
+                if self._conn is not None:  # not admitted by us: deny by default
+                    self._conn.close()
+                return
+            self._join = (admitted.access, admitted.session)
+            self._join_name = admitted.name
+            return
         result = self._auth.auth_completed()
         if result is None:
             # AsyncSSH accepted something the chain did not approve: deny by default.
@@ -338,29 +359,34 @@ class Connection(asyncssh.SSHServer):
     # --- channels -----------------------------------------------------------------
 
     def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
-        """A new session channel, up to ``ssh.max_sessions`` at once."""
+        """A new session channel, up to ``ssh.max_sessions`` at once (joiners' too)."""
         self._had_channel = True
-        if self._invalid_link:
-            return InvalidLinkSession(self)
-        if self._join is not None:
-            access, session = self._join
-            return ViewerSession(self, session.terminal, access, self._join_name or "guest")
-        if self._control_owner is not None:
-            return ControlSession(self, self.gateway.sharing, self._control_owner)
-        if len(self._channels) >= self.config.ssh.max_sessions:
+        if len(self._channels) + len(self._side_channels) >= self.config.ssh.max_sessions:
             log.info("channel.refused", extra=self.log_fields(
                 reason=f"max_sessions ({self.config.ssh.max_sessions}) reached"))
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"too many sessions on this connection (max {self.config.ssh.max_sessions})",
             )
+        side: asyncssh.SSHServerSession[bytes] | None = None
+        if self._join is not None:
+            access, shared = self._join
+            side = ViewerSession(self, shared.terminal, access, self._join_name or "guest")
+        elif self._control_owner is not None:
+            side = ControlSession(self, self.gateway.sharing, self._control_owner)
+        if side is not None:
+            self._side_channels.add(side)
+            return side
         session = ChannelSession(self)
         self._channels.add(session)
         return session
 
-    def channel_closed(self, session: ChannelSession) -> None:
-        """Forget a closed channel."""
-        self._channels.discard(session)
+    def channel_closed(self, session: asyncssh.SSHServerSession[bytes]) -> None:
+        """Forget a closed channel (its slot is free again)."""
+        if isinstance(session, ChannelSession):
+            self._channels.discard(session)
+        else:
+            self._side_channels.discard(session)
 
     async def shutdown(self, message: str) -> None:
         """Tell each session's user ``message``, end the sessions, disconnect."""
@@ -383,6 +409,7 @@ class Gateway:
         self.ops = Operations(self)
         self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
         self.sharing = SharingService(config, self.authenticator)
+        self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
         self._tasks = TaskGroup()
@@ -401,8 +428,12 @@ class Gateway:
     async def start(self) -> None:
         """Load host keys, start the backend, listen."""
         ssh = self.config.ssh
-        host_keys = restrict_algorithms(load_host_keys(self.config.host_keys),
-                                        ssh.host_key_algorithms)
+        host_keys = restrict_algorithms(
+            load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes),
+            ssh.host_key_algorithms)
+        refused = self.authenticator.static.refused_files()
+        if refused:
+            raise ConfigError("authorized_keys refused: " + "; ".join(refused))
         host, port = self.config.listen_address
         await self.backend.start()
         try:

@@ -71,7 +71,10 @@ def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = No
         "instance_id": f"test-{secrets.token_hex(6)}",
         "host_keys": [str(tmp / "host_key")],
         "auth": {"authorized_keys": str(authorized)},
-        "ssh": {"login_timeout": "20s"},
+        # Every test client comes from 127.0.0.1, and some open fifty connections at
+        # once: the pre-auth limits (tested in tests/attacks) would drop some at random.
+        "ssh": {"login_timeout": "20s", "max_startups": "1000",
+                "per_source_max_startups": None, "per_source_rate": None},
         "log": {"level": "debug"},
     }
     return validate_config(merge(data, overrides or {}), "test config")

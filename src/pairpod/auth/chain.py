@@ -53,12 +53,7 @@ from pairpod.auth.certificates import (
 )
 from pairpod.auth.keys import StaticKeys, find_key
 from pairpod.auth.lockout import Lock, Lockout
-from pairpod.auth.password import (
-    dummy_verify_async,
-    hash_kind,
-    verify_password_async,
-    warm_up,
-)
+from pairpod.auth.password import ChecksBusy, PasswordChecks, hash_kind, warm_up
 from pairpod.auth.remote_keys import RemoteKeySource
 from pairpod.auth.result import (
     AuthDecision,
@@ -124,7 +119,7 @@ class Authenticator:
         auth = config.auth
         self._http_session = http
         self._own_http = http is None
-        self.static = StaticKeys(auth)
+        self.static = StaticKeys(auth, strict_modes=config.security.strict_modes)
         self.key_sources = {
             "github": RemoteKeySource("github", auth.key_sources.github, self._http, clock=clock),
             "gitlab": RemoteKeySource("gitlab", auth.key_sources.gitlab, self._http, clock=clock),
@@ -135,6 +130,8 @@ class Authenticator:
             ConfigWebhook(auth.config_webhook, self._http) if auth.config_webhook else None
         )
         self.lockout = Lockout(auth.lockout, clock)
+        self.password_checks = PasswordChecks(auth.password_checks.workers,
+                                              auth.password_checks.queue)
         # Make the dummy hash now, so the first unknown user is not slower
         # than the ones after (which would tell that the name is unknown).
         warm_up()
@@ -191,6 +188,7 @@ class Authenticator:
         """Stop fetches in flight and close the HTTP client (if this object made it)."""
         for source in self.key_sources.values():
             await source.aclose()
+        self.password_checks.close()
         if self._own_http and self._http_session is not None:
             await self._http_session.close()
             self._http_session = None
@@ -485,24 +483,31 @@ class ConnectionAuth:
     async def _password(self, method: str, username: str, password: str) -> bool:
         self._settle_certificate(None)
         self._attempted = True
-        lock = self._owner.lockout.check(self.address, username, guessable=True)
+        # Reserved before the hash is checked, so parallel attempts count at once.
+        lockout = self._owner.lockout
+        lock = lockout.reserve(self.address, username, guessable=True)
         if lock is not None:
             self._locked(method, username, lock)
             return False
-        verdict = await self._run(
-            method,
-            [
-                ("password_hash", self._local_password),
-                ("webhook", self._webhook_password),
-                ("unknown_user", self._no_password),
-            ],
-            username,
-            password,
-        )
+        failed = True  # also when cancelled: hanging up mid-check saves the attacker nothing
+        try:
+            verdict = await self._run(
+                method,
+                [
+                    ("password_hash", self._local_password),
+                    ("webhook", self._webhook_password),
+                    ("unknown_user", self._no_password),
+                ],
+                username,
+                password,
+            )
+            failed = verdict.outcome is not Outcome.ALLOW
+        finally:
+            self._log_locks(method, lockout.settle(self.address, username, guessable=True,
+                                                   failed=failed))
         if verdict.outcome is Outcome.ALLOW:
             return await self._approve(method, username, verdict, None)
         self._decision("auth.reject", method, username, verdict)
-        self._record_failure(method, username, guessable=True)
         return False
 
     async def _local_password(self, username: str, password: str) -> Verdict:
@@ -512,7 +517,11 @@ class ConnectionAuth:
         source = f"auth.users.{username}.password_hash"
         if hash_kind(user.password_hash) is None:
             return Verdict.deny(source, "stored hash is not an argon2 or bcrypt hash")
-        if await verify_password_async(user.password_hash, password):
+        try:
+            matches = await self._owner.password_checks.verify(user.password_hash, password)
+        except ChecksBusy as busy:
+            return Verdict.deny("password_checks", f"too many password checks at once ({busy})")
+        if matches:
             return Verdict.allow(source, "password matches")
         return Verdict.deny(source, "wrong password")
 
@@ -524,7 +533,10 @@ class ConnectionAuth:
         return self._webhook_verdict(answer, "password")
 
     async def _no_password(self, username: str, password: str) -> Verdict:
-        await dummy_verify_async(password)  # same time as a real check
+        try:
+            await self._owner.password_checks.dummy(password)  # same time as a real check
+        except ChecksBusy as busy:
+            return Verdict.deny("password_checks", f"too many password checks at once ({busy})")
         return Verdict.deny("password_hash", "unknown user or no password set")
 
     def _webhook_verdict(self, answer: Any, what: str) -> Verdict:
@@ -704,7 +716,11 @@ class ConnectionAuth:
         )
 
     def _record_failure(self, method: str, username: str, *, guessable: bool) -> None:
-        for lock in self._owner.lockout.record_failure(self.address, username, guessable=guessable):
+        self._log_locks(method, self._owner.lockout.record_failure(
+            self.address, username, guessable=guessable))
+
+    def _log_locks(self, method: str, locks: list[Lock]) -> None:
+        for lock in locks:
             log.warning(
                 "auth.lockout",
                 extra=fields(
@@ -722,7 +738,9 @@ class ConnectionAuth:
             "auth.reject",
             method,
             username,
-            Verdict.deny("lockout", f"{lock.kind} {lock.subject} locked for {lock.remaining:.0f}s"),
+            Verdict.deny("lockout", f"{lock.kind} {lock.subject} locked for {lock.remaining:.0f}s"
+                         if lock.remaining else
+                         f"{lock.kind} {lock.subject} has enough attempts in progress to lock it"),
         )
 
     def _observe(self, decision: AuthDecision) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import asyncssh
 
 from pairpod.auth.addresses import check_pattern, match_from
+from pairpod.auth.file_modes import authorized_keys_problem
 from pairpod.auth.result import LoginPermissions, frozen_map, is_env_name
 from pairpod.config import AuthSettings
 from pairpod.log import fields, get_logger
@@ -353,9 +354,14 @@ class KeyFile:
     """
 
     def __init__(
-        self, path: Path, parse: Callable[[str, str], list[AuthorizedKey]] | None = None
+        self,
+        path: Path,
+        parse: Callable[[str, str], list[AuthorizedKey]] | None = None,
+        *,
+        strict_modes: bool = True,
     ) -> None:
         self.path = path
+        self.strict_modes = strict_modes
         self._parse = parse or (lambda text, origin: parse_authorized_keys(text, origin)[0])
         self._signature: tuple[int, int, int] | None = None
         self._entries: tuple[AuthorizedKey, ...] = ()
@@ -365,6 +371,16 @@ class KeyFile:
         """The file's usable entries (none when it cannot be read)."""
         try:
             stat = os.stat(self.path)
+            refusal = authorized_keys_problem(self.path) if self.strict_modes else None
+            if refusal is not None:
+                # Checked at every login, as sshd does: a file made writable by
+                # others after it was loaded is refused from then on.
+                if refusal != self._problem:
+                    log.error("keys.file_refused", extra=fields(path=str(self.path),
+                                                                reason=refusal))
+                self._problem = refusal
+                self._entries, self._signature = (), None
+                return self._entries
             signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
             if signature != self._signature:
                 text = self.path.read_text(encoding="utf-8")
@@ -393,8 +409,9 @@ class StaticKeys:
     """The keys written in the config: ``auth.authorized_keys`` (any username)
     and ``auth.users.<name>.keys`` / ``.authorized_keys`` (that username)."""
 
-    def __init__(self, auth: AuthSettings) -> None:
-        self._global = KeyFile(auth.authorized_keys) if auth.authorized_keys else None
+    def __init__(self, auth: AuthSettings, *, strict_modes: bool = True) -> None:
+        self._global = (KeyFile(auth.authorized_keys, strict_modes=strict_modes)
+                        if auth.authorized_keys else None)
         self._users: dict[str, _UserKeys] = {}
         for name, user in auth.users.items():
             inline: list[AuthorizedKey] = []
@@ -404,13 +421,25 @@ class StaticKeys:
                     inline.append(parse_key_line(line, origin))
                 except KeyParseError as error:
                     log.warning("keys.line_skipped", extra=fields(origin=origin, reason=str(error)))
-            file = KeyFile(user.authorized_keys) if user.authorized_keys else None
+            file = (KeyFile(user.authorized_keys, strict_modes=strict_modes)
+                    if user.authorized_keys else None)
             self._users[name] = _UserKeys(tuple(inline), file)
 
     @property
     def configured(self) -> bool:
         """Whether any static key source exists."""
         return self._global is not None or any(u.inline or u.file for u in self._users.values())
+
+    def refused_files(self) -> list[str]:
+        """One line per key file refused for its modes now (see pairpod.auth.file_modes)."""
+        files = [self._global, *(user.file for user in self._users.values())]
+        lines = []
+        for file in files:
+            if file is not None and file.strict_modes and file.path.exists():
+                problem = authorized_keys_problem(file.path)
+                if problem is not None:
+                    lines.append(problem)
+        return lines
 
     def entries_for(self, username: str) -> Iterator[AuthorizedKey]:
         """Entries that may log in as ``username``: the user's own first, then the global file."""

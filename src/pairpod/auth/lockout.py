@@ -12,6 +12,11 @@ Two deliberate asymmetries:
   hammering "alice" with passwords cannot lock the real alice out of her key.
 - An address lock blocks every method from that address (an IPv6 client's
   whole /64, see :func:`pairpod.auth.addresses.lockout_key`).
+
+Attempts in flight count: :meth:`Lockout.reserve` takes a place before a slow
+check (a password hash) and :meth:`Lockout.settle` turns it into a failure or
+gives it back. So 200 passwords sent at once from one address get at most
+``failures`` hashes verified, not 200, and the rest are refused at once.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ class Lock:
 
     kind: str  # "address" or "username"
     subject: str
-    remaining: float
+    remaining: float  # 0: not locked yet, but enough attempts are in flight to lock it
 
 
 @dataclass
 class _Counter:
     failures: deque[float] = field(default_factory=deque)
     locked_until: float = 0.0
+    pending: int = 0  # attempts reserved and not settled yet
 
 
 class Lockout:
@@ -60,23 +66,53 @@ class Lockout:
         ``guessable`` is True for password-like methods (see module docstring).
         """
         now = self._clock()
+        window_start = now - self.settings.window
+        for kind, subject in self._subjects(address, username, guessable):
+            counter = self._counters.get((kind, subject))
+            if counter is None:
+                continue
+            if counter.locked_until > now:
+                return Lock(kind, subject, counter.locked_until - now)
+            recent = sum(1 for moment in counter.failures if moment > window_start)
+            if counter.pending and recent + counter.pending >= self.settings.failures:
+                return Lock(kind, subject, 0.0)
+        return None
+
+    def reserve(self, address: str, username: str, *, guessable: bool) -> Lock | None:
+        """Like :meth:`check`, and when not locked, count this attempt as in flight.
+
+        Every reservation must be given to :meth:`settle` exactly once.
+        """
+        lock = self.check(address, username, guessable=guessable)
+        if lock is not None:
+            return lock
+        for key in self._subjects(address, username, guessable):
+            counter = self._counters.pop(key, None) or _Counter()
+            self._counters[key] = counter
+            counter.pending += 1
+        return None
+
+    def settle(self, address: str, username: str, *, guessable: bool,
+               failed: bool) -> list[Lock]:
+        """End a reserved attempt: a failure (the locks it started) or a success."""
+        for key in self._subjects(address, username, guessable):
+            counter = self._counters.get(key)
+            if counter is not None and counter.pending > 0:
+                counter.pending -= 1
+        return self.record_failure(address, username, guessable=guessable) if failed else []
+
+    @staticmethod
+    def _subjects(address: str, username: str, guessable: bool) -> list[tuple[str, str]]:
         subjects = [("address", lockout_key(address))]
         if guessable:
             subjects.append(("username", username))
-        for kind, subject in subjects:
-            counter = self._counters.get((kind, subject))
-            if counter is not None and counter.locked_until > now:
-                return Lock(kind, subject, counter.locked_until - now)
-        return None
+        return subjects
 
     def record_failure(self, address: str, username: str, *, guessable: bool) -> list[Lock]:
         """Count one failure; return the locks that this failure started."""
         now = self._clock()
         started: list[Lock] = []
-        subjects = [("address", lockout_key(address))]
-        if guessable:
-            subjects.append(("username", username))
-        for kind, subject in subjects:
+        for kind, subject in self._subjects(address, username, guessable):
             counter = self._counters.pop((kind, subject), None) or _Counter()
             self._counters[(kind, subject)] = counter  # most recently used last
             if counter.locked_until > now:
@@ -102,7 +138,8 @@ class Lockout:
         for key in [
             k
             for k, c in self._counters.items()
-            if c.locked_until <= now and (not c.failures or c.failures[-1] <= window_start)
+            if c.locked_until <= now and not c.pending
+            and (not c.failures or c.failures[-1] <= window_start)
         ]:
             del self._counters[key]
         while len(self._counters) > self._max_entries:

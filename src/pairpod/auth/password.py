@@ -2,13 +2,18 @@
 
 Hashing is deliberately slow, so the async wrappers run it in a worker
 thread (argon2-cffi and bcrypt release the GIL): a login being checked does
-not stall every other connection of the gateway.
+not stall every other connection of the gateway. The gateway's checks go
+through one :class:`PasswordChecks` pool: a few threads and a bounded wait,
+so a flood of passwords costs the flood (refused at once past the bound),
+not every other login's CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
 import argon2
@@ -71,11 +76,38 @@ def dummy_verify(password: str) -> bool:
     return False
 
 
-async def verify_password_async(stored: str, password: str) -> bool:
-    """:func:`verify_password` in a worker thread."""
-    return await asyncio.to_thread(verify_password, stored, password)
+class ChecksBusy(Exception):
+    """Every worker and every waiting place is taken: the attempt is refused at once."""
 
 
-async def dummy_verify_async(password: str) -> bool:
-    """:func:`dummy_verify` in a worker thread."""
-    return await asyncio.to_thread(dummy_verify, password)
+class PasswordChecks:
+    """Password verifications on ``workers`` threads with at most ``queue`` waiting."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers,
+                                            thread_name_prefix="pairpod-password")
+        self._places = workers + queue
+        self._taken = 0
+
+    async def _run(self, check: Callable[[str, str], bool], stored: str, password: str) -> bool:
+        if self._taken >= self._places:
+            raise ChecksBusy(f"{self._taken} password checks in progress")
+        self._taken += 1
+        try:
+            # A cancelled wait cancels the job too, unless a thread already runs it.
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, check, stored, password)
+        finally:
+            self._taken -= 1
+
+    async def verify(self, stored: str, password: str) -> bool:
+        """:func:`verify_password` on the pool; raises ChecksBusy when it is full."""
+        return await self._run(verify_password, stored, password)
+
+    async def dummy(self, password: str) -> bool:
+        """:func:`dummy_verify` on the pool (always False); raises ChecksBusy when full."""
+        return await self._run(lambda _stored, given: dummy_verify(given), "", password)
+
+    def close(self) -> None:
+        """Stop the threads once the checks running now are done (queued ones are dropped)."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

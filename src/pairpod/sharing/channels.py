@@ -1,4 +1,4 @@
-"""SSH session channels of sharing: joiners, the owner's controls, refused links.
+"""SSH session channels of sharing: joiners and the owner's controls.
 
 None of these channels touches a backend: joiners attach to a live
 :class:`~pairpod.sharing.terminal.Terminal`, the control channel talks to the
@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import asyncssh
 
 from pairpod.log import get_logger
+from pairpod.request_limits import bounded_size, pty_refusal
 from pairpod.sharing.service import ControlError, SharingService
 from pairpod.sharing.terminal import Participant, Sink, Terminal, TerminalEnded
-from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Access, rejection_delay
+from pairpod.sharing.tokens import Access
 from pairpod.traffic import Traffic
 
 if TYPE_CHECKING:
@@ -79,6 +80,10 @@ class _LineSession(asyncssh.SSHServerSession[bytes]):
         """Keep the channel open to answer: the client's EOF is not the end."""
         return True
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Free the channel's slot on the connection."""
+        self._connection.channel_closed(self)
+
     def _say(self, text: str, code: int) -> None:
         assert self._chan is not None
         stream = self._chan.write if code == 0 else self._chan.write_stderr
@@ -86,18 +91,6 @@ class _LineSession(asyncssh.SSHServerSession[bytes]):
             stream(text.replace("\n", "\r\n").encode() if self._chan.get_terminal_type()
                    else text.encode())
         _exit(self._chan, code)
-
-
-class InvalidLinkSession(_LineSession):
-    """An unknown, revoked or ended link: one line, after a random pause."""
-
-    def session_started(self) -> None:
-        """Answer after a random delay, so guessing learns nothing from timing."""
-        self._connection.tasks.spawn(self._answer())
-
-    async def _answer(self) -> None:
-        await asyncio.sleep(rejection_delay())
-        self._say(f"pairpod: {INVALID_SESSION_MESSAGE}\n", 1)
 
 
 class ControlSession(_LineSession):
@@ -144,9 +137,16 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
 
     def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
                       term_modes: asyncssh.TermModes) -> bool:
-        """A joiner needs a terminal: remember its size."""
+        """A joiner needs a terminal: remember its size (within ``ssh.max_pty``)."""
         cols, rows, _, _ = term_size
-        self._size = (cols or 80, rows or 24)
+        limit = self._connection.config.ssh.max_pty
+        refusal = pty_refusal(term_type, cols, rows, limit)
+        if refusal is not None:
+            assert self._chan is not None
+            self._chan.write_stderr(f"pairpod: {refusal}\r\n".encode())
+            return False
+        size = bounded_size(cols, rows, 0, 0, limit)
+        self._size = (size.cols, size.rows)
         return True
 
     def shell_requested(self) -> bool:
@@ -167,6 +167,10 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         assert self._chan is not None
         if self._refusal is None and self._size is None:
             self._refusal = "joining needs a terminal: use ssh -t"
+        cap = self._connection.config.sharing.max_participants
+        if self._refusal is None and sum(
+                not p.owner for p in self._terminal.participants()) >= cap:
+            self._refusal = f"this shared session is full (max {cap} participants)"
         if self._refusal is not None:
             self._chan.write_stderr(f"pairpod: {self._refusal}\r\n".encode())
             _exit(self._chan, 1)
@@ -200,9 +204,10 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int,
                               pixwidth: int, pixheight: int) -> None:
-        """The joiner's window changed."""
+        """The joiner's window changed (clamped to ``ssh.max_pty``)."""
         if self._viewer is not None:
-            self._viewer.resize(width, height)
+            size = bounded_size(width, height, 0, 0, self._connection.config.ssh.max_pty)
+            self._viewer.resize(size.cols, size.rows)
 
     def pause_writing(self) -> None:
         """The joiner is not reading: the Terminal queues, then resyncs."""
@@ -216,6 +221,7 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The joiner left."""
+        self._connection.channel_closed(self)
         if self._viewer is not None:
             self._viewer.leave()
             self._connection.gateway.ops.sharing(self._connection, "leave", name=self._name)

@@ -145,6 +145,8 @@ class DualScreen(pyte.Screen):
         self.public_modes: set[int] = set()
         self._other_buffer: _Buffer | None = None
         self._other_savepoints: list[Savepoint] = []
+        # The blank of the last full erase (ED 2), while no cell changed since.
+        self._cleared_with: Char | None = None
         super().__init__(columns, lines)
         self._other_buffer = self._new_buffer()
 
@@ -371,17 +373,37 @@ class DualScreen(pyte.Screen):
     # only the cells its sparse buffer happens to hold, stamps the whole pen
     # (underline, bold...) on them, and raises on unknown parameters.
 
-    def _erase(self, y: int, columns: Iterable[int]) -> None:
-        line = self.buffer[y]
+    # Erasing costs the same however wide the screen is: a whole row becomes an
+    # empty one whose default cell is the blank (pyte's rows are
+    # StaticDefaultDicts), and a whole screen on the default background is one
+    # clear of the buffer. Only a partial row is erased cell by cell, and then
+    # only the cells the row holds when the blank is its default.
+
+    def _blank(self) -> Char:
+        default = self.default_char
         bg = self.cursor.attrs.bg
-        if bg == "default":
-            for x in columns:
-                line.pop(x, None)
+        return default if bg == "default" else default._replace(bg=bg)
+
+    def _erase(self, y: int, columns: range, blank: Char | None = None) -> None:
+        blank = blank or self._blank()
+        self.dirty.add(y)
+        if columns.start <= 0 and columns.stop >= self.columns:
+            line = self.buffer.get(y)
+            if blank.bg == "default":
+                self.buffer.pop(y, None)
+            elif line is None:
+                self.buffer[y] = StaticDefaultDict(blank)
+            else:  # rows are never shared between two places: reuse it
+                line.clear()
+                line.default = blank
+            return
+        line = self.buffer[y]
+        if line.default == blank:
+            for x in [x for x in line if x in columns]:
+                del line[x]
         else:
-            blank = self.default_char._replace(bg=bg)
             for x in columns:
                 line[x] = blank
-        self.dirty.add(y)
 
     def erase_in_line(self, how: int = 0, private: bool = False) -> None:
         """EL 0/1/2; others are ignored, as terminals do."""
@@ -396,10 +418,26 @@ class DualScreen(pyte.Screen):
                 2: range(self.lines)}.get(how)
         if rows is None:
             return
+        blank = self._blank()
+        whole = range(self.columns)
+        if how == 2:
+            # Every change to a cell marks its row dirty (pyte's bookkeeping, which
+            # nothing else here reads): after a full erase only the rows changed
+            # since need erasing again, so a flood of clear-screens costs one row each.
+            targets: Iterable[int] = rows
+            if blank == self._cleared_with:
+                targets = [y for y in self.dirty if y < self.lines]
+            elif blank.bg == "default":
+                self.buffer.clear()
+                targets = ()
+            for y in targets:
+                self._erase(y, whole, blank)
+            self.dirty.clear()
+            self._cleared_with = blank
+            return
         for y in rows:
-            self._erase(y, range(self.columns))
-        if how in (0, 1):
-            self.erase_in_line(how)
+            self._erase(y, whole, blank)
+        self.erase_in_line(how)
 
     def erase_characters(self, count: int | None = None) -> None:
         """ECH."""
@@ -897,6 +935,11 @@ class ScreenModel:
 
     #: Bytes parsed at a time: one or two milliseconds of pyte's time.
     SLICE = 1024
+    #: The largest screen modelled, whatever the PTY's size: the model's memory
+    #: and the cost of one escape sequence grow with its cells. A larger PTY is
+    #: modelled by its top-left corner (a late joiner sees that much of it).
+    MAX_COLS = 400
+    MAX_ROWS = 200
     #: A flood is over when nothing was dropped for this long (seconds).
     FLOOD_QUIET = 0.5
 
@@ -910,7 +953,7 @@ class ScreenModel:
         max_step: float = 0.005,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._screen = DualScreen(cols, rows)
+        self._screen = DualScreen(*self._bounded(cols, rows))
         self._stream = ModelStream(self._screen)
         self._pending: deque[bytes | tuple[int, int]] = deque()
         self._offset = 0  # into the first pending chunk
@@ -955,7 +998,11 @@ class ScreenModel:
 
     def resize(self, cols: int, rows: int) -> None:
         """The PTY changed size here in the stream (applied in order with the output)."""
-        self._pending.append((cols, rows))
+        self._pending.append(self._bounded(cols, rows))
+
+    @classmethod
+    def _bounded(cls, cols: int, rows: int) -> tuple[int, int]:
+        return min(max(cols, 1), cls.MAX_COLS), min(max(rows, 1), cls.MAX_ROWS)
 
     def advance(self) -> bool:
         """Parse within the time budget; True if output is still pending.
