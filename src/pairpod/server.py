@@ -34,6 +34,7 @@ from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
 from pairpod.ssh_requests import SERVER_VERSION
 from pairpod.ssh_transport import tune_transport
+from pairpod.tasks import TaskGroup
 from pairpod.traffic import Traffic
 
 log = get_logger("server")
@@ -42,48 +43,6 @@ log = get_logger("server")
 SHUTDOWN_GRACE = 10.0
 # Progress lines kept for a channel that starts waiting late.
 _PROGRESS_KEPT = 5
-
-
-class TaskGroup:
-    """Tasks owned by one connection: all of them are cancelled with it."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task of this group."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled() or (error := task.exception()) is None:
-            return
-        if isinstance(error, PairpodError):
-            # Expected failures (backend down, image missing) were logged where they
-            # happened, with their detail; a traceback would only bury them.
-            log.debug("task.failed", extra=fields(error=error.operator_message,
-                                                  kind=type(error).__name__))
-        else:
-            log.error("task.failed", exc_info=error)
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def wait_all(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the current tasks to end."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
-
-    async def cancel_all(self) -> None:
-        """Cancel every task and wait until each has ended."""
-        while self._tasks:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Connection(asyncssh.SSHServer):

@@ -8,10 +8,9 @@ import asyncssh
 
 from pairpod.auth import hash_password
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
-from tests.support.gateway import GatewayProcess
 
 # This is about the lockout and the password checks: no pre-auth limit in the way.
-NO_ADMISSION_LIMITS = {"max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None}
+from tests.support.gateway import NO_ADMISSION_LIMITS, GatewayProcess
 
 
 async def wrong_password(gateway: GatewayProcess, user: str, source: str) -> BaseException | None:

@@ -61,6 +61,13 @@ class ClientKey:
         return cls(path, (directory / f"{name}.pub").read_text().strip())
 
 
+# The pre-auth limits switched off: every test client comes from 127.0.0.1, and
+# tests that are not about those limits open many connections at once.
+NO_ADMISSION_LIMITS: dict[str, Any] = {
+    "max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None,
+}
+
+
 def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = None) -> Config:
     """A config listening on a free loopback port, letting ``key`` in as anyone."""
     authorized = tmp / "authorized_keys"
@@ -73,8 +80,7 @@ def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = No
         "auth": {"authorized_keys": str(authorized)},
         # Every test client comes from 127.0.0.1, and some open fifty connections at
         # once: the pre-auth limits (tested in tests/attacks) would drop some at random.
-        "ssh": {"login_timeout": "20s", "max_startups": "1000",
-                "per_source_max_startups": None, "per_source_rate": None},
+        "ssh": {"login_timeout": "20s", **NO_ADMISSION_LIMITS},
         "log": {"level": "debug"},
     }
     return validate_config(merge(data, overrides or {}), "test config")
