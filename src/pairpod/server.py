@@ -18,21 +18,24 @@ import asyncssh
 from pairpod import __version__
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
+from pairpod.backends.base import Process, ProcessSpec
+from pairpod.backends.observed import ObservedProcess, ProcessObserver
 from pairpod.channel import ChannelSession
 from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys
 from pairpod.log import fields, get_logger
+from pairpod.recording import Recorder, SessionInfo
+from pairpod.session_limits import ActivityClock, SessionLimits, enforce
 from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerSession
 from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
+from pairpod.shutdown import drain
 from pairpod.ssh_transport import tune_transport
 
 log = get_logger("server")
 
-# How long a graceful shutdown waits for sessions to end before closing anyway.
-SHUTDOWN_GRACE = 10.0
 # Progress lines kept for a channel that starts waiting late.
 _PROGRESS_KEPT = 5
 
@@ -65,8 +68,8 @@ class TaskGroup:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def wait_all(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the current tasks to end."""
+    async def wait_all(self, grace: float | None) -> None:
+        """Wait up to ``grace`` seconds (``None``: as long as it takes) for the current tasks."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
 
@@ -105,6 +108,7 @@ class Connection(asyncssh.SSHServer):
         self._join_name: str | None = None
         self._invalid_link = False
         self._control_owner: str | None = None
+        self.activity = ActivityClock()
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
         """Logging fields naming this connection, user and address."""
@@ -138,6 +142,23 @@ class Connection(asyncssh.SSHServer):
         if self._cleanup is None:
             self._cleanup = asyncio.ensure_future(self._do_cleanup())
         await asyncio.shield(self._cleanup)
+
+    @property
+    def cleaned_up(self) -> bool:
+        """Whether this connection's cleanup (environment removal) has finished."""
+        return self._cleanup is not None and self._cleanup.done()
+
+    @property
+    def has_environment(self) -> bool:
+        """Whether an environment was asked for on this connection."""
+        return self._environment is not None
+
+    def environment_description(self) -> str | None:
+        """The environment's description (a container id), once it exists."""
+        env = self._environment
+        if env is None or not env.done() or env.cancelled() or env.exception() is not None:
+            return None
+        return env.result().description
 
     async def _do_cleanup(self) -> None:
         await self.tasks.cancel_all()
@@ -258,6 +279,29 @@ class Connection(asyncssh.SSHServer):
         identity = result.identity(self.conn_id, self.remote_addr)
         self._environment = self.tasks.spawn(
             self.gateway.open_environment(identity, status=self._show_progress))
+        limits = SessionLimits.for_user(self.config, self.username)
+        if limits.active:
+            self.tasks.spawn(enforce(limits, self.activity, warn=self.notify,
+                                     end=self._end_by_limit))
+
+    async def _end_by_limit(self, reason: str) -> None:
+        log.info("connection.limit", extra=self.log_fields(reason=reason))
+        await self.shutdown(reason)
+
+    def notify(self, text: str) -> None:
+        """Show every session of this connection one ``pairpod: ...`` line."""
+        for channel in list(self._channels):
+            channel.write_notice(text)
+
+    def observe(self, process: Process, spec: ProcessSpec, environment: Environment) -> Process:
+        """``process`` with this connection's activity clock and recording attached."""
+        observers: list[ProcessObserver] = [self.activity]
+        info = SessionInfo(user=self.username or "", conn_id=self.conn_id,
+                           remote_addr=self.remote_addr, environment=environment.description)
+        recording = self.gateway.recorder.observer(spec, info)
+        if recording is not None:
+            observers.append(recording)
+        return ObservedProcess(process, observers)
 
     def _show_progress(self, line: str) -> None:
         """A backend's progress line: to every waiting channel, and kept for later ones."""
@@ -329,12 +373,17 @@ class Gateway:
         self.authenticator = Authenticator(config)
         self.sharing = SharingService(config, self.authenticator)
         self.connections: set[Connection] = set()
+        self.recorder = Recorder(config)
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a gateway-level task (cleanups that must finish before shutdown)."""
         return self._tasks.spawn(coro)
+
+    async def wait_tasks(self) -> None:
+        """Wait for the gateway-level tasks (connection cleanups) running now."""
+        await self._tasks.wait_all(None)
 
     @property
     def port(self) -> int:
@@ -392,18 +441,11 @@ class Gateway:
             conn=identity.conn_id, user=identity.username, env=environment.description))
         return environment
 
-    async def stop(self, message: str = "the gateway is shutting down") -> None:
-        """Stop accepting, tell users, end their sessions, remove environments."""
+    async def stop(self, *, hurry: asyncio.Event | None = None) -> None:
+        """Drain and stop; never raises (see :func:`pairpod.shutdown.drain`).
+
+        Setting ``hurry`` (a second SIGTERM) ends the sessions at once.
+        """
         if self._server is not None:
             self._server.close()
-        log.info("gateway.stopping", extra=fields(connections=len(self.connections)))
-        await asyncio.wait_for(
-            asyncio.gather(*(c.shutdown(message) for c in list(self.connections)),
-                           return_exceptions=True),
-            SHUTDOWN_GRACE,
-        )
-        # Connection cleanups (environment removal) run as gateway tasks; let them finish.
-        await self._tasks.wait_all(SHUTDOWN_GRACE)
-        await self.backend.stop()
-        await self.authenticator.aclose()
-        log.info("gateway.stopped")
+        await drain(self, hurry or asyncio.Event())
