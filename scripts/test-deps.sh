@@ -20,6 +20,9 @@ have rsync || need_apt+=(rsync)
 have dockerd || need_apt+=(docker.io)
 have debootstrap || [ -x /usr/sbin/debootstrap ] || need_apt+=(debootstrap)
 [ -x /bin/busybox ] || need_apt+=(busybox-static)
+have asciinema || need_apt+=(asciinema)      # replays session recordings in tests
+have haproxy || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)  # PROXY protocol tests
+have script || need_apt+=(bsdutils)          # a terminal for asciinema cat
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -73,6 +73,8 @@ def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = No
         "auth": {"authorized_keys": str(authorized)},
         "ssh": {"login_timeout": "20s"},
         "log": {"level": "debug"},
+        # Stopping a test's gateway must not wait the production grace for open sessions.
+        "shutdown_grace": "1s",
     }
     return validate_config(merge(data, overrides or {}), "test config")
 
