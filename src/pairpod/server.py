@@ -25,6 +25,7 @@ from pairpod.config import Config
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys
 from pairpod.log import fields, get_logger
+from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder, SessionInfo
 from pairpod.session_limits import ActivityClock, SessionLimits, enforce
 from pairpod.sharing.channels import ControlSession, InvalidLinkSession, ViewerSession
@@ -397,6 +398,9 @@ class Gateway:
         host, port = self.config.listen_address
         await self.backend.start()
         ssh = self.config.ssh
+        proxy = self.config.proxy_protocol
+        # With PROXY protocol on, a listener of ours reads the header before AsyncSSH.
+        listener: Any = ProxyProtocolListener(proxy.trusted, proxy.timeout) if proxy.trusted else ()
         try:
             self._server = await asyncssh.create_server(
                 lambda: Connection(self),
@@ -415,6 +419,7 @@ class Gateway:
                 x11_forwarding=False,
                 allow_scp=False,
                 reuse_address=True,
+                tunnel=listener,
             )
         except OSError as error:
             await self.backend.stop()
