@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import MakeGateway
 from tests.support.gateway import GatewayThread, Tmux, require, wait_until
+from tests.test_sharing_ssh import SHARE, Terminals, links
 
 
 def _casts(root: Path) -> list[Path]:
@@ -160,3 +161,30 @@ def test_full_disk_stops_the_recording_not_the_session(make_gateway: MakeGateway
         assert gw.ssh("echo still-serving").stdout == b"still-serving\n"
     finally:
         subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_a_shared_session_is_recorded_once_with_the_joiners_input(
+        make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pairpod")
+    root = tmp_path / "recordings"
+    gw = make_gateway({"recording": {"dir": str(root), "input": True},
+                       "sharing": {"open": True}})
+    terminals = Terminals(tmp_path)
+    try:
+        owner = terminals.start("owner", gw.ssh_argv(options=SHARE))
+        _, rw = links(owner)
+        joiner = terminals.start("joiner", gw.ssh_argv(user=rw, options=["-tt"]))
+        joiner.wait_for(r"@\S*:.*[#$]")  # the prompt reached the joiner
+        joiner.type("echo joined-$((40+2))\r")
+        owner.wait_for("joined-42")
+        owner.type("exit\r")
+        owner.wait_for("PANE-EXIT=")
+    finally:
+        terminals.close()
+    [cast] = wait_until(lambda: _casts(root), message="a recording")
+    wait_until(lambda: _closed(caplog, cast), message="the recording to be closed")
+    assert _casts(root) == [cast]  # the joiner's connection records nothing of its own
+    header, events = _events(cast)
+    assert header["pairpod"]["user"] == "alice"
+    assert "echo joined-$((40+2))" in "".join(e[2] for e in events if e[1] == "i")
+    assert "joined-42" in asciinema_cat(cast)

@@ -8,7 +8,7 @@ the direct relay both talk to the Process.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from pairpod.backends.base import ExitStatus, Process, Stream
 
@@ -77,6 +77,10 @@ class ObservedProcess(Process):
             await self.inner.kill()
         finally:
             self._end(None)
+
+    def __getattr__(self, name: str) -> Any:
+        # Anything a backend's process offers beyond the interface stays reachable.
+        return getattr(self.inner, name)
 
     def _end(self, status: ExitStatus | None) -> None:
         if self._ended:

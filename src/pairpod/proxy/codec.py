@@ -81,7 +81,11 @@ def _parse_v1(data: bytes) -> ProxyHeader | None:
     if len(parts) != 6:
         raise ProxyHeaderError("PROXY v1 header needs: PROXY TCP4|TCP6 SRC DST SPORT DPORT")
     _, family, src, dst, sport, dport = parts
-    kind = {"TCP4": ipaddress.IPv4Address, "TCP6": ipaddress.IPv6Address}.get(family)
+    kinds: dict[str, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]] = {
+        "TCP4": ipaddress.IPv4Address,
+        "TCP6": ipaddress.IPv6Address,
+    }
+    kind = kinds.get(family)
     if kind is None:
         raise ProxyHeaderError(f"PROXY v1 protocol {family!r} is not TCP4, TCP6 or UNKNOWN")
     return ProxyHeader(

@@ -67,7 +67,8 @@ class Recorder:
 
 
 def _shell_of(config: Config) -> str:
-    backend = {"local": config.local, "docker": config.docker, "kubernetes": config.kubernetes}[
-        config.backend
-    ]
-    return backend.shell[0]
+    if config.backend == "docker":
+        return config.docker.shell[0]
+    if config.backend == "kubernetes":
+        return config.kubernetes.shell[0]
+    return config.local.shell[0]
