@@ -53,8 +53,10 @@ def main() -> None:
             return size / 1e6 / seconds
 
         figures: dict[str, list[float]] = {"on": [], "off": []}
-        for _ in range(args.rounds):
-            for name in ("off", "on"):  # alternate so drift affects both alike
+        for round_number in range(args.rounds):
+            # Alternate, and swap who goes first each round, so drift affects both alike.
+            order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
+            for name in order:
                 figures[name].append(throughput(name))
         report = Report(f"Recording on vs off: PTY cat of {args.megabytes} MB "
                         f"(median of {args.rounds} rounds; reference = recording off)")
