@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import MakeGateway
 from tests.support.gateway import ClientKey, GatewayThread, require, wait_until
+from tests.support.http_peers import AuthWebhookPeer, served_in_thread
 
 
 def _free_port() -> int:
@@ -153,3 +154,19 @@ def test_headers_only_from_trusted_sources(behind_haproxy: tuple[GatewayThread, 
     assert reasons[0] == "a PROXY header from an address not in proxy_protocol.trusted"
     assert reasons[1] == "the connection did not start with a PROXY header"
     assert "PROXY v1" in reasons[2]
+
+
+def test_webhooks_get_the_real_client_address(make_gateway: MakeGateway, tmp_path: Path) -> None:
+    peer = AuthWebhookPeer()
+    with served_in_thread(peer):
+        gw = make_gateway({"proxy_protocol": {"trusted": ["127.0.0.1/32"]},
+                           "auth": {"webhook": {"url": peer.url}}})
+        proxy = HAProxy(tmp_path, gw.port).start()
+        try:
+            stranger = ClientKey.create(tmp_path / "stranger")  # unknown to the file: ask the hook
+            assert _through(gw, proxy, "127.0.0.4", "true", key=stranger).returncode == 255
+        finally:
+            proxy.stop()
+    addresses = {body["remoteAddress"].rsplit(":", 1)[0] for path, body in peer.requests
+                 if path == "/pubkey"}
+    assert addresses == {"127.0.0.4"}

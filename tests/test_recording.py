@@ -35,6 +35,13 @@ def _closed(caplog: pytest.LogCaptureFixture, path: Path) -> bool:
                for r in caplog.records)
 
 
+def _finished_recording(root: Path, caplog: pytest.LogCaptureFixture) -> Path:
+    """The one recording under ``root``, once the gateway has closed it."""
+    [cast] = wait_until(lambda: _casts(root), message="a recording")
+    wait_until(lambda: _closed(caplog, cast), message="the recording to be closed")
+    return cast
+
+
 def asciinema_cat(path: Path) -> str:
     """What ``asciinema cat`` prints (it needs a terminal: run it under ``script``)."""
     require("asciinema")
@@ -64,8 +71,7 @@ def test_pty_session_replays_with_asciinema(make_gateway: MakeGateway, tmp_path:
         term.wait_for("PANE-EXIT=0")
     finally:
         term.close()
-    [cast] = wait_until(lambda: _casts(root), message="a recording")
-    wait_until(lambda: _closed(caplog, cast), message="the recording to be closed")
+    cast = _finished_recording(root, caplog)
     # Per-day folder, private folder and file, a name that says when, who and which connection.
     assert cast.parent == _day_folder(root)
     assert stat.S_IMODE(cast.parent.stat().st_mode) == 0o700
@@ -95,8 +101,7 @@ def test_input_is_recorded_only_when_asked(make_gateway: MakeGateway, tmp_path: 
     gw = make_gateway({"recording": {"dir": str(root), "input": True}})
     result = gw.ssh("-tt", "cat", input=b"typed-secret\x04")
     assert result.returncode == 0
-    [cast] = wait_until(lambda: _casts(root), message="a recording")
-    wait_until(lambda: _closed(caplog, cast), message="the recording to be closed")
+    cast = _finished_recording(root, caplog)
     _, events = _events(cast)
     typed = "".join(event[2] for event in events if event[1] == "i")
     assert "typed-secret" in typed
@@ -129,8 +134,7 @@ def test_size_cap_notes_where_the_recording_was_cut(make_gateway: MakeGateway, t
     result = gw.ssh("-tt", "seq 1 20000", input=b"")
     # The session itself is not cut.
     assert result.stdout.replace(b"\r\n", b"\n").endswith(b"19999\n20000\n")
-    [cast] = wait_until(lambda: _casts(root), message="a recording")
-    wait_until(lambda: _closed(caplog, cast), message="the recording to be cut")
+    cast = _finished_recording(root, caplog)
     assert cast.stat().st_size <= 4096
     replay = asciinema_cat(cast)
     assert replay.startswith("1\n2\n3\n")
@@ -181,8 +185,7 @@ def test_a_shared_session_is_recorded_once_with_the_joiners_input(
         owner.wait_for("PANE-EXIT=")
     finally:
         terminals.close()
-    [cast] = wait_until(lambda: _casts(root), message="a recording")
-    wait_until(lambda: _closed(caplog, cast), message="the recording to be closed")
+    cast = _finished_recording(root, caplog)
     assert _casts(root) == [cast]  # the joiner's connection records nothing of its own
     header, events = _events(cast)
     assert header["pairpod"]["user"] == "alice"

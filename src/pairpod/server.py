@@ -37,6 +37,8 @@ from pairpod.ssh_transport import tune_transport
 
 log = get_logger("server")
 
+# How long an ended connection waits for the client to hang up before disconnecting it.
+_CLIENT_HANGUP_WAIT = 1.0
 # Progress lines kept for a channel that starts waiting late.
 _PROGRESS_KEPT = 5
 
@@ -358,6 +360,11 @@ class Connection(asyncssh.SSHServer):
         await asyncio.gather(*(s.terminate(message) for s in list(self._channels)),
                              return_exceptions=True)
         if self._conn is not None:
+            # Let the client hang up first: OpenSSH's client drops output it has not
+            # printed yet (the notice just sent) when the server disconnects.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._conn.wait_closed()),
+                                       _CLIENT_HANGUP_WAIT)
             self._conn.close()
             with contextlib.suppress(Exception):
                 await self._conn.wait_closed()
