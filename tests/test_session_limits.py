@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
 
 from tests.conftest import MakeGateway
-from tests.support.gateway import Tmux, wait_until
+from tests.support.gateway import Tmux, processes_matching, wait_until
 from tests.support.http_peers import ConfigWebhookPeer, served_in_thread
 
 
 def test_idle_session_is_told_and_ended(make_gateway: MakeGateway, tmp_path: Path) -> None:
     gw = make_gateway({"session": {"idle_timeout": "3s"}})
+    marker = f"3004.{os.getpid()}"
     term = Tmux("idle", tmp_path)
     try:
         term.start(gw.ssh_argv())
+        term.type(f"sleep {marker} &\n")  # something of the environment's to see removed
+        wait_until(lambda: processes_matching(marker), message="the background job")
         # Output counts as activity: a loop printing for longer than the timeout survives.
         term.type("for i in 1 2 3 4 5 6; do echo tick-$i; sleep 1; done; echo loop-$((40+2))\n")
         term.wait_for("loop-42")
@@ -26,7 +30,8 @@ def test_idle_session_is_told_and_ended(make_gateway: MakeGateway, tmp_path: Pat
     finally:
         term.close()
     wait_until(lambda: gw.connection_count() == 0, message="the connection to be gone")
-    wait_until(lambda: gw.task_count() == 0, message="the environment to be removed")
+    wait_until(lambda: not processes_matching(marker), message="the environment to be removed")
+    wait_until(lambda: gw.task_count() <= gw.baseline_tasks, message="its tasks to end")
 
 
 def test_max_duration_warns_then_ends(make_gateway: MakeGateway) -> None:

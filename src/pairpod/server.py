@@ -287,9 +287,10 @@ class Connection(asyncssh.SSHServer):
             self.tasks.spawn(enforce(limits, self.activity, warn=self.notify,
                                      end=self._end_by_limit))
 
-    async def _end_by_limit(self, reason: str) -> None:
+    def _end_by_limit(self, reason: str) -> None:
         log.info("connection.limit", extra=self.log_fields(reason=reason))
-        await self.shutdown(reason)
+        # A gateway task: the shutdown cancels this connection's tasks, the caller's too.
+        self.gateway.spawn(self.shutdown(reason))
 
     def notify(self, text: str) -> None:
         """Show every session of this connection one ``pairpod: ...`` line."""

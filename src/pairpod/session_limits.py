@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pairpod.backends.base import ExitStatus, Stream
@@ -76,9 +76,13 @@ async def enforce(
     clock: ActivityClock,
     *,
     warn: Callable[[str], None],
-    end: Callable[[str], Awaitable[None]],
+    end: Callable[[str], None],
 ) -> None:
-    """Run until a limit is reached, then ``end`` the connection with the reason."""
+    """Run until a limit is reached, then ``end`` the connection with the reason.
+
+    ``end`` must not wait for the connection's cleanup: that cleanup cancels
+    this task.
+    """
     start = time.monotonic()
     deadline = start + limits.max_duration if limits.max_duration > 0 else float("inf")
     warn_at = deadline - limits.warning_lead
@@ -86,7 +90,7 @@ async def enforce(
     while True:
         now = time.monotonic()
         if now >= deadline:
-            await end(
+            end(
                 f"this session reached its maximum duration "
                 f"({format_duration(limits.max_duration)}), disconnecting"
             )
@@ -99,7 +103,7 @@ async def enforce(
             )
         idle_end = clock.last + limits.idle_timeout if limits.idle_timeout > 0 else float("inf")
         if now >= idle_end:
-            await end(f"idle for {format_duration(limits.idle_timeout)}, disconnecting")
+            end(f"idle for {format_duration(limits.idle_timeout)}, disconnecting")
             return
         wake = min(deadline, idle_end, warn_at if not warned else float("inf"))
         await asyncio.sleep(max(wake - now, 0.01))
