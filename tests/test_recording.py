@@ -191,3 +191,18 @@ def test_a_shared_session_is_recorded_once_with_the_joiners_input(
     assert header["pairpod"]["user"] == "alice"
     assert "echo joined-$((40+2))" in "".join(e[2] for e in events if e[1] == "i")
     assert "joined-42" in asciinema_cat(cast)
+
+
+def test_a_recording_that_falls_behind_drops_events_and_says_where(
+        make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pairpod")
+    root = tmp_path / "recordings"
+    # The smallest buffer: a flood outruns the writer, which writes in rounds.
+    gw = make_gateway({"recording": {"dir": str(root), "buffer": 65536}})
+    result = gw.ssh("-tt", "seq 1 300000", input=b"")
+    assert result.stdout.replace(b"\r\n", b"\n").endswith(b"299999\n300000\n")  # session intact
+    cast = _finished_recording(root, caplog)
+    replay = asciinema_cat(cast)
+    assert re.search(r"\[pairpod: \d+ events lost here: the recording fell behind\]", replay)
+    assert replay.startswith("1\n2\n3\n")
+    assert any(r.getMessage() == "recording.behind" for r in caplog.records)

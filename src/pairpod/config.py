@@ -336,7 +336,7 @@ class RecordingSettings(Section):
     dir: Path | None = Field(None, description="off when unset")
     input: bool = False
     max_bytes: int = Field(100 << 20, ge=1024, description="per session")
-    queue: int = Field(4096, ge=16, description="events waiting for the disk, per gateway")
+    buffer: int = Field(8 << 20, ge=65536, description="bytes waiting for the disk, per session")
 
 
 class ProxyProtocolSettings(Section):

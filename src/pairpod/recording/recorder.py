@@ -20,7 +20,7 @@ class Recorder:
     def __init__(self, config: Config) -> None:
         self._settings = config.recording
         self._shell = _shell_of(config)
-        self._writer = RecordingWriter(self._settings.queue)
+        self._writer = RecordingWriter()
         self._seq = itertools.count(1)
 
     @property
@@ -59,6 +59,7 @@ class Recorder:
             info=info,
             max_bytes=self._settings.max_bytes,
             record_input=self._settings.input,
+            buffer=self._settings.buffer,
         )
 
     def close(self, timeout: float) -> bool:

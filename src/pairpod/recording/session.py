@@ -7,6 +7,7 @@ on the writer thread (the ``_write_*`` methods).
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
@@ -23,6 +24,8 @@ from pairpod.recording.writer import RecordingWriter
 
 log = get_logger("recording")
 
+# The event the loop queues where it had to drop events (never written as such).
+_GAP = "gap"
 # Room kept under max_bytes for the line that says where the recording was cut.
 _CUT_RESERVE = 256
 
@@ -48,7 +51,20 @@ def rfc3339(when: float) -> str:
 
 
 class CastRecording:
-    """A PTY session written as an asciicast v2 file."""
+    """A PTY session written as an asciicast v2 file.
+
+    The loop side appends events to a deque (thread-safe for one appender and
+    one taker) and schedules one drain job at a time; the writer thread takes
+    everything queued, merges output events less than ``MERGE_WINDOW`` apart
+    (a flood read 4 KiB at a time becomes a few large events), formats them
+    and writes them in one system call. At most ``buffer`` bytes wait for the
+    disk; beyond that events are dropped, and the file says where.
+    """
+
+    MERGE_WINDOW = 0.01  # seconds: below what a replay can show
+    # Largest merged event. The writer holds the GIL while it formats an event;
+    # small pieces hand it back to the event loop often (large ones measured slower).
+    MERGE_BYTES = 256 * 1024
 
     def __init__(
         self,
@@ -59,22 +75,32 @@ class CastRecording:
         info: SessionInfo,
         max_bytes: int,
         record_input: bool,
+        buffer: int,
     ) -> None:
         self.path = path
         self._writer = writer
         self._info = info
         self._max_bytes = max_bytes
         self._record_input = record_input
+        self._buffer = buffer
         self._start = time.monotonic()
-        self._dropped = 0  # events refused by the full queue (loop side)
+        self._events: collections.deque[tuple[float, str, bytes | str]] = collections.deque()
+        # Each counter is written by one thread only: the loop counts what it queued
+        # and dropped, the writer what it took.
+        self._queued_bytes = 0
+        self._taken_bytes = 0
+        self._dropped = 0
+        self._dropping = False
+        self._scheduled = False
         # Writer-thread state.
         self._fd: int | None = None
         self._written = 0
+        self._lines: list[bytes] = []
         self._noted_drops = 0
         self._stopped = False
         self._output_text = asciicast.TextDecoder()
         self._input_text = asciicast.TextDecoder()
-        writer.submit_always(lambda: self._write_open(header))
+        writer.submit(lambda: self._write_open(header))
 
     # --- on the event loop (the process's hot path) ---------------------------------
 
@@ -92,12 +118,13 @@ class CastRecording:
         self._queue(asciicast.RESIZE, asciicast.resize_data(cols, rows))
 
     def ended(self, status: ExitStatus | None) -> None:
-        """Queue the file's closing."""
-        self._writer.submit_always(self._write_close)
+        """Queue the file's closing (after whatever is still queued)."""
+        self._writer.submit(self._write_close)
 
     def _queue(self, code: str, data: bytes | str) -> None:
-        elapsed = time.monotonic() - self._start
-        if not self._writer.submit(lambda: self._write_event(elapsed, code, data)):
+        if self._stopped:  # cut, or the disk failed: nothing more to keep
+            return
+        if self._queued_bytes - self._taken_bytes > self._buffer:
             if self._dropped == 0:
                 log.warning(
                     "recording.behind",
@@ -106,6 +133,17 @@ class CastRecording:
                     ),
                 )
             self._dropped += 1
+            if not self._dropping:
+                # Marks where the gap is; the writer says there how many were lost.
+                self._dropping = True
+                self._events.append((time.monotonic() - self._start, _GAP, ""))
+            return
+        self._dropping = False
+        self._queued_bytes += len(data)
+        self._events.append((time.monotonic() - self._start, code, data))
+        if not self._scheduled:
+            self._scheduled = True
+            self._writer.submit(self._drain)
 
     # --- on the writer thread --------------------------------------------------------
 
@@ -117,20 +155,57 @@ class CastRecording:
             self._stop(f"cannot create the file: {error.strerror or error}")
             return
         self._write(header)
+        self._flush()
         log.info("recording.started", extra=self._info.log_fields(file=str(self.path)))
+
+    def _drain(self) -> None:
+        # Cleared before taking: an event queued meanwhile schedules another drain.
+        self._scheduled = False
+        events = self._events
+        taken = 0
+        group: list[tuple[float, str, bytes | str]] = []
+        group_bytes = 0
+        while events:
+            event = events.popleft()
+            taken += len(event[2])
+            if group and self._joins(group[0], event, group_bytes):
+                group.append(event)
+                group_bytes += len(event[2])
+                continue
+            self._write_group(group)
+            group, group_bytes = [event], len(event[2])
+        self._write_group(group)
+        self._taken_bytes += taken
+        self._flush()
+
+    def _joins(
+        self, first: tuple[float, str, bytes | str], event: tuple[float, str, bytes | str], group_bytes: int
+    ) -> bool:
+        """Whether ``event`` may be merged into the output event that began with ``first``."""
+        return (
+            first[1] == asciicast.OUTPUT
+            and event[1] == asciicast.OUTPUT
+            and event[0] - first[0] < self.MERGE_WINDOW
+            and group_bytes + len(event[2]) <= self.MERGE_BYTES
+        )
+
+    def _write_group(self, group: list[tuple[float, str, bytes | str]]) -> None:
+        if not group:
+            return
+        elapsed, code, data = group[0]
+        if len(group) > 1:
+            data = b"".join(part for _, _, part in group if isinstance(part, bytes))
+        self._write_event(elapsed, code, data)
 
     def _write_event(self, elapsed: float, code: str, data: bytes | str) -> None:
         if self._stopped or self._fd is None:
             return
-        if self._dropped > self._noted_drops:
+        if code == _GAP:
             lost = self._dropped - self._noted_drops
-            self._noted_drops = self._dropped
-            self._write(
-                asciicast.event(
-                    elapsed,
-                    asciicast.OUTPUT,
-                    f"\r\n[pairpod: {lost} events lost here: the recording fell behind]\r\n",
-                )
+            self._noted_drops += lost
+            code, data = (
+                asciicast.OUTPUT,
+                (f"\r\n[pairpod: {lost} events lost here: the recording fell behind]\r\n"),
             )
         if isinstance(data, bytes):
             decoder = self._input_text if code == asciicast.INPUT else self._output_text
@@ -152,6 +227,7 @@ class CastRecording:
                     f"\r\n[pairpod: recording cut here: max_bytes ({self._max_bytes}) reached]\r\n",
                 )
             )
+            self._flush()
             log.info(
                 "recording.cut", extra=self._info.log_fields(file=str(self.path), max_bytes=self._max_bytes)
             )
@@ -161,14 +237,18 @@ class CastRecording:
         self._write(line)
 
     def _write(self, line: bytes) -> None:
-        if self._fd is None:
+        """Add a line to what the next flush writes."""
+        self._lines.append(line)
+        self._written += len(line)
+
+    def _flush(self) -> None:
+        lines, self._lines = self._lines, []
+        if self._fd is None or not lines:
             return
         try:
-            write_all(self._fd, line)
+            write_all(self._fd, b"".join(lines))
         except OSError as error:
             self._stop(error.strerror or str(error))
-            return
-        self._written += len(line)
 
     def _stop(self, reason: str) -> None:
         """Give up on this recording; the session itself goes on."""
@@ -188,6 +268,8 @@ class CastRecording:
                 )
 
     def _write_close(self) -> None:
+        if self._fd is not None:
+            self._flush()
         if self._fd is not None:
             self._close_file()
             log.info(
@@ -241,7 +323,7 @@ class AuditRecord:
             "duration": round(time.monotonic() - self._clock, 3),
         }
         data = json.dumps(line, ensure_ascii=False).encode() + b"\n"
-        self._writer.submit_always(lambda: self._write_line(data))
+        self._writer.submit(lambda: self._write_line(data))
 
     def _write_line(self, data: bytes) -> None:
         folder = day_folder(self._root, self._started)
