@@ -39,7 +39,8 @@ class Recorder:
             return AuditRecord(
                 self._writer, root, info=info, kind=kind, command=spec.subsystem or spec.command
             )
-        path = day_folder(root, now) / cast_name(now, info.user, info.conn_id, next(self._seq))
+        number = next(self._seq)  # in the file name, and how the worker process knows it
+        path = day_folder(root, now) / cast_name(now, info.user, info.conn_id, number)
         env = {"TERM": spec.env.get("TERM", spec.pty.term), "SHELL": self._shell}
         title = f"{info.user} ({info.conn_id})"
         metadata = {
@@ -54,6 +55,7 @@ class Recorder:
         )
         return CastRecording(
             self._writer,
+            number,
             path,
             header,
             info=info,
