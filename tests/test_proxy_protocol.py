@@ -71,7 +71,7 @@ def behind_haproxy(make_gateway: MakeGateway, tmp_path: Path,
     authorized = tmp_path / "restricted_keys"
     authorized.write_text(f'from="127.0.0.2" {client_key.public_line}\n')
     gw = make_gateway({
-        "proxy_protocol": {"trusted": ["127.0.0.1/32"]},
+        "proxy_protocol": {"trusted": ["127.0.0.1/32"], "timeout": "2s"},
         "auth": {"authorized_keys": str(authorized), "lockout": {"failures": 2}},
     })
     proxy = HAProxy(tmp_path, gw.port).start()
@@ -149,11 +149,14 @@ def test_headers_only_from_trusted_sources(behind_haproxy: tuple[GatewayThread, 
     # A good header from a trusted source, and plain SSH from an untrusted one, are served.
     assert _banner(gw.port, "127.0.0.1", header + b"SSH-2.0-x\r\n").startswith(b"SSH-2.0-pairpod")
     assert _banner(gw.port, "127.0.0.2", b"SSH-2.0-x\r\n").startswith(b"SSH-2.0-pairpod")
+    # A trusted source that sends nothing is closed after proxy_protocol.timeout.
+    assert _banner(gw.port, "127.0.0.1", b"") == b""
     reasons = [r.__dict__["pairpod_fields"]["reason"] for r in caplog.records
                if r.getMessage() == "proxy.refused"]
     assert reasons[0] == "a PROXY header from an address not in proxy_protocol.trusted"
     assert reasons[1] == "the connection did not start with a PROXY header"
     assert "PROXY v1" in reasons[2]
+    assert reasons[3] == "no PROXY header in time"
 
 
 def test_webhooks_get_the_real_client_address(make_gateway: MakeGateway, tmp_path: Path) -> None:
