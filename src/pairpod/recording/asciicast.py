@@ -41,7 +41,8 @@ def header(
 
 def event(elapsed: float, code: str, data: str) -> bytes:
     """One event line, ``elapsed`` seconds after the start."""
-    return json.dumps([round(elapsed, 6), code, data], ensure_ascii=False).encode() + b"\n"
+    # ASCII-only JSON (non-ASCII as \\u escapes) encodes about a fifth faster.
+    return json.dumps([round(elapsed, 6), code, data]).encode() + b"\n"
 
 
 def resize_data(cols: int, rows: int) -> str:
