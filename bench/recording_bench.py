@@ -30,9 +30,15 @@ def main() -> None:
     recordings = recorded.path / "recordings"
     peers = {
         "off": (plain, start_pairpod(plain)),
-        "on": (recorded, start_pairpod(recorded, {
-            "recording": {"dir": str(recordings), "max_bytes": 4 * args.megabytes * 1_000_000},
-        })),
+        "on": (
+            recorded,
+            start_pairpod(
+                recorded,
+                {
+                    "recording": {"dir": str(recordings), "max_bytes": 4 * args.megabytes * 1_000_000},
+                },
+            ),
+        ),
     }
     try:
         payload = plain.path / "payload.log"
@@ -58,10 +64,17 @@ def main() -> None:
             order = ("off", "on") if round_number % 2 == 0 else ("on", "off")
             for name in order:
                 figures[name].append(throughput(name))
-        report = Report(f"Recording on vs off: PTY cat of {args.megabytes} MB "
-                        f"(median of {args.rounds} rounds; reference = recording off)")
-        report.add("PTY output throughput", statistics.median(figures["on"]),
-                   statistics.median(figures["off"]), "MB/s", ">= 0.95")
+        report = Report(
+            f"Recording on vs off: PTY cat of {args.megabytes} MB "
+            f"(median of {args.rounds} rounds; reference = recording off)"
+        )
+        report.add(
+            "PTY output throughput",
+            statistics.median(figures["on"]),
+            statistics.median(figures["off"]),
+            "MB/s",
+            ">= 0.95",
+        )
         report.print()
     finally:
         for work, peer in peers.values():

@@ -48,8 +48,9 @@ backend gateway
         """Run in the foreground of a child process; wait until it listens."""
         binary = require("haproxy")
         subprocess.run([binary, "-c", "-q", "-f", str(self.config)], check=True)
-        self.proc = subprocess.Popen([binary, "-db", "-f", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [binary, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_until(self._listening, message="haproxy to listen")
         return self
 
@@ -65,15 +66,18 @@ backend gateway
 
 
 @pytest.fixture
-def behind_haproxy(make_gateway: MakeGateway, tmp_path: Path,
-                   client_key: ClientKey) -> Iterator[tuple[GatewayThread, HAProxy]]:
+def behind_haproxy(
+    make_gateway: MakeGateway, tmp_path: Path, client_key: ClientKey
+) -> Iterator[tuple[GatewayThread, HAProxy]]:
     """A gateway trusting 127.0.0.1 (HAProxy) and HAProxy in front of it."""
     authorized = tmp_path / "restricted_keys"
     authorized.write_text(f'from="127.0.0.2" {client_key.public_line}\n')
-    gw = make_gateway({
-        "proxy_protocol": {"trusted": ["127.0.0.1/32"], "timeout": "2s"},
-        "auth": {"authorized_keys": str(authorized), "lockout": {"failures": 2}},
-    })
+    gw = make_gateway(
+        {
+            "proxy_protocol": {"trusted": ["127.0.0.1/32"], "timeout": "2s"},
+            "auth": {"authorized_keys": str(authorized), "lockout": {"failures": 2}},
+        }
+    )
     proxy = HAProxy(tmp_path, gw.port).start()
     try:
         yield gw, proxy
@@ -81,38 +85,42 @@ def behind_haproxy(make_gateway: MakeGateway, tmp_path: Path,
         proxy.stop()
 
 
-def _through(gw: GatewayThread, proxy: HAProxy, source: str, *command: str,
-             key: ClientKey | None = None) -> subprocess.CompletedProcess[bytes]:
+def _through(
+    gw: GatewayThread, proxy: HAProxy, source: str, *command: str, key: ClientKey | None = None
+) -> subprocess.CompletedProcess[bytes]:
     argv = gw.ssh_argv(*command, key=key, options=["-b", source])
     argv[argv.index(str(gw.port))] = str(proxy.port)
     return subprocess.run(argv, capture_output=True, timeout=60)
 
 
-def test_from_restriction_sees_the_real_client(behind_haproxy: tuple[GatewayThread, HAProxy],
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_from_restriction_sees_the_real_client(
+    behind_haproxy: tuple[GatewayThread, HAProxy], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     gw, proxy = behind_haproxy
     allowed = _through(gw, proxy, "127.0.0.2", "echo in")
     assert (allowed.returncode, allowed.stdout) == (0, b"in\n")
     refused = _through(gw, proxy, "127.0.0.3", "echo in")
     assert refused.returncode == 255 and b"Permission denied" in refused.stderr
-    remotes = [r.__dict__["pairpod_fields"]["remote"] for r in caplog.records
-               if r.getMessage() == "connection.open"]
+    remotes = [
+        r.__dict__["pairpod_fields"]["remote"] for r in caplog.records if r.getMessage() == "connection.open"
+    ]
     # (The first is HAProxy's own readiness probe, made from 127.0.0.1.)
     assert [r.rsplit(":", 1)[0] for r in remotes][-2:] == ["127.0.0.2", "127.0.0.3"]
 
 
 def test_lockout_locks_the_real_client_not_the_balancer(
-        behind_haproxy: tuple[GatewayThread, HAProxy], tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    behind_haproxy: tuple[GatewayThread, HAProxy], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     gw, proxy = behind_haproxy
     stranger = ClientKey.create(tmp_path / "stranger")
     for _ in range(2):
         assert _through(gw, proxy, "127.0.0.3", "true", key=stranger).returncode == 255
-    locks = wait_until(lambda: [r.__dict__["pairpod_fields"] for r in caplog.records
-                                if r.getMessage() == "auth.lockout"],
-                       message="a lockout")
+    locks = wait_until(
+        lambda: [r.__dict__["pairpod_fields"] for r in caplog.records if r.getMessage() == "auth.lockout"],
+        message="a lockout",
+    )
     assert [(lock["kind"], lock["subject"]) for lock in locks] == [("address", "127.0.0.3")]
     # 127.0.0.3 is locked out; 127.0.0.2, through the same balancer, is not.
     assert _through(gw, proxy, "127.0.0.2", "echo ok").stdout == b"ok\n"
@@ -120,8 +128,7 @@ def test_lockout_locks_the_real_client_not_the_balancer(
 
 def _banner(port: int, source: str, send: bytes) -> bytes:
     """What the gateway answers a raw connection from ``source`` that sends ``send``."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10,
-                                  source_address=(source, 0)) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as sock:
         if send:
             sock.sendall(send)
         chunks = []
@@ -135,8 +142,9 @@ def _banner(port: int, source: str, send: bytes) -> bytes:
         return b"".join(chunks)
 
 
-def test_headers_only_from_trusted_sources(behind_haproxy: tuple[GatewayThread, HAProxy],
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_headers_only_from_trusted_sources(
+    behind_haproxy: tuple[GatewayThread, HAProxy], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     gw, _ = behind_haproxy
     header = b"PROXY TCP4 203.0.113.9 127.0.0.1 1234 22\r\n"
@@ -151,8 +159,9 @@ def test_headers_only_from_trusted_sources(behind_haproxy: tuple[GatewayThread, 
     assert _banner(gw.port, "127.0.0.2", b"SSH-2.0-x\r\n").startswith(b"SSH-2.0-pairpod")
     # A trusted source that sends nothing is closed after proxy_protocol.timeout.
     assert _banner(gw.port, "127.0.0.1", b"") == b""
-    reasons = [r.__dict__["pairpod_fields"]["reason"] for r in caplog.records
-               if r.getMessage() == "proxy.refused"]
+    reasons = [
+        r.__dict__["pairpod_fields"]["reason"] for r in caplog.records if r.getMessage() == "proxy.refused"
+    ]
     assert reasons[0] == "a PROXY header from an address not in proxy_protocol.trusted"
     assert reasons[1] == "the connection did not start with a PROXY header"
     assert "PROXY v1" in reasons[2]
@@ -162,14 +171,14 @@ def test_headers_only_from_trusted_sources(behind_haproxy: tuple[GatewayThread, 
 def test_webhooks_get_the_real_client_address(make_gateway: MakeGateway, tmp_path: Path) -> None:
     peer = AuthWebhookPeer()
     with served_in_thread(peer):
-        gw = make_gateway({"proxy_protocol": {"trusted": ["127.0.0.1/32"]},
-                           "auth": {"webhook": {"url": peer.url}}})
+        gw = make_gateway(
+            {"proxy_protocol": {"trusted": ["127.0.0.1/32"]}, "auth": {"webhook": {"url": peer.url}}}
+        )
         proxy = HAProxy(tmp_path, gw.port).start()
         try:
             stranger = ClientKey.create(tmp_path / "stranger")  # unknown to the file: ask the hook
             assert _through(gw, proxy, "127.0.0.4", "true", key=stranger).returncode == 255
         finally:
             proxy.stop()
-    addresses = {body["remoteAddress"].rsplit(":", 1)[0] for path, body in peer.requests
-                 if path == "/pubkey"}
+    addresses = {body["remoteAddress"].rsplit(":", 1)[0] for path, body in peer.requests if path == "/pubkey"}
     assert addresses == {"127.0.0.4"}

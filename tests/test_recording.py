@@ -30,9 +30,11 @@ def _events(path: Path) -> tuple[dict[str, Any], list[list[Any]]]:
 
 def _closed(caplog: pytest.LogCaptureFixture, path: Path) -> bool:
     """The gateway logged that it finished (or cut, or stopped) this recording."""
-    return any(r.getMessage() in ("recording.finished", "recording.cut", "recording.stopped")
-               and str(path) in str(r.__dict__.get("pairpod_fields", {}).get("file"))
-               for r in caplog.records)
+    return any(
+        r.getMessage() in ("recording.finished", "recording.cut", "recording.stopped")
+        and str(path) in str(r.__dict__.get("pairpod_fields", {}).get("file"))
+        for r in caplog.records
+    )
 
 
 def _finished_recording(root: Path, caplog: pytest.LogCaptureFixture) -> Path:
@@ -45,8 +47,9 @@ def _finished_recording(root: Path, caplog: pytest.LogCaptureFixture) -> Path:
 def asciinema_cat(path: Path) -> str:
     """What ``asciinema cat`` prints (it needs a terminal: run it under ``script``)."""
     require("asciinema")
-    result = subprocess.run(["script", "-qec", f"asciinema cat {path}", "/dev/null"],
-                            capture_output=True, timeout=60, check=True)
+    result = subprocess.run(
+        ["script", "-qec", f"asciinema cat {path}", "/dev/null"], capture_output=True, timeout=60, check=True
+    )
     return result.stdout.decode("utf-8", "replace").replace("\r\n", "\n")
 
 
@@ -54,8 +57,9 @@ def _day_folder(root: Path) -> Path:
     return root / time.strftime("%Y-%m-%d", time.gmtime())
 
 
-def test_pty_session_replays_with_asciinema(make_gateway: MakeGateway, tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_pty_session_replays_with_asciinema(
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     root = tmp_path / "recordings"
     gw = make_gateway({"recording": {"dir": str(root)}})
@@ -94,8 +98,9 @@ def test_pty_session_replays_with_asciinema(make_gateway: MakeGateway, tmp_path:
     assert "40 120\n" in replay
 
 
-def test_input_is_recorded_only_when_asked(make_gateway: MakeGateway, tmp_path: Path,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_input_is_recorded_only_when_asked(
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     root = tmp_path / "recordings"
     gw = make_gateway({"recording": {"dir": str(root), "input": True}})
@@ -107,8 +112,9 @@ def test_input_is_recorded_only_when_asked(make_gateway: MakeGateway, tmp_path: 
     assert "typed-secret" in typed
 
 
-def test_exec_channels_leave_an_audit_line(gateway: GatewayThread, make_gateway: MakeGateway,
-                                           tmp_path: Path) -> None:
+def test_exec_channels_leave_an_audit_line(
+    gateway: GatewayThread, make_gateway: MakeGateway, tmp_path: Path
+) -> None:
     root = tmp_path / "recordings"
     gw = make_gateway({"recording": {"dir": str(root)}})
     result = gw.ssh("head -c 5 >/dev/null; printf abc; exit 3", input=b"hello")
@@ -126,8 +132,9 @@ def test_exec_channels_leave_an_audit_line(gateway: GatewayThread, make_gateway:
     assert not _casts(root)  # no PTY: no asciicast
 
 
-def test_size_cap_notes_where_the_recording_was_cut(make_gateway: MakeGateway, tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_size_cap_notes_where_the_recording_was_cut(
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     root = tmp_path / "recordings"
     gw = make_gateway({"recording": {"dir": str(root), "max_bytes": 4096}})
@@ -141,14 +148,15 @@ def test_size_cap_notes_where_the_recording_was_cut(make_gateway: MakeGateway, t
     assert replay.rstrip().endswith("[pairpod: recording cut here: max_bytes (4096) reached]")
 
 
-def test_full_disk_stops_the_recording_not_the_session(make_gateway: MakeGateway,
-                                                       tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_full_disk_stops_the_recording_not_the_session(
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     root = tmp_path / "small-disk"
     root.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(root)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(root)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -157,9 +165,10 @@ def test_full_disk_stops_the_recording_not_the_session(make_gateway: MakeGateway
         output = result.stdout.replace(b"\r\n", b"\n")
         assert output.endswith(b"99999\n100000\nall-done\n")
         assert result.returncode == 0
-        stopped = wait_until(lambda: [r for r in caplog.records
-                                      if r.getMessage() == "recording.stopped"],
-                             message="the log to say the recording stopped")
+        stopped = wait_until(
+            lambda: [r for r in caplog.records if r.getMessage() == "recording.stopped"],
+            message="the log to say the recording stopped",
+        )
         assert stopped[0].__dict__["pairpod_fields"]["reason"] == "No space left on device"
         # The next session on the same gateway works as well.
         assert gw.ssh("echo still-serving").stdout == b"still-serving\n"
@@ -168,11 +177,11 @@ def test_full_disk_stops_the_recording_not_the_session(make_gateway: MakeGateway
 
 
 def test_a_shared_session_is_recorded_once_with_the_joiners_input(
-        make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     root = tmp_path / "recordings"
-    gw = make_gateway({"recording": {"dir": str(root), "input": True},
-                       "sharing": {"open": True}})
+    gw = make_gateway({"recording": {"dir": str(root), "input": True}, "sharing": {"open": True}})
     terminals = Terminals(tmp_path)
     try:
         owner = terminals.start("owner", gw.ssh_argv(options=SHARE))
@@ -194,7 +203,8 @@ def test_a_shared_session_is_recorded_once_with_the_joiners_input(
 
 
 def test_a_recording_that_falls_behind_drops_events_and_says_where(
-        make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_gateway: MakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="pairpod")
     root = tmp_path / "recordings"
     # The smallest buffer: a flood outruns the writer, which writes in rounds.

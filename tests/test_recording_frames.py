@@ -11,15 +11,21 @@ from hypothesis import strategies as st
 from pairpod.recording.frames import MAX_PAYLOAD, Frame, FrameDecoder, FrameError, Kind, encode
 
 
-@given(st.lists(st.tuples(st.sampled_from(list(Kind)), st.integers(0, 2**32 - 1),
-                          st.floats(0, 1e6), st.binary(max_size=300)), max_size=20),
-       st.integers(1, 64))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(list(Kind)), st.integers(0, 2**32 - 1), st.floats(0, 1e6), st.binary(max_size=300)
+        ),
+        max_size=20,
+    ),
+    st.integers(1, 64),
+)
 def test_frames_survive_any_split(frames: list[tuple[Kind, int, float, bytes]], step: int) -> None:
     stream = b"".join(encode(*frame) for frame in frames)
     decoder = FrameDecoder()
     decoded: list[Frame] = []
     for start in range(0, len(stream), step):
-        decoded += decoder.feed(stream[start:start + step])
+        decoded += decoder.feed(stream[start : start + step])
     assert [(f.kind, f.recording, f.elapsed, f.payload) for f in decoded] == frames
 
 

@@ -50,9 +50,12 @@ def test_max_duration_warns_then_ends(make_gateway: MakeGateway) -> None:
 
 
 def test_per_user_limit_overrides_the_gateway(make_gateway: MakeGateway, tmp_path: Path) -> None:
-    gw = make_gateway({"session": {"max_duration": "1h"},
-                       "auth": {"users": {"alice": {"keys": [], "session": {"max_duration": "2s"}},
-                                          "bob": {}}}})
+    gw = make_gateway(
+        {
+            "session": {"max_duration": "1h"},
+            "auth": {"users": {"alice": {"keys": [], "session": {"max_duration": "2s"}}, "bob": {}}},
+        }
+    )
     alice = gw.ssh("sleep 20; echo finished", user="alice", timeout=30)
     assert b"maximum duration (2s), disconnecting" in alice.stderr
     assert b"finished" not in alice.stdout
@@ -67,8 +70,9 @@ def test_config_webhook_sets_the_limit(make_gateway: MakeGateway) -> None:
     with served_in_thread(peer):
         gw = make_gateway({"auth": {"config_webhook": {"url": peer.config_url}}})
         # stdin stays open and silent: only the idle timeout can end this.
-        client = subprocess.Popen(gw.ssh_argv("cat"), stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        client = subprocess.Popen(
+            gw.ssh_argv("cat"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         try:
             client.wait(30)
         finally:

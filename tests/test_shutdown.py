@@ -22,16 +22,18 @@ def _serve(tmp_path: Path, key: ClientKey, overrides: dict) -> GatewayProcess:
 
 def _session(gateway: GatewayProcess) -> subprocess.Popen[bytes]:
     """A session that runs until it is ended, reporting when it has started."""
-    client = subprocess.Popen(gateway.ssh_argv("echo up; exec sleep 1000"),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+    client = subprocess.Popen(
+        gateway.ssh_argv("echo up; exec sleep 1000"),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert client.stdout is not None
     assert client.stdout.readline() == b"up\n"
     return client
 
 
-def test_sigterm_drains_and_a_second_sigterm_ends_at_once(tmp_path: Path,
-                                                          client_key: ClientKey) -> None:
+def test_sigterm_drains_and_a_second_sigterm_ends_at_once(tmp_path: Path, client_key: ClientKey) -> None:
     gateway = _serve(tmp_path, client_key, {"shutdown_grace": "10m"})
     client = _session(gateway)
     try:
@@ -51,14 +53,15 @@ def test_sigterm_drains_and_a_second_sigterm_ends_at_once(tmp_path: Path,
         assert time.monotonic() - started < 30  # liveness only
         client.wait(30)
         assert b"the gateway is restarting, disconnecting" in client.stderr.read()
-        assert "action=\"end sessions now\"" in gateway.log()
+        assert 'action="end sessions now"' in gateway.log()
     finally:
         client.kill()
         gateway.kill()
 
 
 def test_sessions_that_end_during_the_grace_let_the_gateway_exit(
-        tmp_path: Path, client_key: ClientKey) -> None:
+    tmp_path: Path, client_key: ClientKey
+) -> None:
     gateway = _serve(tmp_path, client_key, {"shutdown_grace": "10m"})
     client = _session(gateway)
     try:
@@ -85,11 +88,16 @@ def engine_proxy(tmp_path: Path) -> Iterator[EngineProxy]:
 
 
 def test_sigterm_with_a_hung_engine_exits_0_and_says_what_was_left(
-        tmp_path: Path, client_key: ClientKey, engine_proxy: EngineProxy) -> None:
-    gateway = _serve(tmp_path, client_key, {
-        **docker_overrides(image="busybox", host=engine_proxy.host),
-        "shutdown_grace": "1s",
-    })
+    tmp_path: Path, client_key: ClientKey, engine_proxy: EngineProxy
+) -> None:
+    gateway = _serve(
+        tmp_path,
+        client_key,
+        {
+            **docker_overrides(image="busybox", host=engine_proxy.host),
+            "shutdown_grace": "1s",
+        },
+    )
     instance = gateway.log().split("instance=")[1].split()[0]
     client = _session(gateway)
     try:
@@ -110,5 +118,6 @@ def test_sigterm_with_a_hung_engine_exits_0_and_says_what_was_left(
         client.kill()
         gateway.kill()
         engine_proxy.thaw()
-        subprocess.run(["docker", "rm", "-f", *(c["ID"] for c in containers(instance=instance))],
-                       capture_output=True)
+        subprocess.run(
+            ["docker", "rm", "-f", *(c["ID"] for c in containers(instance=instance))], capture_output=True
+        )

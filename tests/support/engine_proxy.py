@@ -50,9 +50,11 @@ class EngineProxy:
 
     def stop(self) -> None:
         """Close everything and end the thread."""
+
         async def close() -> None:
             if self._server is not None:
                 self._server.close()
+
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
@@ -60,8 +62,9 @@ class EngineProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._running.wait()
         up_reader, up_writer = await asyncio.open_unix_connection(self._engine)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
         for w in (writer, up_writer):
             w.close()
 

@@ -69,7 +69,9 @@ class FrameDecoder:
             end = offset + _HEADER.size + size
             if len(buffer) < end:
                 break
-            frames.append(Frame(frame_kind, recording, elapsed, bytes(buffer[offset + _HEADER.size : end])))
+            with memoryview(buffer) as view:  # one copy of the payload, not two
+                payload = view[offset + _HEADER.size : end].tobytes()
+            frames.append(Frame(frame_kind, recording, elapsed, payload))
             offset = end
         del buffer[:offset]
         return frames
