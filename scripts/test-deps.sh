@@ -24,6 +24,9 @@ have prometheus || need_apt+=(prometheus)
 # Other SSH clients the interop tests drive (binaries only: no server is started).
 { have dbclient && have dropbearconvert; } || need_apt+=(dropbear-bin)
 { have plink && have pscp && have puttygen; } || need_apt+=(putty-tools)
+have asciinema || need_apt+=(asciinema)      # replays session recordings in tests
+have haproxy || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)  # PROXY protocol tests
+have script || need_apt+=(bsdutils)          # a terminal for asciinema cat
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -228,6 +228,7 @@ def test_sigterm_tells_users_ends_sessions_and_exits_zero(tmp_path: Path,
         "listen": "127.0.0.1:0",
         "host_keys": [str(tmp_path / "host_key")],
         "auth": {"authorized_keys": str(authorized)},
+        "shutdown_grace": "1s",  # sessions may run on this long after SIGTERM
     })
     gw = server = GatewayProcess(config, key=client_key).start()
     try:
@@ -241,7 +242,8 @@ def test_sigterm_tells_users_ends_sessions_and_exits_zero(tmp_path: Path,
         assert server.terminate(timeout=30) == 0
         stopped_in = time.monotonic() - started
         _, stderr = client.communicate(timeout=30)
-        assert b"pairpod: the gateway is shutting down" in stderr
+        assert b"pairpod: the gateway is restarting; this session ends within 1s" in stderr
+        assert b"pairpod: the gateway is restarting, disconnecting" in stderr
         assert client.returncode != 0
         assert not remote()
         assert "gateway.stopped" in server.log()

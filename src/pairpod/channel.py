@@ -242,7 +242,8 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             environment = await self._connection.environment(waiting=waiting)
             # Built once the environment is ready: the window may have changed meanwhile.
             spec = self._spec()
-            self._process = await environment.start(spec)
+            self._process = self._connection.observe(await environment.start(spec), spec,
+                                                     environment)
         except PairpodError as error:
             log.warning("channel.start_failed", extra=self._connection.log_fields(
                 error=error.operator_message, kind=type(error).__name__))

@@ -74,13 +74,21 @@ async def _serve(config: Config) -> None:
     log.info("gateway.open_files_limit", extra=fields(soft=after, was=before))
     gateway = Gateway(config)
     await gateway.start()
-    stop = asyncio.Event()
+    # The first SIGTERM (or SIGINT) drains; the next one ends the sessions at once.
+    stop, hurry = asyncio.Event(), asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            log.info("gateway.signal", extra=fields(action="end sessions now"))
+            hurry.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     await stop.wait()
     log.info("gateway.signal", extra=fields(action="shutdown"))
-    await gateway.stop()
+    await gateway.stop(hurry=hurry)
 
 
 @main.group()

@@ -47,7 +47,8 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-def _format_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``1800`` -> ``30m``, ``90`` -> ``90s``, ``0.25`` -> ``250ms`` (as the config writes it)."""
     for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
@@ -57,7 +58,7 @@ def _format_duration(seconds: float) -> str:
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
-    PlainSerializer(_format_duration, return_type=str),
+    PlainSerializer(format_duration, return_type=str),
 ]
 """Seconds, written in the config as ``30s``, ``5m``, ``1h`` or a number."""
 
@@ -286,6 +287,13 @@ class PasswordCheckSettings(Section):
     queue: int = Field(16, ge=0)
 
 
+class UserSessionSettings(Section):
+    """Per-user session limits (unset: the gateway's ``session`` values)."""
+
+    idle_timeout: Duration | None = None
+    max_duration: Duration | None = None
+
+
 class UserSettings(Section):
     """One named identity that may log in."""
 
@@ -295,6 +303,7 @@ class UserSettings(Section):
     gitlab: str | None = None
     password_hash: str | None = None
     sharing: UserSharingSettings | None = None
+    session: UserSessionSettings | None = None
 
 
 class AuthSettings(Section):
@@ -490,6 +499,41 @@ class SharingSettings(Section):
     max_participants: int = Field(50, ge=1, description="joined viewers per shared session")
 
 
+class SessionSettings(Section):
+    """Limits on how long a connection may live (0: no limit)."""
+
+    idle_timeout: Duration = Field(0.0, description="no input and no output for this long")
+    max_duration: Duration = 0.0
+
+
+class RecordingSettings(Section):
+    """Session recordings (asciicast v2) and the audit lines of non-PTY channels."""
+
+    dir: Path | None = Field(None, description="off when unset")
+    input: bool = False
+    max_bytes: int = Field(100 << 20, ge=1024, description="per session")
+    buffer: int = Field(8 << 20, ge=65536, description="bytes waiting for the disk, per session")
+
+
+class ProxyProtocolSettings(Section):
+    """PROXY protocol (v1, v2) from load balancers at these addresses."""
+
+    trusted: list[str] = Field(default_factory=list)
+    timeout: Duration = 5.0
+
+    @field_validator("trusted")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {item!r}") from None
+        return value
+
+
 class LogSettings(Section):
     """Logging: one structured line per event."""
 
@@ -549,6 +593,10 @@ class Config(Section):
     timeouts: TimeoutSettings = Field(default_factory=TimeoutSettings)
     sharing: SharingSettings = Field(default_factory=SharingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    session: SessionSettings = Field(default_factory=SessionSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    proxy_protocol: ProxyProtocolSettings = Field(default_factory=ProxyProtocolSettings)
+    shutdown_grace: Duration = Field(30.0, description="how long sessions may run on at SIGTERM")
     admin: AdminSettings = Field(default_factory=AdminSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
 

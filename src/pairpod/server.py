@@ -20,18 +20,24 @@ from pairpod.admin import Operations
 from pairpod.admission import Admission, Refusal, Ticket
 from pairpod.auth import Authenticator, ConnectionAuth, LoginPermissions
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
+from pairpod.backends.base import Process, ProcessSpec
 from pairpod.backends.files import place_files
+from pairpod.backends.observed import ObservedProcess, ProcessObserver
 from pairpod.channel import ChannelSession, ssh_connection_env
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
 from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
+from pairpod.proxy import ProxyProtocolListener
+from pairpod.recording import Recorder, SessionInfo
+from pairpod.session_limits import ActivityClock, SessionLimits, enforce
 from pairpod.sharing.channels import ControlSession, ViewerSession
 from pairpod.sharing.join_auth import JoinAuth
 from pairpod.sharing.service import SharingService, split_control_username
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, looks_like_join_username
+from pairpod.shutdown import drain
 from pairpod.ssh_requests import SERVER_VERSION
 from pairpod.ssh_transport import tune_transport
 from pairpod.tasks import TaskGroup
@@ -39,8 +45,8 @@ from pairpod.traffic import Traffic
 
 log = get_logger("server")
 
-# How long a graceful shutdown waits for sessions to end before closing anyway.
-SHUTDOWN_GRACE = 10.0
+# How long an ended connection waits for the client to hang up before disconnecting it.
+_CLIENT_HANGUP_WAIT = 1.0
 # Progress lines kept for a channel that starts waiting late.
 _PROGRESS_KEPT = 5
 
@@ -79,6 +85,7 @@ class Connection(asyncssh.SSHServer):
         self._join_auth: JoinAuth | None = None
         self._control_owner: str | None = None
         self._had_channel = False
+        self.activity = ActivityClock()
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
         """Logging fields naming this connection, user and address."""
@@ -128,6 +135,23 @@ class Connection(asyncssh.SSHServer):
         if self._cleanup is None:
             self._cleanup = asyncio.ensure_future(self._do_cleanup())
         await asyncio.shield(self._cleanup)
+
+    @property
+    def cleaned_up(self) -> bool:
+        """Whether this connection's cleanup (environment removal) has finished."""
+        return self._cleanup is not None and self._cleanup.done()
+
+    @property
+    def has_environment(self) -> bool:
+        """Whether an environment was asked for on this connection."""
+        return self._environment is not None
+
+    def environment_description(self) -> str | None:
+        """The environment's description (a container id), once it exists."""
+        env = self._environment
+        if env is None or not env.done() or env.cancelled() or env.exception() is not None:
+            return None
+        return env.result().description
 
     async def _do_cleanup(self) -> None:
         await self.tasks.cancel_all()
@@ -277,6 +301,30 @@ class Connection(asyncssh.SSHServer):
         identity = result.identity(self.conn_id, self.remote_addr)
         self._environment = self.tasks.spawn(
             self.gateway.open_environment(identity, status=self._show_progress))
+        limits = SessionLimits.for_user(self.config, self.username)
+        if limits.active:
+            self.tasks.spawn(enforce(limits, self.activity, warn=self.notify,
+                                     end=self._end_by_limit))
+
+    def _end_by_limit(self, reason: str) -> None:
+        log.info("connection.limit", extra=self.log_fields(reason=reason))
+        # A gateway task: the shutdown cancels this connection's tasks, the caller's too.
+        self.gateway.spawn(self.shutdown(reason))
+
+    def notify(self, text: str) -> None:
+        """Show every session of this connection one ``pairpod: ...`` line."""
+        for channel in list(self._channels):
+            channel.write_notice(text)
+
+    def observe(self, process: Process, spec: ProcessSpec, environment: Environment) -> Process:
+        """``process`` with this connection's activity clock and recording attached."""
+        observers: list[ProcessObserver] = [self.activity]
+        info = SessionInfo(user=self.username or "", conn_id=self.conn_id,
+                           remote_addr=self.remote_addr, environment=environment.description)
+        recording = self.gateway.recorder.observer(spec, info)
+        if recording is not None:
+            observers.append(recording)
+        return ObservedProcess(process, observers)
 
     async def _close_without_channel(self) -> None:
         """Close the connection if it opens no channel within ``timeouts.first_channel``.
@@ -352,6 +400,11 @@ class Connection(asyncssh.SSHServer):
         await asyncio.gather(*(s.terminate(message) for s in list(self._channels)),
                              return_exceptions=True)
         if self._conn is not None:
+            # Let the client hang up first: OpenSSH's client drops output it has not
+            # printed yet (the notice just sent) when the server disconnects.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._conn.wait_closed()),
+                                       _CLIENT_HANGUP_WAIT)
             self._conn.close()
             with contextlib.suppress(Exception):
                 await self._conn.wait_closed()
@@ -371,12 +424,17 @@ class Gateway:
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
+        self.recorder = Recorder(config)
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a gateway-level task (cleanups that must finish before shutdown)."""
         return self._tasks.spawn(coro)
+
+    async def wait_tasks(self) -> None:
+        """Wait for the gateway-level tasks (connection cleanups) running now."""
+        await self._tasks.wait_all(None)
 
     @property
     def port(self) -> int:
@@ -395,6 +453,9 @@ class Gateway:
             raise ConfigError("authorized_keys refused: " + "; ".join(refused))
         host, port = self.config.listen_address
         await self.backend.start()
+        proxy = self.config.proxy_protocol
+        # With PROXY protocol on, a listener of ours reads the header before AsyncSSH.
+        listener: Any = ProxyProtocolListener(proxy.trusted, proxy.timeout) if proxy.trusted else ()
         try:
             self._server = await asyncssh.create_server(
                 lambda: Connection(self),
@@ -415,6 +476,7 @@ class Gateway:
                 x11_forwarding=False,
                 allow_scp=False,
                 reuse_address=True,
+                tunnel=listener,
             )
         except OSError as error:
             await self.backend.stop()
@@ -460,19 +522,11 @@ class Gateway:
         self.ops.environment_ready(identity, environment, time.monotonic() - began)
         return environment
 
-    async def stop(self, message: str = "the gateway is shutting down") -> None:
-        """Stop accepting, tell users, end their sessions, remove environments."""
+    async def stop(self, *, hurry: asyncio.Event | None = None) -> None:
+        """Drain and stop; never raises (see :func:`pairpod.shutdown.drain`).
+
+        Setting ``hurry`` (a second SIGTERM) ends the sessions at once.
+        """
         if self._server is not None:
             self._server.close()
-        log.info("gateway.stopping", extra=fields(connections=len(self.connections)))
-        await asyncio.wait_for(
-            asyncio.gather(*(c.shutdown(message) for c in list(self.connections)),
-                           return_exceptions=True),
-            SHUTDOWN_GRACE,
-        )
-        # Connection cleanups (environment removal) run as gateway tasks; let them finish.
-        await self._tasks.wait_all(SHUTDOWN_GRACE)
-        await self.backend.stop()
-        await self.authenticator.aclose()
-        await self.ops.stop()
-        log.info("gateway.stopped")
+        await drain(self, hurry or asyncio.Event())

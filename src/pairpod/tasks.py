@@ -39,8 +39,8 @@ class TaskGroup:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def wait_all(self, grace: float) -> None:
-        """Wait up to ``grace`` seconds for the current tasks to end."""
+    async def wait_all(self, grace: float | None) -> None:
+        """Wait up to ``grace`` seconds (``None``: as long as it takes) for the current tasks."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=grace)
 

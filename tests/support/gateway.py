@@ -82,6 +82,8 @@ def base_config(tmp: Path, key: ClientKey, overrides: dict[str, Any] | None = No
         # once: the pre-auth limits (tested in tests/attacks) would drop some at random.
         "ssh": {"login_timeout": "20s", **NO_ADMISSION_LIMITS},
         "log": {"level": "debug"},
+        # Stopping a test's gateway must not wait the production grace for open sessions.
+        "shutdown_grace": "1s",
     }
     return validate_config(merge(data, overrides or {}), "test config")
 

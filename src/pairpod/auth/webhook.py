@@ -57,7 +57,7 @@ DEFAULT_MAX_BYTES = 1024 * 1024
 
 #: Config sections a config webhook may override; anything else is refused,
 #: so a webhook can never change who may log in or where pairpod listens.
-OVERRIDABLE_SECTIONS = frozenset({"backend", "docker", "kubernetes", "local", "security"})
+OVERRIDABLE_SECTIONS = frozenset({"backend", "docker", "kubernetes", "local", "security", "session"})
 
 #: The connection fields ContainerSSH echoes back in its answers (ignored
 #: beyond their types); anything else not named here is an unknown field.

@@ -104,15 +104,18 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
     async def stop(self) -> None:
         """Remove every environment this backend created (and any its instance left)."""
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
-        pool, self._pool = list(self._pool), deque()
-        await self._release_pool(pool)
-        with contextlib.suppress(PairpodError):
-            await self.reap_orphans()
-        await self._close_client()
+        try:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
+            pool, self._pool = list(self._pool), deque()
+            await self._release_pool(pool)
+            with contextlib.suppress(PairpodError):
+                await self.reap_orphans()
+        finally:
+            # Also when the gateway gives up waiting on a hung peer (stop is cancelled).
+            await self._close_client()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         """Run background work that ``stop`` cancels and waits for."""

@@ -1,0 +1,109 @@
+"""Graceful drain at SIGTERM, and a shutdown that always finishes.
+
+Order: the listener is already closed; users are told the gateway is
+restarting; sessions may run on for ``shutdown_grace`` (or until a second
+SIGTERM); then every connection is ended and every environment removed. Each
+step after the grace has its own time bound, so a hung backend (a Docker
+engine that accepts but never answers) cannot hold the process: what could not
+be removed is logged and left to the next start's reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any
+
+from pairpod.config import format_duration
+from pairpod.log import fields, get_logger
+
+if TYPE_CHECKING:
+    from pairpod.server import Gateway
+
+log = get_logger("shutdown")
+
+# After the grace: how long ending the sessions and removing the environments
+# may take, and then the backend's own final cleanup. A Deployment's
+# terminationGracePeriodSeconds should leave room for both after shutdown_grace.
+END_TIMEOUT = 10.0
+BACKEND_TIMEOUT = 10.0
+# How often the drain looks whether every connection has gone.
+_POLL = 0.2
+
+
+async def drain(gateway: Gateway, hurry: asyncio.Event) -> None:
+    """Drain ``gateway`` and stop its backend. Never raises."""
+    try:
+        await _drain(gateway, hurry)
+    except Exception:
+        log.exception("gateway.stop_failed")
+    log.info("gateway.stopped")
+
+
+async def _drain(gateway: Gateway, hurry: asyncio.Event) -> None:
+    grace = gateway.config.shutdown_grace
+    connections = list(gateway.connections)
+    log.info("gateway.stopping", extra=fields(connections=len(connections), grace=format_duration(grace)))
+    if connections and grace > 0 and not hurry.is_set():
+        for connection in connections:
+            connection.notify(f"the gateway is restarting; this session ends within {format_duration(grace)}")
+        await _until_gone(gateway, grace, hurry)
+    remaining = list(gateway.connections)
+    if remaining:
+        log.info("gateway.ending_sessions", extra=fields(connections=len(remaining), hurried=hurry.is_set()))
+    deadline = time.monotonic() + END_TIMEOUT
+    message = "the gateway is restarting, disconnecting"
+    await _bounded(
+        asyncio.gather(*(c.shutdown(message) for c in remaining), return_exceptions=True), deadline
+    )
+    # Cleanups of connections that ended by themselves run as gateway tasks.
+    await _bounded(gateway.wait_tasks(), deadline)
+    left = [
+        c.environment_description() or c.conn_id
+        for c in remaining + connections
+        if not c.cleaned_up and c.has_environment
+    ]
+    backend_done = await _bounded(gateway.backend.stop(), time.monotonic() + BACKEND_TIMEOUT)
+    with contextlib.suppress(Exception):
+        await _bounded(gateway.authenticator.aclose(), time.monotonic() + END_TIMEOUT)
+    # The admin listener and audit log last: the steps above are audited too.
+    await _bounded(gateway.ops.stop(), time.monotonic() + END_TIMEOUT)
+    if not await asyncio.to_thread(gateway.recorder.close, END_TIMEOUT):
+        log.warning(
+            "gateway.recordings_unfinished",
+            extra=fields(reason="the disk did not take the last events in time"),
+        )
+    if left or not backend_done:
+        log.warning(
+            "gateway.left_behind",
+            extra=fields(
+                environments=",".join(sorted(set(left))) or None,
+                backend="did not finish its cleanup" if not backend_done else None,
+                reason="the backend did not answer in time; the next start's reaper removes them",
+            ),
+        )
+
+
+async def _until_gone(gateway: Gateway, grace: float, hurry: asyncio.Event) -> None:
+    """Wait for every connection to end, ``grace`` seconds, or ``hurry``."""
+    end = time.monotonic() + grace
+    while gateway.connections and not hurry.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), min(left, _POLL))
+
+
+async def _bounded(work: Awaitable[Any], deadline: float) -> bool:
+    """Await ``work`` until ``deadline``; ``False`` if it had to be abandoned or failed."""
+    try:
+        await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        return False
+    except Exception:
+        log.warning("gateway.stop_step_failed", exc_info=True)
+        return False
+    return True
