@@ -1,7 +1,7 @@
 """The Kubernetes API as the backend uses it: pods, their watch, exec. Nothing else.
 
 A thin adapter over kubernetes_asyncio (create, get, list, patch, delete, watch)
-and :mod:`.kube_exec` (exec). Objects stay plain dicts, as on the wire: the
+and :mod:`.stream` (exec). Objects stay plain dicts, as on the wire: the
 pod template is merged as a dict, and skipping the generated models keeps the
 login path cheap. Failures become pairpod's typed errors here and nowhere
 else: an API server that cannot be reached (or answers 5xx / 429) is
@@ -22,7 +22,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from pairpod.backends.kube_exec import PROTOCOLS, ExecClient, ExecStream
+from pairpod.backends.kubernetes.stream import PROTOCOLS, ExecClient, ExecStream
 from pairpod.config import KubernetesSettings
 from pairpod.errors import BackendError, BackendUnavailable, ConfigError
 
@@ -290,7 +290,7 @@ class KubeApi:
     async def exec(
         self, namespace: str, pod: str, container: str, command: list[str], *, stdin: bool, tty: bool
     ) -> ExecStream:
-        """Start an exec session (see :class:`.kube_exec.ExecClient`)."""
+        """Start an exec session (see :class:`.stream.ExecClient`)."""
         if self._exec is None:
             raise BackendUnavailable("the kubernetes API client is not connected")
         return await self._exec.open(

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
-from pairpod.backends.docker_stream import STDERR, STDOUT, Demuxer
+from pairpod.backends.docker.stream import STDERR, STDOUT, Demuxer
 from pairpod.errors import BackendError, BackendUnavailable
 
 # The oldest API version with everything used here (Init, exec resize, pids limit).

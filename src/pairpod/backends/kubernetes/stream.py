@@ -19,7 +19,7 @@ a PTY, and otherwise leaves stdin open, logging why; see
 :mod:`pairpod.backends.kubernetes`).
 
 Neither version has a signal channel, nor a way to learn the PID of the
-command: signals go through a second exec (see :mod:`.common`).
+command: signals go through a second exec (see :mod:`pairpod.backends.container.wrapper`).
 
 :class:`ExecCodec` is pure (bytes in, events out). :class:`ExecClient` is the
 I/O edge: aiohttp, with the address, CA, client certificate and bearer token
