@@ -96,8 +96,9 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
             if removed:
                 self.log.info(f"{self.log_prefix}.reaped", extra=fields(count=len(removed), at="start"))
         except PairpodError as error:
-            self.log.warning(f"{self.log_prefix}.unavailable_at_start",
-                             extra=fields(error=error.operator_message))
+            self.log.warning(
+                f"{self.log_prefix}.unavailable_at_start", extra=fields(error=error.operator_message)
+            )
         self._spawn(self._reap_loop())
         if self.warm_pool:
             self._spawn(self._pool_loop())
@@ -129,8 +130,9 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
                 self.log.warning(f"{self.log_prefix}.reap_failed", extra=fields(error=error.operator_message))
                 continue
             if removed:
-                self.log.info(f"{self.log_prefix}.reaped",
-                              extra=fields(count=len(removed), names=",".join(removed)))
+                self.log.info(
+                    f"{self.log_prefix}.reaped", extra=fields(count=len(removed), names=",".join(removed))
+                )
 
     # --- the warm pool ----------------------------------------------------------------
 
@@ -147,14 +149,17 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
             if missing <= 0:
                 await self._pool_wakeup.wait()
                 continue
-            results = await asyncio.gather(*(self._pool_one() for _ in range(missing)),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(self._pool_one() for _ in range(missing)), return_exceptions=True
+            )
             failures = [r for r in results if isinstance(r, BaseException)]
             if not failures:
                 retry = POOL_RETRY_MIN
                 continue
-            self.log.warning(f"{self.log_prefix}.pool_refill_failed",
-                             extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry))
+            self.log.warning(
+                f"{self.log_prefix}.pool_refill_failed",
+                extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry),
+            )
             await asyncio.sleep(retry)
             retry = min(retry * 2, POOL_RETRY_MAX)
 

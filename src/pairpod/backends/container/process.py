@@ -153,13 +153,17 @@ class ContainerProcess(Process):
                 # No reader of ours to end: the program is its container's main
                 # process, or the image lacks mkfifo, cat or a writable temporary
                 # directory. SIGPIPE now is what its next write would have got.
-                self._log.info(f"{self.log_prefix}.output_closed_by_signal",
-                               extra=self._log_fields(reason="no stdout reader of ours"))
+                self._log.info(
+                    f"{self.log_prefix}.output_closed_by_signal",
+                    extra=self._log_fields(reason="no stdout reader of ours"),
+                )
                 await self._send_signal("PIPE", preamble.pid)
         except (PairpodError, TimeoutError) as error:
             if not self._status.done():
-                self._log.warning(f"{self.log_prefix}.close_output_failed", extra=self._log_fields(
-                    error=getattr(error, "operator_message", str(error))))
+                self._log.warning(
+                    f"{self.log_prefix}.close_output_failed",
+                    extra=self._log_fields(error=getattr(error, "operator_message", str(error))),
+                )
 
     async def signal(self, name: str) -> None:
         """Deliver a signal to the program (a second exec runs ``kill``)."""
@@ -173,8 +177,10 @@ class ContainerProcess(Process):
             await self._send_signal(name, preamble.pid)
         except (PairpodError, TimeoutError) as error:
             if not self._status.done():
-                self._log.warning(f"{self.log_prefix}.signal_failed", extra=self._log_fields(
-                    signal=name, error=getattr(error, "operator_message", str(error))))
+                self._log.warning(
+                    f"{self.log_prefix}.signal_failed",
+                    extra=self._log_fields(signal=name, error=getattr(error, "operator_message", str(error))),
+                )
 
     async def wait(self) -> ExitStatus:
         """Wait for the program to end; how it ended."""
@@ -189,8 +195,10 @@ class ContainerProcess(Process):
         try:
             await self._kill_tree(preamble.pid if preamble is not None else None)
         except (PairpodError, TimeoutError) as error:
-            self._log.warning(f"{self.log_prefix}.kill_failed", extra=self._log_fields(
-                error=getattr(error, "operator_message", str(error))))
+            self._log.warning(
+                f"{self.log_prefix}.kill_failed",
+                extra=self._log_fields(error=getattr(error, "operator_message", str(error))),
+            )
         # Whatever still holds the output open, this process is over for us.
         self._stop_stream()
         with contextlib.suppress(asyncio.TimeoutError):

@@ -244,8 +244,7 @@ def wrapper_args(
     # A terminal's output cannot be closed alone; sftp clients never send eow.
     reader = "1" if pty is None and kind != "sftp" and not main else ""
     words = [f"{k}={v}" for k, v in exports.items()]
-    return [fd, size, modes, kind, reader, "1" if cd_home else "0", str(len(words)), *words,
-            *argv]
+    return [fd, size, modes, kind, reader, "1" if cd_home else "0", str(len(words)), *words, *argv]
 
 
 def wrapped_command(

@@ -32,7 +32,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pairpod.backends.base import Identity, PtySpec
+from pairpod.backends.base import Identity
 from pairpod.backends.container.backend import ContainerBackend
 from pairpod.backends.container.names import (
     LABEL_CONNECTION,
@@ -44,26 +44,17 @@ from pairpod.backends.container.names import (
     name_part,
 )
 from pairpod.backends.container.process import HELPER_TIMEOUT
-from pairpod.backends.container.wrapper import (
-    DEFAULT_IDLE_COMMAND,
-)
+from pairpod.backends.container.wrapper import DEFAULT_IDLE_COMMAND
+from pairpod.backends.docker import pool
 from pairpod.backends.docker.api import Engine, EngineError
-from pairpod.backends.docker.container import (
-    DETACH_KEYS,
-    Steps,
-    home_mount_target,
-    hostname_for,
-    memory_bytes,
-    volume_name_for,
-)
+from pairpod.backends.docker.container import Steps, container_config, hostname_for
 from pairpod.backends.docker.disk import DiskLimit
 from pairpod.backends.docker.environment import (
     DockerConnectionEnvironment,
     DockerEnvironment,
     DockerSessionEnvironment,
 )
-from pairpod.backends.docker.pool import PoolEntry, spare_command
-from pairpod.backends.docker.process import DockerProcess, ExecTarget
+from pairpod.backends.docker.pool import PoolEntry
 from pairpod.config import Config, DockerSettings
 from pairpod.errors import (
     BackendUnavailable,
@@ -78,9 +69,6 @@ log = get_logger("backend.docker")
 
 # How many log lines an operator sees when a container dies at start.
 _LOG_TAIL = 20
-# A handed-out pool container is replaced after the login's first process
-# starts, or after this long at the latest.
-_POOL_REFILL_DELAY = 2.0
 
 # --- the backend ---------------------------------------------------------------------
 
@@ -115,7 +103,7 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
     def warm_pool(self) -> int:
         """Containers kept started ahead of logins (0 when the settings rule a pool out)."""
         settings = self.config.docker
-        return settings.warm_pool if self._pool_eligible_settings(settings) else 0
+        return settings.warm_pool if pool.eligible(settings) else 0
 
     async def _release_pool(self, pool: list[PoolEntry]) -> None:
         # The final reap removes the containers themselves.
@@ -207,82 +195,6 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         owner = name_part(identity.conn_id) if identity is not None else "pool"
         name = f"pairpod-{name_part(self.instance_id, 20)}-{owner}-{secrets.token_hex(3)}"
         return f"{name}-{suffix}" if suffix else name
-
-    def container_config(
-        self,
-        settings: DockerSettings,
-        *,
-        cmd: list[str],
-        labels: Mapping[str, str],
-        hostname: str,
-        env: Mapping[str, str],
-        username: str | None,
-        session: bool = False,
-        tty: bool = False,
-    ) -> dict[str, Any]:
-        """The Engine's container-create body for these settings."""
-        security = settings.security
-        limits = settings.limits
-        host: dict[str, Any] = {
-            "NetworkMode": settings.network,
-            "CapDrop": list(security.cap_drop),
-            "CapAdd": list(security.cap_add),
-            "SecurityOpt": ["no-new-privileges:true"] if security.no_new_privileges else [],
-            "ReadonlyRootfs": security.read_only_rootfs,
-            # In session mode the program itself is the main process: an init
-            # as PID 1 forwards signals to it and reaps what it leaves behind.
-            "Init": session,
-            "RestartPolicy": {"Name": "no"},
-        }
-        if limits.memory is not None:
-            host["Memory"] = memory_bytes(limits.memory)
-            host["MemorySwap"] = host["Memory"]  # no swap on top
-        if limits.cpus is not None:
-            host["NanoCpus"] = int(limits.cpus * 1e9)
-        if limits.pids is not None:
-            host["PidsLimit"] = limits.pids
-        if limits.tmp is not None:
-            # Scratch space in memory (charged to the memory limit), never on the
-            # host's disk; also somewhere to write with a read-only root.
-            host["Tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={limits.tmp}"}
-        # The log of the main process: the program itself in session mode.
-        logs = settings.logs
-        host["LogConfig"] = (
-            {"Type": "none", "Config": {}}
-            if logs.driver == "none"
-            else {"Type": logs.driver,
-                  "Config": {"max-size": logs.max_size, "max-file": str(logs.max_files)}}
-        )
-        if settings.home_volume and username is not None:
-            host["Mounts"] = [
-                {
-                    "Type": "volume",
-                    "Source": volume_name_for(settings.home_volume, username),
-                    "Target": home_mount_target(settings),
-                }
-            ]
-        config: dict[str, Any] = {
-            "Image": settings.image,
-            "Cmd": cmd,
-            "Entrypoint": [],  # the image's entrypoint would wrap our command
-            "Labels": dict(labels),
-            "Hostname": hostname,
-            "Env": [f"{k}={v}" for k, v in env.items()],
-            "Tty": tty,
-            # Connection mode: the idle command may block on stdin, kept open.
-            # Session mode: stdin is the program's, closed once the client's ends.
-            "OpenStdin": True,
-            "StdinOnce": session,
-            "AttachStdin": session,
-            "AttachStdout": session,
-            "AttachStderr": session,
-            "HostConfig": host,
-        }
-        if settings.user:
-            config["User"] = settings.user
-        if settings.workdir:
-            config["WorkingDir"] = settings.workdir
-        return config
 
     async def create(
         self,
@@ -399,7 +311,7 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
                 raise steps.timeout_error(settings) from None
             env: DockerEnvironment = DockerSessionEnvironment(self, identity, settings)
         else:
-            pooled = await self._take_from_pool(identity)
+            pooled = await pool.take(self, identity)
             if pooled is not None:
                 env = pooled
             else:
@@ -413,7 +325,7 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
         name = self.container_name(identity)
         hostname = hostname_for(settings.hostname, identity.username)
         env = {**settings.env, **identity.env}
-        config = self.container_config(
+        config = container_config(
             settings,
             cmd=list(settings.idle_command or DEFAULT_IDLE_COMMAND),
             labels=self.labels(settings, identity, "connection"),
@@ -442,125 +354,10 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
 
     # --- warm pool -----------------------------------------------------------------
 
-    @staticmethod
-    def _pool_eligible_settings(settings: DockerSettings) -> bool:
-        # A per-user volume cannot be mounted ahead of knowing the user.
-        return settings.mode == "connection" and not settings.home_volume
-
-    async def _take_from_pool(self, identity: Identity) -> DockerConnectionEnvironment | None:
-        """A started pool container for this login, if the pool has one that still runs."""
-        settings = identity.config.docker
-        if settings != self.config.docker or not self._pool_eligible_settings(settings):
-            return None
-        while self._pool:
-            entry = self._pool.popleft()
-            # Refill once the login is served: a container start running beside the
-            # login's first exec would slow both (and the exec is what the user waits for).
-            asyncio.get_running_loop().call_later(_POOL_REFILL_DELAY, self._pool_wakeup.set)
-            try:
-                state = (await self.engine.inspect_container(entry.container_id)).get("State", {})
-            except BaseException:
-                # Unknown state (engine down, or the login was cancelled): the
-                # container is not handed out, so it must not stay owned either.
-                self._drop_pool_entry(entry, settings)
-                raise
-            if state.get("Running"):
-                env = DockerConnectionEnvironment(self, identity, settings, entry.name, entry.container_id)
-                env.from_pool = True
-                env.take_spares(entry.spares)
-                env.background(self._rename(env, self.container_name(identity)))
-                log.info(
-                    "docker.pool_handout",
-                    extra=fields(conn=identity.conn_id, user=identity.username, container=entry.name),
-                )
-                return env
-            # It died while waiting (an engine restart, say): drop it, try the next.
-            log.warning("docker.pool_container_gone", extra=fields(container=entry.name))
-            self._drop_pool_entry(entry, settings)
-        return None
-
-    def _drop_pool_entry(self, entry: PoolEntry, settings: DockerSettings) -> None:
-        entry.abandon()
-        # If this removal fails too, the name is no longer live: the reaper retries.
-        self._spawn(self.remove(entry.name, settings.timeouts.stop))
-
-    async def _rename(self, env: DockerConnectionEnvironment, name: str) -> None:
-        """Name a handed-out pool container after its connection, for operators."""
-        self._live.add(name)
-        try:
-            await self.engine.rename_container(env.container_id, name)
-        except PairpodError as error:
-            self._live.discard(name)
-            log.warning(
-                "docker.pool_rename_failed", extra=fields(container=env.name, error=error.operator_message)
-            )
-            return
-        self._live.discard(env.name)
-        env.name = name
-
     async def _pool_one(self) -> None:
-        settings = self.config.docker
-        name = self.container_name(None)
-        template = settings.hostname
-        hostname = "pairpod" if "{username}" in template else hostname_for(template, "")
-        config = self.container_config(
-            settings,
-            cmd=list(settings.idle_command or DEFAULT_IDLE_COMMAND),
-            labels=self.labels(settings, None, "connection", pool=True),
-            hostname=hostname,
-            env=dict(settings.env),
-            username=None,
-        )
-        self._live.add(name)
         self._pool_filling += 1
-        entry: PoolEntry | None = None
         try:
-            async with asyncio.timeout(settings.timeouts.start):
-                container_id = await self.create(name, config, settings)
-                await self.start_container(name, settings)
-                entry = PoolEntry(name, container_id)
-                # A spare of each kind, so the first channel of a pooled login
-                # skips the exec start (the larger part of its wait).
-                for tty in (False, True):
-                    spare = await self._start_spare(container_id, tty)
-                    if spare is not None:
-                        entry.spares[tty] = spare
-        except BaseException:
-            if entry is not None:
-                entry.abandon()
-            await asyncio.shield(self.remove(name, settings.timeouts.stop))
-            raise
+            entry = await pool.start_container(self)
         finally:
             self._pool_filling -= 1
         self._pool.append(entry)
-
-    async def _start_spare(self, container_id: str, tty: bool) -> DockerProcess | None:
-        """A process waiting in the container to become a connection's first channel."""
-        token = secrets.token_hex(8)
-        exec_id = await self.engine.create_exec(
-            container_id,
-            {
-                "AttachStdin": True,
-                "AttachStdout": True,
-                "AttachStderr": True,
-                "Tty": tty,
-                "Cmd": spare_command(tty, token),
-                "DetachKeys": DETACH_KEYS,
-            },
-        )
-        stream = await self.engine.start_exec(exec_id, tty)
-        placeholder = PtySpec(term="dumb", cols=80, rows=24) if tty else None
-        spare = DockerProcess(ExecTarget(self.engine, exec_id), stream, placeholder, lambda _: None)
-        spare.token = token
-        try:
-            if await spare.ready():
-                return spare
-        except BaseException:
-            spare.abandon()
-            raise
-        spare.abandon()
-        log.info(
-            "docker.spare_unavailable",
-            extra=fields(tty=tty, said=spare.leftover_output().decode(errors="replace").strip()),
-        )
-        return None

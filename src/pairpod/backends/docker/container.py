@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from pairpod.backends.container import names
 from pairpod.config import DockerSettings
-from pairpod.errors import (
-    BackendError,
-    StartTimeout,
-)
-from pairpod.log import get_logger
-
-log = get_logger("backend.docker")
+from pairpod.errors import BackendError, StartTimeout
 
 # --- constants -----------------------------------------------------------------------
 
@@ -69,3 +65,78 @@ class Steps:
             f"{self.now} ({settings.image}) took longer than docker.timeouts.start "
             f"({settings.timeouts.start}s)"
         )
+
+
+def container_config(
+    settings: DockerSettings,
+    *,
+    cmd: list[str],
+    labels: Mapping[str, str],
+    hostname: str,
+    env: Mapping[str, str],
+    username: str | None,
+    session: bool = False,
+    tty: bool = False,
+) -> dict[str, Any]:
+    """The Engine's container-create body for these settings (the image's entrypoint is skipped)."""
+    security = settings.security
+    limits = settings.limits
+    host: dict[str, Any] = {
+        "NetworkMode": settings.network,
+        "CapDrop": list(security.cap_drop),
+        "CapAdd": list(security.cap_add),
+        "SecurityOpt": ["no-new-privileges:true"] if security.no_new_privileges else [],
+        "ReadonlyRootfs": security.read_only_rootfs,
+        # In session mode the program itself is the main process: an init
+        # as PID 1 forwards signals to it and reaps what it leaves behind.
+        "Init": session,
+        "RestartPolicy": {"Name": "no"},
+    }
+    if limits.memory is not None:
+        host["Memory"] = memory_bytes(limits.memory)
+        host["MemorySwap"] = host["Memory"]  # no swap on top
+    if limits.cpus is not None:
+        host["NanoCpus"] = int(limits.cpus * 1e9)
+    if limits.pids is not None:
+        host["PidsLimit"] = limits.pids
+    if limits.tmp is not None:
+        # Scratch space in memory (charged to the memory limit), never on the
+        # host's disk; also somewhere to write with a read-only root.
+        host["Tmpfs"] = {"/tmp": f"rw,nosuid,nodev,size={limits.tmp}"}
+    # The log of the main process: the program itself in session mode.
+    logs = settings.logs
+    host["LogConfig"] = (
+        {"Type": "none", "Config": {}}
+        if logs.driver == "none"
+        else {"Type": logs.driver, "Config": {"max-size": logs.max_size, "max-file": str(logs.max_files)}}
+    )
+    if settings.home_volume and username is not None:
+        host["Mounts"] = [
+            {
+                "Type": "volume",
+                "Source": volume_name_for(settings.home_volume, username),
+                "Target": home_mount_target(settings),
+            }
+        ]
+    config: dict[str, Any] = {
+        "Image": settings.image,
+        "Cmd": cmd,
+        "Entrypoint": [],  # the image's entrypoint would wrap our command
+        "Labels": dict(labels),
+        "Hostname": hostname,
+        "Env": [f"{k}={v}" for k, v in env.items()],
+        "Tty": tty,
+        # Connection mode: the idle command may block on stdin, kept open.
+        # Session mode: stdin is the program's, closed once the client's ends.
+        "OpenStdin": True,
+        "StdinOnce": session,
+        "AttachStdin": session,
+        "AttachStdout": session,
+        "AttachStderr": session,
+        "HostConfig": host,
+    }
+    if settings.user:
+        config["User"] = settings.user
+    if settings.workdir:
+        config["WorkingDir"] = settings.workdir
+    return config

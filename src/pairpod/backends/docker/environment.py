@@ -8,20 +8,14 @@ from typing import TYPE_CHECKING
 
 from pairpod.backends.base import Identity, Process, ProcessSpec
 from pairpod.backends.container.environment import ContainerEnvironment, process_env
-from pairpod.backends.container.wrapper import (
-    LOGIN_VARIABLES,
-)
+from pairpod.backends.container.wrapper import LOGIN_VARIABLES, exportable, sh_quote, wrapper_args
 from pairpod.backends.container.wrapper import wrapped_command as wrapper_command
 from pairpod.backends.docker.api import EngineError, HijackedStream
-from pairpod.backends.docker.container import DETACH_KEYS, Steps, hostname_for
-from pairpod.backends.docker.pool import spare_instructions
+from pairpod.backends.docker.container import DETACH_KEYS, Steps, container_config, hostname_for
 from pairpod.backends.docker.process import ContainerTarget, DockerProcess, ExecTarget
 from pairpod.config import DockerSettings
-from pairpod.errors import (
-    BackendError,
-    PairpodError,
-)
-from pairpod.log import get_logger
+from pairpod.errors import BackendError, PairpodError
+from pairpod.log import fields, get_logger
 
 if TYPE_CHECKING:
     from pairpod.backends.docker.backend import DockerBackend
@@ -34,8 +28,9 @@ _SETTLE_TIMEOUT = 2.0
 # --- environments ----------------------------------------------------------------------
 
 
-def wrapped_command(settings: DockerSettings, spec: ProcessSpec, env: Mapping[str, str], *,
-                    main: bool = False) -> list[str]:
+def wrapped_command(
+    settings: DockerSettings, spec: ProcessSpec, env: Mapping[str, str], *, main: bool = False
+) -> list[str]:
     """The argv that runs ``spec`` through :data:`WRAPPER` (environment set by the exec).
 
     The wrapper sets the login variables from the passwd entry; those ``env``
@@ -44,8 +39,21 @@ def wrapped_command(settings: DockerSettings, spec: ProcessSpec, env: Mapping[st
     is the container's main process (session mode).
     """
     explicit = {k: v for k, v in env.items() if k in LOGIN_VARIABLES}
-    return wrapper_command(settings.shell, spec, explicit, main=main,
-                                  cd_home=settings.workdir is None)
+    return wrapper_command(settings.shell, spec, explicit, main=main, cd_home=settings.workdir is None)
+
+
+def spare_instructions(
+    settings: DockerSettings, spec: ProcessSpec, env: Mapping[str, str], token: str
+) -> bytes:
+    """What a spare reads to become ``spec``: its arguments, shell-quoted, then the token.
+
+    A shell can only export valid names; others are left out (logged).
+    """
+    exports, skipped = exportable(env)
+    if skipped:
+        log.info("docker.env_skipped", extra=fields(names=",".join(skipped)))
+    words = wrapper_args(settings.shell, spec, exports, cd_home=settings.workdir is None)
+    return (" ".join(sh_quote(w) for w in words) + "\n" + token + "\n").encode()
 
 
 class DockerEnvironment(ContainerEnvironment["DockerProcess"]):
@@ -199,7 +207,7 @@ class DockerSessionEnvironment(DockerEnvironment):
         name = backend.container_name(self.identity, f"s{self._count}")
         tty = spec.pty is not None
         env = process_env(settings.env, self.identity, spec)
-        config = backend.container_config(
+        config = container_config(
             settings,
             cmd=wrapped_command(settings, spec, env, main=True),
             labels=backend.labels(settings, self.identity, "session"),

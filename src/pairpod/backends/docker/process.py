@@ -9,17 +9,10 @@ from typing import TYPE_CHECKING
 
 from pairpod.backends.base import ExitStatus, PtySpec
 from pairpod.backends.container.process import ContainerProcess, exit_status
-from pairpod.backends.container.wrapper import (
-    PreambleReader,
-    kill_tree_command,
-    signal_command,
-)
+from pairpod.backends.container.wrapper import PreambleReader, kill_tree_command, signal_command
 from pairpod.backends.docker.api import Engine, HijackedStream
 from pairpod.backends.docker.stream import STDERR, STDOUT, SYSTEMERR, Demuxer
-from pairpod.errors import (
-    BackendError,
-    PairpodError,
-)
+from pairpod.errors import BackendError, PairpodError
 from pairpod.log import fields, get_logger
 
 if TYPE_CHECKING:

@@ -83,6 +83,7 @@ from pairpod.backends.container.names import (
     hostname_for,
 )
 from pairpod.backends.container.process import HELPER_TIMEOUT
+from pairpod.backends.kubernetes import pool
 from pairpod.backends.kubernetes.api import KubeApi, KubeApiError, Obj, WatchExpired
 from pairpod.backends.kubernetes.environment import (
     KubernetesConnectionEnvironment,
@@ -103,24 +104,15 @@ from pairpod.backends.kubernetes.pod import (
     pod_progress,
     start_failure,
 )
-from pairpod.backends.kubernetes.stream import (
-    Finished,
-)
+from pairpod.backends.kubernetes.stream import Finished
 from pairpod.config import Config, KubernetesSettings
-from pairpod.errors import (
-    BackendUnavailable,
-    ConfigError,
-    PairpodError,
-)
+from pairpod.errors import BackendUnavailable, ConfigError, PairpodError
 from pairpod.log import fields, get_logger
 
 log = get_logger("backend.kubernetes")
 
 # --- constants --------------------------------------------------------------------------
 
-# A handed-out pool pod is replaced after the login's first process starts, or
-# after this long at the latest.
-_POOL_REFILL_DELAY = 2.0
 # How long a forced (no grace) deletion may take to show.
 _FORCED_DELETE_WAIT = 10.0
 
@@ -232,8 +224,10 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
             if key not in self._live and not pod["metadata"].get("deletionTimestamp")
         ]
         results = await asyncio.gather(
-            *(self.api.delete_pod(ns, pod["metadata"]["name"], uid=pod["metadata"].get("uid"))
-              for ns, pod in orphans),
+            *(
+                self.api.delete_pod(ns, pod["metadata"]["name"], uid=pod["metadata"].get("uid"))
+                for ns, pod in orphans
+            ),
             return_exceptions=True,
         )
         removed = []
@@ -333,8 +327,11 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
                         self._root_images.add(image)
                         log.warning(
                             "kubernetes.image_runs_as_root",
-                            extra=fields(image=image, detail=progress.message,
-                                         hint="set runAsUser in kubernetes.pod to run it as non-root"),
+                            extra=fields(
+                                image=image,
+                                detail=progress.message,
+                                hint="set runAsUser in kubernetes.pod to run it as non-root",
+                            ),
                         )
                         await self._delete_now(PodHandle(namespace, name, uid, settings.container))
                         self._live.discard(key)
@@ -401,12 +398,14 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
         except (PairpodError, TimeoutError) as error:
             log.warning("kubernetes.delete_failed", extra=fields(pod=handle.key, error=str(error)))
 
-    async def _delete_and_wait(self, handle: PodHandle, time_limit: float,
-                               grace_seconds: int | None = None) -> None:
+    async def _delete_and_wait(
+        self, handle: PodHandle, time_limit: float, grace_seconds: int | None = None
+    ) -> None:
         """Delete a pod and wait (up to ``time_limit``) until the API says it is gone."""
         async with asyncio.timeout(time_limit):
-            gone = await self.api.delete_pod(handle.namespace, handle.name, grace_seconds=grace_seconds,
-                                             uid=handle.uid or None)
+            gone = await self.api.delete_pod(
+                handle.namespace, handle.name, grace_seconds=grace_seconds, uid=handle.uid or None
+            )
             if gone is not None:
                 await self._wait_gone(handle)
 
@@ -437,8 +436,9 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
                 return
             version = str(pod["metadata"].get("resourceVersion", ""))
             uid = pod["metadata"].get("uid")
-            events = self.api.watch_pod(handle.namespace, handle.name, version,
-                                        self.config.kubernetes.timeouts.stop)
+            events = self.api.watch_pod(
+                handle.namespace, handle.name, version, self.config.kubernetes.timeouts.stop
+            )
             with contextlib.suppress(WatchExpired):
                 async with contextlib.aclosing(events):
                     async for kind, obj in events:
@@ -450,8 +450,9 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
     async def run_helper(self, handle: PodHandle, argv: list[str]) -> int | None:
         """Run a short command in a pod (no TTY, no input); its exit code."""
         async with asyncio.timeout(HELPER_TIMEOUT):
-            stream = await self.api.exec(handle.namespace, handle.name, handle.container, argv,
-                                         stdin=False, tty=False)
+            stream = await self.api.exec(
+                handle.namespace, handle.name, handle.container, argv, stdin=False, tty=False
+            )
             try:
                 while (event := await stream.receive()) is not None:
                     if isinstance(event, Finished):
@@ -484,60 +485,22 @@ class KubernetesBackend(ContainerBackend["KubernetesEnvironment", PodHandle]):
         if settings.mode == "session":
             env = KubernetesSessionEnvironment(self, identity, settings)
         else:
-            pooled = await self._take_from_pool(identity)
+            pooled = await pool.take(self, identity)
             if pooled is not None:
                 env = pooled
             else:
                 handle = await self.start_pod(settings, identity, "connection", status=status)
                 log.info(
                     "kubernetes.pod_started",
-                    extra=fields(conn=identity.conn_id, user=identity.username, pod=handle.key,
-                                 image=settings.image),
+                    extra=fields(
+                        conn=identity.conn_id, user=identity.username, pod=handle.key, image=settings.image
+                    ),
                 )
                 env = KubernetesConnectionEnvironment(self, identity, settings, handle)
         self._environments.add(env)
         return env
 
     # --- warm pool ------------------------------------------------------------------------
-
-    async def _take_from_pool(self, identity: Identity) -> KubernetesConnectionEnvironment | None:
-        """A running pool pod for this login, if the pool has one that still runs."""
-        settings = identity.config.kubernetes
-        if settings != self.config.kubernetes or settings.mode != "connection":
-            return None
-        while self._pool:
-            handle = self._pool.popleft()
-            # Refill once the login is served: a pod start beside the login's
-            # first exec would slow both (and the exec is what the user waits for).
-            asyncio.get_running_loop().call_later(_POOL_REFILL_DELAY, self._pool_wakeup.set)
-            try:
-                progress = await self.describe_pod(handle)
-            except BackendUnavailable:
-                self._pool.appendleft(handle)
-                raise
-            except PairpodError:
-                progress = None
-            if progress is not None and progress.ready:
-                env = KubernetesConnectionEnvironment(self, identity, settings, handle)
-                env.from_pool = True
-                env.background(self._claim(handle, identity))
-                log.info("kubernetes.pool_handout",
-                         extra=fields(conn=identity.conn_id, user=identity.username, pod=handle.key))
-                return env
-            log.warning("kubernetes.pool_pod_gone", extra=fields(pod=handle.key))
-            self._spawn(self.remove_pod(handle, settings.timeouts.stop))
-        return None
-
-    async def _claim(self, handle: PodHandle, identity: Identity) -> None:
-        """Label a handed-out pool pod with its connection and user, for operators and the reaper."""
-        labels = self.labels(identity, "connection")
-        labels[LABEL_POOL] = "true"
-        try:
-            await self.api.patch_pod_labels(handle.namespace, handle.name, labels,
-                                            annotations={ANNOTATION_USER: identity.username})
-        except PairpodError as error:
-            log.warning("kubernetes.pool_label_failed",
-                        extra=fields(pod=handle.key, error=error.operator_message))
 
     async def _pool_one(self) -> None:
         settings = self.config.kubernetes

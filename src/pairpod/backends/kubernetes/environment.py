@@ -8,25 +8,12 @@ from typing import TYPE_CHECKING
 
 from pairpod.backends.base import Identity, Process, ProcessSpec
 from pairpod.backends.container.environment import ContainerEnvironment, process_env
-from pairpod.backends.container.wrapper import (
-    exportable,
-    wrapped_command,
-)
-from pairpod.backends.kubernetes.pod import (
-    PodHandle,
-    container_of,
-)
+from pairpod.backends.container.wrapper import exportable, wrapped_command
+from pairpod.backends.kubernetes.pod import PodHandle, container_of
 from pairpod.backends.kubernetes.process import KubernetesProcess
-from pairpod.backends.kubernetes.stream import (
-    ExecRefused,
-)
+from pairpod.backends.kubernetes.stream import ExecRefused
 from pairpod.config import KubernetesSettings
-from pairpod.errors import (
-    BackendError,
-    EnvironmentGone,
-    PairpodError,
-    StartTimeout,
-)
+from pairpod.errors import BackendError, EnvironmentGone, PairpodError, StartTimeout
 from pairpod.log import get_logger
 
 if TYPE_CHECKING:
@@ -57,11 +44,11 @@ class KubernetesEnvironment(ContainerEnvironment["KubernetesProcess"]):
             log.info("kubernetes.env_skipped", extra=self._log_fields(names=",".join(skipped)))
         # Start in $HOME unless the pod template gives the container a working directory.
         container = container_of(self.settings.pod, self.settings.container) or {}
-        return wrapped_command(self.settings.shell, spec, exports,
-                               cd_home="workingDir" not in container)
+        return wrapped_command(self.settings.shell, spec, exports, cd_home="workingDir" not in container)
 
-    async def exec_process(self, handle: PodHandle, spec: ProcessSpec,
-                           on_done: Callable[[KubernetesProcess], None]) -> KubernetesProcess:
+    async def exec_process(
+        self, handle: PodHandle, spec: ProcessSpec, on_done: Callable[[KubernetesProcess], None]
+    ) -> KubernetesProcess:
         """Start ``spec`` as an exec in a pod and wait until the wrapper reports its PID.
 
         Bounded by ``timeouts.start``, like starting the pod.
@@ -70,19 +57,28 @@ class KubernetesEnvironment(ContainerEnvironment["KubernetesProcess"]):
         limit = self.settings.timeouts.start
         try:
             async with asyncio.timeout(limit):
-                stream = await self.backend.api.exec(handle.namespace, handle.name, handle.container,
-                                                     command, stdin=True, tty=spec.pty is not None)
+                stream = await self.backend.api.exec(
+                    handle.namespace,
+                    handle.name,
+                    handle.container,
+                    command,
+                    stdin=True,
+                    tty=spec.pty is not None,
+                )
         except TimeoutError:
-            raise StartTimeout(f"exec in pod {handle.key} did not start within "
-                               f"kubernetes.timeouts.start ({limit:g}s)") from None
+            raise StartTimeout(
+                f"exec in pod {handle.key} did not start within kubernetes.timeouts.start ({limit:g}s)"
+            ) from None
         except ExecRefused as error:
             if error.status in (401, 403):
-                raise BackendError(f"{error.operator_message} (does the gateway's role allow "
-                                   "create on pods/exec?)") from None
+                raise BackendError(
+                    f"{error.operator_message} (does the gateway's role allow create on pods/exec?)"
+                ) from None
             raise await self._environment_gone(handle, error.operator_message) from None
         process = KubernetesProcess(self.backend, handle, stream, spec.pty, on_done)
-        await self._await_started(process, f"pod {handle.key}",
-                                  lambda detail: self._environment_gone(handle, detail))
+        await self._await_started(
+            process, f"pod {handle.key}", lambda detail: self._environment_gone(handle, detail)
+        )
         if spec.pty is not None:
             # The wrapper set the size already if the image has stty; this covers
             # images without it.
@@ -98,8 +94,10 @@ class KubernetesEnvironment(ContainerEnvironment["KubernetesProcess"]):
         if progress is None:
             return EnvironmentGone(f"pod {handle.key} is gone: {detail}")
         if not progress.ready:
-            return EnvironmentGone(f"pod {handle.key} is no longer running ({progress.describe()}): {detail}",
-                                   user_message=f"environment stopped ({progress.reason})")
+            return EnvironmentGone(
+                f"pod {handle.key} is no longer running ({progress.describe()}): {detail}",
+                user_message=f"environment stopped ({progress.reason})",
+            )
         return BackendError(f"pod {handle.key} cannot run processes: {detail}")
 
 
@@ -175,7 +173,8 @@ class KubernetesSessionEnvironment(KubernetesEnvironment):
         self._pods.clear()
         for process in list(self._processes):
             process.abandon()
-        await asyncio.gather(*(self.backend.remove_pod(h, self.settings.timeouts.stop) for h in pods),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(self.backend.remove_pod(h, self.settings.timeouts.stop) for h in pods), return_exceptions=True
+        )
         await self._settle()
         self.backend.forget(self)

@@ -9,14 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from pairpod.backends.base import ExitStatus, PtySpec
 from pairpod.backends.container.process import ContainerProcess, exit_status
-from pairpod.backends.container.wrapper import (
-    PreambleReader,
-    kill_tree_command,
-    signal_command,
-)
-from pairpod.backends.kubernetes.pod import (
-    PodHandle,
-)
+from pairpod.backends.container.wrapper import PreambleReader, kill_tree_command, signal_command
+from pairpod.backends.kubernetes.pod import PodHandle
 from pairpod.backends.kubernetes.stream import (
     STDERR,
     STDOUT,
@@ -83,8 +77,9 @@ class KubernetesProcess(ContainerProcess):
         except asyncio.CancelledError:
             pass  # killed or abandoned: the status says so
         except ExecProtocolError as error:
-            log.warning("kubernetes.exec_stream_corrupt",
-                        extra=fields(pod=self._handle.key, error=str(error)))
+            log.warning(
+                "kubernetes.exec_stream_corrupt", extra=fields(pod=self._handle.key, error=str(error))
+            )
         finally:
             self._conclude()
             # Shielded: a second cancellation must not leave the connection open.
@@ -111,11 +106,15 @@ class KubernetesProcess(ContainerProcess):
             status = ExitStatus(code=None, signal="KILL")
         else:
             if result is not None:
-                log.warning("kubernetes.exec_failed", extra=fields(pod=self._handle.key, reason=result.reason,
-                                                                   error=result.message))
+                log.warning(
+                    "kubernetes.exec_failed",
+                    extra=fields(pod=self._handle.key, reason=result.reason, error=result.message),
+                )
             else:
-                log.warning("kubernetes.exec_status_unknown",
-                            extra=fields(pod=self._handle.key, error="the stream ended without a status"))
+                log.warning(
+                    "kubernetes.exec_status_unknown",
+                    extra=fields(pod=self._handle.key, error="the stream ended without a status"),
+                )
             status = ExitStatus(code=255)
         if not self._status.done():
             self._status.set_result(status)
@@ -172,8 +171,10 @@ class KubernetesProcess(ContainerProcess):
         except ConnectionError:
             return
         if not closed:
-            log.info("kubernetes.stdin_eof_unsupported",
-                     extra=fields(pod=self._handle.key, protocol=self._stream.protocol))
+            log.info(
+                "kubernetes.stdin_eof_unsupported",
+                extra=fields(pod=self._handle.key, protocol=self._stream.protocol),
+            )
 
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """Resize the TTY (the program gets SIGWINCH)."""
