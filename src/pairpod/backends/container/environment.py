@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pairpod.backends.base import Environment, Identity, ProcessSpec
+from pairpod.backends.container.backend import ContainerBackend
 from pairpod.backends.container.wrapper import Preamble, wrapper_failure
 from pairpod.config import DockerSettings, KubernetesSettings
 from pairpod.errors import BackendError, StartTimeout
@@ -52,6 +53,7 @@ class ContainerEnvironment(Environment, Generic[ProcessT]):
 
     config_section: ClassVar[str]
     """The config section its settings come from (``docker``, ``kubernetes``), for messages."""
+    backend: ContainerBackend[Any, Any]
 
     def __init__(self, identity: Identity, settings: DockerSettings | KubernetesSettings) -> None:
         self.identity = identity
@@ -111,6 +113,13 @@ class ContainerEnvironment(Environment, Generic[ProcessT]):
         # Otherwise nothing could run at all: most likely the container or pod is
         # going away (its main process ended, it ran out of memory).
         raise await cannot_run(text or "the process produced no output")
+
+    def _left_pool(self) -> None:
+        """Its first process started (or failed to): an environment from the warm
+        pool has been taken, so the pool starts a replacement now."""
+        if self.from_pool:
+            self.from_pool = False
+            self.backend.pool_refill()
 
     def discard(self, process: ProcessT) -> None:
         """A process ended."""

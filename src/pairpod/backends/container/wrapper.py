@@ -330,7 +330,7 @@ class PreambleReader:
         """The stream ended before a complete line: whatever came is garbage."""
         if self.done:
             raise RuntimeError("preamble already complete")
-        return self._finish(Preamble(garbage=bytes(self._buffer)), b"")[0]  # type: ignore[return-value]
+        return self._finish(Preamble(garbage=bytes(self._buffer)), b"")[0]
 
     def _finish(self, preamble: Preamble, rest: bytes) -> tuple[Preamble, bytes]:
         self.done = True

@@ -279,7 +279,12 @@ class DockerBackend(ContainerBackend["DockerEnvironment", PoolEntry]):
             )
             stream = await engine.start_exec(exec_id, False)
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            stream.set_consumer(lambda _: None, lambda _: done.done() or done.set_result(None))
+
+            def ended(_: BaseException | None) -> None:
+                if not done.done():
+                    done.set_result(None)
+
+            stream.set_consumer(lambda _: None, ended)
             try:
                 await done
             finally:

@@ -61,6 +61,7 @@ class DockerEnvironment(ContainerEnvironment["DockerProcess"]):
 
     config_section = "docker"
     settings: DockerSettings
+    backend: DockerBackend
 
     def __init__(self, backend: DockerBackend, identity: Identity, settings: DockerSettings) -> None:
         super().__init__(identity, settings)
@@ -131,9 +132,7 @@ class DockerConnectionEnvironment(DockerEnvironment):
         try:
             await self._started(process)
         finally:
-            if self.from_pool:
-                self.from_pool = False
-                self.backend.pool_refill()
+            self._left_pool()
         if spec.pty is not None:
             # The wrapper already set the size if the image has stty; this covers
             # images without it (and costs one call).
@@ -155,9 +154,7 @@ class DockerConnectionEnvironment(DockerEnvironment):
         try:
             await self._started(spare)
         finally:
-            if self.from_pool:
-                self.from_pool = False
-                self.backend.pool_refill()
+            self._left_pool()
         if spec.pty is not None:
             await spare.resize(spec.pty.cols, spec.pty.rows)
         return spare

@@ -29,6 +29,7 @@ class KubernetesEnvironment(ContainerEnvironment["KubernetesProcess"]):
 
     config_section = "kubernetes"
     settings: KubernetesSettings
+    backend: KubernetesBackend
 
     def __init__(self, backend: KubernetesBackend, identity: Identity, settings: KubernetesSettings) -> None:
         super().__init__(identity, settings)
@@ -120,9 +121,7 @@ class KubernetesConnectionEnvironment(KubernetesEnvironment):
         try:
             return await self.exec_process(self.pod, spec, self.discard)
         finally:
-            if self.from_pool:
-                self.from_pool = False
-                self.backend.pool_refill()
+            self._left_pool()
 
     async def _close(self) -> None:
         for process in list(self._processes):
