@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pairpod.backends.docker_api import Engine, HijackedStream
+from pairpod.backends.docker.api import Engine, HijackedStream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

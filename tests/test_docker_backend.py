@@ -10,12 +10,10 @@ import struct
 import pytest
 
 from pairpod.backends.base import ProcessSpec, PtySpec, Stream
-from pairpod.backends.docker import (
-    DockerBackend,
-    exit_status,
-    hostname_for,
-    stty_modes,
-)
+from pairpod.backends.container.process import exit_status
+from pairpod.backends.docker import DockerBackend
+from pairpod.backends.docker.container import hostname_for
+from pairpod.backends.termmodes import stty_modes
 from pairpod.errors import SubsystemUnavailable
 from tests.support.docker_backend import (
     environment,

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pairpod.backends.docker_api import Engine
-from pairpod.backends.docker_disk import DiskLimit, driver_supports_size
+from pairpod.backends.docker.api import Engine
+from pairpod.backends.docker.disk import DiskLimit, driver_supports_size
 from tests.support.docker_env import inspect, require_engine
 from tests.support.images import busybox_image
 

@@ -6,17 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairpod.backends.docker_stream import (
+from pairpod.backends.container.wrapper import Preamble, PreambleReader, parse_preamble
+from pairpod.backends.docker.stream import (
     STDERR,
     STDIN,
     STDOUT,
     SYSTEMERR,
     Demuxer,
-    Preamble,
-    PreambleReader,
     StreamProtocolError,
     encode_frame,
-    parse_preamble,
 )
 
 frames_strategy = st.lists(st.tuples(st.sampled_from([STDOUT, STDERR]), st.binary(max_size=300)), max_size=30)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pairpod.backends.base import ProcessSpec, PtySpec, Stream
-from pairpod.backends.kube_exec import V4_PROTOCOL
-from pairpod.backends.kubernetes import ConnectionEnvironment, KubeProcess
+from pairpod.backends.kubernetes import KubernetesConnectionEnvironment, KubernetesProcess
+from pairpod.backends.kubernetes.stream import V4_PROTOCOL
 from pairpod.errors import SubsystemUnavailable
 from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.docker_backend import eventually, read_all, read_until, run
@@ -40,7 +40,7 @@ async def test_pod_is_labelled_hardened_and_deleted_on_close(
     config = kubernetes_config(kube_apiserver, kube_namespace, pod=TEMPLATE)
     async with running_backend(config) as backend, core_api(kube_apiserver) as core:
         env = await backend.open(identity(config, user="alice@example.com", conn="c1"))
-        assert isinstance(env, ConnectionEnvironment)
+        assert isinstance(env, KubernetesConnectionEnvironment)
         pod = await core.read_namespaced_pod(env.pod.name, kube_namespace)
         assert pod.status.phase == "Running"
         assert pod.metadata.labels == {
@@ -156,7 +156,7 @@ async def test_v4_server_cannot_close_stdin_but_everything_else_works(
         env = await backend.open(identity(config))
         try:
             process = await env.start(ProcessSpec(command="head -c 5; echo; cat"))
-            assert isinstance(process, KubeProcess) and process.protocol == V4_PROTOCOL
+            assert isinstance(process, KubernetesProcess) and process.protocol == V4_PROTOCOL
             await process.write(b"hello")
             await process.write_eof()  # cannot reach `cat`: it keeps its stdin
             assert await read_until(process, b"hello\n") == b"hello\n"
@@ -210,7 +210,7 @@ async def test_warm_pool_hands_out_a_running_pod_and_refills(
         pooled = await pods(core, kube_namespace, instance=backend.instance_id, pool="true")
         assert len(pooled) == 1 and "pairpod.user" not in pooled[0].metadata.labels
         env = await backend.open(identity(config, user="bob", conn="pooled1"))
-        assert isinstance(env, ConnectionEnvironment)
+        assert isinstance(env, KubernetesConnectionEnvironment)
         assert env.pod.name == pooled[0].metadata.name
         assert (await run(env, "echo from-pool"))[0] == b"from-pool\n"
         await env._settle()  # the labelling runs beside the login

@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kubernetes_asyncio import client, config
 
-from pairpod.backends.kube_exec import (
+from pairpod.backends.kubernetes.stream import (
     CLOSE,
     PROTOCOLS,
     STATUS,

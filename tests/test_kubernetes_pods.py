@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pairpod.backends.kube_pod import (
+from pairpod.backends.kubernetes.pod import (
     PodProgress,
     dns_label,
     explicit_non_root,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 
 from pairpod.backends.base import Identity, ProcessSpec, Stream
-from pairpod.backends.common import OutputPipe
-from pairpod.backends.local import _READ_LIMIT, LocalBackend, LocalProcess
+from pairpod.backends.local import LocalBackend, LocalProcess
+from pairpod.backends.output import HIGH_WATER, OutputPipe
 from pairpod.config import Config
 from tests.support.docker_backend import eventually
 
@@ -33,15 +33,15 @@ async def test_a_program_writing_faster_than_anyone_reads_is_held_back() -> None
     config = Config()
     identity = Identity(username="u", conn_id="output-test", remote_addr="127.0.0.1", config=config)
     environment = await LocalBackend(config, "test").open(identity)
-    size = 32 * _READ_LIMIT
+    size = 32 * HIGH_WATER
     try:
         process = await environment.start(ProcessSpec(command=f"head -c {size} /dev/zero"))
         assert isinstance(process, LocalProcess)
         stdout = process._stdout
         # Nobody reads: the gateway stops reading the pipe instead of buffering it all.
-        await eventually(lambda: stdout._paused, "reading the full pipe paused")
+        await eventually(lambda: stdout.flow.paused, "reading the full pipe paused")
         buffered = stdout.pipe.size
-        assert _READ_LIMIT < buffered < 2 * _READ_LIMIT
+        assert HIGH_WATER < buffered < 2 * HIGH_WATER
         digest = hashlib.sha256()
         total = 0
         while data := await process.read(Stream.STDOUT, 1 << 18):

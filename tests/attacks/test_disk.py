@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pairpod.backends.docker_disk import driver_supports_size
+from pairpod.backends.docker.disk import driver_supports_size
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
 from tests.support.docker_env import containers, docker_overrides, inspect, remove_all
 from tests.support.gateway import GatewayProcess, wait_until

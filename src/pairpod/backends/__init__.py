@@ -1,6 +1,12 @@
 """Backends: where a connection's environment runs.
 
-Backends are imported lazily so the local backend needs no container libraries.
+The interface is :mod:`.base` (Backend -> Environment -> Process); the
+backends are :mod:`.local` (a module), :mod:`.docker` and :mod:`.kubernetes`
+(packages laid out file for file alike), with what the two container backends
+share in :mod:`.container`. :mod:`.output` is the buffered output pipe and its
+back-pressure; :mod:`.observed` a Process wrapper that reports traffic;
+:mod:`.files` places a login's files. Backends are imported lazily so the
+local backend needs no container libraries.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from pairpod.backends.base import (
     StatusCallback,
     Stream,
 )
+from pairpod.backends.files import place_files
+from pairpod.backends.observed import ObservedProcess, ProcessObserver
 from pairpod.config import Config
 
 _MODULES = {
@@ -42,10 +50,13 @@ __all__ = [
     "Environment",
     "ExitStatus",
     "Identity",
+    "ObservedProcess",
     "Process",
+    "ProcessObserver",
     "ProcessSpec",
     "PtySpec",
     "StatusCallback",
     "Stream",
     "create_backend",
+    "place_files",
 ]

@@ -28,7 +28,7 @@ from pairpod.backends.base import (
     StatusCallback,
     Stream,
 )
-from pairpod.backends.common import OutputPipe
+from pairpod.backends.output import FlowControl, OutputPipe
 from pairpod.backends.termmodes import apply_modes
 from pairpod.config import LocalSettings
 from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
@@ -45,7 +45,6 @@ SFTP_SERVER_PATHS = (
 FALLBACK_SHELL = "/bin/sh"
 # How long a hung-up process group may take to exit before it is killed.
 _HANGUP_GRACE = 2.0
-_READ_LIMIT = 1 << 20
 _PIPE_SIZE = 1 << 20
 
 
@@ -189,27 +188,32 @@ class OutputReader(asyncio.Protocol):
 
     Reads are handed out as the chunks the kernel gave, without the copies a
     StreamReader's buffer makes (two per chunk: about a tenth of the gateway's
-    CPU on a bulk download). Reading the descriptor pauses while more than
-    ``_READ_LIMIT`` bytes wait for the channel, so a slow client holds back
-    the program, not the gateway's memory. Any end of the descriptor, EIO from
+    CPU on a bulk download). Reading the descriptor pauses while the pipe's
+    :class:`FlowControl` says too much waits for the channel, so a slow client
+    holds back the program, not the gateway's memory. Any end of the descriptor, EIO from
     a PTY whose last slave closed included, is the end of the output: what was
     read before it is still handed out.
     """
 
     def __init__(self) -> None:
-        self.pipe = OutputPipe()
+        self.flow = FlowControl(self._pause, self._resume)
+        self.pipe = OutputPipe(self.flow)
         self._transport: asyncio.ReadTransport | None = None
-        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.ReadTransport)
         self._transport = transport
 
+    def _pause(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._transport is not None:
+            self._transport.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         self.pipe.feed(data)
-        if self.pipe.size > _READ_LIMIT and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
 
     def eof_received(self) -> None:
         self.pipe.end()
@@ -225,21 +229,15 @@ class OutputReader(asyncio.Protocol):
             self._transport.close()
 
     def discard(self, *, close: bool) -> None:
-        """Drop what is buffered and all that follows; ``close`` the descriptor too."""
+        """Drop what is buffered and all that follows (reading resumes, to drop it too);
+        ``close`` the descriptor as well."""
         self.pipe.close()
         if close:
             self.close()
-        elif self._paused and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
 
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; ``b""`` at the end of the output."""
-        data = await self.pipe.read(size)
-        if self._paused and self.pipe.size <= _READ_LIMIT // 4 and self._transport is not None:
-            self._paused = False
-            self._transport.resume_reading()
-        return data
+        return await self.pipe.read(size)
 
 
 async def _read_output(fd: int) -> OutputReader:

@@ -8,7 +8,7 @@ the direct relay both talk to the Process.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from pairpod.backends.base import ExitStatus, Process, Stream
 
@@ -81,10 +81,6 @@ class ObservedProcess(Process):
             await self.inner.kill()
         finally:
             self._end(None)
-
-    def __getattr__(self, name: str) -> Any:
-        # Anything a backend's process offers beyond the interface stays reachable.
-        return getattr(self.inner, name)
 
     def _end(self, status: ExitStatus | None) -> None:
         if self._ended:

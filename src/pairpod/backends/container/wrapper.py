@@ -1,47 +1,29 @@
-"""What the container backends (Docker, Kubernetes) share.
+"""The start-up wrapper every container process runs through, and its preamble.
 
-Both run every program through the same small POSIX-sh wrapper
-(:data:`WRAPPER`) so that neither needs an agent inside the image, only
+Docker and Kubernetes both run every program through the same small POSIX-sh
+wrapper (:data:`WRAPPER`) so that neither needs an agent inside the image, only
 ``/bin/sh``:
 
 - before it ``exec``s the real program, the wrapper sets the terminal's size
   and modes, exports the variables it was given, falls back to ``/bin/sh``
   when the configured shell is missing, finds the image's ``sftp-server``,
-  and prints one preamble line with its PID (``pairpod:pid:N``);
+  and prints one preamble line with its PID (``pairpod:pid:N``), read back by
+  :class:`PreambleReader`;
 - the PID is how signals reach the program: neither the Engine API nor the
   Kubernetes exec protocol can signal an exec'd process, so the backend runs a
   second exec, ``kill -s NAME PID``, as the same user;
 - :data:`KILL_TREE` ends a program and everything it started, the same way.
-
-Also here: label keys, the idle command, terminal modes as ``stty``
-arguments, exit codes as SSH exit statuses, the buffered output pipe both
-backends feed, and how a process's argv and environment are put together.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
-import signal as signal_module
-from collections import deque
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Identity, ProcessSpec
-from pairpod.backends.docker_stream import Preamble
-from pairpod.backends.termmodes import eof_character as eof_character  # re-exported
-from pairpod.backends.termmodes import stty_modes as stty_modes  # re-exported
-from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
-
-# --- labels ---------------------------------------------------------------------------
-
-# Docker labels and Kubernetes label keys alike (both accept these names).
-LABEL_MANAGED = "pairpod.managed"
-LABEL_INSTANCE = "pairpod.instance"
-LABEL_CONNECTION = "pairpod.connection"
-LABEL_USER = "pairpod.user"
-LABEL_MODE = "pairpod.mode"
-LABEL_POOL = "pairpod.pool"
+from pairpod.backends.base import ProcessSpec
+from pairpod.backends.termmodes import stty_modes
+from pairpod.errors import CommandNotFound, SubsystemUnavailable
 
 # --- programs run inside the environment ------------------------------------------------
 
@@ -212,50 +194,6 @@ def kill_tree_command(pid: int) -> list[str]:
     return [FALLBACK_SHELL, "-c", KILL_TREE, "kill-tree", str(pid)]
 
 
-# --- terminal modes -------------------------------------------------------------------
-
-# One table for every backend, in .termmodes; imported above for the container backends.
-
-# --- exit statuses ----------------------------------------------------------------------
-
-
-def exit_status(code: int) -> ExitStatus:
-    """How a process in a container ended, from its shell-style exit code.
-
-    Engines and kubelets report a program killed by a signal as 128 + the
-    signal number, indistinguishable from ``exit 130``; like a shell, take it
-    as the signal when it names one an SSH client understands.
-    """
-    if code > 128:
-        with contextlib.suppress(ValueError):
-            name = signal_module.Signals(code - 128).name.removeprefix("SIG")
-            if name in SSH_SIGNALS:
-                return ExitStatus(code=None, signal=name)
-    return ExitStatus(code=code)
-
-
-# --- names ------------------------------------------------------------------------------
-
-
-def name_part(text: str, limit: int = 40) -> str:
-    """``text`` reduced to characters valid in container and pod names."""
-    cleaned = re.sub(r"[^a-zA-Z0-9_.-]+", "-", text).strip("-.")
-    return cleaned[:limit] or "x"
-
-
-def hostname_for(template: str, username: str, setting: str = "hostname") -> str:
-    """A hostname: the template filled in, made a valid host label.
-
-    ``setting`` names the config key in the error for a bad template.
-    """
-    try:
-        text = template.format(username=username)
-    except (KeyError, IndexError, ValueError) as error:
-        raise BackendError(f"{setting}: bad template {template!r}: {error}") from None
-    label = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:63].strip("-")
-    return label or "pairpod"
-
-
 # --- argv and environment of a process ----------------------------------------------------
 
 
@@ -306,8 +244,7 @@ def wrapper_args(
     # A terminal's output cannot be closed alone; sftp clients never send eow.
     reader = "1" if pty is None and kind != "sftp" and not main else ""
     words = [f"{k}={v}" for k, v in exports.items()]
-    return [fd, size, modes, kind, reader, "1" if cd_home else "0", str(len(words)), *words,
-            *argv]
+    return [fd, size, modes, kind, reader, "1" if cd_home else "0", str(len(words)), *words, *argv]
 
 
 def wrapped_command(
@@ -333,87 +270,83 @@ def sh_quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
 
 
-def process_env(base: Mapping[str, str], identity: Identity, spec: ProcessSpec) -> dict[str, str]:
-    """Variables for one process: config, then identity, then the client's."""
-    env = {**base, **identity.env, **spec.env}
-    if spec.pty is not None:
-        env.setdefault("TERM", spec.pty.term or "dumb")
-    return env
+# --- the preamble ------------------------------------------------------------
+
+PREAMBLE_PREFIX = b"pairpod:"
+# A preamble longer than this is not ours: the wrapper did not run as expected.
+_PREAMBLE_MAX = 256
 
 
-# --- buffered output ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preamble:
+    """What the wrapper reported before running the program.
+
+    Exactly one of ``pid`` (the program's PID inside the container, with
+    ``reader``, the PID of the process reading its stdout when there is one),
+    ``error`` (a short reason, e.g. ``nosftp``) or ``ready`` (a spare process
+    waiting for its instructions) is set. ``garbage`` holds the bytes received
+    when the line was not a preamble at all (the wrapper itself could not run;
+    the engine's or the shell's error text is in it).
+    """
+
+    pid: int | None = None
+    reader: int | None = None
+    error: str | None = None
+    garbage: bytes = b""
+    ready: bool = False
 
 
-class OutputPipe:
-    """One output stream between the engine (or API server) and its reader."""
+class PreambleReader:
+    """Take the wrapper's first line off the front of a stream.
 
-    __slots__ = ("chunks", "eof", "offset", "size", "waiter")
+    Feed it bytes until it returns a :class:`Preamble`; the bytes after the
+    line come back with it and belong to the program. With a TTY the line ends
+    in ``\\r\\n`` (the terminal's output processing), without one in ``\\n``.
+    """
+
+    __slots__ = ("_buffer", "done")
 
     def __init__(self) -> None:
-        self.chunks: deque[bytes] = deque()
-        self.offset = 0  # how much of chunks[0] was already read
-        self.size = 0
-        self.eof = False
-        self.waiter: asyncio.Future[None] | None = None
+        self._buffer = bytearray()
+        self.done = False
 
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+    def feed(self, data: bytes) -> tuple[Preamble | None, bytes]:
+        """Consume ``data``; return ``(preamble, rest)`` once the line is complete."""
+        if self.done:
+            return None, data
+        self._buffer += data
+        newline = self._buffer.find(b"\n")
+        if newline < 0:
+            if len(self._buffer) > _PREAMBLE_MAX or not PREAMBLE_PREFIX.startswith(
+                bytes(self._buffer[: len(PREAMBLE_PREFIX)])
+            ):
+                return self._finish(Preamble(garbage=bytes(self._buffer)), b"")
+            return None, b""
+        line = bytes(self._buffer[:newline]).rstrip(b"\r")
+        rest = bytes(self._buffer[newline + 1 :])
+        return self._finish(parse_preamble(line), rest)
 
-    def feed(self, data: bytes) -> None:
-        """Buffer output for the reader."""
-        if data and not self.eof:
-            self.chunks.append(data)
-            self.size += len(data)
-            self._wake()
+    def feed_eof(self) -> Preamble:
+        """The stream ended before a complete line: whatever came is garbage."""
+        if self.done:
+            raise RuntimeError("preamble already complete")
+        return self._finish(Preamble(garbage=bytes(self._buffer)), b"")[0]
 
-    def end(self) -> None:
-        """No more output will come."""
-        self.eof = True
-        self._wake()
+    def _finish(self, preamble: Preamble, rest: bytes) -> tuple[Preamble, bytes]:
+        self.done = True
+        self._buffer = bytearray()
+        return preamble, rest
 
-    def close(self) -> None:
-        """The reader wants no more: drop what is buffered, end, ignore what follows."""
-        self.drain()
-        self.end()
 
-    async def read(self, size: int) -> bytes:
-        """Up to ``size`` buffered bytes; waits for some; ``b""`` at the end."""
-        while not self.chunks:
-            if self.eof:
-                return b""
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        chunk = self.chunks[0]
-        start = self.offset
-        if len(chunk) - start <= size:
-            self.chunks.popleft()
-            self.offset = 0
-            data = chunk[start:] if start else chunk
-            if self.chunks and len(data) + len(self.chunks[0]) <= size:
-                # Several small chunks waiting: one larger read costs one copy
-                # here but saves a relay round (and its packets) per chunk.
-                parts = [data]
-                total = len(data)
-                while self.chunks and total + len(self.chunks[0]) <= size:
-                    part = self.chunks.popleft()
-                    parts.append(part)
-                    total += len(part)
-                data = b"".join(parts)
-        else:
-            # Slice without copying the rest: big chunks are read in pieces.
-            self.offset = start + size
-            data = bytes(memoryview(chunk)[start : start + size])
-        self.size -= len(data)
-        return data
-
-    def drain(self) -> bytes:
-        """Everything buffered, at once (for error messages)."""
-        data = b"".join(self.chunks)[self.offset :]
-        self.chunks.clear()
-        self.offset = 0
-        self.size = 0
-        return data
+def parse_preamble(line: bytes) -> Preamble:
+    """Parse ``pairpod:pid:<n>[:<reader>]``, ``pairpod:error:<reason>`` or ``pairpod:ready``."""
+    if line == PREAMBLE_PREFIX + b"ready":
+        return Preamble(ready=True)
+    if line.startswith(PREAMBLE_PREFIX):
+        kind, _, value = line[len(PREAMBLE_PREFIX) :].partition(b":")
+        pid, _, reader = value.partition(b":")
+        if kind == b"pid" and pid.isdigit() and (not reader or reader.isdigit()):
+            return Preamble(pid=int(pid), reader=int(reader) if reader else None)
+        if kind == b"error" and value:
+            return Preamble(error=value.decode("ascii", "replace"))
+    return Preamble(garbage=line)

@@ -3,21 +3,30 @@
 Both modes of both backends track the processes they started, run
 housekeeping in the background (and wait for it before removal), close
 exactly once, and start every program through the shared wrapper, whose
-preamble line says whether the program really started (see :mod:`.common`).
+preamble line says whether the program really started (see :mod:`.wrapper`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from pairpod.backends.base import Environment, Identity
-from pairpod.backends.common import wrapper_failure
-from pairpod.backends.docker_stream import Preamble
+from pairpod.backends.base import Environment, Identity, ProcessSpec
+from pairpod.backends.container.backend import ContainerBackend
+from pairpod.backends.container.wrapper import Preamble, wrapper_failure
 from pairpod.config import DockerSettings, KubernetesSettings
 from pairpod.errors import BackendError, StartTimeout
 from pairpod.log import fields
+from pairpod.tasks import TaskGroup
+
+
+def process_env(base: Mapping[str, str], identity: Identity, spec: ProcessSpec) -> dict[str, str]:
+    """Variables for one process: config, then identity, then the client's."""
+    env = {**base, **identity.env, **spec.env}
+    if spec.pty is not None:
+        env.setdefault("TERM", spec.pty.term or "dumb")
+    return env
 
 
 class WrappedProcess(Protocol):
@@ -44,6 +53,7 @@ class ContainerEnvironment(Environment, Generic[ProcessT]):
 
     config_section: ClassVar[str]
     """The config section its settings come from (``docker``, ``kubernetes``), for messages."""
+    backend: ContainerBackend[Any, Any]
 
     def __init__(self, identity: Identity, settings: DockerSettings | KubernetesSettings) -> None:
         self.identity = identity
@@ -51,17 +61,14 @@ class ContainerEnvironment(Environment, Generic[ProcessT]):
         self._processes: set[ProcessT] = set()
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background = TaskGroup()
 
-    def background(self, work: Awaitable[Any]) -> None:
+    def background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run housekeeping for this environment; it is waited for before removal."""
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background.spawn(work)
 
     async def _settle(self) -> None:
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=self.settings.timeouts.stop)
+        await self._background.wait_all(self.settings.timeouts.stop)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -106,6 +113,13 @@ class ContainerEnvironment(Environment, Generic[ProcessT]):
         # Otherwise nothing could run at all: most likely the container or pod is
         # going away (its main process ended, it ran out of memory).
         raise await cannot_run(text or "the process produced no output")
+
+    def _left_pool(self) -> None:
+        """Its first process started (or failed to): an environment from the warm
+        pool has been taken, so the pool starts a replacement now."""
+        if self.from_pool:
+            self.from_pool = False
+            self.backend.pool_refill()
 
     def discard(self, process: ProcessT) -> None:
         """A process ended."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pairpod.backends.docker_api import Engine, EngineError
+from pairpod.backends.docker.api import Engine, EngineError
 from pairpod.errors import PairpodError
 from pairpod.log import fields, get_logger
 

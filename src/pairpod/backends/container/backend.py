@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 from abc import abstractmethod
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pairpod.backends.base import Backend
 from pairpod.config import Config
 from pairpod.errors import PairpodError
 from pairpod.log import fields, get_logger
+from pairpod.tasks import TaskGroup
 
 # How often leftovers nobody owns are looked for (start-up always looks once).
 REAP_INTERVAL = 60.0
@@ -56,7 +57,7 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
         self._pool: deque[PoolItemT] = deque()  # started, ready to hand out
         self._pool_filling = 0
         self._pool_wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskGroup()
         self._stopping = False
 
     # --- what each backend says for itself ------------------------------------------
@@ -95,8 +96,9 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
             if removed:
                 self.log.info(f"{self.log_prefix}.reaped", extra=fields(count=len(removed), at="start"))
         except PairpodError as error:
-            self.log.warning(f"{self.log_prefix}.unavailable_at_start",
-                             extra=fields(error=error.operator_message))
+            self.log.warning(
+                f"{self.log_prefix}.unavailable_at_start", extra=fields(error=error.operator_message)
+            )
         self._spawn(self._reap_loop())
         if self.warm_pool:
             self._spawn(self._pool_loop())
@@ -105,9 +107,7 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
         """Remove every environment this backend created (and any its instance left)."""
         self._stopping = True
         try:
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._tasks.cancel_all()
             await asyncio.gather(*(env.close() for env in list(self._environments)), return_exceptions=True)
             pool, self._pool = list(self._pool), deque()
             await self._release_pool(pool)
@@ -117,12 +117,9 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
             # Also when the gateway gives up waiting on a hung peer (stop is cancelled).
             await self._close_client()
 
-    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run background work that ``stop`` cancels and waits for."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro)
 
     async def _reap_loop(self) -> None:
         while True:
@@ -133,8 +130,9 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
                 self.log.warning(f"{self.log_prefix}.reap_failed", extra=fields(error=error.operator_message))
                 continue
             if removed:
-                self.log.info(f"{self.log_prefix}.reaped",
-                              extra=fields(count=len(removed), names=",".join(removed)))
+                self.log.info(
+                    f"{self.log_prefix}.reaped", extra=fields(count=len(removed), names=",".join(removed))
+                )
 
     # --- the warm pool ----------------------------------------------------------------
 
@@ -151,14 +149,17 @@ class ContainerBackend(Backend, Generic[EnvT, PoolItemT]):
             if missing <= 0:
                 await self._pool_wakeup.wait()
                 continue
-            results = await asyncio.gather(*(self._pool_one() for _ in range(missing)),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(self._pool_one() for _ in range(missing)), return_exceptions=True
+            )
             failures = [r for r in results if isinstance(r, BaseException)]
             if not failures:
                 retry = POOL_RETRY_MIN
                 continue
-            self.log.warning(f"{self.log_prefix}.pool_refill_failed",
-                             extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry))
+            self.log.warning(
+                f"{self.log_prefix}.pool_refill_failed",
+                extra=fields(failed=len(failures), error=str(failures[0]), retry_in=retry),
+            )
             await asyncio.sleep(retry)
             retry = min(retry * 2, POOL_RETRY_MAX)
 

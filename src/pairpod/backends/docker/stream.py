@@ -1,4 +1,4 @@
-"""Sans-I/O codecs for Docker's attach/exec streams and pairpod's process preamble.
+"""A sans-I/O codec for Docker's multiplexed attach/exec streams.
 
 Nothing here does I/O: bytes go in, events come out, so every case is tested
 with plain bytes.
@@ -14,16 +14,11 @@ that byte stream back into ``(stream, payload)`` pieces. It hands out payload
 bytes as soon as they arrive rather than waiting for a whole frame, so a slow
 trickle of output is never held back.
 
-**The preamble.** pairpod starts every process through a tiny POSIX-sh wrapper
-that prints one line before it ``exec``s the real program: its PID (needed to
-deliver signals, since the Engine API has no exec-signal call) or why it cannot
-run. :class:`PreambleReader` takes that first line off the front of a stream.
 """
 
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
 STDIN = 0
 STDOUT = 1
@@ -104,85 +99,3 @@ class Demuxer:
         if len(runs) == 1 and len(runs[0][1]) == 1 and len(runs[0][1][0]) == end:
             return [(runs[0][0], data)]  # one frame's payload is the whole chunk: no copy
         return [(stream, b"".join(pieces)) for stream, pieces in runs]
-
-
-# --- the preamble ------------------------------------------------------------
-
-PREAMBLE_PREFIX = b"pairpod:"
-# A preamble longer than this is not ours: the wrapper did not run as expected.
-_PREAMBLE_MAX = 256
-
-
-@dataclass(frozen=True)
-class Preamble:
-    """What the wrapper reported before running the program.
-
-    Exactly one of ``pid`` (the program's PID inside the container, with
-    ``reader``, the PID of the process reading its stdout when there is one),
-    ``error`` (a short reason, e.g. ``nosftp``) or ``ready`` (a spare process
-    waiting for its instructions) is set. ``garbage`` holds the bytes received
-    when the line was not a preamble at all (the wrapper itself could not run;
-    the engine's or the shell's error text is in it).
-    """
-
-    pid: int | None = None
-    reader: int | None = None
-    error: str | None = None
-    garbage: bytes = b""
-    ready: bool = False
-
-
-class PreambleReader:
-    """Take the wrapper's first line off the front of a stream.
-
-    Feed it bytes until it returns a :class:`Preamble`; the bytes after the
-    line come back with it and belong to the program. With a TTY the line ends
-    in ``\\r\\n`` (the terminal's output processing), without one in ``\\n``.
-    """
-
-    __slots__ = ("_buffer", "done")
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.done = False
-
-    def feed(self, data: bytes) -> tuple[Preamble | None, bytes]:
-        """Consume ``data``; return ``(preamble, rest)`` once the line is complete."""
-        if self.done:
-            return None, data
-        self._buffer += data
-        newline = self._buffer.find(b"\n")
-        if newline < 0:
-            if len(self._buffer) > _PREAMBLE_MAX or not PREAMBLE_PREFIX.startswith(
-                bytes(self._buffer[: len(PREAMBLE_PREFIX)])
-            ):
-                return self._finish(Preamble(garbage=bytes(self._buffer)), b"")
-            return None, b""
-        line = bytes(self._buffer[:newline]).rstrip(b"\r")
-        rest = bytes(self._buffer[newline + 1 :])
-        return self._finish(parse_preamble(line), rest)
-
-    def feed_eof(self) -> Preamble:
-        """The stream ended before a complete line: whatever came is garbage."""
-        if self.done:
-            raise RuntimeError("preamble already complete")
-        return self._finish(Preamble(garbage=bytes(self._buffer)), b"")[0]  # type: ignore[return-value]
-
-    def _finish(self, preamble: Preamble, rest: bytes) -> tuple[Preamble, bytes]:
-        self.done = True
-        self._buffer = bytearray()
-        return preamble, rest
-
-
-def parse_preamble(line: bytes) -> Preamble:
-    """Parse ``pairpod:pid:<n>[:<reader>]``, ``pairpod:error:<reason>`` or ``pairpod:ready``."""
-    if line == PREAMBLE_PREFIX + b"ready":
-        return Preamble(ready=True)
-    if line.startswith(PREAMBLE_PREFIX):
-        kind, _, value = line[len(PREAMBLE_PREFIX) :].partition(b":")
-        pid, _, reader = value.partition(b":")
-        if kind == b"pid" and pid.isdigit() and (not reader or reader.isdigit()):
-            return Preamble(pid=int(pid), reader=int(reader) if reader else None)
-        if kind == b"error" and value:
-            return Preamble(error=value.decode("ascii", "replace"))
-    return Preamble(garbage=line)

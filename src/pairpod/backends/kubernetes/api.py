@@ -1,7 +1,7 @@
 """The Kubernetes API as the backend uses it: pods, their watch, exec. Nothing else.
 
 A thin adapter over kubernetes_asyncio (create, get, list, patch, delete, watch)
-and :mod:`.kube_exec` (exec). Objects stay plain dicts, as on the wire: the
+and :mod:`.stream` (exec). Objects stay plain dicts, as on the wire: the
 pod template is merged as a dict, and skipping the generated models keeps the
 login path cheap. Failures become pairpod's typed errors here and nowhere
 else: an API server that cannot be reached (or answers 5xx / 429) is
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
-from pairpod.backends.kube_exec import PROTOCOLS, ExecClient, ExecStream
+from pairpod.backends.kubernetes.stream import PROTOCOLS, ExecClient, ExecStream
 from pairpod.config import KubernetesSettings
 from pairpod.errors import BackendError, BackendUnavailable, ConfigError
 
@@ -102,7 +102,7 @@ class KubeApi:
                     client_configuration=configuration, persist_config=False,
                 )
             elif os.environ.get("KUBERNETES_SERVICE_HOST") and self._context is None:
-                k8s_config.load_incluster_config(client_configuration=configuration)
+                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
             else:
                 await k8s_config.load_kube_config(
                     context=self._context, client_configuration=configuration, persist_config=False
@@ -177,7 +177,8 @@ class KubeApi:
         extra: dict[str, Any] = {"dry_run": "All", "field_validation": "Strict"} if dry_run else {}
         created = await self._request(
             f"create pod {namespace}/{name}{' (dry run)' if dry_run else ''}",
-            self.core.create_namespaced_pod(namespace, pod, **extra, **self._options()),
+            # Plain dicts are sent as they are (the client's models are not used).
+            self.core.create_namespaced_pod(namespace, pod, **extra, **self._options()),  # type: ignore[arg-type]
         )
         assert created is not None
         return created
@@ -214,7 +215,7 @@ class KubeApi:
             f"label pod {namespace}/{name}",
             self.core.patch_namespaced_pod(
                 name, namespace, {"metadata": meta},
-                _content_type="application/merge-patch+json", **self._options(),
+                _content_type="application/merge-patch+json", **self._options(),  # type: ignore[call-arg]
             ),
         )
 
@@ -233,7 +234,7 @@ class KubeApi:
         try:
             return await self._request(
                 f"delete pod {namespace}/{name}",
-                self.core.delete_namespaced_pod(name, namespace, body=body, **self._options()),
+                self.core.delete_namespaced_pod(name, namespace, body=body, **self._options()),  # type: ignore[arg-type]
                 ok_missing=True,
             )
         except KubeApiError as error:
@@ -243,7 +244,7 @@ class KubeApi:
 
     async def watch_pod(
         self, namespace: str, name: str, resource_version: str, seconds: float
-    ) -> AsyncIterator[tuple[str, Obj]]:
+    ) -> AsyncGenerator[tuple[str, Obj], None]:
         """Events of one pod after ``resource_version``, as ``(type, object)``.
 
         Ends when the server closes the watch (after ``seconds`` at most).
@@ -252,7 +253,8 @@ class KubeApi:
         what = f"watch pod {namespace}/{name}"
         timeout = aiohttp.ClientTimeout(total=seconds + API_TIMEOUT, sock_connect=API_TIMEOUT)
         try:
-            response = await self.core.list_namespaced_pod(
+            # Unparsed (_preload_content=False): the aiohttp response, read line by line.
+            response: Any = await self.core.list_namespaced_pod(
                 namespace,
                 field_selector=f"metadata.name={name}",
                 resource_version=resource_version,
@@ -290,7 +292,7 @@ class KubeApi:
     async def exec(
         self, namespace: str, pod: str, container: str, command: list[str], *, stdin: bool, tty: bool
     ) -> ExecStream:
-        """Start an exec session (see :class:`.kube_exec.ExecClient`)."""
+        """Start an exec session (see :class:`.stream.ExecClient`)."""
         if self._exec is None:
             raise BackendUnavailable("the kubernetes API client is not connected")
         return await self._exec.open(

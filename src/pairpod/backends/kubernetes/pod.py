@@ -20,7 +20,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pairpod.backends.common import DEFAULT_IDLE_COMMAND
+from pairpod.backends.container.wrapper import DEFAULT_IDLE_COMMAND
 from pairpod.config import KubernetesSettings
 from pairpod.errors import (
     BackendError,

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
-from pairpod.backends.docker_stream import STDERR, STDOUT, Demuxer
+from pairpod.backends.docker.stream import STDERR, STDOUT, Demuxer
 from pairpod.errors import BackendError, BackendUnavailable
 
 # The oldest API version with everything used here (Init, exec resize, pids limit).
@@ -197,6 +197,7 @@ class Engine:
             if ep.unix_path is not None:
                 _, stream = await loop.create_unix_connection(HijackedStream, ep.unix_path)
             else:
+                assert ep.host is not None and ep.port is not None  # resolve() sets both for TCP
                 _, stream = await loop.create_connection(HijackedStream, ep.host, ep.port, ssl=ep.tls)
         except OSError as error:
             raise unavailable(ep.url, error) from None

@@ -19,7 +19,7 @@ a PTY, and otherwise leaves stdin open, logging why; see
 :mod:`pairpod.backends.kubernetes`).
 
 Neither version has a signal channel, nor a way to learn the PID of the
-command: signals go through a second exec (see :mod:`.common`).
+command: signals go through a second exec (see :mod:`pairpod.backends.container.wrapper`).
 
 :class:`ExecCodec` is pure (bytes in, events out). :class:`ExecClient` is the
 I/O edge: aiohttp, with the address, CA, client certificate and bearer token
@@ -206,7 +206,7 @@ class ExecRefused(BackendError):
 
 def ssl_context(configuration: Configuration) -> ssl.SSLContext | bool:
     """TLS settings as kubernetes_asyncio's own REST client derives them."""
-    if not configuration.host.startswith("https"):
+    if not str(configuration.host).startswith("https"):
         return False
     context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
     if configuration.cert_file:
@@ -280,7 +280,7 @@ class ExecClient:
         Raises :class:`ExecRefused` when the server answers with an error
         status and BackendUnavailable when it cannot be reached.
         """
-        url = exec_url(self.configuration.host, namespace, pod, container, command, stdin=stdin, tty=tty)
+        url = exec_url(str(self.configuration.host), namespace, pod, container, command, stdin=stdin, tty=tty)
         options: dict[str, Any] = {}
         if self.configuration.tls_server_name:
             options["server_hostname"] = self.configuration.tls_server_name

@@ -1,7 +1,8 @@
 """The part of a Process the Docker and Kubernetes backends share.
 
 Both receive a program's output over one stream into two :class:`OutputPipe`
-buffers (reading the stream pauses while too much waits), learn the
+buffers sharing one :class:`FlowControl` (reading the stream pauses while too
+much waits), learn the
 program's PID from the wrapper's preamble, and reach the program the same
 way: EOF on a terminal is its EOF character, signals and kills are a second
 exec (``kill``) aimed at that PID. How the stream is read, and how a helper
@@ -13,21 +14,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal as signal_module
 from abc import abstractmethod
 from typing import Any, ClassVar
 
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, PtySpec, Stream
-from pairpod.backends.common import OutputPipe, eof_character
-from pairpod.backends.docker_stream import STDERR, STDOUT, Preamble
+from pairpod.backends.container.wrapper import Preamble
+from pairpod.backends.output import FlowControl, OutputPipe
+from pairpod.backends.termmodes import eof_character
 from pairpod.errors import PairpodError
 from pairpod.log import fields, get_logger
 
 # How long a helper exec (kill, signal) may take.
 HELPER_TIMEOUT = 10.0
-# Output buffered per process before its stream is no longer read, and the
-# level at which reading resumes.
-OUTPUT_HIGH_WATER = 1 << 20
-OUTPUT_LOW_WATER = 256 * 1024
+
+# Where a program's output arrives, by the number both stream formats give it.
+STDOUT = Stream.STDOUT.value
+STDERR = Stream.STDERR.value
+
+
+def exit_status(code: int) -> ExitStatus:
+    """How a process in a container ended, from its shell-style exit code.
+
+    Engines and kubelets report a program killed by a signal as 128 + the
+    signal number, indistinguishable from ``exit 130``; like a shell, take it
+    as the signal when it names one an SSH client understands.
+    """
+    if code > 128:
+        with contextlib.suppress(ValueError):
+            name = signal_module.Signals(code - 128).name.removeprefix("SIG")
+            if name in SSH_SIGNALS:
+                return ExitStatus(code=None, signal=name)
+    return ExitStatus(code=code)
 
 
 class ContainerProcess(Process):
@@ -38,14 +56,15 @@ class ContainerProcess(Process):
 
     def __init__(self, pty: PtySpec | None) -> None:
         self._pty = pty
-        self._pipes = {STDOUT: OutputPipe(), STDERR: OutputPipe()}
+        # Stdout and stderr arrive on one stream: the marks count both.
+        self._flow = FlowControl(self._pause_output, self._resume_output)
+        self._pipes = {STDOUT: OutputPipe(self._flow), STDERR: OutputPipe(self._flow)}
         loop = asyncio.get_running_loop()
         self._preamble: asyncio.Future[Preamble] = loop.create_future()
         self._status: asyncio.Future[ExitStatus] = loop.create_future()
         self._killed = False
         self._abandoned = False
         self._eof_sent = False
-        self._output_paused = False
         self._output_closed = False
 
     # --- what each backend does its own way -------------------------------------------
@@ -91,15 +110,6 @@ class ContainerProcess(Process):
 
     # --- shared ---------------------------------------------------------------------------
 
-    def _buffered(self) -> int:
-        return self._pipes[STDOUT].size + self._pipes[STDERR].size
-
-    def _hold_back_if_full(self) -> None:
-        """Call after feeding output: past the high-water mark, stop reading the stream."""
-        if not self._output_paused and self._buffered() > OUTPUT_HIGH_WATER:
-            self._output_paused = True
-            self._pause_output()
-
     async def preamble(self) -> Preamble:
         """The wrapper's first line (or what came instead of it)."""
         return await asyncio.shield(self._preamble)
@@ -108,11 +118,7 @@ class ContainerProcess(Process):
         """Up to ``size`` bytes of output; ``b""`` at its end (at once for STDERR with a PTY)."""
         if stream is Stream.STDERR and self._pty is not None:
             return b""
-        data = await self._pipes[stream.value].read(size)
-        if self._output_paused and self._buffered() < OUTPUT_LOW_WATER:
-            self._output_paused = False
-            self._resume_output()
-        return data
+        return await self._pipes[stream.value].read(size)
 
     async def write_eof(self) -> None:
         """Close stdin; with a PTY, type the terminal's EOF character instead
@@ -132,11 +138,9 @@ class ContainerProcess(Process):
         if self._output_closed:
             return
         self._output_closed = True
+        # Dropping what stdout holds may resume the stream (via the flow control):
+        # nobody may read again to resume it, and stderr and the exit still need it.
         self._pipes[STDOUT].close()
-        if self._output_paused and self._buffered() < OUTPUT_LOW_WATER:
-            # Nobody may read again to resume it: stderr and the exit still need the stream.
-            self._output_paused = False
-            self._resume_output()
         if self._pty is not None:
             return
         preamble = await self.preamble()
@@ -149,13 +153,17 @@ class ContainerProcess(Process):
                 # No reader of ours to end: the program is its container's main
                 # process, or the image lacks mkfifo, cat or a writable temporary
                 # directory. SIGPIPE now is what its next write would have got.
-                self._log.info(f"{self.log_prefix}.output_closed_by_signal",
-                               extra=self._log_fields(reason="no stdout reader of ours"))
+                self._log.info(
+                    f"{self.log_prefix}.output_closed_by_signal",
+                    extra=self._log_fields(reason="no stdout reader of ours"),
+                )
                 await self._send_signal("PIPE", preamble.pid)
         except (PairpodError, TimeoutError) as error:
             if not self._status.done():
-                self._log.warning(f"{self.log_prefix}.close_output_failed", extra=self._log_fields(
-                    error=getattr(error, "operator_message", str(error))))
+                self._log.warning(
+                    f"{self.log_prefix}.close_output_failed",
+                    extra=self._log_fields(error=getattr(error, "operator_message", str(error))),
+                )
 
     async def signal(self, name: str) -> None:
         """Deliver a signal to the program (a second exec runs ``kill``)."""
@@ -169,8 +177,10 @@ class ContainerProcess(Process):
             await self._send_signal(name, preamble.pid)
         except (PairpodError, TimeoutError) as error:
             if not self._status.done():
-                self._log.warning(f"{self.log_prefix}.signal_failed", extra=self._log_fields(
-                    signal=name, error=getattr(error, "operator_message", str(error))))
+                self._log.warning(
+                    f"{self.log_prefix}.signal_failed",
+                    extra=self._log_fields(signal=name, error=getattr(error, "operator_message", str(error))),
+                )
 
     async def wait(self) -> ExitStatus:
         """Wait for the program to end; how it ended."""
@@ -185,8 +195,10 @@ class ContainerProcess(Process):
         try:
             await self._kill_tree(preamble.pid if preamble is not None else None)
         except (PairpodError, TimeoutError) as error:
-            self._log.warning(f"{self.log_prefix}.kill_failed", extra=self._log_fields(
-                error=getattr(error, "operator_message", str(error))))
+            self._log.warning(
+                f"{self.log_prefix}.kill_failed",
+                extra=self._log_fields(error=getattr(error, "operator_message", str(error))),
+            )
         # Whatever still holds the output open, this process is over for us.
         self._stop_stream()
         with contextlib.suppress(asyncio.TimeoutError):
