@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pairpod.ssh.requests import SERVER_VERSION
 from tests.conftest import MakeGateway
 from tests.support.gateway import ClientKey, GatewayThread, require, wait_until
 from tests.support.http_peers import AuthWebhookPeer, served_in_thread
@@ -155,8 +156,9 @@ def test_headers_only_from_trusted_sources(
     # A malformed header from a trusted source: closed.
     assert _banner(gw.port, "127.0.0.1", b"PROXY TCP4 nonsense\r\n") == b""
     # A good header from a trusted source, and plain SSH from an untrusted one, are served.
-    assert _banner(gw.port, "127.0.0.1", header + b"SSH-2.0-x\r\n").startswith(b"SSH-2.0-pairpod")
-    assert _banner(gw.port, "127.0.0.2", b"SSH-2.0-x\r\n").startswith(b"SSH-2.0-pairpod")
+    served = b"SSH-2.0-" + SERVER_VERSION.encode()
+    assert _banner(gw.port, "127.0.0.1", header + b"SSH-2.0-x\r\n").startswith(served)
+    assert _banner(gw.port, "127.0.0.2", b"SSH-2.0-x\r\n").startswith(served)
     # A trusted source that sends nothing is closed after proxy_protocol.timeout.
     assert _banner(gw.port, "127.0.0.1", b"") == b""
     reasons = [

@@ -1,9 +1,10 @@
-"""The channel handler: one SSH session channel relayed to one backend Process.
+"""The channel adapter: one SSH session channel, a backend Process behind it.
 
-AsyncSSH's low-level session API hands us every event as a callback (pty, env,
-exec/shell/subsystem, data, EOF, window-change, signal, break, flow control).
-This module turns those into calls on a Process and pumps its output back,
-with flow control in both directions and no per-byte work in Python.
+AsyncSSH hands every channel event to a callback (pty, env, exec/shell/
+subsystem, data, EOF, window-change, signal, break, flow control). This
+module checks the requests, starts the Process, and hands the running
+session's events to a :class:`~pairpod.ssh.relay.Relay` (direct, or the
+owner of a shared terminal), keeping input in order and bounded.
 """
 
 from __future__ import annotations
@@ -13,27 +14,23 @@ import contextlib
 import fnmatch
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import asyncssh
 
-from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec, Stream
+from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
-from pairpod.request_limits import (
+from pairpod.ssh.context import SessionContext
+from pairpod.ssh.relay import Relay
+from pairpod.ssh.request_limits import (
     bounded_size,
     command_refusal,
     env_refusal,
     pty_refusal,
     subsystem_refusal,
 )
-from pairpod.sharing.channels import ChannelSink
-from pairpod.sharing.terminal import Terminal
-from pairpod.sharing.tokens import SharedSession
-from pairpod.ssh_requests import on_end_of_write
-
-if TYPE_CHECKING:
-    from pairpod.server import Connection
+from pairpod.ssh.requests import on_end_of_write
 
 log = get_logger("channel")
 
@@ -63,9 +60,7 @@ class WindowSize:
 InputItem = bytes | WindowSize | None
 
 
-def filter_env(
-    requested: dict[str, str], allow: list[str], deny: list[str] | None = None
-) -> dict[str, str]:
+def filter_env(requested: dict[str, str], allow: list[str], deny: list[str] | None = None) -> dict[str, str]:
     """Keep the variables whose names match an ``allow`` glob and no ``deny`` glob."""
     return {
         name: value
@@ -85,7 +80,11 @@ def ssh_connection_env(peer: tuple[object, ...] | None, local: tuple[object, ...
     if not peer or not local:
         return {}
     client_ip, client_port, server_ip, server_port = (
-        _plain_ip(peer[0]), peer[1], _plain_ip(local[0]), local[1])
+        _plain_ip(peer[0]),
+        peer[1],
+        _plain_ip(local[0]),
+        local[1],
+    )
     return {
         "SSH_CONNECTION": f"{client_ip} {client_port} {server_ip} {server_port}",
         "SSH_CLIENT": f"{client_ip} {client_port} {server_port}",
@@ -93,11 +92,11 @@ def ssh_connection_env(peer: tuple[object, ...] | None, local: tuple[object, ...
 
 
 class ChannelSession(asyncssh.SSHServerSession[bytes]):
-    """Relays one SSH session channel to a Process in the connection's Environment."""
+    """One SSH session channel running a Process in the connection's Environment."""
 
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-        self._security = connection.config.security
+    def __init__(self, context: SessionContext) -> None:
+        self._context = context
+        self._security = context.config.security
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._pty: PtySpec | None = None
         self._command: str | None = None
@@ -113,16 +112,19 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._resize_overflow: WindowSize | None = None
         self._input_queued = 0
         self._reading_paused = False
-        self._can_write = asyncio.Event()
-        self._can_write.set()
+        self._output_paused = False
         self._task: asyncio.Task[None] | None = None
-        self._terminal: Terminal | None = None
+        self._relay: Relay | None = None
         self._closed = False
         # What the admin view shows once the program runs.
         self.kind: str | None = None
         self.spec: ProcessSpec | None = None
-        self.shared: SharedSession[Terminal] | None = None
         self._output_closed = False
+
+    @property
+    def shared(self) -> Any:
+        """The shared session this channel owns (None: not shared)."""
+        return self._relay.shared if self._relay is not None else None
 
     # --- requests before the session starts -------------------------------------------
 
@@ -132,17 +134,18 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         chan.set_write_buffer_limits(high=1 << 20, low=1 << 18)
         on_end_of_write(chan, self.end_of_write_received)
 
-    def pty_requested(self, term_type: str, term_size: tuple[int, int, int, int],
-                      term_modes: asyncssh.TermModes) -> bool:
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: asyncssh.TermModes
+    ) -> bool:
         """Accept a PTY request unless the config forbids PTYs."""
-        if not self._security.allow_pty or not self._connection.permissions.pty:
+        if not self._security.allow_pty or not self._context.permissions.pty:
             # Said before the refusal so the client shows it even when it then gives up.
             assert self._chan is not None
             self._chan.write_stderr(b"pairpod: terminal (pty) allocation is not allowed here\r\n")
             self._log_denied("pty")
             return False
         cols, rows, pixel_width, pixel_height = term_size
-        limit = self._connection.config.ssh.max_pty
+        limit = self._context.config.ssh.max_pty
         refusal = pty_refusal(term_type, cols, rows, limit)
         if refusal is not None:
             assert self._chan is not None
@@ -193,13 +196,13 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._log_denied(what)
 
     def _log_denied(self, what: str) -> None:
-        log.info("channel.denied", extra=self._connection.log_fields(request=what))
+        log.info("channel.denied", extra=self._context.log_fields(request=what))
 
     # --- the session --------------------------------------------------------------
 
     def session_started(self) -> None:
         """Start the relay task, owned by the connection's task group."""
-        self._task = self._connection.tasks.spawn(self._run())
+        self._task = self._context.tasks.spawn(self._run())
 
     def _client_env(self) -> dict[str, str]:
         assert self._chan is not None
@@ -215,7 +218,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         env = filter_env(client_env, self._security.env_allow, self._security.env_deny)
         command = self._command
         subsystem = self._subsystem
-        forced = self._connection.permissions.forced_command or self._security.force_command
+        forced = self._context.permissions.forced_command or self._security.force_command
         if forced is not None:
             # A forced command replaces whatever was asked for, as in OpenSSH.
             if command is not None or subsystem is not None:
@@ -223,15 +226,16 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             command, subsystem = forced, None
         if self._pty is not None and "TERM" not in env:
             env["TERM"] = self._pty.term
-        env.update(self._connection.ssh_env)  # never the client's say
+        env.update(self._context.ssh_env)  # never the client's say
         return ProcessSpec(command=command, subsystem=subsystem, pty=self._pty, env=env)
 
     async def _run(self) -> None:
         chan = self._chan
         assert chan is not None
         if self._denied is None:
-            self._denied = env_refusal(filter_env(self._client_env(), self._security.env_allow),
-                                       self._security)
+            self._denied = env_refusal(
+                filter_env(self._client_env(), self._security.env_allow), self._security
+            )
         if self._denied is not None:
             self._finish_with_error(self._denied, 1)
             return
@@ -239,100 +243,57 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             # Progress lines (an image pull) go to terminals only: a command's
             # stderr belongs to the command, and scripts read it.
             waiting = self if self._pty is not None else None
-            environment = await self._connection.environment(waiting=waiting)
+            environment = await self._context.environment(waiting)
             # Built once the environment is ready: the window may have changed meanwhile.
             spec = self._spec()
-            self._process = self._connection.observe(await environment.start(spec), spec,
-                                                     environment)
+            self._process = self._context.observe(await environment.start(spec), spec, environment)
         except PairpodError as error:
-            log.warning("channel.start_failed", extra=self._connection.log_fields(
-                error=error.operator_message, kind=type(error).__name__))
+            log.warning(
+                "channel.start_failed",
+                extra=self._context.log_fields(error=error.operator_message, kind=type(error).__name__),
+            )
             self._finish_with_error(error.user_message, 1)
             return
         except Exception:
             # A bug must cost one channel, never hang it or the gateway.
-            log.exception("channel.start_failed", extra=self._connection.log_fields())
+            log.exception("channel.start_failed", extra=self._context.log_fields())
             self._finish_with_error("internal error", 1)
             return
         self.spec, self.kind = spec, "subsystem" if spec.subsystem else "exec" if spec.command else "shell"
-        log.info("channel.started", extra=self._connection.log_fields(
-            kind=self.kind, command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None))
-        self._connection.gateway.ops.channel_started(self._connection, self.kind,
-                                                     spec.command or spec.subsystem, spec.pty is not None)
-        shared = self._share(self._process) if spec.pty and not spec.subsystem else None
-        self.shared = shared
-        if self._output_closed and self._terminal is None:
-            self._later(lambda p: p.close_output())  # eow came before the program started
+        log.info(
+            "channel.started",
+            extra=self._context.log_fields(
+                kind=self.kind, command=spec.command, subsystem=spec.subsystem, pty=spec.pty is not None
+            ),
+        )
+        self._context.started(self.kind, spec.command or spec.subsystem, spec.pty is not None)
+        relay = self._relay = self._context.relay(self._process, spec, chan, self._client_env())
+        if self._output_paused:
+            relay.pause_output()
+        if self._output_closed:
+            self._context.tasks.spawn(relay.end_of_write())  # eow came before the program started
         try:
-            status = await self._relay(self._process)
+            status = await self._relay_until_exit(self._process, relay)
         finally:
-            if shared is not None:
-                self._connection.gateway.sharing.close_session(shared)
+            relay.finish()
         self._exit(status)
 
-    async def _resize(self, process: Process, size: WindowSize) -> None:
-        try:
-            await process.resize(size.cols, size.rows, size.pixel_width, size.pixel_height)
-        except Exception:
-            # A size the backend cannot apply must not cost the session its input.
-            log.warning("channel.resize_failed", exc_info=True, extra=self._connection.log_fields())
-
-    def _share(self, process: Process) -> SharedSession[Terminal] | None:
-        """Put a Terminal between the process and this channel if sharing is asked for."""
-        assert self._chan is not None and self._pty is not None
-        service = self._connection.gateway.sharing
-        username = self._connection.username or ""
-        try:
-            request = service.share_request(self._connection.config, username,
-                                            self._client_env())
-        except ValueError as error:
-            self._chan.write_stderr(f"pairpod: not shared: {error}\r\n".encode())
-            return None
-        if request is None:
-            return None
-        terminal = Terminal(process, ChannelSink(self._chan, self._connection.traffic),
-                            owner_name=f"user:{username}",
-                            cols=self._pty.cols, rows=self._pty.rows,
-                            viewer_backlog=self._connection.config.sharing.viewer_backlog)
-        session, banner = service.open_session(self._connection.config, username, terminal,
-                                               request)
-        # Shown before the program's first output: run() has not read any yet.
-        self._chan.write(banner.encode())
-        self._terminal = terminal
-        return session
-
-    async def _relay(self, process: Process) -> ExitStatus:
-        assert self._chan is not None
-        chan = self._chan
-        if self._terminal is not None:
-            pumps = [asyncio.ensure_future(self._terminal.run())]
-        else:
-            pumps = [
-                asyncio.ensure_future(self._pump_output(process, Stream.STDOUT, chan.write)),
-                asyncio.ensure_future(self._pump_output(process, Stream.STDERR,
-                                                        chan.write_stderr)),
-            ]
-        feeder = asyncio.ensure_future(self._pump_input(process))
+    async def _relay_until_exit(self, process: Process, relay: Relay) -> ExitStatus:
+        output = asyncio.ensure_future(relay.start())
+        feeder = asyncio.ensure_future(self._pump_input(process, relay))
         try:
             status = await process.wait()
-            _, pending = await asyncio.wait(pumps, timeout=_DRAIN_AFTER_EXIT)
+            _, pending = await asyncio.wait([output], timeout=_DRAIN_AFTER_EXIT)
             if pending:
-                log.info("channel.output_abandoned", extra=self._connection.log_fields(
-                    reason="output still open after the program exited"))
+                log.info(
+                    "channel.output_abandoned",
+                    extra=self._context.log_fields(reason="output still open after the program exited"),
+                )
             return status
         finally:
-            for task in (*pumps, feeder):
+            for task in (output, feeder):
                 task.cancel()
-            await asyncio.gather(*pumps, feeder, return_exceptions=True)
-
-    async def _pump_output(self, process: Process, stream: Stream,
-                           send: Callable[[bytes], None]) -> None:
-        traffic = self._connection.traffic
-        while data := await process.read(stream, _CHUNK):
-            traffic.sent += len(data)
-            send(data)
-            if not self._can_write.is_set():
-                await self._can_write.wait()
+            await asyncio.gather(output, feeder, return_exceptions=True)
 
     async def _take(self) -> InputItem:
         if self._holding:
@@ -356,24 +317,17 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             size += len(more)
         return b"".join(parts)
 
-    async def _pump_input(self, process: Process) -> None:
-        traffic = self._connection.traffic
+    async def _pump_input(self, process: Process, relay: Relay) -> None:
+        traffic = self._context.traffic
         while (item := await self._next_input()) is not None:
             if isinstance(item, WindowSize):
                 self._resizes_queued -= 1
                 if self._resizes_queued == 0 and self._resize_overflow is not None:
                     item, self._resize_overflow = self._resize_overflow, None
-                if self._terminal is not None:
-                    # The Terminal sizes the PTY for everyone (smallest read-write participant).
-                    self._terminal.owner.resize(item.cols, item.rows)
-                else:
-                    await self._resize(process, item)
+                await relay.resize(item.cols, item.rows, item.pixel_width, item.pixel_height)
                 continue
             traffic.received += len(item)
-            if self._terminal is not None:
-                await self._terminal.owner.send_input(item)
-            else:
-                await process.write(item)
+            await relay.input(item)
             self._input_queued -= len(item)
             if self._reading_paused and self._input_queued < _INPUT_LOW_WATER and self._chan:
                 self._reading_paused = False
@@ -391,14 +345,14 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._closed = True
         # The session is over once we exit; free its slot without waiting for the
         # client's CLOSE, which may race with its next channel open.
-        self._connection.channel_closed(self)
-        log.info("channel.exit", extra=self._connection.log_fields(
-            exit_code=status.code, exit_signal=status.signal))
-        self._connection.gateway.ops.channel_exited(self._connection, status)
+        self._context.closed(self)
+        log.info(
+            "channel.exit", extra=self._context.log_fields(exit_code=status.code, exit_signal=status.signal)
+        )
+        self._context.exited(status)
         with contextlib.suppress(OSError, asyncssh.Error):
             if status.signal is not None:
-                chan.exit_with_signal(status.signal, status.core_dumped,
-                                      f"killed by signal {status.signal}")
+                chan.exit_with_signal(status.signal, status.core_dumped, f"killed by signal {status.signal}")
             else:
                 chan.exit(status.code if status.code is not None else 255)
 
@@ -417,8 +371,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._input.put_nowait(None)
         return True
 
-    def terminal_size_changed(self, width: int, height: int,
-                              pixwidth: int, pixheight: int) -> None:
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         """Queue the resize with the input: it applies before any input sent after it.
 
         The program starts with the size of the PTY request; changes made while
@@ -427,8 +380,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         """
         if self._pty is None:
             return
-        bounded = bounded_size(width, height, pixwidth, pixheight,
-                               self._connection.config.ssh.max_pty)
+        bounded = bounded_size(width, height, pixwidth, pixheight, self._context.config.ssh.max_pty)
         size = WindowSize(bounded.cols, bounded.rows, bounded.pixel_width, bounded.pixel_height)
         if self._resizes_queued >= _MAX_QUEUED_RESIZES:
             self._resize_overflow = size
@@ -437,57 +389,54 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._input.put_nowait(size)
 
     def end_of_write_received(self) -> None:
-        """The client's stdout closed (``eow@openssh.com``): close the program's, as sshd does.
-
-        A shared terminal is left alone: its other participants still read it.
-        """
+        """The client's stdout closed (``eow@openssh.com``): the relay decides what it ends."""
         self._output_closed = True
-        if self._terminal is None:
-            self._later(lambda p: p.close_output())
+        if self._relay is not None:
+            self._context.tasks.spawn(self._relay.end_of_write())
 
     def signal_received(self, signal: str) -> None:
         """Deliver a client's signal request (only the RFC 4254 names)."""
         name = signal.upper().removeprefix("SIG")
         if name not in SSH_SIGNALS:
-            log.info("channel.signal_ignored", extra=self._connection.log_fields(signal=name))
+            log.info("channel.signal_ignored", extra=self._context.log_fields(signal=name))
             return
-        self._later(lambda p: p.signal(name))
+        self._later(lambda r: r.signal(name))
 
     def break_received(self, msec: int) -> bool:
         """A break interrupts: Ctrl-C through the terminal, SIGINT without one."""
         if self._pty is not None:
             self.data_received(b"\x03", None)
         else:
-            self._later(lambda p: p.signal("INT"))
+            self._later(lambda r: r.signal("INT"))
         return True
 
-    def _later(self, action: Callable[[Process], Awaitable[None]]) -> None:
-        if self._process is not None:
-            self._connection.tasks.spawn(action(self._process))
+    def _later(self, action: Callable[[Relay], Awaitable[None]]) -> None:
+        if self._relay is not None:
+            self._context.tasks.spawn(action(self._relay))
 
     def pause_writing(self) -> None:
-        """The client is not keeping up: stop pumping output."""
-        self._can_write.clear()
-        if self._terminal is not None:
-            self._terminal.owner.pause_writing()
+        """The client is not keeping up: stop sending it output."""
+        self._output_paused = True
+        if self._relay is not None:
+            self._relay.pause_output()
 
     def resume_writing(self) -> None:
         """The client caught up."""
-        self._can_write.set()
-        if self._terminal is not None:
-            self._terminal.owner.resume_writing()
+        self._output_paused = False
+        if self._relay is not None:
+            self._relay.resume_output()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The channel closed: stop the relay and end the process."""
         self._closed = True
-        self._connection.channel_closed(self)
-        if self._terminal is not None:
-            self._terminal.owner.leave()
+        self._context.closed(self)
+        if self._relay is not None:
+            self._relay.leave()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         process = self._process
         if process is not None:
-            self._connection.tasks.spawn(process.kill())
+            self._context.tasks.spawn(process.kill())
 
     def write_status(self, text: str) -> None:
         """Show the user a progress line on stderr (while their environment is made)."""
