@@ -16,7 +16,7 @@ log = get_logger("sharing")
 
 
 class LineSession(asyncssh.SSHServerSession[bytes]):
-    """A channel that says something and ends; the base of the small sessions here."""
+    """A channel that says something and ends."""
 
     def __init__(self, context: ChannelContext) -> None:
         self._context = context
