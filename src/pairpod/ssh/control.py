@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable
 
 import asyncssh
+from asyncssh.misc import TermModes
 
 from pairpod.log import get_logger
 from pairpod.sharing.service import ControlError, SharingService
@@ -28,7 +29,7 @@ class LineSession(asyncssh.SSHServerSession[bytes]):
         self._chan = chan
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: asyncssh.TermModes
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: TermModes
     ) -> bool:
         """Accept; what the terminal is matters only to joiners."""
         return True

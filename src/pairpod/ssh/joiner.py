@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 import asyncssh
+from asyncssh.misc import TermModes
 
 from pairpod.sharing.terminal import Participant, Terminal, TerminalEnded
 from pairpod.sharing.tokens import Access
@@ -42,7 +43,7 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         chan.set_write_buffer_limits(high=1 << 18, low=1 << 16)
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: asyncssh.TermModes
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: TermModes
     ) -> bool:
         """A joiner needs a terminal: remember its size (within ``ssh.max_pty``)."""
         cols, rows, _, _ = term_size

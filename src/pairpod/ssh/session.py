@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
+from asyncssh.misc import TermModes
 
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec
 from pairpod.errors import PairpodError
@@ -135,7 +136,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         on_end_of_write(chan, self.end_of_write_received)
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: asyncssh.TermModes
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: TermModes
     ) -> bool:
         """Accept a PTY request unless the config forbids PTYs."""
         if not self._security.allow_pty or not self._context.permissions.pty:
@@ -410,7 +411,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             self._later(lambda r: r.signal("INT"))
         return True
 
-    def _later(self, action: Callable[[Relay], Awaitable[None]]) -> None:
+    def _later(self, action: Callable[[Relay], Coroutine[Any, Any, None]]) -> None:
         if self._relay is not None:
             self._context.tasks.spawn(action(self._relay))
 

@@ -65,6 +65,7 @@ class Drained(Protocol):
     async def wait_tasks(self) -> None:
         """Wait for the gateway-level tasks running now."""
 
+
 # After the grace: how long ending the sessions and removing the environments
 # may take, and then the backend's own final cleanup. A Deployment's
 # terminationGracePeriodSeconds should leave room for both after shutdown_grace.
