@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import fnmatch
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
@@ -23,6 +22,7 @@ from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec,
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
 from pairpod.ssh.context import SessionContext
+from pairpod.ssh.input import InputQueue, WindowSize
 from pairpod.ssh.relay import Relay
 from pairpod.ssh.request_limits import (
     bounded_size,
@@ -35,30 +35,9 @@ from pairpod.ssh.requests import on_end_of_write
 
 log = get_logger("channel")
 
-# Pause the client when this much input is queued for a slow program.
-_INPUT_HIGH_WATER = 1 << 20
-_INPUT_LOW_WATER = 1 << 18
 # After the program exits, how long its output may keep draining (a background
 # job holding the terminal open must not hold the channel forever).
 _DRAIN_AFTER_EXIT = 2.0
-_CHUNK = 1 << 18
-# Window changes waiting in the input queue at most; past that (a client flooding
-# them) only the latest is kept, applied in place of the last one queued.
-_MAX_QUEUED_RESIZES = 64
-
-
-@dataclass(frozen=True)
-class WindowSize:
-    """A window change, queued with the input so it reaches the program in order."""
-
-    cols: int
-    rows: int
-    pixel_width: int
-    pixel_height: int
-
-
-# What the input queue carries: data, a window change, or None for EOF.
-InputItem = bytes | WindowSize | None
 
 
 def filter_env(requested: dict[str, str], allow: list[str], deny: list[str] | None = None) -> dict[str, str]:
@@ -106,13 +85,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         self._process: Process | None = None
         # Input and window changes, in the order the client sent them: sshd
         # applies a window change before any input that follows it.
-        self._input: asyncio.Queue[InputItem] = asyncio.Queue()
-        self._held: InputItem = None
-        self._holding = False
-        self._resizes_queued = 0
-        self._resize_overflow: WindowSize | None = None
-        self._input_queued = 0
-        self._reading_paused = False
+        self._input = InputQueue(self._pause_reading, self._resume_reading)
         self._output_paused = False
         self._task: asyncio.Task[None] | None = None
         self._relay: Relay | None = None
@@ -296,44 +269,24 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
                 task.cancel()
             await asyncio.gather(output, feeder, return_exceptions=True)
 
-    async def _take(self) -> InputItem:
-        if self._holding:
-            self._holding = False
-            return self._held
-        return await self._input.get()
-
-    async def _next_input(self) -> InputItem:
-        """The next item; data joined with the data already queued behind it (fewer writes)."""
-        item = await self._take()
-        if not isinstance(item, bytes) or self._input.empty():
-            return item
-        parts = [item]
-        size = len(item)
-        while not self._input.empty() and size < _CHUNK:
-            more = self._input.get_nowait()
-            if not isinstance(more, bytes):
-                self._held, self._holding = more, True  # EOF or a resize: next round, in order
-                break
-            parts.append(more)
-            size += len(more)
-        return b"".join(parts)
-
     async def _pump_input(self, process: Process, relay: Relay) -> None:
         traffic = self._context.traffic
-        while (item := await self._next_input()) is not None:
+        while (item := await self._input.next()) is not None:
             if isinstance(item, WindowSize):
-                self._resizes_queued -= 1
-                if self._resizes_queued == 0 and self._resize_overflow is not None:
-                    item, self._resize_overflow = self._resize_overflow, None
                 await relay.resize(item.cols, item.rows, item.pixel_width, item.pixel_height)
                 continue
             traffic.received += len(item)
             await relay.input(item)
-            self._input_queued -= len(item)
-            if self._reading_paused and self._input_queued < _INPUT_LOW_WATER and self._chan:
-                self._reading_paused = False
-                self._chan.resume_reading()
+            self._input.taken(len(item))
         await process.write_eof()
+
+    def _pause_reading(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
 
     def _finish_with_error(self, message: str, code: int) -> None:
         self.write_status(message)
@@ -361,15 +314,11 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Queue input in order; pause the client if the program falls behind."""
-        self._input.put_nowait(data)
-        self._input_queued += len(data)
-        if not self._reading_paused and self._input_queued > _INPUT_HIGH_WATER and self._chan:
-            self._reading_paused = True
-            self._chan.pause_reading()
+        self._input.data(data)
 
     def eof_received(self) -> bool:
         """Forward EOF after any queued input; keep our side open for output."""
-        self._input.put_nowait(None)
+        self._input.eof()
         return True
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
@@ -382,12 +331,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         if self._pty is None:
             return
         bounded = bounded_size(width, height, pixwidth, pixheight, self._context.config.ssh.max_pty)
-        size = WindowSize(bounded.cols, bounded.rows, bounded.pixel_width, bounded.pixel_height)
-        if self._resizes_queued >= _MAX_QUEUED_RESIZES:
-            self._resize_overflow = size
-            return
-        self._resizes_queued += 1
-        self._input.put_nowait(size)
+        self._input.resize(WindowSize(bounded.cols, bounded.rows, bounded.pixel_width, bounded.pixel_height))
 
     def end_of_write_received(self) -> None:
         """The client's stdout closed (``eow@openssh.com``): the relay decides what it ends."""
