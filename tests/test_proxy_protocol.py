@@ -16,6 +16,9 @@ from tests.conftest import MakeGateway
 from tests.support.gateway import ClientKey, GatewayThread, require, wait_until
 from tests.support.http_peers import AuthWebhookPeer, served_in_thread
 
+# What the gateway says first on a connection it serves.
+BANNER = f"SSH-2.0-{SERVER_VERSION}".encode()
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -156,9 +159,8 @@ def test_headers_only_from_trusted_sources(
     # A malformed header from a trusted source: closed.
     assert _banner(gw.port, "127.0.0.1", b"PROXY TCP4 nonsense\r\n") == b""
     # A good header from a trusted source, and plain SSH from an untrusted one, are served.
-    served = b"SSH-2.0-" + SERVER_VERSION.encode()
-    assert _banner(gw.port, "127.0.0.1", header + b"SSH-2.0-x\r\n").startswith(served)
-    assert _banner(gw.port, "127.0.0.2", b"SSH-2.0-x\r\n").startswith(served)
+    assert _banner(gw.port, "127.0.0.1", header + b"SSH-2.0-x\r\n").startswith(BANNER)
+    assert _banner(gw.port, "127.0.0.2", b"SSH-2.0-x\r\n").startswith(BANNER)
     # A trusted source that sends nothing is closed after proxy_protocol.timeout.
     assert _banner(gw.port, "127.0.0.1", b"") == b""
     reasons = [
