@@ -22,8 +22,6 @@ from pairpod.ssh.purpose import ConnectionSide, Purpose
 class JoinPurpose(Purpose):
     """A joiner: a key (or, for an open session, the link alone) admits them."""
 
-    kind = "join"
-
     def __init__(
         self, connection: ConnectionSide, sharing: SharingService, authenticator: Authenticator
     ) -> None:

@@ -86,8 +86,6 @@ class ChainPurpose(Purpose):
 class LoginPurpose(ChainPurpose):
     """A user's login: an environment, and session channels running programs in it."""
 
-    kind = "login"
-
     def __init__(self, connection: ConnectionSide, sharing: SharingService) -> None:
         super().__init__(connection)
         self._sharing = sharing
@@ -147,8 +145,6 @@ class LoginPurpose(ChainPurpose):
 
 class ControlPurpose(ChainPurpose):
     """``alice+ctl``: authenticates as ``alice``, gets the sharing controls, no environment."""
-
-    kind = "control"
 
     def __init__(self, connection: ConnectionSide, sharing: SharingService, owner: str) -> None:
         super().__init__(connection, owner)

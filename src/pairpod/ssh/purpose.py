@@ -63,8 +63,6 @@ class Purpose:
     The defaults offer nothing and refuse everything (deny by default).
     """
 
-    kind = "none"
-
     def begin_auth(self, username: str) -> bool:
         """Whether ``username`` must authenticate (AsyncSSH's ``begin_auth``)."""
         return True
