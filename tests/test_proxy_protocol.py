@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pairpod.ssh_requests import SERVER_VERSION
+from pairpod.ssh.requests import SERVER_VERSION
 from tests.conftest import MakeGateway
 from tests.support.gateway import ClientKey, GatewayThread, require, wait_until
 from tests.support.http_peers import AuthWebhookPeer, served_in_thread

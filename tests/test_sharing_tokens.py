@@ -147,15 +147,12 @@ def test_who_may_join() -> None:
     registry: ShareRegistry[str] = ShareRegistry()
     named = registry.create_session(owner="user:alice", terminal="T",
                                     share_with=["GitHub:Bob", "user:dave"])
-    assert named.may_join(["github:BOB"])
-    assert named.may_join(["gitlab:zed", "user:dave"])
-    assert named.may_join(["user:alice"])  # the owner, from a second terminal
-    assert not named.may_join(["github:carol"])
-    assert not named.may_join(["user:Dave"])  # local names are case-sensitive
-    assert not named.may_join(["not an identity"])
-    assert not named.may_join([])
+    # The owner (from a second terminal) and the named, normalised: forge names
+    # fold case, local names keep it.
+    assert named.may_join_as() == ["github:bob", "user:alice", "user:dave"]
+    assert not named.open
     opened = registry.create_session(owner="user:alice", terminal="T", open=True)
-    assert opened.may_join([])
+    assert opened.open and opened.may_join_as() == ["user:alice"]
     assert [s.session_id for s in registry.sessions_of("user:alice")] == [
         named.session_id, opened.session_id]
     assert registry.sessions_of("github:bob") == []

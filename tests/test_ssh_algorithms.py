@@ -10,7 +10,7 @@ import pytest
 
 from pairpod.config import validate_config
 from pairpod.errors import ConfigError
-from pairpod.server import Gateway
+from pairpod.ssh import Gateway
 from tests.conftest import MakeGateway
 from tests.support.client import connect
 from tests.support.gateway import ClientKey, base_config

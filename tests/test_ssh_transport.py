@@ -15,7 +15,7 @@ import pytest
 from asyncssh.connection import SSHConnection
 from asyncssh.constants import MSG_IGNORE
 
-from pairpod.ssh_transport import FEED_SLICE, CoalescingTransport, tune_transport
+from pairpod.ssh.transport import FEED_SLICE, CoalescingTransport, tune_transport
 from tests.support.gateway import require
 
 

@@ -67,8 +67,7 @@ def serve(config_path: Path | None, listen: str | None, backend: str | None) -> 
 
 
 async def _serve(config: Config) -> None:
-    from pairpod.admission import raise_open_files_limit
-    from pairpod.server import Gateway
+    from pairpod.ssh import Gateway, raise_open_files_limit
 
     before, after = raise_open_files_limit()
     log.info("gateway.open_files_limit", extra=fields(soft=after, was=before))

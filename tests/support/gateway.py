@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from pairpod.config import Config, merge, validate_config
-from pairpod.server import Gateway
+from pairpod.ssh import Gateway
 
 DEFAULT_WAIT = 20.0
 

@@ -11,21 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pairpod.admin.audit import AuditLog
 from pairpod.admin.control import AdminSocket
 from pairpod.admin.http import AdminHTTP
 from pairpod.admin.metrics import GatewayState, Metrics
-from pairpod.admin.view import describe
+from pairpod.admin.view import ConnectionView, GatewayView, describe
 from pairpod.auth.result import AuthDecision
 from pairpod.backends.base import Environment, ExitStatus, Identity
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
 from pairpod.traffic import Traffic
-
-if TYPE_CHECKING:
-    from pairpod.server import Connection, Gateway
 
 log = get_logger("admin")
 
@@ -39,7 +36,7 @@ END_GRACE = 5.0
 class Operations:
     """Metrics, audit and admin endpoints of one Gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayView) -> None:
         self._gateway = gateway
         config = gateway.config
         # What closed connections moved (live ones are summed at each scrape).
@@ -82,13 +79,13 @@ class Operations:
 
     # --- events ---------------------------------------------------------------------
 
-    def connection_opened(self, connection: Connection, client: str | None) -> None:
+    def connection_opened(self, connection: ConnectionView, client: str | None) -> None:
         """A client connected."""
         if self.metrics is not None:
             self.metrics.connections.inc()
         self._audit("connect", connection.conn_id, remote=connection.remote_addr, client=client)
 
-    def connection_closed(self, connection: Connection, reason: str) -> None:
+    def connection_closed(self, connection: ConnectionView, reason: str) -> None:
         """A client went away (or was sent away)."""
         if (gone := self._ending.get(connection.conn_id)) is not None:
             gone.set()
@@ -153,7 +150,7 @@ class Operations:
             error=error.operator_message,
         )
 
-    def channel_started(self, connection: Connection, kind: str, command: str | None, pty: bool) -> None:
+    def channel_started(self, connection: ConnectionView, kind: str, command: str | None, pty: bool) -> None:
         """A session channel's program started in the environment."""
         self._audit(
             "channel.start",
@@ -164,7 +161,7 @@ class Operations:
             pty=pty,
         )
 
-    def channel_exited(self, connection: Connection, status: ExitStatus) -> None:
+    def channel_exited(self, connection: ConnectionView, status: ExitStatus) -> None:
         """A session channel's program ended (or the channel was refused)."""
         self._audit(
             "channel.exit",
@@ -174,7 +171,7 @@ class Operations:
             signal=status.signal,
         )
 
-    def sharing(self, connection: Connection, event: str, **values: Any) -> None:
+    def sharing(self, connection: ConnectionView, event: str, **values: Any) -> None:
         """A sharing event (``join``, ``leave``, ``kick``, ``revoke``, ``mint``)."""
         self._audit(f"share.{event}", connection.conn_id, user=connection.display_user, **values)
 
@@ -206,7 +203,7 @@ class Operations:
             return {"ended": found[0].conn_id}
         return {"error": f"unknown command {command!r}"}
 
-    async def _end(self, connection: Connection) -> None:
+    async def _end(self, connection: ConnectionView) -> None:
         """End a connection: its sessions first, so the client closes by itself.
 
         A client disconnected at once may exit before it has shown the

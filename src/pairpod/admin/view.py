@@ -1,12 +1,90 @@
-"""What ``pairpod admin list`` shows of each connection, and how it prints."""
+"""What admin reads of the gateway (read-only protocols), and how ``admin list`` prints.
+
+Admin sits below the SSH layer: the SSH gateway and its connections satisfy
+these protocols; nothing here imports them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from pairpod.server import Connection
+from pairpod.backends.base import Backend, Environment, ProcessSpec
+from pairpod.config import Config
+from pairpod.sharing.service import SharingService
+from pairpod.traffic import Traffic
+
+
+class ChannelView(Protocol):
+    """A session channel running a program, as admin sees it."""
+
+    @property
+    def kind(self) -> str | None:
+        """``shell``, ``exec`` or ``subsystem`` once the program runs."""
+
+    @property
+    def spec(self) -> ProcessSpec | None:
+        """What runs, once it runs."""
+
+    @property
+    def shared(self) -> Any:
+        """The shared session this channel owns (None: not shared)."""
+
+    async def terminate(self, message: str) -> None:
+        """End the session, telling the user ``message``."""
+
+
+class ConnectionView(Protocol):
+    """A client connection, as admin sees it."""
+
+    @property
+    def conn_id(self) -> str:
+        """The connection's id."""
+
+    @property
+    def remote_addr(self) -> str:
+        """The client's address."""
+
+    @property
+    def traffic(self) -> Traffic:
+        """Bytes in and out so far."""
+
+    @property
+    def display_user(self) -> str | None:
+        """Who it is, fit to show."""
+
+    def ready_environment(self) -> Environment | None:
+        """The environment, once made."""
+
+    def open_channels(self) -> Sequence[ChannelView]:
+        """The session channels open now."""
+
+    def log_fields(self, **extra: Any) -> dict[str, Any]:
+        """Logging fields naming the connection."""
+
+    async def shutdown(self, message: str) -> None:
+        """End the sessions and disconnect."""
+
+
+class GatewayView(Protocol):
+    """The running gateway, as admin sees it."""
+
+    @property
+    def config(self) -> Config:
+        """The gateway's config."""
+
+    @property
+    def backend(self) -> Backend:
+        """Its backend (name, readiness check)."""
+
+    @property
+    def sharing(self) -> SharingService:
+        """Its shared sessions."""
+
+    @property
+    def connections(self) -> Collection[ConnectionView]:
+        """Live connections."""
 
 
 def rfc3339(stamp: float) -> str:
@@ -14,7 +92,7 @@ def rfc3339(stamp: float) -> str:
     return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def describe(connection: Connection) -> dict[str, Any]:
+def describe(connection: ConnectionView) -> dict[str, Any]:
     """One connection as a JSON-able mapping (the admin socket's ``list`` answer)."""
     environment = connection.ready_environment()
     channels = []

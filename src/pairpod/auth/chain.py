@@ -51,7 +51,7 @@ from pairpod.auth.certificates import (
     check_principals,
     record_offered_keys,
 )
-from pairpod.auth.keys import StaticKeys, find_key
+from pairpod.auth.keys import AuthorizedKey, StaticKeys, find_key
 from pairpod.auth.lockout import Lock, Lockout
 from pairpod.auth.password import ChecksBusy, PasswordChecks, hash_kind, warm_up
 from pairpod.auth.remote_keys import RemoteKeySource
@@ -183,6 +183,22 @@ class Authenticator:
         if username in auth.gitlab_users:
             pairs.append(("gitlab", username))
         return list(dict.fromkeys(pairs))
+
+    async def keys_of(self, identity: str) -> list[AuthorizedKey]:
+        """The keys that prove ``identity`` (``github:NAME``, ``gitlab:NAME``, ``user:NAME``).
+
+        A local user's keys are those of ``authorized_keys`` and of the forge
+        logins configured for them; an unknown kind has none.
+        """
+        kind, _, name = identity.partition(":")
+        if kind in self.key_sources:
+            return list((await self.key_sources[kind].lookup(name)).entries)
+        if kind != "user":
+            return []
+        entries = list(self.static.entries_for(name))
+        for source, login in self.remote_logins(name):
+            entries += (await self.key_sources[source].lookup(login)).entries
+        return entries
 
     async def aclose(self) -> None:
         """Stop fetches in flight and close the HTTP client (if this object made it)."""
@@ -579,15 +595,7 @@ class ConnectionAuth:
                 Verdict.deny(step, f"internal error ({type(error).__name__})"),
             )
             return False
-        env: dict[str, str] = {}
-        sensitive: set[str] = set()
-
-        def put(name: str, value: str, secret: bool) -> None:
-            env[name] = value
-            (sensitive.add if secret else sensitive.discard)(name)
-
-        for name, value in verdict.permissions.environment.items():
-            put(name, value, False)
+        env = dict(verdict.permissions.environment)
         # Later sources win: auth webhook metadata, its environment, then the
         # config webhook's metadata and environment. Metadata becomes variables
         # only when the config says so, and a sensitive entry never does (as
@@ -603,8 +611,7 @@ class ConnectionAuth:
                 if is_metadata and (not expose or item.sensitive):
                     continue
                 if is_env_name(name):
-                    put(name, item.value, item.sensitive)
-        metadata = {**verdict.metadata, **answer.metadata}
+                    env[name] = item.value
         result = AuthResult(
             username=username,
             authenticated_as=authenticated_as,
@@ -613,8 +620,6 @@ class ConnectionAuth:
             config=config,
             permissions=verdict.permissions,
             env=frozen_map(env),
-            sensitive_env=frozenset(sensitive),
-            metadata=metadata,
             key_fingerprint=fingerprint,
             files={**verdict.files, **answer.files},
         )

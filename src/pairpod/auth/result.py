@@ -160,9 +160,9 @@ class AuthResult:
     authenticator vouched for (a webhook's ``authenticatedUsername``, else the
     username). ``env`` holds the variables to add to every process of the
     connection (authorized_keys ``environment=``, webhook environment and
-    metadata); ``sensitive_env`` names those that must never be logged.
-    ``config`` is the effective config of this connection, with the config
-    webhook's overrides merged and validated. ``files`` are the webhooks'
+    metadata); nothing logs their values. ``config`` is the effective config
+    of this connection, with the config webhook's overrides merged and
+    validated. ``files`` are the webhooks'
     files (path -> content), placed in the environment before any process.
     """
 
@@ -173,8 +173,6 @@ class AuthResult:
     config: Config = field(repr=False)
     permissions: LoginPermissions = field(default_factory=LoginPermissions)
     env: Mapping[str, str] = field(default_factory=frozen_map, repr=False)
-    sensitive_env: frozenset[str] = frozenset()
-    metadata: Mapping[str, MetadataValue] = field(default_factory=dict, repr=False)
     key_fingerprint: str | None = None
     files: Mapping[str, FileValue] = field(default_factory=dict, repr=False)
 

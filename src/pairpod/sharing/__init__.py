@@ -6,6 +6,10 @@
   current screen, kept off the owner's hot path.
 * :mod:`pairpod.sharing.terminal`: the Terminal between a PTY program and its
   owner and viewers (fan-out, flow control, size policy, notices, kick, end).
+* :mod:`pairpod.sharing.owner`: the owner's channel behind the SSH layer's relay seam.
+* :mod:`pairpod.sharing.service`: who shares, the registry, the owner's controls.
+
+Nothing here speaks SSH: the SSH layer (:mod:`pairpod.ssh`) attaches channels.
 """
 
 from __future__ import annotations

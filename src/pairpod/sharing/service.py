@@ -1,23 +1,17 @@
 """The gateway's sharing service: who shares, who may join, and the owner's controls.
 
 It keeps the registry of shared sessions, decides whether a new interactive
-session is shared, checks a joiner's key against the identities the owner
-named, and runs the owner's control commands. It knows SSH only through the
-small sink interface of :mod:`pairpod.sharing.terminal`.
+session is shared, finds the session a join link names, and runs the owner's
+control commands.
 """
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import asyncssh
-
-from pairpod.auth import Authenticator
-from pairpod.auth.keys import AuthorizedKey, find_key
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
 from pairpod.sharing.terminal import Terminal
@@ -69,10 +63,9 @@ def split_control_username(username: str) -> str | None:
 class SharingService:
     """Shared sessions of one gateway process."""
 
-    def __init__(self, config: Config, authenticator: Authenticator) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.registry: ShareRegistry[Terminal] = ShareRegistry()
-        self._authenticator = authenticator
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -144,27 +137,6 @@ class SharingService:
         if session.terminal.ended:
             return None
         return link.access, session
-
-    async def joiner_identities(self, session: SharedSession[Terminal], key: asyncssh.SSHKey,
-                                address: str) -> list[str]:
-        """The identities among those allowed (and the owner) that ``key`` proves."""
-        candidates = sorted({session.owner, *session.allowed})
-        found = await asyncio.gather(*(self._key_of(identity, key, address)
-                                       for identity in candidates))
-        return [identity for identity, ok in zip(candidates, found, strict=True) if ok]
-
-    async def _key_of(self, identity: str, key: asyncssh.SSHKey, address: str) -> bool:
-        kind, _, name = identity.partition(":")
-        auth = self._authenticator
-        entries: list[AuthorizedKey] = []
-        if kind in ("github", "gitlab"):
-            entries += (await auth.key_sources[kind].lookup(name)).entries
-        elif kind == "user":
-            entries += auth.static.entries_for(name)
-            for source, login in auth.remote_logins(name):
-                entries += (await auth.key_sources[source].lookup(login)).entries
-        entry, _ = find_key(entries, key, address)
-        return entry is not None
 
     # --- the owner's control interface -------------------------------------------
 

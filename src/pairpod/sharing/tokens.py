@@ -195,22 +195,13 @@ class SharedSession(Generic[_T]):
     created: float
     links: dict[str, ShareLink] = field(default_factory=dict)
 
-    def may_join(self, identities: Iterable[str]) -> bool:
-        """True when one of a joiner's identities may join this session.
+    def may_join_as(self) -> list[str]:
+        """The identities a joiner's key may prove to join this (restricted) session.
 
         The owner may always join their own session (from a second terminal);
-        anyone may join an open session; otherwise an identity must be listed.
+        an open session admits anyone with a link and asks for no identity.
         """
-        if self.open:
-            return True
-        for identity in identities:
-            try:
-                name = normalize_identity(identity)
-            except ValueError:
-                continue
-            if name == self.owner or name in self.allowed:
-                return True
-        return False
+        return sorted({self.owner, *self.allowed})
 
     def active_links(self) -> list[ShareLink]:
         """Links that still work, oldest first."""

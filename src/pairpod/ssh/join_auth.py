@@ -31,7 +31,8 @@ from typing import Any
 
 import asyncssh
 
-from pairpod.auth.lockout import Lockout
+from pairpod.auth import Authenticator
+from pairpod.auth.keys import find_key
 from pairpod.log import get_logger
 from pairpod.sharing.service import SharingService
 from pairpod.sharing.terminal import Terminal
@@ -63,13 +64,14 @@ class JoinAuth:
     def __init__(
         self,
         service: SharingService,
-        lockout: Lockout,
+        authenticator: Authenticator,
         address: str,
         send_banner: Callable[[str], None],
         log_fields: Callable[..., dict[str, Any]],
     ) -> None:
         self._service = service
-        self._lockout = lockout
+        self._authenticator = authenticator
+        self._lockout = authenticator.lockout
         self._address = address
         self._send_banner = send_banner
         self._log_fields = log_fields
@@ -107,7 +109,7 @@ class JoinAuth:
             access, session = found
             if session.open:  # the link alone admits: no key looked up, as with tmate
                 return self._admit(access, session, self._guest())
-            identities = await self._service.joiner_identities(session, key, self._address)
+            identities = await self._proven(session, key)
             log.info(
                 "sharing.joiner_key",
                 extra=self._log_fields(
@@ -120,6 +122,16 @@ class JoinAuth:
                 return self._admit(access, session, identities[0])
         await self._refuse("publickey", known=found is not None)
         return False
+
+    async def _proven(self, session: SharedSession[Terminal], key: asyncssh.SSHKey) -> list[str]:
+        """The identities the session admits that ``key`` proves."""
+        candidates = session.may_join_as()
+        found = await asyncio.gather(*(self._proves(identity, key) for identity in candidates))
+        return [identity for identity, ok in zip(candidates, found, strict=True) if ok]
+
+    async def _proves(self, identity: str, key: asyncssh.SSHKey) -> bool:
+        entry, _ = find_key(await self._authenticator.keys_of(identity), key, self._address)
+        return entry is not None
 
     def kbdint_challenge(self) -> tuple[str, str, str, list[tuple[str, bool]]]:
         """No prompt: the answer (admitted or not) comes with the empty response."""

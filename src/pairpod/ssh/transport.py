@@ -131,8 +131,11 @@ def _skip_ignore_packets_under_aead(conn: asyncssh.SSHServerConnection) -> None:
     send = conn.send_packet
 
     def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
-        if (pkttype == MSG_IGNORE and args == (_EMPTY_STRING,)
-                and isinstance(conn._send_encryption, (GCMEncryption, ChachaEncryption))):
+        if (
+            pkttype == MSG_IGNORE
+            and args == (_EMPTY_STRING,)
+            and isinstance(conn._send_encryption, (GCMEncryption, ChachaEncryption))
+        ):
             return
         send(pkttype, *args, handler=handler)
 
@@ -228,9 +231,8 @@ def tune_transport(conn: asyncssh.SSHServerConnection) -> None:
     transport = conn._transport
     if transport is not None and not isinstance(transport, CoalescingTransport):
         transport.set_write_buffer_limits(high=_SEND_HIGH_WATER, low=_SEND_LOW_WATER)
-        conn._transport = CoalescingTransport(transport)
+        conn._transport = CoalescingTransport(transport)  # type: ignore[assignment]  # duck-typed
         _feed_in_slices(conn)
         _skip_ignore_packets_under_aead(conn)
         _lazy_keepalive(conn)
         _judge_kex_guess_by_rfc(conn)
-

@@ -13,16 +13,58 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Collection
+from typing import Any, Protocol
 
-from pairpod.config import format_duration
+from pairpod.admin import Operations
+from pairpod.auth import Authenticator
+from pairpod.backends import Backend
+from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
-
-if TYPE_CHECKING:
-    from pairpod.server import Gateway
+from pairpod.recording import Recorder
 
 log = get_logger("shutdown")
+
+
+class Draining(Protocol):
+    """A connection as the drain ends it."""
+
+    conn_id: str
+
+    @property
+    def cleaned_up(self) -> bool:
+        """Whether its environment removal has finished."""
+
+    @property
+    def has_environment(self) -> bool:
+        """Whether an environment was asked for."""
+
+    def environment_description(self) -> str | None:
+        """Its environment's description, once it exists."""
+
+    def notify(self, text: str) -> None:
+        """Tell every session one line."""
+
+    async def shutdown(self, message: str) -> None:
+        """End the sessions and disconnect."""
+
+
+class Drained(Protocol):
+    """What the drain stops (:class:`pairpod.ssh.gateway.Gateway`)."""
+
+    config: Config
+    backend: Backend
+    authenticator: Authenticator
+    ops: Operations
+    recorder: Recorder
+
+    @property
+    def connections(self) -> Collection[Draining]:
+        """Live connections."""
+
+    async def wait_tasks(self) -> None:
+        """Wait for the gateway-level tasks running now."""
+
 
 # After the grace: how long ending the sessions and removing the environments
 # may take, and then the backend's own final cleanup. A Deployment's
@@ -33,7 +75,7 @@ BACKEND_TIMEOUT = 10.0
 _POLL = 0.2
 
 
-async def drain(gateway: Gateway, hurry: asyncio.Event) -> None:
+async def drain(gateway: Drained, hurry: asyncio.Event) -> None:
     """Drain ``gateway`` and stop its backend. Never raises."""
     try:
         await _drain(gateway, hurry)
@@ -42,7 +84,7 @@ async def drain(gateway: Gateway, hurry: asyncio.Event) -> None:
     log.info("gateway.stopped")
 
 
-async def _drain(gateway: Gateway, hurry: asyncio.Event) -> None:
+async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
     grace = gateway.config.shutdown_grace
     connections = list(gateway.connections)
     log.info("gateway.stopping", extra=fields(connections=len(connections), grace=format_duration(grace)))
@@ -86,7 +128,7 @@ async def _drain(gateway: Gateway, hurry: asyncio.Event) -> None:
         )
 
 
-async def _until_gone(gateway: Gateway, grace: float, hurry: asyncio.Event) -> None:
+async def _until_gone(gateway: Drained, grace: float, hurry: asyncio.Event) -> None:
     """Wait for every connection to end, ``grace`` seconds, or ``hurry``."""
     end = time.monotonic() + grace
     while gateway.connections and not hurry.is_set():

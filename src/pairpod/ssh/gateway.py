@@ -1,0 +1,174 @@
+"""The running gateway: the composition root and the SSH listener.
+
+It makes the backend, authenticator, sharing service, operations (admin),
+recorder and limits, listens with AsyncSSH's options, and gives each client
+a :class:`~pairpod.ssh.connection.Connection`. It sits above ``admin``:
+admin sees it only through the read-only protocols of
+:mod:`pairpod.admin.view`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncssh
+
+from pairpod.admin import Operations
+from pairpod.auth import Authenticator
+from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
+from pairpod.backends.files import place_files
+from pairpod.config import Config
+from pairpod.env_limits import EnvironmentLimits
+from pairpod.errors import BackendError, ConfigError, PairpodError
+from pairpod.hostkeys import load_host_keys, restrict_algorithms
+from pairpod.log import fields, get_logger
+from pairpod.proxy import ProxyProtocolListener
+from pairpod.recording import Recorder
+from pairpod.sharing.service import SharingService
+from pairpod.ssh.admission import Admission
+from pairpod.ssh.connection import Connection
+from pairpod.ssh.requests import SERVER_VERSION
+from pairpod.ssh.shutdown import drain
+from pairpod.tasks import TaskGroup
+
+log = get_logger("server")
+
+
+class Gateway:
+    """The running pairpod server: listener, backend, live connections."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance_id = config.effective_instance_id
+        self.backend: Backend = create_backend(config, self.instance_id)
+        self.ops = Operations(self)
+        self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
+        self.sharing = SharingService(config)
+        self.admission = Admission(config.ssh)
+        self.connections: set[Connection] = set()
+        self.environment_limits = EnvironmentLimits(config.limits)
+        self.recorder = Recorder(config)
+        self._tasks = TaskGroup()
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run a gateway-level task (cleanups that must finish before shutdown)."""
+        return self._tasks.spawn(coro)
+
+    async def wait_tasks(self) -> None:
+        """Wait for the gateway-level tasks (connection cleanups) running now."""
+        await self._tasks.wait_all(None)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (useful with port 0)."""
+        assert self._server is not None
+        return self._server.get_port()
+
+    async def start(self) -> None:
+        """Load host keys, start the backend, listen."""
+        ssh = self.config.ssh
+        host_keys = restrict_algorithms(
+            load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes),
+            ssh.host_key_algorithms,
+        )
+        refused = self.authenticator.static.refused_files()
+        if refused:
+            raise ConfigError("authorized_keys refused: " + "; ".join(refused))
+        host, port = self.config.listen_address
+        await self.backend.start()
+        proxy = self.config.proxy_protocol
+        # With PROXY protocol on, a listener of ours reads the header before AsyncSSH.
+        listener: Any = ProxyProtocolListener(proxy.trusted, proxy.timeout) if proxy.trusted else ()
+        try:
+            self._server = await asyncssh.create_server(
+                lambda: Connection(self),
+                host,
+                port,
+                server_host_keys=host_keys,
+                server_version=SERVER_VERSION,
+                encryption_algs=ssh.ciphers,
+                kex_algs=ssh.kex_algorithms,
+                mac_algs=ssh.macs,
+                login_timeout=ssh.login_timeout,
+                keepalive_interval=ssh.keepalive_interval or None,
+                keepalive_count_max=ssh.keepalive_count_max,
+                # Bytes end to end, no line editing, nothing forwarded unless asked.
+                encoding=None,
+                line_editor=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_scp=False,
+                reuse_address=True,
+                tunnel=listener,
+            )
+        except OSError as error:
+            await self.backend.stop()
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
+        try:
+            await self.ops.start()
+        except BaseException:
+            self._server.close()
+            await self.backend.stop()
+            raise
+        log.info(
+            "gateway.listening",
+            extra=fields(address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id),
+        )
+
+    async def open_environment(
+        self, identity: Identity, *, status: StatusCallback | None = None
+    ) -> Environment:
+        """Ask the backend for a connection's environment (within ``limits``), logging failures."""
+        began = time.monotonic()
+        try:
+            self.environment_limits.admit(identity.username, identity.conn_id)
+            environment = await self.backend.open(identity, status=status)
+            try:
+                await place_files(environment, identity.files)
+            except BaseException:
+                await environment.close()
+                raise
+        except PairpodError as error:
+            self.environment_limits.release(identity.conn_id)
+            log.warning(
+                "environment.failed",
+                extra=fields(
+                    conn=identity.conn_id,
+                    user=identity.username,
+                    remote=identity.remote_addr,
+                    error=error.operator_message,
+                    kind=type(error).__name__,
+                ),
+            )
+            self.ops.environment_failed(identity, error)
+            raise
+        except Exception as error:
+            self.environment_limits.release(identity.conn_id)
+            log.exception(
+                "environment.failed",
+                extra=fields(conn=identity.conn_id, user=identity.username, remote=identity.remote_addr),
+            )
+            wrapped = BackendError(f"backend failed: {error!r}")
+            self.ops.environment_failed(identity, wrapped)
+            raise wrapped from error
+        log.info(
+            "environment.ready",
+            extra=fields(conn=identity.conn_id, user=identity.username, env=environment.description),
+        )
+        self.ops.environment_ready(identity, environment, time.monotonic() - began)
+        return environment
+
+    async def stop(self, *, hurry: asyncio.Event | None = None) -> None:
+        """Drain and stop; never raises (see :func:`pairpod.ssh.shutdown.drain`).
+
+        Setting ``hurry`` (a second SIGTERM) ends the sessions at once.
+        """
+        if self._server is not None:
+            self._server.close()
+        await drain(self, hurry or asyncio.Event())

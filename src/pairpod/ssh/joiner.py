@@ -1,0 +1,136 @@
+"""A joiner's SSH channel, attached to a live shared Terminal (no backend)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncssh
+from asyncssh.misc import TermModes
+
+from pairpod.sharing.terminal import Participant, Terminal, TerminalEnded
+from pairpod.sharing.tokens import Access
+from pairpod.ssh.context import ChannelContext
+from pairpod.ssh.request_limits import bounded_size, pty_refusal
+from pairpod.ssh.sink import ChannelSink, exit_channel
+
+
+class ViewerSession(asyncssh.SSHServerSession[bytes]):
+    """A joiner's channel attached to a shared Terminal."""
+
+    def __init__(
+        self,
+        context: ChannelContext,
+        terminal: Terminal,
+        access: Access,
+        name: str,
+        sharing_event: Callable[..., None],
+    ) -> None:
+        self._context = context
+        self._sharing_event = sharing_event
+        self._terminal = terminal
+        self._access = access
+        self._name = name
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._size: tuple[int, int] | None = None
+        self._viewer: Participant | None = None
+        self._input: asyncio.Queue[bytes] = asyncio.Queue()
+        self._refusal: str | None = None
+
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        """Remember the channel and bound its write buffer."""
+        self._chan = chan
+        chan.set_write_buffer_limits(high=1 << 18, low=1 << 16)
+
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: TermModes
+    ) -> bool:
+        """A joiner needs a terminal: remember its size (within ``ssh.max_pty``)."""
+        cols, rows, _, _ = term_size
+        limit = self._context.config.ssh.max_pty
+        refusal = pty_refusal(term_type, cols, rows, limit)
+        if refusal is not None:
+            assert self._chan is not None
+            self._chan.write_stderr(f"pairpod: {refusal}\r\n".encode())
+            return False
+        size = bounded_size(cols, rows, 0, 0, limit)
+        self._size = (size.cols, size.rows)
+        return True
+
+    def shell_requested(self) -> bool:
+        """Joining is the shell request."""
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        """A command makes no sense on a join link; say so at start."""
+        self._refusal = "a join link runs no command: use plain ssh -t"
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """Joiners get no subsystems."""
+        return False
+
+    def session_started(self) -> None:
+        """Attach to the Terminal: the current screen at once, then live output."""
+        assert self._chan is not None
+        if self._refusal is None and self._size is None:
+            self._refusal = "joining needs a terminal: use ssh -t"
+        cap = self._context.config.sharing.max_participants
+        if self._refusal is None and sum(not p.owner for p in self._terminal.participants()) >= cap:
+            self._refusal = f"this shared session is full (max {cap} participants)"
+        if self._refusal is not None:
+            self._chan.write_stderr(f"pairpod: {self._refusal}\r\n".encode())
+            exit_channel(self._chan, 1)
+            return
+        assert self._size is not None
+        try:
+            self._viewer = self._terminal.join(
+                ChannelSink(self._chan, self._context.traffic),
+                name=self._name,
+                access=self._access,
+                cols=self._size[0],
+                rows=self._size[1],
+            )
+        except TerminalEnded as error:
+            self._chan.write_stderr(f"pairpod: {error.user_message}\r\n".encode())
+            exit_channel(self._chan, 1)
+            return
+        self._sharing_event("join", name=self._name, access=self._access.value)
+        self._context.tasks.spawn(self._pump_input(self._viewer))
+
+    async def _pump_input(self, viewer: Participant) -> None:
+        while True:
+            data = await self._input.get()
+            await viewer.send_input(data)
+
+    def eof_received(self) -> bool:
+        """A joiner's EOF does not end the shared program, nor the joiner's view."""
+        return True
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        """Keystrokes: the Terminal merges read-write input and drops read-only input."""
+        self._context.traffic.received += len(data)
+        self._input.put_nowait(data)
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        """The joiner's window changed (clamped to ``ssh.max_pty``)."""
+        if self._viewer is not None:
+            size = bounded_size(width, height, 0, 0, self._context.config.ssh.max_pty)
+            self._viewer.resize(size.cols, size.rows)
+
+    def pause_writing(self) -> None:
+        """The joiner is not reading: the Terminal queues, then resyncs."""
+        if self._viewer is not None:
+            self._viewer.pause_writing()
+
+    def resume_writing(self) -> None:
+        """The joiner caught up."""
+        if self._viewer is not None:
+            self._viewer.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The joiner left."""
+        self._context.closed(self)
+        if self._viewer is not None:
+            self._viewer.leave()
+            self._sharing_event("leave", name=self._name)
