@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.backends.kubernetes.pod import (
     PodProgress,
     dns_label,
@@ -15,7 +16,6 @@ from pairpod.backends.kubernetes.pod import (
     pod_progress,
     start_failure,
 )
-from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import validate_config
 from pairpod.errors import EnvironmentStartFailed, ImagePullFailed, StartTimeout
 from tests.support.kube_env import identity
