@@ -362,10 +362,15 @@ class DualScreen(pyte.Screen):
         else:
             return
         line = self.buffer[y]
-        if line[x].data == "" and x:  # the right half of a wide character
-            x -= 1
+        if x and _is_stub(line[x].data) and _is_wide(line[x - 1].data):
+            x -= 1  # the right half of a wide character: the mark goes on the character
         cell = line[x]
-        line[x] = cell._replace(data=unicodedata.normalize("NFC", cell.data + char))
+        data = cell.data
+        if _is_stub(data) or (_is_wide(data) and not (x + 1 < self.columns and _is_stub(line[x + 1].data))):
+            # A half whose other half was overwritten shows as a blank (see
+            # _row_cells): the mark goes on that blank, as on a terminal.
+            data = " "
+        line[x] = cell._replace(data=unicodedata.normalize("NFC", data + char))
         self.dirty.add(y)
 
     # Erasing, as a terminal does it: every cell of the range becomes a blank
@@ -446,12 +451,29 @@ class DualScreen(pyte.Screen):
 
     def insert_characters(self, count: int | None = None) -> None:
         """ICH: what is pushed past the right margin is lost (pyte keeps the last cell
-        out of sight, and DCH would bring it back)."""
+        out of sight, and DCH would bring it back); the inserted cells are blanks
+        with the current background, as DCH's, not the row's default."""
         count = count or 1
         line = self.buffer[self.cursor.y]
         start, columns = self.cursor.x, self.columns
         kept = {x + (count if x >= start else 0): cell for x, cell in line.items()
                 if x < start or x + count < columns}
+        blank = self._blank()
+        kept.update(dict.fromkeys(range(start, min(start + count, columns)), blank))
+        line.clear()
+        line.update(kept)
+        self.dirty.add(self.cursor.y)
+
+    def delete_characters(self, count: int | None = None) -> None:
+        """DCH: the cells after the cursor move left and blanks with the current
+        background come in at the right margin (pyte brings in its default cell
+        or the row's, which differ on a row erased with a colour)."""
+        count = count or 1
+        line = self.buffer[self.cursor.y]
+        start, columns = self.cursor.x, self.columns
+        kept = {x - (count if x >= start else 0): cell for x, cell in line.items()
+                if x < start or start + count <= x < columns}
+        kept.update(dict.fromkeys(range(max(columns - count, start), columns), self._blank()))
         line.clear()
         line.update(kept)
         self.dirty.add(self.cursor.y)
@@ -698,6 +720,15 @@ def sgr(attrs: Char) -> str:
 
 def _style(attrs: Char) -> Char:
     return attrs._replace(data=" ")
+
+
+def _is_stub(data: str) -> bool:
+    """Whether a cell holds no character of its own (a wide character's right half)."""
+    return not data or wcwidth(data[0]) == 0
+
+
+def _is_wide(data: str) -> bool:
+    return bool(data) and wcwidth(data[0]) == 2
 
 
 def _row_cells(line: StaticDefaultDict[int, Char], columns: int) -> list[Char | None]:
