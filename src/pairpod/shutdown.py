@@ -13,16 +13,61 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Collection
+from typing import Any, Protocol
 
-from pairpod.config import format_duration
+from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
 
-if TYPE_CHECKING:
-    from pairpod.server import Gateway
-
 log = get_logger("shutdown")
+
+
+# What the drain uses of the gateway, described here so that this module does
+# not import the server (which calls it).
+
+
+class DrainedConnection(Protocol):
+    """A connection as the drain sees it."""
+
+    @property
+    def conn_id(self) -> str: ...
+    @property
+    def cleaned_up(self) -> bool: ...
+    @property
+    def has_environment(self) -> bool: ...
+    def environment_description(self) -> str | None: ...
+    def notify(self, text: str) -> None: ...
+    async def shutdown(self, message: str) -> None: ...
+
+
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+class _Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+class _Recorder(Protocol):
+    def close(self, timeout: float) -> bool: ...
+
+
+class DrainedGateway(Protocol):
+    """A gateway as the drain sees it."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def connections(self) -> Collection[DrainedConnection]: ...
+    @property
+    def backend(self) -> _Stoppable: ...
+    @property
+    def authenticator(self) -> _Closable: ...
+    @property
+    def ops(self) -> _Stoppable: ...
+    @property
+    def recorder(self) -> _Recorder: ...
+    async def wait_tasks(self) -> None: ...
 
 # After the grace: how long ending the sessions and removing the environments
 # may take, and then the backend's own final cleanup. A Deployment's
@@ -33,7 +78,7 @@ BACKEND_TIMEOUT = 10.0
 _POLL = 0.2
 
 
-async def drain(gateway: Gateway, hurry: asyncio.Event) -> None:
+async def drain(gateway: DrainedGateway, hurry: asyncio.Event) -> None:
     """Drain ``gateway`` and stop its backend. Never raises."""
     try:
         await _drain(gateway, hurry)
@@ -42,7 +87,7 @@ async def drain(gateway: Gateway, hurry: asyncio.Event) -> None:
     log.info("gateway.stopped")
 
 
-async def _drain(gateway: Gateway, hurry: asyncio.Event) -> None:
+async def _drain(gateway: DrainedGateway, hurry: asyncio.Event) -> None:
     grace = gateway.config.shutdown_grace
     connections = list(gateway.connections)
     log.info("gateway.stopping", extra=fields(connections=len(connections), grace=format_duration(grace)))
@@ -86,7 +131,7 @@ async def _drain(gateway: Gateway, hurry: asyncio.Event) -> None:
         )
 
 
-async def _until_gone(gateway: Gateway, grace: float, hurry: asyncio.Event) -> None:
+async def _until_gone(gateway: DrainedGateway, grace: float, hurry: asyncio.Event) -> None:
     """Wait for every connection to end, ``grace`` seconds, or ``hurry``."""
     end = time.monotonic() + grace
     while gateway.connections and not hurry.is_set():
