@@ -69,6 +69,7 @@ class DrainedGateway(Protocol):
     def recorder(self) -> _Recorder: ...
     async def wait_tasks(self) -> None: ...
 
+
 # After the grace: how long ending the sessions and removing the environments
 # may take, and then the backend's own final cleanup. A Deployment's
 # terminationGracePeriodSeconds should leave room for both after shutdown_grace.
