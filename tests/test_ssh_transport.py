@@ -240,7 +240,8 @@ async def test_keepalive_waits_for_silence_and_drops_a_client_that_stopped_answe
     # time instead and re-arms the timer for the rest when it fires early. What
     # a client sees must not change: no keepalive request while it sends, one
     # per interval once it is silent, and a disconnect when it stops answering.
-    interval, count_max = 0.5, 2
+    # An interval long enough that a loaded machine does not stall the sender for one.
+    interval, count_max = 1.0, 2
     asked: list[float] = []
     asked_twice = asyncio.Event()
     answer = SSHConnection._process_keepalive_at_openssh_dot_com_global_request
@@ -260,8 +261,8 @@ async def test_keepalive_waits_for_silence_and_drops_a_client_that_stopped_answe
             "127.0.0.1", port, known_hosts=None, agent_path=None, config=None, username="u"
         ) as conn:
             process = await conn.create_process("sink", encoding=None)
-            # Busy for six intervals, sending every 20 ms (the workload, not a wait).
-            busy_until = loop.time() + 6 * interval
+            # Busy for four intervals, sending every 20 ms (the workload, not a wait).
+            busy_until = loop.time() + 4 * interval
             while loop.time() < busy_until:
                 process.stdin.write(b"k" * 1024)
                 await asyncio.sleep(0.02)
