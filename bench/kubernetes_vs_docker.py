@@ -9,7 +9,7 @@ and the ratio kubernetes / docker:
   per transfer: download with and without a TTY, upload without.
 
 The Kubernetes side runs on the test API server (``python -m
-tests.kube_apiserver``, its own process so it does not share a GIL with the
+testing.kube_apiserver``, its own process so it does not share a GIL with the
 gateway), whose pods are Docker containers on the same engine: the difference
 is what the Kubernetes path adds (API round trips, the watch, the exec
 WebSocket through a second process) over talking to the engine directly. On
@@ -55,7 +55,7 @@ class KubeApiServer:
         self.kubeconfig = work.path / "kubeconfig"
         self._log = (work.path / "kube-apiserver.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.kube_apiserver", "--kubeconfig", str(self.kubeconfig),
+            [sys.executable, "-m", "testing.kube_apiserver", "--kubeconfig", str(self.kubeconfig),
              "--namespace", NAMESPACE],
             cwd=ROOT.parent, stdout=subprocess.PIPE, stderr=self._log,
         )

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import validate_config
 from pairpod.errors import BackendUnavailable, ConfigError
+from testing.kube_apiserver.fixture import KubeApiServerThread
 from tests.conftest import MakeGateway
-from tests.kube_apiserver.fixture import KubeApiServerThread
 from tests.support.client import connect
 from tests.support.docker_env import docker_overrides
 from tests.support.gateway import ClientKey, GatewayThread, wait_until

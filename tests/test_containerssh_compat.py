@@ -18,8 +18,8 @@ import pytest
 
 from pairpod.auth.webhook import WebhookError, apply_overrides
 from pairpod.config import Config, validate_config
+from testing.kube_apiserver.fixture import kube_apiserver, kube_namespace
 from tests.conftest import MakeGateway
-from tests.kube_apiserver.fixture import kube_apiserver, kube_namespace
 from tests.support.containerssh_peer import (
     DOCKER_CONTAINER_CONFIG,
     ContainerSSHPeer,

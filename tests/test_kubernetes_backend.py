@@ -12,7 +12,7 @@ from pairpod.backends.base import ProcessSpec, PtySpec, Stream
 from pairpod.backends.kubernetes import KubernetesConnectionEnvironment, KubernetesProcess
 from pairpod.backends.kubernetes.stream import V4_PROTOCOL
 from pairpod.errors import SubsystemUnavailable
-from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
+from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.docker_backend import eventually, read_all, read_until, run
 from tests.support.kube_env import (
     TESTER_UID,

@@ -14,8 +14,8 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from pairpod.config import parse_listen, validate_config
-from tests.kube.kubetools import KUBECTL
-from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
+from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
+from testing.kube_apiserver.kubetools import KUBECTL
 from tests.support.docker_backend import eventually, run
 from tests.support.kube_env import identity, kubernetes_config, running_backend
 

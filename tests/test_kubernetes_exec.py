@@ -40,9 +40,9 @@ from pairpod.backends.kubernetes.stream import (
     parse_status,
 )
 from pairpod.errors import BackendUnavailable
-from tests.kube.kubetools import SERVE, pod_manifest, start_pod
-from tests.kube_apiserver import exec_ws
-from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver
+from testing.kube_apiserver import exec_ws
+from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver
+from testing.kube_apiserver.kubetools import SERVE, pod_manifest, start_pod
 from tests.support.images import busybox_image
 from tests.support.kube_env import core_api
 

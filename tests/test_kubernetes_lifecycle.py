@@ -18,9 +18,9 @@ from kubernetes_asyncio import watch
 
 from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.errors import ConfigError
+from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
+from testing.kube_apiserver.kubetools import SERVE, pod_manifest
 from tests.conftest import MakeGateway
-from tests.kube.kubetools import SERVE, pod_manifest
-from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.images import busybox_image
 from tests.support.kube_env import (
     WAIT,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyte
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pairpod.sharing.screen import (
@@ -402,6 +402,15 @@ _OPS = st.lists(st.one_of(_TEXT, _FIXED, _MOVE, _EDIT, _SGR, _MODE, _MARGINS), m
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(before=_OPS, after=_OPS)
+# A wide character half overwritten, then a combining mark after the half that
+# is left (shown as a blank): the mark goes on that blank, not elsewhere.
+@example(before=["中".encode(), b"\x1b[1;2H", b"a", b"\x1b[1;2H"], after=["\u0301".encode()])
+@example(before=["中".encode(), b"\x1b[1;1H", b"a"], after=[b"\x1b[1;3H", "\u0301".encode()])
+@example(before=[b"a", "中".encode(), b"\x1b[1;2H", b"b"], after=[b"\x1b[1;4H", "\u0301".encode()])
+# Characters inserted or deleted on a row erased with a colour: what comes in is
+# a blank with the current background (the snapshot draws that row's cells).
+@example(before=[b"\x1b[42m", b"\x1b[0J"], after=[b"\x1b[0@"])
+@example(before=[b"\x1b[42m", b"\x1b[2K", b"\x1b[0m"], after=[b"\x1b[3P"])
 def test_any_screen_survives_a_redraw(before: list[bytes], after: list[bytes]) -> None:
     cols, rows = 12, 6
     model = model_of(b"".join(before), cols, rows)

@@ -1,6 +1,9 @@
-"""The transport tuning under AsyncSSH: sliced reads keep every byte, in order;
-empty ignore packets are left out under AEAD ciphers only; a client's guessed
-key exchange packet is ignored exactly when RFC 4253 says the guess is wrong."""
+"""The transport tuning under AsyncSSH, one test per patched behaviour: sliced
+reads keep every byte, in order; the writes of one loop turn reach the socket
+as one; empty ignore packets are left out under AEAD ciphers only; keepalive
+requests still wait for an interval of silence and still drop a client that
+stopped answering; a client's guessed key exchange packet is ignored exactly
+when RFC 4253 says the guess is wrong."""
 
 from __future__ import annotations
 
@@ -174,3 +177,102 @@ async def test_guessed_key_exchange_packet_is_judged_by_the_first_choices(
         server.close()
     empty = f"0 {hashlib.sha256(b'').hexdigest()}".encode()
     assert (result.stdout == empty) is logs_in, result.stderr
+
+
+class _WatchedServer(_Server):
+    """A tuned server that counts the socket writes of its connection and
+    notes when the connection is gone."""
+
+    def __init__(self) -> None:
+        self.socket_writes = 0
+        self.lost = asyncio.Event()
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        super().connection_made(conn)
+        socket_transport = conn._transport._transport  # type: ignore[union-attr]
+        write = socket_transport.write
+
+        def counted(data: bytes) -> None:
+            self.socket_writes += 1
+            write(data)
+
+        socket_transport.write = counted
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+
+async def _serve(server: _WatchedServer, **options: object) -> tuple[asyncssh.SSHAcceptor, int]:
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    acceptor = await asyncssh.create_server(
+        lambda: server, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None, **options
+    )
+    return acceptor, acceptor.sockets[0].getsockname()[1]
+
+
+async def test_the_writes_of_one_loop_turn_reach_the_socket_as_one() -> None:
+    class Server(_WatchedServer):
+        def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
+            return _Source()
+
+    server = Server()
+    acceptor, port = await _serve(server, encryption_algs=["aes128-gcm@openssh.com"])
+    size = 4 * 1024 * 1024
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, agent_path=None, config=None, username="u"
+        ) as conn:
+            before = server.socket_writes
+            result = await conn.run(str(size), encoding=None, check=True)
+            writes = server.socket_writes - before
+    finally:
+        acceptor.close()
+    assert result.stdout == b"x" * size
+    # AsyncSSH writes each packet on its own: 128 data packets of 32 KiB at least.
+    packets = size // 32768
+    assert writes < packets // 2, f"{writes} socket writes for {packets} packets"
+
+
+async def test_keepalive_waits_for_silence_and_drops_a_client_that_stopped_answering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # AsyncSSH re-arms its keepalive timer at every read; the tuning notes the
+    # time instead and re-arms the timer for the rest when it fires early. What
+    # a client sees must not change: no keepalive request while it sends, one
+    # per interval once it is silent, and a disconnect when it stops answering.
+    # An interval long enough that a loaded machine does not stall the sender for one.
+    interval, count_max = 1.0, 2
+    asked: list[float] = []
+    asked_twice = asyncio.Event()
+    answer = SSHConnection._process_keepalive_at_openssh_dot_com_global_request
+
+    def count(self: SSHConnection, packet: object) -> None:
+        asked.append(asyncio.get_running_loop().time())
+        if len(asked) >= 2:
+            asked_twice.set()
+        answer(self, packet)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SSHConnection, "_process_keepalive_at_openssh_dot_com_global_request", count)
+    server = _WatchedServer()
+    acceptor, port = await _serve(server, keepalive_interval=interval, keepalive_count_max=count_max)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncssh.connect(
+            "127.0.0.1", port, known_hosts=None, agent_path=None, config=None, username="u"
+        ) as conn:
+            process = await conn.create_process("sink", encoding=None)
+            # Busy for four intervals, sending every 20 ms (the workload, not a wait).
+            busy_until = loop.time() + 4 * interval
+            while loop.time() < busy_until:
+                process.stdin.write(b"k" * 1024)
+                await asyncio.sleep(0.02)
+            assert asked == [], "keepalive requests reached a client that was sending"
+            silent_since = loop.time()
+            await asyncio.wait_for(asked_twice.wait(), timeout=30)
+            assert asked[0] - silent_since >= interval * 0.9
+            assert not server.lost.is_set()
+            # Stop reading: the keepalive requests go unanswered.
+            conn._transport.pause_reading()  # type: ignore[union-attr]
+            await asyncio.wait_for(server.lost.wait(), timeout=30)
+    finally:
+        acceptor.close()

@@ -457,7 +457,7 @@ class SecuritySettings(Section):
     allow_exec: bool = True
     allow_shell: bool = True
     allow_pty: bool = True
-    subsystems: list[Literal["sftp"]] = Field(default_factory=lambda: ["sftp"])
+    subsystems: list[Literal["sftp"]] = Field(default_factory=lambda: list[Literal["sftp"]](["sftp"]))
     force_command: str | None = None
     strict_modes: bool = True
     max_env_value: int = Field(64 * 1024, ge=1, description="bytes")

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver
 from tests.conftest import MakeGateway
-from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver
 from tests.support.docker_env import docker_overrides
 from tests.support.gateway import ClientKey, GatewayThread
 from tests.support.kube_env import kubernetes_overrides

@@ -20,7 +20,7 @@ from kubernetes_asyncio import client, config
 from pairpod.backends.base import Identity
 from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import Config, validate_config
-from tests.kube_apiserver.fixture import KubeApiServerThread
+from testing.kube_apiserver.fixture import KubeApiServerThread
 from tests.support.images import busybox_image, debian_image
 
 # The Debian test image's unprivileged user: pods run as it, as a cluster

@@ -94,7 +94,7 @@ class PrincipalRecorder(asyncssh.SSHAuthorizedKeys):
         super().__init__()
         self._report = report
 
-    def validate(  # type: ignore[override]
+    def validate(
         self,
         key: asyncssh.SSHKey,
         client_host: str,

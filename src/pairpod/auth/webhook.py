@@ -358,7 +358,7 @@ class _WebhookClient(Generic[SettingsT]):
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self.settings = settings
+        self.settings: SettingsT = settings
         self._session = session
         self._max_bytes = max_bytes
 

@@ -1,82 +1,19 @@
 """The screen model of a shared terminal: what a late joiner must see at once.
 
-A :class:`ScreenModel` is fed the PTY output of a shared session and renders,
-on demand, a :meth:`~ScreenModel.snapshot`: an escape-sequence stream that
-redraws the current screen on a fresh terminal of the same size (both screen
-buffers, cursor, colours and attributes, scroll region, modes, title).
+:class:`ScreenModel` is fed the PTY output of a shared session and renders, on
+demand, a :meth:`~ScreenModel.snapshot`: the bytes that redraw the current
+screen (both buffers, cursor, pen, scroll region, modes, title) on a fresh
+terminal of the same size. It parses lazily, within a time budget, so the
+owner's throughput never waits for pyte.
 
-Keeping it off the hot path
----------------------------
-pyte parses well under 1 MB/s, so parsing must never bound the owner's
-throughput. ``feed()`` only appends the bytes to a pending queue (O(1), no
-copy). Parsing happens in :meth:`~ScreenModel.advance`, which spends at most a
-fixed share of wall-clock time (10 % by default, in 1 KiB slices of a
-millisecond or two) and is called by the Terminal after it has delivered output. At
-interactive rates everything is parsed within milliseconds. Under bulk output
-(``cat`` of a big file) the pending queue is bounded (24 KiB by default, about
-40 ms of parsing): past the bound the *oldest* pending bytes are dropped, and
-nothing is parsed in the background while that goes on (it would be dropped
-work). That loses nothing that matters for a late joiner in practice: such
-output scrolls off the screen anyway and the newest 24 KiB redraw a full
-screen or more. Before dropping, the dropped bytes are scanned (by a regular
-expression, at C speed) for the state that outlives a screenful of output:
-private modes (the alternate screen above all), the scroll region and full
-resets; parsing then resumes at the next escape sequence or line start. A
-snapshot parses what is pending first, so its cost is bounded too.
-
-What pyte 0.8 gets right and wrong (checked against its source and by test)
----------------------------------------------------------------------------
-pyte parses the stream well; its screen differs from a terminal in many
-places. :class:`DualScreen` fixes what matters for a redraw, and a property
-test (any screen, and any output after it, is the same on a terminal fed only
-the snapshot) keeps it honest.
-
-* **Alternate screen: not handled.** ``CSI ?1049h`` (and ``?47``, ``?1047``)
-  only sets a flag in ``Screen.mode``; vim, htop and less then draw over the
-  one buffer and nothing is restored when they exit. :class:`DualScreen` keeps
-  a second buffer and implements 47 (switch), 1047 (switch; clear on leaving)
-  and 1049 (save cursor, switch, clear; restore on leaving), plus 1048
-  (save/restore cursor), with one saved-cursor slot per buffer as in xterm.
-* **Saved cursor:** pyte keeps an unbounded stack of saved cursors and pops it
-  on restore; a terminal has one slot, and restoring twice restores the same
-  place. A program that saves without restoring would grow the stack forever.
-  :class:`DualScreen` keeps one slot and restores without popping.
-* **Wide characters: mostly handled.** A width-2 character is stored with an
-  empty-string stub in the next cell. Gaps: a wide character that does not fit
-  in the last column is stored there instead of wrapping first (fixed in
-  :meth:`DualScreen.draw`); overwriting one half of a wide character leaves
-  the other half, and pyte's own ``display`` then raises IndexError (the
-  renderer and :func:`visible_cells` show such halves as blanks, as a
-  terminal does).
-* **Combining characters:** merged into the previous cell (NFC), but one that
-  arrives in the pending-wrap state makes pyte wrap, even scroll, first, and
-  one after a wide character lands on its stub. Both fixed in ``draw``.
-* **Erase** (ED, EL, ECH) changes only the cells pyte's sparse buffer happens
-  to hold, stamps the whole pen (underline, bold) on them, and raises on
-  unknown parameters (``CSI 3 K``); terminals erase every cell to a blank with
-  the current background only. **ICH** pushes the last cell past the margin,
-  where a later DCH brings it back. **VPA** and **DSR** assert in origin mode
-  without margins. **Resize** leaves the cursor and tab stops off the screen.
-  All fixed in :class:`DualScreen`.
-* **DEC line drawing** (``ESC ( 0``, SO/SI), used by ncurses for boxes, is
-  ignored by pyte in UTF-8 mode. We decode UTF-8 ourselves and let pyte apply
-  the charsets, so boxes arrive as box characters.
-* **Sequences pyte misreads** are removed before parsing: ``CSI > 4;2 m``
-  (modifyOtherKeys, sent by vim) would turn underline on; ``CSI ? 4 m`` (its
-  query, also sent by vim) and other private CSIs ending in anything but
-  ``h l J K`` make pyte raise; ``CSI ... SP q`` (cursor shape) and other CSIs
-  with intermediates or ``<=>`` markers would leave their final letter on
-  screen; DCS/APC/PM/SOS payloads (vim's terminal queries) would be drawn as
-  text; a stray C0 control drops the rest of the text run it is in. Colon
-  sub-parameters in SGR (``38:2::r:g:b``) are turned into the semicolon form
-  pyte reads. Anything pyte still raises on is caught: the rest of that slice
-  is lost, the session goes on (:attr:`ScreenModel.parse_errors`).
-* **Not modelled** (a joiner may see these differently): dim and invisible
-  text, underline styles and colours, scrollback, DECCOLM (132 columns:
-  ignored, as xterm does by default), double-width lines, and sequences split
-  exactly at a slice boundary of the sanitiser.
-
-Everything here is synchronous and free of I/O.
+pyte 0.8 parses well, but its screen differs from a terminal's in many places.
+:class:`DualScreen` fixes what a redraw needs (each override says what it
+fixes), :class:`ModelStream` and ``_PYTE_TRAPS`` keep pyte away from what it
+misreads, and a property test (any screen, and any output after it, looks the
+same on a terminal fed only the snapshot) keeps them honest. Not modelled, so
+a joiner may see them differently: dim and invisible text, underline styles
+and colours, scrollback, DECCOLM (ignored, as xterm does by default),
+double-width lines.
 """
 
 from __future__ import annotations
@@ -125,16 +62,21 @@ _RESET_PRIVATE_MODES = (1, 5, 9, 66, 1000, 1001, 1002, 1003, 1004, 1005, 1006, 1
 
 log = get_logger("sharing.screen")
 
-_Buffer = defaultdict[int, StaticDefaultDict[int, Char]]
+# pyte types its buffer as a dict; at run time it is a defaultdict (rows appear on use).
+_Buffer = dict[int, StaticDefaultDict[int, Char]]
 
 
 class DualScreen(pyte.Screen):
     """A pyte screen with a main and an alternate buffer, as a terminal has.
 
     ``buffer`` is always the buffer on display; :attr:`main_buffer` and
-    :attr:`alt_buffer` name them explicitly. Also tracks what a redraw must
-    replay and pyte does not keep: private and public modes as sets of
-    numbers, keypad mode (``ESC =`` / ``ESC >``).
+    :attr:`alt_buffer` name them explicitly (pyte only flags ``?1049h``).
+    Also tracks what a redraw must replay and pyte does not keep: private and
+    public modes as sets of numbers, keypad mode (``ESC =`` / ``ESC >``).
+
+    A wide character is stored with an empty-string stub in the next cell.
+    Overwriting one half leaves the other in the buffer; such a half shows as
+    a blank (see :func:`_row_cells`), as on a terminal.
     """
 
     def __init__(self, columns: int, lines: int) -> None:
@@ -362,10 +304,15 @@ class DualScreen(pyte.Screen):
         else:
             return
         line = self.buffer[y]
-        if line[x].data == "" and x:  # the right half of a wide character
-            x -= 1
+        if x and _is_stub(line[x].data) and _is_wide(line[x - 1].data):
+            x -= 1  # the right half of a wide character: the mark goes on the character
         cell = line[x]
-        line[x] = cell._replace(data=unicodedata.normalize("NFC", cell.data + char))
+        data = cell.data
+        if _is_stub(data) or (_is_wide(data) and not (x + 1 < self.columns and _is_stub(line[x + 1].data))):
+            # A half whose other half was overwritten shows as a blank (see
+            # _row_cells): the mark goes on that blank, as on a terminal.
+            data = " "
+        line[x] = cell._replace(data=unicodedata.normalize("NFC", data + char))
         self.dirty.add(y)
 
     # Erasing, as a terminal does it: every cell of the range becomes a blank
@@ -446,12 +393,29 @@ class DualScreen(pyte.Screen):
 
     def insert_characters(self, count: int | None = None) -> None:
         """ICH: what is pushed past the right margin is lost (pyte keeps the last cell
-        out of sight, and DCH would bring it back)."""
+        out of sight, and DCH would bring it back); the inserted cells are blanks
+        with the current background, as DCH's, not the row's default."""
         count = count or 1
         line = self.buffer[self.cursor.y]
         start, columns = self.cursor.x, self.columns
         kept = {x + (count if x >= start else 0): cell for x, cell in line.items()
                 if x < start or x + count < columns}
+        blank = self._blank()
+        kept.update(dict.fromkeys(range(start, min(start + count, columns)), blank))
+        line.clear()
+        line.update(kept)
+        self.dirty.add(self.cursor.y)
+
+    def delete_characters(self, count: int | None = None) -> None:
+        """DCH: the cells after the cursor move left and blanks with the current
+        background come in at the right margin (pyte brings in its default cell
+        or the row's, which differ on a row erased with a colour)."""
+        count = count or 1
+        line = self.buffer[self.cursor.y]
+        start, columns = self.cursor.x, self.columns
+        kept = {x - (count if x >= start else 0): cell for x, cell in line.items()
+                if x < start or start + count <= x < columns}
+        kept.update(dict.fromkeys(range(max(columns - count, start), columns), self._blank()))
         line.clear()
         line.update(kept)
         self.dirty.add(self.cursor.y)
@@ -512,6 +476,8 @@ class ModelStream(pyte.Stream):
 # as CSI and OSC, go too: xterm does not treat them so in UTF-8 either.)
 _C1_CONTROLS = dict.fromkeys(range(0x80, 0xA0))
 
+# Sequences pyte misreads, removed (or, for colon SGR, rewritten) before it
+# parses: vim sends several. One split exactly at a slice boundary gets through.
 _PYTE_TRAPS = re.compile(
     rb"\x1b[P^_X][^\x1b]*(?:\x1b\\)?"  # DCS/PM/APC/SOS: pyte would draw the payload
     rb"|\x1b\[[<=>][\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"  # CSI with a <=> marker
@@ -698,6 +664,15 @@ def sgr(attrs: Char) -> str:
 
 def _style(attrs: Char) -> Char:
     return attrs._replace(data=" ")
+
+
+def _is_stub(data: str) -> bool:
+    """Whether a cell holds no character of its own (a wide character's right half)."""
+    return not data or wcwidth(data[0]) == 0
+
+
+def _is_wide(data: str) -> bool:
+    return bool(data) and wcwidth(data[0]) == 2
 
 
 def _row_cells(line: StaticDefaultDict[int, Char], columns: int) -> list[Char | None]:
@@ -931,6 +906,15 @@ class ScreenModel:
     the PTY changes size, and :meth:`advance` now and then (after delivering
     output) to parse within the time budget. :meth:`snapshot` gives the bytes
     that redraw the current screen on a joiner's terminal.
+
+    pyte parses well under 1 MB/s, so ``feed`` only queues (no copy) and
+    ``advance`` spends at most ``parse_share`` of wall-clock time, in slices
+    of :attr:`SLICE` bytes. Under bulk output the queue is bounded by
+    ``max_pending``: past it the *oldest* bytes are dropped unparsed, after a
+    regular-expression scan for the state that outlives a screenful (private
+    modes such as the alternate screen, the scroll region, full resets);
+    parsing resumes at the next escape sequence or line start. Such output
+    has scrolled away anyway: the newest bytes redraw a full screen.
     """
 
     #: Bytes parsed at a time: one or two milliseconds of pyte's time.

@@ -1,95 +1,26 @@
 """The shared Terminal: one PTY program, its owner, and the people watching it.
 
 A :class:`Terminal` sits between a PTY :class:`~pairpod.backends.base.Process`
-and the participants' channels. Each participant is driven through a
-:class:`Sink` (what the Terminal calls: ``write``, ``notify``, ``close``) and a
-:class:`Participant` (what the channel calls: input, resize, flow control,
-leave). The Terminal never touches SSH, so tests drive it with plain objects.
+and its participants. It calls each participant's :class:`Sink` (``write``,
+``notify``, ``close``); the participant's channel calls its
+:class:`Participant` (``send_input``, ``resize``, ``pause_writing`` /
+``resume_writing``, ``leave``). It knows no SSH: tests drive it with plain
+objects.
 
-How a channel handler plugs in (owner)::
-
-    terminal = Terminal(process, OwnerSink(chan), owner_name="user:alice",
-                        cols=pty.cols, rows=pty.rows,
-                        viewer_backlog=config.sharing.viewer_backlog)
-    pump = tasks.spawn(terminal.run())        # instead of pumping STDOUT yourself
-    # data_received      -> await terminal.owner.send_input(data)
-    # window-change      -> terminal.owner.resize(cols, rows)
-    # pause/resume_writing -> terminal.owner.pause_writing() / resume_writing()
-    # connection_lost    -> terminal.owner.leave()     (ends the terminal)
-
-and a joiner (after its link and identity were checked)::
-
-    viewer = terminal.join(ViewerSink(chan), name="github:bob",
-                           access=Access.READ_ONLY, cols=cols, rows=rows)
-    # same four calls on ``viewer``; connection_lost -> viewer.leave()
-
-Output and flow control
------------------------
-:meth:`Terminal.run` reads the program's output and delivers each chunk to
-the owner at once; the owner's flow control is the program's: while the
-owner's channel is paused, ``run`` stops reading, exactly as an unshared
-session does (the owner never loses output). Viewers are served from a
-fan-out buffer: the first output after a quiet spell goes out in the same
-loop turn, then at most every 5 ms (or every 32 KiB) while output streams, so
-a fast producer costs each viewer one write per batch, not one per chunk. The
-escape tracker and the screen model are fed from the same batches, so the
-owner's path costs one list append per chunk beyond an unshared session's
-(a PTY is read 4 KiB at a time: per-chunk work is what a flood pays for). A
-viewer's channel that pauses gets its output queued, up to ``viewer_backlog``
-bytes; past that the viewer is *behind*: its queue is dropped and nothing more
-is queued. When its channel resumes it gets a fresh
-:meth:`ScreenModel.snapshot` and continues live. A viewer that stops reading therefore costs a bounded
-amount of memory and never slows the owner or anyone else.
-
-A viewer's share of the output is also capped (:data:`VIEWER_RATE`, a token
-bucket far above interactive use). During a flood (``cat`` of a big file)
-a viewer past its share is redrawn from one shared snapshot every
-:data:`RESYNC_INTERVAL` instead of getting every byte: what each viewer
-costs the gateway (with SSH, its encryption) stays bounded however fast the
-owner's program prints, and the owner keeps nearly all of its throughput.
-Viewers see the screen as it is, a few times a second, rather than a
-scroll they could not read.
-
-Input
------
-Read-write participants' input goes to the program in arrival order, one
-chunk at a time (no interleaving inside a chunk). Read-only participants'
-input is discarded (they are told once). Replies that a viewer's *terminal*
-sends to the program's queries (cursor position, device attributes, colour
-queries...) are removed from read-write viewers' input: the program asked
-once and gets its answer from the owner's terminal only.
-
-Size policy
------------
-The PTY is as large as the smallest read-write participant, owner included
-(columns and rows taken separately), as tmate does; read-only viewers do not
-count, so a small viewer cannot shrink everyone. A viewer whose window is
-smaller than the PTY is told once. The owner is told when the PTY becomes
-smaller than their window because of someone else's.
-
-Notices
--------
-The owner is told who joins and leaves (name, ro/rw, how many now). A full-
-screen program owns every cell of the screen, so a notice cannot be printed
-as a line without scrolling its screen. We show it as tmate shows messages:
-on one row (the last row the participant can see, or the first when the
-cursor is on the last), in reverse video, for a few seconds; then that row is
-redrawn from the screen model. The notice is written only where the output
-stream is between escape sequences (checked cheaply on every chunk), and
-every piece of terminal state it touches (cursor position and pending wrap,
-pen, origin and insert modes, character set, cursor visibility) is put back
-from the model right after, without using the terminal's save-cursor slot
-(the program may be using it). If the program redraws that row meanwhile, it
-simply wins. Each notice is also passed to :meth:`Sink.notify`, for sinks that
-have somewhere else to show or log it.
-
-Ending
-------
-:meth:`Terminal.kick` removes one viewer; :meth:`Terminal.end` (also when the
-owner leaves or the program's output ends) tells every viewer why, puts their
-terminal back in a sane state (main screen, no mouse reporting, visible
-cursor) and closes them. The owner's sink is never closed by the Terminal: the
-owner's channel ends with the program, as it always does.
+- **Output.** The owner gets each chunk at once and its flow control is the
+  program's: while the owner is paused, :meth:`Terminal.run` stops reading,
+  as in an unshared session. Viewers get batches (:meth:`Terminal.flush`)
+  and each may queue ``viewer_backlog`` bytes and take :data:`VIEWER_RATE`;
+  past either it is *behind* and gets a :class:`ScreenModel` snapshot
+  instead, so a slow viewer costs bounded memory and never slows anyone.
+- **Input.** Read-write participants' chunks reach the program whole, in
+  arrival order; read-only participants' are dropped (they are told once);
+  terminal replies are stripped from viewers' input (:meth:`Terminal._input`).
+- **Size.** The smallest read-write participant, owner included, as tmate
+  does; read-only viewers do not count (:meth:`Terminal._update_size`).
+- **Notices** (who joined or left) show on one row in reverse video, only
+  where the stream is between escape sequences, and that row is redrawn from
+  the model a few seconds later (:meth:`Terminal._show_waiting_notices`).
 """
 
 from __future__ import annotations
@@ -479,6 +410,9 @@ class Terminal:
     # --- participants' events -------------------------------------------------------
 
     async def _input(self, participant: Participant, data: bytes) -> None:
+        """A participant's keystrokes: dropped for read-only ones; from viewers,
+        without their terminal's replies to the program's queries (the program
+        asked once and gets its answer from the owner's terminal only)."""
         if participant.left or self._ended.is_set() or not data:
             return
         if participant.access is Access.READ_ONLY:
@@ -537,8 +471,11 @@ class Terminal:
     def flush(self) -> None:
         """Model and deliver to viewers now what ``publish`` batched.
 
-        Everything that reads the tracker or the screen model flushes first, so
-        they always reflect all output published so far.
+        The first output after a quiet spell is flushed in the same loop turn,
+        then at most every 5 ms or 32 KiB while output streams: a fast program
+        costs each viewer one write per batch, not one per chunk. Everything
+        that reads the tracker or the screen model flushes first, so they
+        always reflect all output published so far.
         """
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -666,6 +603,9 @@ class Terminal:
     # --- size -----------------------------------------------------------------------
 
     def _update_size(self) -> None:
+        """Size the PTY to the smallest read-write participant (columns and rows
+        apart); tell a viewer smaller than that once, and the owner when someone
+        else made it smaller than their window."""
         if self._ended.is_set():
             return
         writers = [p for p in (self.owner, *self._viewers.values())
@@ -727,7 +667,14 @@ class Terminal:
         self._show_waiting_notices()
 
     def _show_waiting_notices(self) -> None:
-        """Draw waiting notices and clear expired ones, if the stream is at a safe point."""
+        """Draw waiting notices and clear expired ones, if the stream is at a safe point.
+
+        A full-screen program owns every cell, so a notice cannot scroll in as
+        a line: it takes one row (the last the participant sees, or the first
+        when the cursor is on the last) and every piece of terminal state it
+        touches is put back from the model at once, without the terminal's
+        save-cursor slot (the program may be using it).
+        """
         self.flush()
         if not self._tracker.at_ground:
             return  # mid-sequence: try again after the next chunk

@@ -1,4 +1,4 @@
-"""Run a test API server as its own process: ``python -m tests.kube_apiserver``.
+"""Run a test API server as its own process: ``python -m testing.kube_apiserver``.
 
 Prints one JSON line (url, kubeconfig path, instance) once it serves, then
 runs until SIGINT or SIGTERM, when it removes every container it made. Useful
@@ -38,7 +38,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve until signalled."""
-    parser = argparse.ArgumentParser(prog="python -m tests.kube_apiserver",
+    parser = argparse.ArgumentParser(prog="python -m testing.kube_apiserver",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
     parser.add_argument("--port", type=int, default=0)

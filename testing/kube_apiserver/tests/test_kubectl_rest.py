@@ -11,7 +11,7 @@ import json
 import re
 import subprocess
 
-from .kubetools import SERVE, Kubectl, pod_manifest
+from ..kubetools import SERVE, Kubectl, pod_manifest
 
 
 def _create(kubectl: Kubectl, manifest: dict[str, object]) -> subprocess.CompletedProcess[str]:

@@ -6,12 +6,12 @@ from decimal import Decimal
 
 import pytest
 
-from tests.kube_apiserver.container_config import docker_config, parse_quantity
-from tests.kube_apiserver.exec_ws import V4, V5, decode_frame, exit_status
-from tests.kube_apiserver.patch import json_patch, merge_patch, strategic_merge_patch
-from tests.kube_apiserver.selectors import parse_field_selector, parse_label_selector
-from tests.kube_apiserver.status import ApiError
-from tests.kube_apiserver.tables import human_duration, pod_status_reason
+from testing.kube_apiserver.container_config import docker_config, parse_quantity
+from testing.kube_apiserver.exec_ws import V4, V5, decode_frame, exit_status
+from testing.kube_apiserver.patch import json_patch, merge_patch, strategic_merge_patch
+from testing.kube_apiserver.selectors import parse_field_selector, parse_label_selector
+from testing.kube_apiserver.status import ApiError
+from testing.kube_apiserver.tables import human_duration, pod_status_reason
 
 LABELS = {"app": "web", "tier": "front", "n": "7"}
 

@@ -1,4 +1,4 @@
-"""Helpers for the Kubernetes API test server's tests: clients and waiting."""
+"""Clients of the Kubernetes API test server (kubectl, a raw HTTP client) and waiting helpers, for tests."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Pods run as real Docker containers (network none, never pulled), so exec
 really executes. Start one in-process with :class:`KubeApiServer`, on a
 background thread with :class:`KubeApiServerThread`, or as a subprocess with
-``python -m tests.kube_apiserver``; pytest fixtures live in ``.fixture``.
+``python -m testing.kube_apiserver``; pytest fixtures live in ``.fixture``.
 """
 
 from .fixture import KubeApiServerThread

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from .kubetools import SERVE, WAIT, Kubectl, pod_manifest
+from ..kubetools import SERVE, WAIT, Kubectl, pod_manifest
 
 
 class LineReader:

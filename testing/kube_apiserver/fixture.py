@@ -7,7 +7,7 @@ for the few things a client cannot do (compaction, counting containers).
 
 Fixtures (import them into a ``conftest.py``)::
 
-    from tests.kube_apiserver.fixture import kube_apiserver, kube_namespace
+    from testing.kube_apiserver.fixture import kube_apiserver, kube_namespace
 
 - ``kube_apiserver`` (session): a started :class:`KubeApiServerThread`;
   ``.kubeconfig`` is a kubeconfig file path, ``.url`` the server URL.

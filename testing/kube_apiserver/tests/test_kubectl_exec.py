@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .kubetools import SERVE, WAIT, Kubectl, pod_manifest
+from ..kubetools import SERVE, WAIT, Kubectl, pod_manifest
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.kube_apiserver.fixture import KubeApiServerThread
+from testing.kube_apiserver.fixture import KubeApiServerThread
 
-from .kubetools import RawApi
+from ..kubetools import RawApi
 
 
 def _cm(name: str, **labels: str) -> dict[str, Any]:

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.kube_apiserver import KubeApiServerThread
-from tests.kube_apiserver.container_config import LABEL_INSTANCE, LABEL_PID
+from testing.kube_apiserver import KubeApiServerThread
+from testing.kube_apiserver.container_config import LABEL_INSTANCE, LABEL_PID
 
-from .kubetools import SERVE, WAIT, Kubectl, RawApi, pod_manifest
+from ..kubetools import SERVE, WAIT, Kubectl, RawApi, pod_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _docker_ids(label: str) -> list[str]:
@@ -58,7 +58,7 @@ def test_wrong_token_is_unauthorized(tmp_path: Path, kube_apiserver: KubeApiServ
 def test_subprocess_mode(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.kube_apiserver", "--kubeconfig", str(kubeconfig)],
+        [sys.executable, "-m", "testing.kube_apiserver", "--kubeconfig", str(kubeconfig)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None

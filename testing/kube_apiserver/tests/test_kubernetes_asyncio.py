@@ -10,9 +10,9 @@ from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.stream import WsApiClient
 
-from tests.kube_apiserver.fixture import KubeApiServerThread
+from testing.kube_apiserver.fixture import KubeApiServerThread
 
-from .kubetools import SERVE, WAIT, pod_manifest, start_pod
+from ..kubetools import SERVE, WAIT, pod_manifest, start_pod
 
 
 async def test_create_list_watch_delete(core: client.CoreV1Api, kube_namespace: str,

@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from .kubetools import Kubectl
+from ..kubetools import Kubectl
 
 
 def _manifests(namespace: str) -> list[dict[str, Any]]:

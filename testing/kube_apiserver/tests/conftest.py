@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from kubernetes_asyncio import client, config
-
-from tests.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.images import busybox_image
 
-from .kubetools import Kubectl, RawApi
+from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
+
+from ..kubetools import Kubectl, RawApi
 
 __all__ = ["kube_apiserver", "kube_namespace"]
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from kubernetes_asyncio import client
 
-from .kubetools import SERVE, WAIT, RawApi, pod_manifest, start_pod
+from ..kubetools import SERVE, WAIT, RawApi, pod_manifest, start_pod
 
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"

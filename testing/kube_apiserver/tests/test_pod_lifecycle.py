@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from .kubetools import (
+from ..kubetools import (
     SERVE,
     Kubectl,
     pod_manifest,
@@ -17,7 +17,7 @@ from .kubetools import (
     wait_for_pod,
     waiting_reason_is,
 )
-from .kubetools import phase_is as phase
+from ..kubetools import phase_is as phase
 
 
 def docker_containers(pod_uid: str) -> list[dict[str, Any]]:

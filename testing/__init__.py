@@ -1,0 +1,1 @@
+"""Test tools of their own, used by pairpod's tests and benchmarks (not shipped)."""
