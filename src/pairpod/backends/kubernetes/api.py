@@ -102,7 +102,7 @@ class KubeApi:
                     client_configuration=configuration, persist_config=False,
                 )
             elif os.environ.get("KUBERNETES_SERVICE_HOST") and self._context is None:
-                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+                k8s_config.load_incluster_config(client_configuration=configuration)
             else:
                 await k8s_config.load_kube_config(
                     context=self._context, client_configuration=configuration, persist_config=False
