@@ -105,23 +105,32 @@ def client_terminal_columns(term: Tmux) -> int:
     return int(size.split()[1]) if size.strip() else 0
 
 
+def window_changes_sent(log: Path) -> int:
+    """How many window-change requests ssh says it has sent (its own debug log)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.count("request window-change")
+
+
 def test_window_changes_apply_before_later_input_under_load(
     gw: GatewayThread, tmp_path: Path, cpu_load: None
 ) -> None:
     term = Tmux("resize", tmp_path)
     try:
-        term.start(gw.ssh_argv(options=["-tt"]), width=90, height=25)
+        log = tmp_path / "ssh.log"
+        term.start(gw.ssh_argv(options=["-tt", "-o", "LogLevel=DEBUG2", "-E", str(log)]), width=90, height=25)
         term.type("echo READY-$((1+1))\n")
         term.wait_for(r"READY-2", timeout=60)
         for round_ in range(20):
             width = 60 + round_
+            sent = window_changes_sent(log)
             term.resize(width, 18 + round_ % 4)
-            # tmux may defer resizing its pane; once the kernel has the size, ssh has its
-            # SIGWINCH and sends the window change before anything typed from now on.
+            # tmux may defer resizing its pane, and ssh acts on its SIGWINCH only in its next
+            # loop: a loaded ssh that wakes to the signal and to keys typed meanwhile sends
+            # the keys first. So wait until the kernel has the size and ssh has sent it.
             wait_until(
-                lambda w=width: client_terminal_columns(term) == w,
+                lambda w=width, n=sent: client_terminal_columns(term) == w and window_changes_sent(log) > n,
                 timeout=30,
-                message=f"the client's terminal at {width} columns",
+                message=f"ssh to send the window change to {width} columns",
             )
             # Typed right after the resize: the shell must already see the new size.
             term.type(f"clear; stty size; echo ROUND-$(({round_}+100))\n")
