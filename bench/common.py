@@ -32,8 +32,10 @@ def machine() -> str:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    return (f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, {ssh_version}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, {ssh_version}"
+    )
 
 
 def timed(argv: Sequence[str], stdin: int | None = None, input_file: Path | None = None) -> float:
@@ -41,8 +43,9 @@ def timed(argv: Sequence[str], stdin: int | None = None, input_file: Path | None
     handle = input_file.open("rb") if input_file else None
     try:
         started = time.perf_counter()
-        subprocess.run(argv, stdin=handle or stdin or subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, check=True)
+        subprocess.run(
+            argv, stdin=handle or stdin or subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True
+        )
         return time.perf_counter() - started
     finally:
         if handle:
@@ -65,8 +68,9 @@ class Report:
             bound = float(match.group(2))
             ok = ratio >= bound if match.group(1).startswith(">") else ratio <= bound
             verdict = " (met)" if ok else " (NOT met)"
-        self.rows.append((name, f"{ours:.3f} {unit}", f"{theirs:.3f} {unit}", f"{ratio:.2f}x",
-                          goal + verdict))
+        self.rows.append(
+            (name, f"{ours:.3f} {unit}", f"{theirs:.3f} {unit}", f"{ratio:.2f}x", goal + verdict)
+        )
 
     def print(self) -> None:
         """Print a Markdown table."""
@@ -86,8 +90,7 @@ class Workdir:
     def __init__(self) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="pairpod-bench-"))
         self.key = self.path / "id_ed25519"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
-                       check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         self.public_key = (self.path / "id_ed25519.pub").read_text()
 
     def cleanup(self) -> None:
@@ -97,15 +100,36 @@ class Workdir:
 
 def ssh_argv(work: Workdir, port: int, *command: str, extra: Sequence[str] = ()) -> list[str]:
     """An ssh client command with the benchmark's key and cipher."""
-    return ["ssh", *extra, "-F", "/dev/null", "-i", str(work.key), "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-c", CIPHER, "-p", str(port),
-            "root@127.0.0.1", *command]
+    return [
+        "ssh",
+        *extra,
+        "-F",
+        "/dev/null",
+        "-i",
+        str(work.key),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-c",
+        CIPHER,
+        "-p",
+        str(port),
+        "root@127.0.0.1",
+        *command,
+    ]
 
 
 def free_port() -> int:
     """A free loopback port."""
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -114,6 +138,7 @@ def free_port() -> int:
 def wait_for_port(port: int, timeout: float = 30.0) -> None:
     """Wait until something accepts connections on ``port``."""
     import socket
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -170,8 +195,7 @@ def write_log_payload(path: Path, megabytes: int) -> None:
         handle.write(line * (megabytes * 1_000_000 // len(line)))
 
 
-def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None,
-                  name: str = "pairpod") -> Peer:
+def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None, name: str = "pairpod") -> Peer:
     """``pairpod serve`` with the benchmark's key, on a free port (``name``: its files)."""
     authorized = work.path / "pairpod_authorized_keys"
     authorized.write_text(work.public_key)
@@ -183,11 +207,11 @@ def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None,
         "log": {"level": "warning"},
         # All benchmark clients come from one address and some open many connections
         # at once: the pre-auth limits would drop some (they are not what is measured).
-        "ssh": {"max_startups": "1000", "per_source_max_startups": None,
-                "per_source_rate": None},
+        "ssh": {"max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None},
     }
     config.update(overrides or {})
     path = work.path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return Peer([sys.executable, "-m", "pairpod.cli", "serve", "--config", str(path)], port,
-                work.path / f"{name}.log")
+    return Peer(
+        [sys.executable, "-m", "pairpod.cli", "serve", "--config", str(path)], port, work.path / f"{name}.log"
+    )

@@ -53,7 +53,7 @@ BACKLOG = SharingSettings().viewer_backlog
 HIGH_WATER, LOW_WATER = 1 << 20, 1 << 18
 
 # A full-screen program that redraws one row per tick with its clock in it.
-WRITER = r'''
+WRITER = r"""
 import os, sys, time
 period = float(sys.argv[1])
 cols, rows = os.get_terminal_size(0)
@@ -79,10 +79,11 @@ while True:  # until a line ("stop") comes
     if select.select([0], [], [], max(0.0, start + tick * period - time.monotonic()))[0]:
         break
 os.write(1, b"\x1b[?1049l")
-'''
+"""
 
 
 # --- the far side: a separate process reading every socket ---------------------------
+
 
 def consume(mode: str, fds: list[int], late: set[int]) -> None:
     """Read every fd; on "STOP" from stdin, print what was measured as JSON.
@@ -136,13 +137,13 @@ def consume(mode: str, fds: list[int], late: set[int]) -> None:
                 arrivals[fd].append((received[fd], now))
             elif mode == "latency":
                 text = carry[fd] + data
-                delays.extend(now - int(m.group(1)) for m in stamp.finditer(text)
-                              if int(m.group(1)) >= since)
+                delays.extend(now - int(m.group(1)) for m in stamp.finditer(text) if int(m.group(1)) >= since)
                 carry[fd] = text[-32:] if stamp.search(text[-32:]) is None else b""
 
 
-def report(delays: list[int], joins: list[tuple[int, int, int]],
-           arrivals: dict[int, list[tuple[int, int]]]) -> None:
+def report(
+    delays: list[int], joins: list[tuple[int, int, int]], arrivals: dict[int, list[tuple[int, int]]]
+) -> None:
     first_screens = []
     for fd, size, started in joins:
         done = next((t for count, t in arrivals.get(fd, []) if count >= size), None)
@@ -152,6 +153,7 @@ def report(delays: list[int], joins: list[tuple[int, int, int]],
 
 
 # --- our side ------------------------------------------------------------------------
+
 
 class SocketSink(Sink, asyncio.Protocol):
     """One participant's channel: a socket whose flow control drives the participant."""
@@ -197,9 +199,18 @@ class Far:
         far_normal = [far.fileno() for _, far in normal]
         far_late = [far.fileno() for _, far in joiners]
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--consume", mode, ",".join(map(str, far_normal + far_late)),
-             ",".join(map(str, far_late))],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=far_normal + far_late)
+            [
+                sys.executable,
+                __file__,
+                "--consume",
+                mode,
+                ",".join(map(str, far_normal + far_late)),
+                ",".join(map(str, far_late)),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=far_normal + far_late,
+        )
         for _, far in normal + joiners:
             far.close()  # the reading process has them (with the same numbers)
         self._normal = iter(ours for ours, _ in normal)
@@ -236,12 +247,18 @@ class Far:
 
 async def start(environment: object, command: str, cols: int, rows: int) -> Process:
     assert hasattr(environment, "start")
-    return await environment.start(ProcessSpec(  # type: ignore[no-any-return]
-        command=command, pty=PtySpec("xterm-256color", cols, rows), env={"LANG": "C.UTF-8"}))
+    return await environment.start(
+        ProcessSpec(  # type: ignore[no-any-return]
+            command=command, pty=PtySpec("xterm-256color", cols, rows), env={"LANG": "C.UTF-8"}
+        )
+    )
 
 
-async def latency_round(environment: object, script: Path, args: argparse.Namespace,
-                        ) -> tuple[list[float], list[float], float, float]:
+async def latency_round(
+    environment: object,
+    script: Path,
+    args: argparse.Namespace,
+) -> tuple[list[float], list[float], float, float]:
     far = Far("latency", args.viewers + 1, args.joiners)
     try:
         return await _latency_round(far, environment, script, args)
@@ -249,21 +266,23 @@ async def latency_round(environment: object, script: Path, args: argparse.Namesp
         far.kill()
 
 
-async def _latency_round(far: Far, environment: object, script: Path,
-                         args: argparse.Namespace,
-                         ) -> tuple[list[float], list[float], float, float]:
+async def _latency_round(
+    far: Far,
+    environment: object,
+    script: Path,
+    args: argparse.Namespace,
+) -> tuple[list[float], list[float], float, float]:
     cols, rows = args.cols, args.rows
-    process = await start(environment, f"exec {sys.executable} {script} {1 / args.rate}",
-                          cols, rows)
+    process = await start(environment, f"exec {sys.executable} {script} {1 / args.rate}", cols, rows)
     owner, _ = await far.sink()
-    terminal = Terminal(process, owner, owner_name="user:alice", cols=cols, rows=rows,
-                        viewer_backlog=BACKLOG)
+    terminal = Terminal(process, owner, owner_name="user:alice", cols=cols, rows=rows, viewer_backlog=BACKLOG)
     owner.participant = terminal.owner
     pump = asyncio.create_task(terminal.run())
     for i in range(args.viewers):
         sink, _ = await far.sink()
-        sink.participant = terminal.join(sink, name=f"github:viewer{i}", access=Access.READ_ONLY,
-                                         cols=cols, rows=rows)
+        sink.participant = terminal.join(
+            sink, name=f"github:viewer{i}", access=Access.READ_ONLY, cols=cols, rows=rows
+        )
     far.tell(f"START {time.monotonic_ns()}")
     cpu, wall = time.process_time(), time.perf_counter()
     await terminal.owner.send_input(b"go\n")
@@ -274,8 +293,9 @@ async def _latency_round(far: Far, environment: object, script: Path,
         await asyncio.sleep(pause)  # let the writer draw for a while between joins
         sink, far_fd = await far.sink(late=True)
         started = time.monotonic_ns()
-        sink.participant = terminal.join(sink, name=f"github:late{i}",
-                                         access=Access.READ_ONLY, cols=cols, rows=rows)
+        sink.participant = terminal.join(
+            sink, name=f"github:late{i}", access=Access.READ_ONLY, cols=cols, rows=rows
+        )
         snapshot_sizes.append(sink.bytes)
         far.tell(f"JOIN {far_fd} {sink.bytes} {started}")
     await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
@@ -284,8 +304,7 @@ async def _latency_round(far: Far, environment: object, script: Path,
     await pump
     busy = (time.process_time() - cpu) / (time.perf_counter() - wall)
     result = far.results()
-    return (result["delays_ms"], result["first_screen_ms"], statistics.median(snapshot_sizes),
-            busy)
+    return (result["delays_ms"], result["first_screen_ms"], statistics.median(snapshot_sizes), busy)
 
 
 async def plain_pump(process: Process, sink: SocketSink) -> None:
@@ -296,8 +315,9 @@ async def plain_pump(process: Process, sink: SocketSink) -> None:
             await sink.can_write.wait()
 
 
-async def throughput_round(environment: object, payload: Path, shared: int,
-                           args: argparse.Namespace) -> float:
+async def throughput_round(
+    environment: object, payload: Path, shared: int, args: argparse.Namespace
+) -> float:
     far = Far("drain", shared + 1, 0)
     try:
         return await _throughput_round(far, environment, payload, shared, args)
@@ -305,19 +325,21 @@ async def throughput_round(environment: object, payload: Path, shared: int,
         far.kill()
 
 
-async def _throughput_round(far: Far, environment: object, payload: Path, shared: int,
-                            args: argparse.Namespace) -> float:
+async def _throughput_round(
+    far: Far, environment: object, payload: Path, shared: int, args: argparse.Namespace
+) -> float:
     process = await start(environment, f"exec cat {payload}", args.cols, args.rows)
     owner, _ = await far.sink()
     if shared:
-        terminal = Terminal(process, owner, owner_name="user:alice", cols=args.cols,
-                            rows=args.rows, viewer_backlog=BACKLOG)
+        terminal = Terminal(
+            process, owner, owner_name="user:alice", cols=args.cols, rows=args.rows, viewer_backlog=BACKLOG
+        )
         owner.participant = terminal.owner
         for i in range(shared):
             sink, _ = await far.sink()
-            sink.participant = terminal.join(sink, name=f"github:viewer{i}",
-                                             access=Access.READ_ONLY, cols=args.cols,
-                                             rows=args.rows)
+            sink.participant = terminal.join(
+                sink, name=f"github:viewer{i}", access=Access.READ_ONLY, cols=args.cols, rows=args.rows
+            )
         started = time.perf_counter()
         await terminal.run()
     else:
@@ -336,8 +358,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     config = Config()
-    identity = Identity(username="bench", conn_id="bench", remote_addr="127.0.0.1",
-                        config=config)
+    identity = Identity(username="bench", conn_id="bench", remote_addr="127.0.0.1", config=config)
     environment = await LocalBackend(config, "bench").open(identity)
     with tempfile.TemporaryDirectory(prefix="pairpod-fanout-") as directory:
         script = Path(directory) / "writer.py"
@@ -371,18 +392,24 @@ async def run(args: argparse.Namespace) -> None:
     print(f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f}\n")
     print("| measure | figure | goal |")
     print("|---|---|---|")
-    print(f"| writer -> viewer delay, {args.viewers} viewers, {args.rate} updates/s "
-          f"| p99 {p99:.1f} ms (p50 {statistics.median(p50s):.1f} ms, "
-          f"worst {max(maxes):.1f} ms; gateway CPU {100 * statistics.median(cpu):.0f} %) "
-          f"| p99 < 50 ms ({verdict(p99 < 50)}) |")
-    print(f"| late joiner's first full screen, {args.cols}x{args.rows}, "
-          f"{statistics.median(sizes) / 1024:.1f} KiB "
-          f"| median {first:.1f} ms (worst {max(firsts):.1f} ms, {len(firsts)} joins) "
-          f"| < 200 ms ({verdict(first < 200)}) |")
-    print(f"| throughput shared with {args.shared} viewers / unshared (cat of "
-          f"{args.megabytes} MB on the PTY) | {statistics.median(shared):.1f} / "
-          f"{statistics.median(unshared):.1f} MB/s = {ratio:.2f}x "
-          f"| >= 0.8x ({verdict(ratio >= 0.8)}) |")
+    print(
+        f"| writer -> viewer delay, {args.viewers} viewers, {args.rate} updates/s "
+        f"| p99 {p99:.1f} ms (p50 {statistics.median(p50s):.1f} ms, "
+        f"worst {max(maxes):.1f} ms; gateway CPU {100 * statistics.median(cpu):.0f} %) "
+        f"| p99 < 50 ms ({verdict(p99 < 50)}) |"
+    )
+    print(
+        f"| late joiner's first full screen, {args.cols}x{args.rows}, "
+        f"{statistics.median(sizes) / 1024:.1f} KiB "
+        f"| median {first:.1f} ms (worst {max(firsts):.1f} ms, {len(firsts)} joins) "
+        f"| < 200 ms ({verdict(first < 200)}) |"
+    )
+    print(
+        f"| throughput shared with {args.shared} viewers / unshared (cat of "
+        f"{args.megabytes} MB on the PTY) | {statistics.median(shared):.1f} / "
+        f"{statistics.median(unshared):.1f} MB/s = {ratio:.2f}x "
+        f"| >= 0.8x ({verdict(ratio >= 0.8)}) |"
+    )
     sys.stdout.flush()
 
 

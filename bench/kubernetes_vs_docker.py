@@ -55,9 +55,18 @@ class KubeApiServer:
         self.kubeconfig = work.path / "kubeconfig"
         self._log = (work.path / "kube-apiserver.log").open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "testing.kube_apiserver", "--kubeconfig", str(self.kubeconfig),
-             "--namespace", NAMESPACE],
-            cwd=ROOT.parent, stdout=subprocess.PIPE, stderr=self._log,
+            [
+                sys.executable,
+                "-m",
+                "testing.kube_apiserver",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--namespace",
+                NAMESPACE,
+            ],
+            cwd=ROOT.parent,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -70,8 +79,13 @@ class KubeApiServer:
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         """Run kubectl against the server; its output."""
-        return subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     def stop(self) -> None:
         """SIGTERM (the server removes its containers), then wait."""
@@ -101,8 +115,11 @@ def kubernetes_overrides(server: KubeApiServer, image: str, **kubernetes: object
 
 def docker_overrides(image: str, **docker: object) -> dict[str, object]:
     """Config selecting the Docker backend on a local image."""
-    return {"backend": "docker", "log": {"level": "warning"},
-            "docker": {"image": image, "pull": "never", **docker}}
+    return {
+        "backend": "docker",
+        "log": {"level": "warning"},
+        "docker": {"image": image, "pull": "never", **docker},
+    }
 
 
 def alternate(rounds: int, **measures: Callable[[], float]) -> dict[str, list[float]]:
@@ -126,18 +143,38 @@ def wait_until(check: Callable[[], bool], what: str, limit: float = 120.0) -> No
 def docker_pool_ready(size: int) -> bool:
     """The Docker warm pool holds ``size`` running, not yet handed-out containers."""
     out = subprocess.run(
-        ["docker", "ps", "--filter", "label=pairpod.pool=true", "--filter", "status=running",
-         "--format", "{{.Names}}"],
-        capture_output=True, text=True, check=True).stdout.split()
+        [
+            "docker",
+            "ps",
+            "--filter",
+            "label=pairpod.pool=true",
+            "--filter",
+            "status=running",
+            "--format",
+            "{{.Names}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     # A handed-out container is renamed after its connection; a waiting one is named "-pool-".
     return sum("-pool-" in name for name in out) >= size
 
 
 def kube_pool_ready(server: KubeApiServer, size: int) -> bool:
     """The Kubernetes warm pool holds ``size`` running pods no user has yet."""
-    out = server.kubectl("-n", NAMESPACE, "get", "pods", "-o", "name",
-                         "-l", "pairpod.pool=true,!pairpod.user",
-                         "--field-selector", "status.phase=Running")
+    out = server.kubectl(
+        "-n",
+        NAMESPACE,
+        "get",
+        "pods",
+        "-o",
+        "name",
+        "-l",
+        "pairpod.pool=true,!pairpod.user",
+        "--field-selector",
+        "status.phase=Running",
+    )
     return len(out.split()) >= size
 
 
@@ -162,6 +199,7 @@ def latency_section(server: KubeApiServer, image: str, rounds: int, report: Repo
                 # Time only logins the pool served: wait until it is full again.
                 wait_until(ready, "the warm pool to refill")
                 return timed(ssh_argv(work, peer.port, "true"))
+
             return measure
 
         figures = alternate(
@@ -171,12 +209,20 @@ def latency_section(server: KubeApiServer, image: str, rounds: int, report: Repo
             kube_warm=pooled(works[2], kube_warm, lambda: kube_pool_ready(server, POOL)),
             docker_warm=pooled(works[3], docker_warm, lambda: docker_pool_ready(POOL)),
         )
-        report.add("login `ssh gw true`, new pod vs new container",
-                   statistics.median(figures["kube_cold"]), statistics.median(figures["docker_cold"]),
-                   "s", "<= 2.0")
-        report.add(f"login `ssh gw true`, warm pool of {POOL}",
-                   statistics.median(figures["kube_warm"]), statistics.median(figures["docker_warm"]),
-                   "s", "<= 2.0")
+        report.add(
+            "login `ssh gw true`, new pod vs new container",
+            statistics.median(figures["kube_cold"]),
+            statistics.median(figures["docker_cold"]),
+            "s",
+            "<= 2.0",
+        )
+        report.add(
+            f"login `ssh gw true`, warm pool of {POOL}",
+            statistics.median(figures["kube_warm"]),
+            statistics.median(figures["docker_warm"]),
+            "s",
+            "<= 2.0",
+        )
     finally:
         for peer in peers:
             peer.stop()
@@ -187,15 +233,26 @@ def latency_section(server: KubeApiServer, image: str, rounds: int, report: Repo
 def control_master(work: Workdir, port: int) -> tuple[list[str], subprocess.Popen[bytes]]:
     """One SSH connection (so one environment) that transfers share, a channel each."""
     control = ["-o", f"ControlPath={work.path / 'cm.sock'}"]
-    master = subprocess.Popen(ssh_argv(work, port, extra=[*control, "-M", "-N"]), stdin=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    wait_until(lambda: subprocess.run(ssh_argv(work, port, extra=[*control, "-O", "check"]),
-                                      capture_output=True).returncode == 0, "the ssh control master")
+    master = subprocess.Popen(
+        ssh_argv(work, port, extra=[*control, "-M", "-N"]),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_until(
+        lambda: (
+            subprocess.run(
+                ssh_argv(work, port, extra=[*control, "-O", "check"]), capture_output=True
+            ).returncode
+            == 0
+        ),
+        "the ssh control master",
+    )
     return control, master
 
 
-def throughput_section(server: KubeApiServer, image: str, megabytes: int, rounds: int,
-                       report: Report) -> None:
+def throughput_section(
+    server: KubeApiServer, image: str, megabytes: int, rounds: int, report: Report
+) -> None:
     size = megabytes * 1_000_000
     kube_work, docker_work = Workdir(), Workdir()
     peers: list[Peer] = []
@@ -219,15 +276,30 @@ def throughput_section(server: KubeApiServer, image: str, megabytes: int, rounds
             "upload, no TTY": ("cat > /dev/null", [], payload),
         }
         for label, (command, extra, stdin_file) in cases.items():
-            def rate(work: Workdir, port: int, control: list[str], command: str = command,
-                     extra: list[str] = extra, stdin_file: Path | None = stdin_file) -> Callable[[], float]:
+
+            def rate(
+                work: Workdir,
+                port: int,
+                control: list[str],
+                command: str = command,
+                extra: list[str] = extra,
+                stdin_file: Path | None = stdin_file,
+            ) -> Callable[[], float]:
                 argv = ssh_argv(work, port, command, extra=[*control, *extra])
                 return lambda: size / 1e6 / timed(argv, input_file=stdin_file)
 
-            figures = alternate(rounds, kube=rate(kube_work, kube.port, kube_control),
-                                docker=rate(docker_work, docker.port, docker_control))
-            report.add(f"throughput {label}", statistics.median(figures["kube"]),
-                       statistics.median(figures["docker"]), "MB/s", ">= 0.3")
+            figures = alternate(
+                rounds,
+                kube=rate(kube_work, kube.port, kube_control),
+                docker=rate(docker_work, docker.port, docker_control),
+            )
+            report.add(
+                f"throughput {label}",
+                statistics.median(figures["kube"]),
+                statistics.median(figures["docker"]),
+                "MB/s",
+                ">= 0.3",
+            )
     finally:
         for master in masters:
             master.terminate()

@@ -45,8 +45,12 @@ def one_round(work: Workdir, port: int, payload: Path, viewers: int) -> tuple[fl
     extra = ["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1"] if viewers else ["-tt"]
     # The program waits for a line, so everyone can join first.
     with out.open("wb") as sink:
-        owner = subprocess.Popen(ssh_argv(work, port, f"read go; exec cat {payload}", extra=extra),
-                                 stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.DEVNULL)
+        owner = subprocess.Popen(
+            ssh_argv(work, port, f"read go; exec cat {payload}", extra=extra),
+            stdin=subprocess.PIPE,
+            stdout=sink,
+            stderr=subprocess.DEVNULL,
+        )
     joined: list[subprocess.Popen[bytes]] = []
     try:
         if viewers:
@@ -55,14 +59,19 @@ def one_round(work: Workdir, port: int, payload: Path, viewers: int) -> tuple[fl
             assert match is not None
             link = match.group(1).decode()
             for i in range(viewers):
-                argv = [link + "@127.0.0.1" if a == "root@127.0.0.1" else a
-                        for a in ssh_argv(work, port, extra=["-tt"])]
+                argv = [
+                    link + "@127.0.0.1" if a == "root@127.0.0.1" else a
+                    for a in ssh_argv(work, port, extra=["-tt"])
+                ]
                 with (work.path / f"viewer{i}.out").open("wb") as sink:
-                    joined.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=sink,
-                                                   stderr=subprocess.DEVNULL))
+                    joined.append(
+                        subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=sink, stderr=subprocess.DEVNULL)
+                    )
             # A viewer has joined when its first screen has arrived.
-            wait_for(lambda: all((work.path / f"viewer{i}.out").stat().st_size > 0
-                                 for i in range(viewers)), "every viewer's first screen")
+            wait_for(
+                lambda: all((work.path / f"viewer{i}.out").stat().st_size > 0 for i in range(viewers)),
+                "every viewer's first screen",
+            )
         assert owner.stdin is not None
         started = time.perf_counter()
         owner.stdin.write(b"\n")
@@ -103,11 +112,15 @@ def main() -> None:
         print(f"Machine: {machine()}\n")
         print("| measure | figure | goal |\n|---|---|---|")
         verdict = "met" if ratio >= 0.8 else "NOT met"
-        print(f"| owner's throughput, `cat` of {args.megabytes} MB on the PTY, shared with "
-              f"{args.viewers} ssh viewers / unshared | {statistics.median(shared):.1f} / "
-              f"{statistics.median(alone):.1f} MB/s = {ratio:.2f}x | >= 0.8x ({verdict}) |")
-        print(f"\nEach viewer received {statistics.median(seen):.1f} MB (median) of the "
-              f"{args.megabytes} MB: past its share a viewer is redrawn from snapshots.")
+        print(
+            f"| owner's throughput, `cat` of {args.megabytes} MB on the PTY, shared with "
+            f"{args.viewers} ssh viewers / unshared | {statistics.median(shared):.1f} / "
+            f"{statistics.median(alone):.1f} MB/s = {ratio:.2f}x | >= 0.8x ({verdict}) |"
+        )
+        print(
+            f"\nEach viewer received {statistics.median(seen):.1f} MB (median) of the "
+            f"{args.megabytes} MB: past its share a viewer is redrawn from snapshots."
+        )
     finally:
         gateway.stop()
         work.cleanup()

@@ -43,8 +43,9 @@ def main() -> None:
         def latency(port: int) -> float:
             return timed(ssh_argv(work, port, "true"))
 
-        report = Report(f"Local backend vs OpenSSH sshd ({args.megabytes} MB, "
-                        f"median of {args.rounds} rounds)")
+        report = Report(
+            f"Local backend vs OpenSSH sshd ({args.megabytes} MB, median of {args.rounds} rounds)"
+        )
         for name, measure, unit, goal in (
             ("download throughput", download, "MB/s", ">= 1.0"),
             ("upload throughput", upload, "MB/s", ">= 1.0"),
@@ -55,8 +56,9 @@ def main() -> None:
             for _ in range(args.rounds):
                 for server, port in servers.items():
                     figures[server].append(measure(port))
-            report.add(name, statistics.median(figures["pairpod"]),
-                       statistics.median(figures["openssh"]), unit, goal)
+            report.add(
+                name, statistics.median(figures["pairpod"]), statistics.median(figures["openssh"]), unit, goal
+            )
         report.print()
     finally:
         pairpod.stop()

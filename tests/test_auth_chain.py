@@ -6,8 +6,6 @@ sessions print what the login produced (user, env, forced command, image),
 so each test observes the result from inside a session.
 """
 
-
-
 from __future__ import annotations
 
 import asyncio
@@ -205,9 +203,7 @@ async def refused(harness: Harness, user: str, **options: Any) -> None:
 
 
 def decisions(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
-    return [
-        dict(getattr(r, "pairpod_fields", {})) for r in caplog.records if r.getMessage() == event
-    ]
+    return [dict(getattr(r, "pairpod_fields", {})) for r in caplog.records if r.getMessage() == event]
 
 
 def assert_never_logged(caplog: pytest.LogCaptureFixture, *secrets: str) -> None:
@@ -232,9 +228,7 @@ async def test_static_key_login_with_options(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys_file = tmp_path / "authorized_keys"
-    keys_file.write_text(
-        f'restrict,command="echo forced",environment="STAGE=prod" {pub(user_keys[0])}\n'
-    )
+    keys_file.write_text(f'restrict,command="echo forced",environment="STAGE=prod" {pub(user_keys[0])}\n')
     harness = await make_server({"authorized_keys": str(keys_file)})
     out = await login(harness, "anyone", client_keys=[user_keys[0]])
     assert out["user"] == out["as"] == "anyone"
@@ -389,9 +383,7 @@ async def test_password_and_keyboard_interactive(
     )
     out = await login(harness, "alice", password="wonderland", preferred_auth="password")
     assert out["method"] == "password" and out["source"] == "auth.users.alice.password_hash"
-    out = await login(
-        harness, "alice", password="wonderland", preferred_auth="keyboard-interactive"
-    )
+    out = await login(harness, "alice", password="wonderland", preferred_auth="keyboard-interactive")
     assert out["method"] == "keyboard-interactive"
     assert (await login(harness, "bob", password="builder"))["user"] == "bob"
     await refused(harness, "alice", password="Guess-123", preferred_auth="password")
@@ -504,9 +496,7 @@ async def test_webhook_failures_deny_with_reason_and_the_gateway_keeps_serving(
     assert_never_logged(caplog, "wonderland")
 
 
-async def test_webhook_down_denies(
-    make_server: MakeServer, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_webhook_down_denies(make_server: MakeServer, caplog: pytest.LogCaptureFixture) -> None:
     with refusing_port() as url:
         harness = await make_server({"webhook": {"url": url, "retries": 0}})
         await refused(harness, "alice", password="wonderland", preferred_auth="password")
@@ -561,9 +551,7 @@ async def test_config_webhook_override_is_seen_in_the_session(
     assert out["image"] == "registry.local/alice:dev" and out["env"] == {"FROM_CONFIG": "yes"}
     assert len(config_hook.requests) == 1  # key query and signature: one config request
     assert config_hook.requests[0][1]["authenticatedUsername"] == "alice"
-    assert (await login(harness, "bob", client_keys=[user_keys[0]]))["image"] == (
-        "debian:bookworm-slim"
-    )
+    assert (await login(harness, "bob", client_keys=[user_keys[0]]))["image"] == ("debian:bookworm-slim")
     await refused(harness, "mallory", client_keys=[user_keys[0]])
     await refused(harness, "typo", client_keys=[user_keys[0]])
     rejects = {r["user"]: r for r in decisions(caplog, "auth.reject")}
@@ -627,9 +615,7 @@ def cas() -> list[asyncssh.SSHKey]:
 
 
 @pytest.fixture
-async def cert_server(
-    make_server: MakeServer, cas: list[asyncssh.SSHKey], tmp_path: Path
-) -> Harness:
+async def cert_server(make_server: MakeServer, cas: list[asyncssh.SSHKey], tmp_path: Path) -> Harness:
     ca_file = tmp_path / "ca_keys"
     ca_file.write_text(f"# trusted\ncert-authority {pub(cas[0])}\n")
     return await make_server({"trusted_user_ca_keys": str(ca_file)})
@@ -717,9 +703,7 @@ class _Conn:
     """Stands in for the SSH connection object in facade-only tests."""
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 4242), "client_version": "SSH-2.0-test"}.get(
-            name, default
-        )
+        return {"peername": ("127.0.0.1", 4242), "client_version": "SSH-2.0-test"}.get(name, default)
 
     def get_certificate_option(self, option: str, default: object = None) -> object:
         return default
@@ -763,11 +747,7 @@ async def test_the_last_approved_credential_is_the_result(
     config = validate_config(
         {
             "auth": {
-                "users": {
-                    "alice": {
-                        "keys": [f'command="restricted" {pub(user_keys[0])}', pub(user_keys[1])]
-                    }
-                }
+                "users": {"alice": {"keys": [f'command="restricted" {pub(user_keys[0])}', pub(user_keys[1])]}}
             }
         },
         "test",

@@ -125,9 +125,7 @@ def test_restrict_and_flags(lines: list[str], options: str, expected: dict[str, 
         ('expiry-time="20201341"', "not a date"),
     ],
 )
-def test_bad_options_make_the_line_unusable(
-    lines: list[str], line_options: str, reason: str
-) -> None:
+def test_bad_options_make_the_line_unusable(lines: list[str], line_options: str, reason: str) -> None:
     with pytest.raises(KeyParseError, match=reason):
         parse_key_line(f"{line_options} {lines[0]}", "t")
 
@@ -205,18 +203,14 @@ def test_key_file_reloads_when_changed_and_survives_removal(
     assert len(events(caplog, "keys.file_unreadable")) == 1  # once, not once per login
 
 
-def test_static_keys_order_and_scope(
-    tmp_path: Path, keys: list[asyncssh.SSHKey], lines: list[str]
-) -> None:
+def test_static_keys_order_and_scope(tmp_path: Path, keys: list[asyncssh.SSHKey], lines: list[str]) -> None:
     global_file = tmp_path / "global"
     global_file.write_text(f"{lines[2]}\n{lines[0]}\n")
     alice_file = tmp_path / "alice"
     alice_file.write_text(f"no-pty {lines[1]}\n")
     auth = AuthSettings(
         authorized_keys=global_file,
-        users={
-            "alice": {"keys": [f'command="ls" {lines[0]}', "junk"], "authorized_keys": alice_file}
-        },
+        users={"alice": {"keys": [f'command="ls" {lines[0]}', "junk"], "authorized_keys": alice_file}},
     )
     static = StaticKeys(auth)
     assert static.configured
@@ -237,9 +231,7 @@ def test_static_keys_order_and_scope(
     assert entry is None
 
 
-def test_find_key_skips_entries_refused_by_from(
-    keys: list[asyncssh.SSHKey], lines: list[str]
-) -> None:
+def test_find_key_skips_entries_refused_by_from(keys: list[asyncssh.SSHKey], lines: list[str]) -> None:
     entries, _ = parse_authorized_keys(
         f'from="10.0.0.0/8",command="a" {lines[0]}\nfrom="127.0.0.1" {lines[0]}\n', "f"
     )

@@ -5,8 +5,6 @@ an askpass script (``SSH_ASKPASS_REQUIRE=force``, no controlling terminal
 thanks to ``setsid``).
 """
 
-
-
 from __future__ import annotations
 
 import asyncio
@@ -48,9 +46,7 @@ class Key:
 
 def keygen(directory: Path, name: str) -> Key:
     path = directory / name
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True
-    )
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
     return Key(path)
 
 
@@ -153,11 +149,7 @@ def key_options(key: Key, *extra: str) -> list[str]:
 
 
 def rejects(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [
-        dict(getattr(r, "pairpod_fields", {}))
-        for r in caplog.records
-        if r.getMessage() == "auth.reject"
-    ]
+    return [dict(getattr(r, "pairpod_fields", {})) for r in caplog.records if r.getMessage() == "auth.reject"]
 
 
 @pytest.fixture(autouse=True)
@@ -180,9 +172,7 @@ async def test_forced_command_and_restrict(server: Harness) -> None:
     assert out["pty"] is False and out["port_forwarding"] is False
 
 
-async def test_unknown_key_is_denied(
-    server: Harness, keys: Keys, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_unknown_key_is_denied(server: Harness, keys: Keys, caplog: pytest.LogCaptureFixture) -> None:
     rc, _, err = await ssh(server, "alice", *key_options(keys.stranger))
     assert rc == 255 and "Permission denied" in err
     assert rejects(caplog)[0]["reason"].startswith("static_keys: key not listed")
@@ -246,8 +236,8 @@ async def test_bad_certificates_are_denied(
     rc, _, err = await ssh(server, "alice", *cert_options(key))
     assert rc == 255 and "Permission denied" in err
     await server.lost.get()  # the server side has seen the connection end
-    assert any(r["method"] == "certificate" and reason in r["reason"] for r in rejects(caplog)), (
-        rejects(caplog)
+    assert any(r["method"] == "certificate" and reason in r["reason"] for r in rejects(caplog)), rejects(
+        caplog
     )
 
 

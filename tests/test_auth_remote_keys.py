@@ -86,9 +86,7 @@ async def test_fetches_keys_and_caches_them_for_ttl(
     assert peer.counts["alice"] == 2
 
 
-async def test_concurrent_lookups_share_one_fetch(
-    peer: KeySourcePeer, http: aiohttp.ClientSession
-) -> None:
+async def test_concurrent_lookups_share_one_fetch(peer: KeySourcePeer, http: aiohttp.ClientSession) -> None:
     peer.modes["alice"] = "slow"
     src = source(peer.url, http)
     tasks = [asyncio.create_task(src.lookup("alice")) for _ in range(20)]
@@ -193,9 +191,7 @@ async def test_options_in_remote_lines_are_not_honoured(
     assert [e.blob for e in lookup.entries] == [keys[1].public_data]
 
 
-async def test_invalid_login_names_are_not_fetched(
-    peer: KeySourcePeer, http: aiohttp.ClientSession
-) -> None:
+async def test_invalid_login_names_are_not_fetched(peer: KeySourcePeer, http: aiohttp.ClientSession) -> None:
     src = source(peer.url, http)
     for login in ("../etc/passwd", "", "a/b", "-x", "a b"):
         lookup = await src.lookup(login)

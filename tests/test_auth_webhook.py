@@ -93,9 +93,7 @@ async def test_password_request_fields_and_answer(
     assert "s3cr3t" not in repr(answer)  # sensitive values never show in a repr
 
 
-async def test_wrong_password_and_pubkey(
-    auth_peer: AuthWebhookPeer, http: aiohttp.ClientSession
-) -> None:
+async def test_wrong_password_and_pubkey(auth_peer: AuthWebhookPeer, http: aiohttp.ClientSession) -> None:
     client = auth_client(auth_peer.url, http)
     assert not (await client.password(CONN, "nope")).success
     assert (await client.pubkey(CONN, "ssh-ed25519 AAAAkey")).success
@@ -148,9 +146,7 @@ async def test_flaky_webhook_succeeds_on_retry(
     assert answer.success and len(auth_peer.requests) == 3
 
 
-async def test_slow_webhook_times_out(
-    auth_peer: AuthWebhookPeer, http: aiohttp.ClientSession
-) -> None:
+async def test_slow_webhook_times_out(auth_peer: AuthWebhookPeer, http: aiohttp.ClientSession) -> None:
     auth_peer.mode = "slow"
     with pytest.raises(WebhookError, match=r"no answer within 0.2s \(after 2 attempts\)"):
         await auth_client(auth_peer.url, http, timeout=0.2, retries=1).password(CONN, "x")
@@ -191,9 +187,7 @@ def test_wrong_types_are_refused(answer: dict[str, Any], problem: str) -> None:
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=12,
 )
 _ANSWERS = st.fixed_dictionaries(

@@ -22,12 +22,14 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pairpod.yaml"
 
 
 def pairpod(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pairpod.cli", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "pairpod.cli", *args], capture_output=True, text=True, timeout=60
+    )
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600),
-                                               ("250ms", 0.25), (12, 12), ("1.5m", 90)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h", 3600), ("250ms", 0.25), (12, 12), ("1.5m", 90)]
+)
 def test_durations(text: Any, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -36,8 +38,10 @@ def test_durations(text: Any, seconds: float) -> None:
 def test_duration_round_trips_through_the_model(value: int, unit: str) -> None:
     config = Config.model_validate({"ssh": {"login_timeout": f"{value}{unit}"}})
     dumped = config.model_dump(mode="json")["ssh"]["login_timeout"]
-    assert Config.model_validate({"ssh": {"login_timeout": dumped}}).ssh.login_timeout == \
-        config.ssh.login_timeout
+    assert (
+        Config.model_validate({"ssh": {"login_timeout": dumped}}).ssh.login_timeout
+        == config.ssh.login_timeout
+    )
 
 
 def test_example_config_is_valid_and_documents_every_key() -> None:
@@ -73,11 +77,9 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
         ("- a list\n", "expected a mapping of settings at the top level"),
         ("instance_id: Gateway_1\n", "instance_id: Value error, expected 1-32 lowercase letters"),
     ],
-    ids=["yaml", "unknown-key", "wrong-type", "duration", "listen", "backend", "list", "top",
-         "instance-id"],
+    ids=["yaml", "unknown-key", "wrong-type", "duration", "listen", "backend", "list", "top", "instance-id"],
 )
-def test_check_config_names_the_key_and_the_problem(tmp_path: Path, content: str,
-                                                    expected: str) -> None:
+def test_check_config_names_the_key_and_the_problem(tmp_path: Path, content: str, expected: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(content)
     result = pairpod("check-config", str(path))
@@ -121,8 +123,10 @@ def test_serve_reports_a_port_in_use(tmp_path: Path) -> None:
         path = write_config(tmp_path / "c.yaml", {"host_keys": [str(tmp_path / "hk")]})
         result = pairpod("serve", "--config", str(path), "--listen", f"127.0.0.1:{port}")
     assert result.returncode == 2
-    assert f"listen: cannot listen on 127.0.0.1:{port}: address already in use" in \
-        result.stderr.lower().replace("[errno 98] ", "")
+    assert (
+        f"listen: cannot listen on 127.0.0.1:{port}: address already in use"
+        in result.stderr.lower().replace("[errno 98] ", "")
+    )
 
 
 def test_serve_reports_an_invalid_host_key(tmp_path: Path) -> None:
@@ -148,14 +152,19 @@ def test_serve_generates_a_missing_host_key_with_mode_0600(tmp_path: Path) -> No
 
 
 def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
-    path = write_config(tmp_path / "c.yaml", {
-        "host_keys": [str(tmp_path / "hk")], "listen": "127.0.0.1:0",
-        "log": {"format": "json"},
-    })
+    path = write_config(
+        tmp_path / "c.yaml",
+        {
+            "host_keys": [str(tmp_path / "hk")],
+            "listen": "127.0.0.1:0",
+            "log": {"format": "json"},
+        },
+    )
     server = GatewayProcess(path)
     server.start()
     assert server.terminate() == 0
     import json
+
     events = [json.loads(line)["event"] for line in server.log().splitlines()]
     assert "gateway.listening" in events and "gateway.stopped" in events
 

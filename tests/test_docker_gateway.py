@@ -118,12 +118,15 @@ def test_gateway_killed_with_sigkill_and_restarted_removes_what_it_left(
     try:
         gateway.start()
         assert f"instance={instance_id}" in gateway.log()
-        client = subprocess.Popen(gateway.ssh_argv("echo up; exec sleep 1000"),
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        client = subprocess.Popen(
+            gateway.ssh_argv("echo up; exec sleep 1000"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
         assert client.stdout is not None
         assert client.stdout.readline() == b"up\n"
-        wait_until(lambda: len(containers(instance=instance_id)) == 2,
-                   message="a session's container and a refilled pool")
+        wait_until(
+            lambda: len(containers(instance=instance_id)) == 2,
+            message="a session's container and a refilled pool",
+        )
         stranded = {c["ID"] for c in containers(instance=instance_id)}
 
         gateway.proc.kill()  # type: ignore[union-attr]
@@ -133,15 +136,18 @@ def test_gateway_killed_with_sigkill_and_restarted_removes_what_it_left(
 
         gateway.start()  # the same config, so the same instance id: what it left is reaped
         assert gateway.ssh("echo again").stdout == b"again\n"
-        wait_until(lambda: not stranded & {c["ID"] for c in containers(instance=instance_id)},
-                   message="the earlier run's containers to be removed")
+        wait_until(
+            lambda: not stranded & {c["ID"] for c in containers(instance=instance_id)},
+            message="the earlier run's containers to be removed",
+        )
         assert gateway.terminate() == 0
         assert containers(instance=instance_id) == []
     finally:
         client.kill()
         gateway.kill()
-        subprocess.run(["docker", "rm", "-f", *(c["ID"] for c in containers(instance=instance_id))],
-                       capture_output=True)
+        subprocess.run(
+            ["docker", "rm", "-f", *(c["ID"] for c in containers(instance=instance_id))], capture_output=True
+        )
 
 
 async def test_fifty_connections_at_once_each_get_their_own_container(make_gateway: MakeGateway):

@@ -36,7 +36,8 @@ TEMPLATE = {
 
 
 async def test_pod_is_labelled_hardened_and_deleted_on_close(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, pod=TEMPLATE)
     async with running_backend(config) as backend, core_api(kube_apiserver) as core:
         env = await backend.open(identity(config, user="alice@example.com", conn="c1"))
@@ -44,9 +45,13 @@ async def test_pod_is_labelled_hardened_and_deleted_on_close(
         pod = await core.read_namespaced_pod(env.pod.name, kube_namespace)
         assert pod.status.phase == "Running"
         assert pod.metadata.labels == {
-            "team": "blue", "pairpod.managed": "true", "pairpod.instance": backend.instance_id,
-            "pairpod.mode": "connection", "pairpod.connection": "c1",
-            "pairpod.user": "alice_example.com"}
+            "team": "blue",
+            "pairpod.managed": "true",
+            "pairpod.instance": backend.instance_id,
+            "pairpod.mode": "connection",
+            "pairpod.connection": "c1",
+            "pairpod.user": "alice_example.com",
+        }
         assert pod.metadata.annotations == {"note": "from the template", "pairpod.user": "alice@example.com"}
         spec = pod.spec
         assert spec.restart_policy == "Never"
@@ -58,8 +63,9 @@ async def test_pod_is_labelled_hardened_and_deleted_on_close(
         assert shell.security_context.capabilities.drop == ["ALL"]
         assert shell.resources.limits == {"memory": "512Mi", "cpu": "1", "ephemeral-storage": "1Gi"}
 
-        out, _, status = await run(env, "id -u; echo $FROM_TEMPLATE; grep -E '^(CapEff|NoNewPrivs)' "
-                                        "/proc/self/status")
+        out, _, status = await run(
+            env, "id -u; echo $FROM_TEMPLATE; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status"
+        )
         assert status.code == 0
         lines = out.decode().split("\n")
         assert lines[0] == str(TESTER_UID)
@@ -73,13 +79,15 @@ async def test_pod_is_labelled_hardened_and_deleted_on_close(
 
 
 async def test_processes_streams_env_pty_signals_and_kill(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace)
     async with running_backend(config) as backend:
         env = await backend.open(identity(config, env={"FROM_LOGIN": "login", "not valid": "x"}))
         try:
-            out, err, status = await run(env, "echo out; echo err >&2; echo $FROM_LOGIN $LANG; exit 3",
-                                         env={"LANG": "C.UTF-8"})
+            out, err, status = await run(
+                env, "echo out; echo err >&2; echo $FROM_LOGIN $LANG; exit 3", env={"LANG": "C.UTF-8"}
+            )
             assert (out, err, status.code) == (b"out\nlogin C.UTF-8\n", b"err\n", 3)
 
             # stdin EOF reaches the program (v5 close frame).
@@ -88,8 +96,9 @@ async def test_processes_streams_env_pty_signals_and_kill(
 
             # A PTY: TERM, size, resize.
             pty = PtySpec(term="xterm-256color", cols=100, rows=30)
-            process = await env.start(ProcessSpec(
-                command="echo $TERM; stty size; read -r x; stty size", pty=pty))
+            process = await env.start(
+                ProcessSpec(command="echo $TERM; stty size; read -r x; stty size", pty=pty)
+            )
             await read_until(process, b"30 100")
             await process.resize(70, 20)
             await process.write(b"go\r")
@@ -98,8 +107,12 @@ async def test_processes_streams_env_pty_signals_and_kill(
             assert (await process.wait()).code == 0
 
             # A signal, through a second exec that knows the PID.
-            process = await env.start(ProcessSpec(command="trap 'echo got-USR1; exit 4' USR1; echo ready; "
-                                                          "while :; do sleep 1 & wait $!; done"))
+            process = await env.start(
+                ProcessSpec(
+                    command="trap 'echo got-USR1; exit 4' USR1; echo ready; "
+                    "while :; do sleep 1 & wait $!; done"
+                )
+            )
             await read_until(process, b"ready")
             await process.signal("USR1")
             assert b"got-USR1" in await read_all(process)
@@ -121,7 +134,8 @@ async def test_processes_streams_env_pty_signals_and_kill(
 
 
 async def test_root_image_falls_back_once_unless_non_root_is_required(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
     caplog.set_level(logging.WARNING, "pairpod")
     async with running_backend(config) as backend:
@@ -137,18 +151,24 @@ async def test_root_image_falls_back_once_unless_non_root_is_required(
     # Learnt once: the second login's pod went straight to running as root.
     assert [r.getMessage() for r in caplog.records].count("kubernetes.image_runs_as_root") == 1
 
-    strict = kubernetes_config(kube_apiserver, kube_namespace, image="busybox",
-                               pod={"spec": {"securityContext": {"runAsNonRoot": True}}})
+    strict = kubernetes_config(
+        kube_apiserver,
+        kube_namespace,
+        image="busybox",
+        pod={"spec": {"securityContext": {"runAsNonRoot": True}}},
+    )
     async with running_backend(strict) as backend, core_api(kube_apiserver) as core:
         with pytest.raises(Exception) as refused:
             await backend.open(identity(strict))
         assert refused.value.user_message == (  # type: ignore[attr-defined]
-            "environment image runs as root, which this gateway does not allow")
+            "environment image runs as root, which this gateway does not allow"
+        )
         assert await pods(core, kube_namespace, instance=backend.instance_id) == []
 
 
 async def test_v4_server_cannot_close_stdin_but_everything_else_works(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str, caplog: pytest.LogCaptureFixture) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
     caplog.set_level(logging.INFO, "pairpod")
     async with running_backend(config) as backend:
@@ -164,8 +184,9 @@ async def test_v4_server_cannot_close_stdin_but_everything_else_works(
             await process.kill()  # ending the channel still ends it
             assert (await process.wait()).signal == "KILL"
             # With a PTY, EOF is the terminal's EOF character, which needs no close frame.
-            tty = await env.start(ProcessSpec(command="cat; echo cat-ended",
-                                              pty=PtySpec(term="xterm", cols=80, rows=24)))
+            tty = await env.start(
+                ProcessSpec(command="cat; echo cat-ended", pty=PtySpec(term="xterm", cols=80, rows=24))
+            )
             await tty.write(b"typed\r")
             await read_until(tty, b"typed")
             await tty.write_eof()
@@ -177,7 +198,8 @@ async def test_v4_server_cannot_close_stdin_but_everything_else_works(
 
 
 async def test_session_mode_gives_each_process_a_pod_deleted_when_it_ends(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, mode="session", image="busybox")
     async with running_backend(config) as backend, core_api(kube_apiserver) as core:
         env = await backend.open(identity(config, conn="sess1"))
@@ -203,7 +225,8 @@ async def test_session_mode_gives_each_process_a_pod_deleted_when_it_ends(
 
 
 async def test_warm_pool_hands_out_a_running_pod_and_refills(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str, tmp_path: Path) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str, tmp_path: Path
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox", warm_pool=1)
     async with running_backend(config) as backend, core_api(kube_apiserver) as core:
         await eventually(lambda: backend.pool_size() == 1, "the pool to fill", 60)
@@ -220,8 +243,9 @@ async def test_warm_pool_hands_out_a_running_pod_and_refills(
         assert pod.metadata.annotations["pairpod.user"] == "bob"
         await eventually(lambda: backend.pool_size() == 1, "the pool to refill", 60)
         # A login whose settings differ (a per-user override) does not take from the pool.
-        other = config.model_copy(update={"kubernetes": config.kubernetes.model_copy(
-            update={"shell": ["/bin/sh"]})})
+        other = config.model_copy(
+            update={"kubernetes": config.kubernetes.model_copy(update={"shell": ["/bin/sh"]})}
+        )
         env2 = await backend.open(identity(other))
         assert backend.pool_size() == 1
         await asyncio.gather(env.close(), env2.close())

@@ -36,18 +36,27 @@ def _objects() -> dict[str, dict[str, Any]]:
 def _kubectl(server: KubeApiServerThread, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [KUBECTL, "--kubeconfig", str(server.kubeconfig), "--cache-dir", str(tmp_path / "cache"), *args],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 EXPECTED = {
-    "Namespace/pairpod", "ServiceAccount/pairpod-gateway", "Role/pairpod-gateway",
-    "RoleBinding/pairpod-gateway", "ConfigMap/pairpod-config", "Secret/pairpod-host-keys",
-    "Deployment/pairpod-gateway", "Service/pairpod",
+    "Namespace/pairpod",
+    "ServiceAccount/pairpod-gateway",
+    "Role/pairpod-gateway",
+    "RoleBinding/pairpod-gateway",
+    "ConfigMap/pairpod-config",
+    "Secret/pairpod-host-keys",
+    "Deployment/pairpod-gateway",
+    "Service/pairpod",
 }
 
 
 def test_kubectl_accepts_the_manifests_client_side_and_server_side(
-        kube_apiserver: KubeApiServerThread, tmp_path: Path) -> None:
+    kube_apiserver: KubeApiServerThread, tmp_path: Path
+) -> None:
     assert set(_objects()) == EXPECTED
     client = _kubectl(kube_apiserver, tmp_path, "apply", "--dry-run=client", "-f", str(DEPLOY))
     assert client.returncode == 0, client.stderr
@@ -56,8 +65,9 @@ def test_kubectl_accepts_the_manifests_client_side_and_server_side(
     created = _kubectl(kube_apiserver, tmp_path, "apply", "-f", str(DEPLOY / "00-namespace.yaml"))
     assert created.returncode == 0, created.stderr
     try:
-        server = _kubectl(kube_apiserver, tmp_path, "apply", "--dry-run=server", "--validate=strict",
-                          "-f", str(DEPLOY))
+        server = _kubectl(
+            kube_apiserver, tmp_path, "apply", "--dry-run=server", "--validate=strict", "-f", str(DEPLOY)
+        )
         assert server.returncode == 0, server.stderr
         assert server.stdout.count("(server dry run)") == len(EXPECTED)
         assert "Warning" not in server.stderr, server.stderr
@@ -92,8 +102,10 @@ def test_the_pieces_fit_together() -> None:
     assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]
     # The port: config, container, Service.
     assert config.listen_address == ("0.0.0.0", 2222)  # noqa: S104 - in its own pod
-    assert gateway["ports"] == [{"name": "ssh", "containerPort": 2222, "protocol": "TCP"},
-                                {"name": "admin", "containerPort": 9090, "protocol": "TCP"}]
+    assert gateway["ports"] == [
+        {"name": "ssh", "containerPort": 2222, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 9090, "protocol": "TCP"},
+    ]
     # The probes ask the admin listener, which the config opens on that port (never the SSH one).
     assert config.admin.listen is not None and parse_listen(config.admin.listen)[1] == 9090
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
@@ -106,15 +118,22 @@ def test_the_pieces_fit_together() -> None:
     # Hardened, with the service account the Role is bound to.
     assert spec["serviceAccountName"] == "pairpod-gateway"
     binding = objects["RoleBinding/pairpod-gateway"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pairpod-gateway",
-                                    "namespace": "pairpod"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pairpod-gateway", "namespace": "pairpod"}
+    ]
     assert binding["roleRef"]["name"] == "pairpod-gateway"
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert gateway["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                          "capabilities": {"drop": ["ALL"]}}
+    assert gateway["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in gateway["env"]}
-    assert env == {"PAIRPOD_POD_NAME": "metadata.name", "PAIRPOD_POD_NAMESPACE": "metadata.namespace",
-                   "PAIRPOD_POD_UID": "metadata.uid"}
+    assert env == {
+        "PAIRPOD_POD_NAME": "metadata.name",
+        "PAIRPOD_POD_NAMESPACE": "metadata.namespace",
+        "PAIRPOD_POD_UID": "metadata.uid",
+    }
     # Re-applying the placeholder must never clobber a real host key: it sets no data.
     secret = objects["Secret/pairpod-host-keys"]
     assert "data" not in secret and "stringData" not in secret
@@ -126,7 +145,7 @@ def _authorisation(method: str, path_qs: str, namespace: str) -> tuple[str, str]
     prefix = f"/api/v1/namespaces/{namespace}/pods"
     if not url.path.startswith(prefix):
         return None
-    rest = [part for part in url.path[len(prefix):].split("/") if part]
+    rest = [part for part in url.path[len(prefix) :].split("/") if part]
     query = parse_qs(url.query)
     if not rest:
         if method == "GET":
@@ -139,7 +158,8 @@ def _authorisation(method: str, path_qs: str, namespace: str) -> tuple[str, str]
 
 
 async def test_the_role_grants_exactly_what_the_backend_uses(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     async def forget() -> None:
         assert kube_apiserver.server is not None
         kube_apiserver.server.requests.clear()
@@ -163,8 +183,9 @@ async def test_the_role_grants_exactly_what_the_backend_uses(
     assert None not in used, [r for r in requests if _authorisation(*r, kube_namespace) is None]
 
     role = _objects()["Role/pairpod-gateway"]
-    granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"]
-               for verb in rule["verbs"]}
+    granted = {
+        (resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]
+    }
     assert all(rule["apiGroups"] == [""] for rule in role["rules"])
     assert used <= granted
     # Nothing more, but for the exec upgrade's verb on clusters before 1.31.

@@ -101,13 +101,17 @@ def test_exit_codes_as_the_kubelet_reports_them(code: int) -> None:
 
 def test_status_shapes_from_upstream() -> None:
     # Verbatim from a cluster: the status channel after `exit 3`.
-    nonzero = (b'{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit '
-               b'code: error executing command [sh -c exit 3], exit code 3","reason":'
-               b'"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}')
+    nonzero = (
+        b'{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit '
+        b'code: error executing command [sh -c exit 3], exit code 3","reason":'
+        b'"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}'
+    )
     assert parse_status(nonzero) == ExecResult(
-        exit_code=3, reason="NonZeroExitCode",
+        exit_code=3,
+        reason="NonZeroExitCode",
         message="command terminated with non-zero exit code: error executing command [sh -c exit 3], "
-                "exit code 3")
+        "exit code 3",
+    )
     assert parse_status(b'{"metadata":{},"status":"Success"}') == ExecResult(exit_code=0)
     internal = parse_status(json.dumps(exec_ws.internal_error_status("no such file")).encode())
     assert internal.exit_code is None
@@ -115,13 +119,16 @@ def test_status_shapes_from_upstream() -> None:
     assert "no such file" in internal.message
 
 
-@pytest.mark.parametrize("payload", [
-    b"not json",
-    b"[1, 2]",
-    b'{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[]}}',
-    b'{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode",'
-    b'"message":"three"}]}}',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[]}}',
+        b'{"status":"Failure","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode",'
+        b'"message":"three"}]}}',
+    ],
+)
 def test_malformed_status_is_a_protocol_error(payload: bytes) -> None:
     with pytest.raises(ExecProtocolError):
         parse_status(payload)
@@ -129,8 +136,11 @@ def test_malformed_status_is_a_protocol_error(payload: bytes) -> None:
 
 def test_unknown_and_close_frames_from_the_server() -> None:
     assert ExecCodec(V5_PROTOCOL).receive(bytes([CLOSE, STDOUT])) == ChannelClosed(STDOUT)
-    for protocol, payload in ((V4_PROTOCOL, bytes([CLOSE, STDOUT])), (V5_PROTOCOL, b"\x07data"),
-                              (V5_PROTOCOL, bytes([STDIN]) + b"echo")):
+    for protocol, payload in (
+        (V4_PROTOCOL, bytes([CLOSE, STDOUT])),
+        (V5_PROTOCOL, b"\x07data"),
+        (V5_PROTOCOL, bytes([STDIN]) + b"echo"),
+    ):
         with pytest.raises(ExecProtocolError):
             ExecCodec(protocol).receive(payload)
     assert ExecCodec(V5_PROTOCOL).receive(b"") is None
@@ -139,10 +149,13 @@ def test_unknown_and_close_frames_from_the_server() -> None:
 
 
 def test_exec_url_repeats_command_and_drops_stderr_with_a_tty() -> None:
-    url = exec_url("https://api:6443/", "ns a", "p", "shell", ["sh", "-c", "echo a&b=c"],
-                   stdin=True, tty=True)
-    assert url == ("https://api:6443/api/v1/namespaces/ns%20a/pods/p/exec?command=sh&command=-c&"
-                   "command=echo+a%26b%3Dc&container=shell&stdin=true&stdout=true&stderr=false&tty=true")
+    url = exec_url(
+        "https://api:6443/", "ns a", "p", "shell", ["sh", "-c", "echo a&b=c"], stdin=True, tty=True
+    )
+    assert url == (
+        "https://api:6443/api/v1/namespaces/ns%20a/pods/p/exec?command=sh&command=-c&"
+        "command=echo+a%26b%3Dc&container=shell&stdin=true&stdout=true&stderr=false&tty=true"
+    )
 
 
 # --- the client, on the test server ------------------------------------------------------------
@@ -188,12 +201,12 @@ async def _drain(stream: ExecStream) -> tuple[bytes, bytes, ExecResult | None]:
 
 
 async def test_v5_session_streams_closes_stdin_and_reports_the_exit_code(
-        kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]) -> None:
+    kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]
+) -> None:
     namespace, pod = shell_pod
     execs = await _client(kube_apiserver)
     try:
-        stream = await execs.open(namespace, pod, "shell",
-                                  ["sh", "-c", "wc -c; echo to-stderr >&2; exit 5"])
+        stream = await execs.open(namespace, pod, "shell", ["sh", "-c", "wc -c; echo to-stderr >&2; exit 5"])
         assert stream.protocol == V5_PROTOCOL
         await stream.send_stdin(b"x" * 100_000)
         assert await stream.close_stdin()
@@ -207,12 +220,14 @@ async def test_v5_session_streams_closes_stdin_and_reports_the_exit_code(
 
 
 async def test_v4_fallback_works_but_cannot_close_stdin(
-        kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]) -> None:
+    kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]
+) -> None:
     namespace, pod = shell_pod
     execs = await _client(kube_apiserver)
     try:
-        stream = await execs.open(namespace, pod, "shell", ["sh", "-c", "head -c 4; echo; exit 0"],
-                                  protocols=(V4_PROTOCOL,))
+        stream = await execs.open(
+            namespace, pod, "shell", ["sh", "-c", "head -c 4; echo; exit 0"], protocols=(V4_PROTOCOL,)
+        )
         assert stream.protocol == V4_PROTOCOL
         assert not await stream.close_stdin()
         await stream.send_stdin(b"abcd")
@@ -224,12 +239,14 @@ async def test_v4_fallback_works_but_cannot_close_stdin(
 
 
 async def test_tty_session_gets_its_size_from_resize_frames(
-        kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]) -> None:
+    kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]
+) -> None:
     namespace, pod = shell_pod
     execs = await _client(kube_apiserver)
     try:
-        stream = await execs.open(namespace, pod, "shell",
-                                  ["sh", "-c", "echo ready; read -r line; stty size; exit 0"], tty=True)
+        stream = await execs.open(
+            namespace, pod, "shell", ["sh", "-c", "echo ready; read -r line; stty size; exit 0"], tty=True
+        )
         seen = b""
         async with asyncio.timeout(WAIT):
             while b"ready" not in seen:
@@ -247,7 +264,8 @@ async def test_tty_session_gets_its_size_from_resize_frames(
 
 
 async def test_a_command_that_cannot_run_ends_with_a_failure_status(
-        kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]) -> None:
+    kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]
+) -> None:
     namespace, pod = shell_pod
     execs = await _client(kube_apiserver)
     try:
@@ -261,7 +279,8 @@ async def test_a_command_that_cannot_run_ends_with_a_failure_status(
 
 
 async def test_refusals_and_an_unreachable_server_are_typed(
-        kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]) -> None:
+    kube_apiserver: KubeApiServerThread, shell_pod: tuple[str, str]
+) -> None:
     namespace, _ = shell_pod
     execs = await _client(kube_apiserver)
     try:
@@ -270,8 +289,9 @@ async def test_refusals_and_an_unreachable_server_are_typed(
         assert missing.value.status == 404
     finally:
         await execs.close()
-    wrong_token = await _client(kube_apiserver, api_key={"BearerToken": "not-the-token"},
-                                api_key_prefix={"BearerToken": "Bearer"})
+    wrong_token = await _client(
+        kube_apiserver, api_key={"BearerToken": "not-the-token"}, api_key_prefix={"BearerToken": "Bearer"}
+    )
     try:
         with pytest.raises(ExecRefused) as unauthorised:
             await wrong_token.open(namespace, "shell", "shell", ["true"])

@@ -41,18 +41,22 @@ MISSING_IMAGE = "pairpod-test/does-not-exist:1"
 
 
 def test_missing_image_fails_the_login_with_the_reason_and_leaves_no_pod(
-        make_gateway: MakeGateway, kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    make_gateway: MakeGateway, kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     # The test cluster cannot pull: ErrImagePull, then ImagePullBackOff, until the start timeout.
-    gw = make_gateway(kubernetes_overrides(kube_apiserver, kube_namespace, image=MISSING_IMAGE,
-                                           timeouts={"start": "3s", "stop": "10s"}))
+    gw = make_gateway(
+        kubernetes_overrides(
+            kube_apiserver, kube_namespace, image=MISSING_IMAGE, timeouts={"start": "3s", "stop": "10s"}
+        )
+    )
     result = gw.ssh("true", options=["-tt"])
     # On a terminal: told of the pod's progress while waiting, then why it failed.
     assert b"pairpod: environment: " in result.stderr.partition(b"could not be pulled")[0]
     assert result.returncode != 0
-    assert (f"environment image {MISSING_IMAGE} could not be pulled (ImagePullBackOff)".encode()
-            in result.stderr or
-            f"environment image {MISSING_IMAGE} could not be pulled (ErrImagePull)".encode()
-            in result.stderr), result.stderr
+    assert (
+        f"environment image {MISSING_IMAGE} could not be pulled (ImagePullBackOff)".encode() in result.stderr
+        or f"environment image {MISSING_IMAGE} could not be pulled (ErrImagePull)".encode() in result.stderr
+    ), result.stderr
 
     async def left() -> list[str]:
         async with core_api(kube_apiserver) as core:
@@ -62,14 +66,17 @@ def test_missing_image_fails_the_login_with_the_reason_and_leaves_no_pod(
 
 
 def test_api_server_down_then_back_without_a_restart(
-        make_gateway: MakeGateway, kube_apiserver: KubeApiServerThread, kube_namespace: str,
-        tmp_path: Path) -> None:
+    make_gateway: MakeGateway, kube_apiserver: KubeApiServerThread, kube_namespace: str, tmp_path: Path
+) -> None:
     relay = ApiRelay(kube_apiserver, tmp_path)
     try:
         relay.down()
         # Down at start-up: the gateway serves anyway.
-        gw = make_gateway(kubernetes_overrides(kube_apiserver, kube_namespace, image="busybox",
-                                               kubeconfig=str(relay.kubeconfig)))
+        gw = make_gateway(
+            kubernetes_overrides(
+                kube_apiserver, kube_namespace, image="busybox", kubeconfig=str(relay.kubeconfig)
+            )
+        )
         refused = gw.ssh("echo hi")
         assert refused.returncode != 0
         assert b"backend unavailable, try again later" in refused.stderr
@@ -105,12 +112,18 @@ _CRASHING_GATEWAY = textwrap.dedent("""
 
 
 async def test_pods_left_by_a_crash_are_reaped_at_the_next_start(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
     instance = new_instance_id()
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _CRASHING_GATEWAY, instance, json.dumps(config.model_dump(mode="json")),
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-c",
+        _CRASHING_GATEWAY,
+        instance,
+        json.dumps(config.model_dump(mode="json")),
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         assert child.stdout is not None
         names = json.loads(await asyncio.wait_for(child.stdout.readline(), WAIT))
@@ -119,8 +132,12 @@ async def test_pods_left_by_a_crash_are_reaped_at_the_next_start(
         await child.wait()
     async with core_api(kube_apiserver) as core:
         # Another instance's pod must survive the reaping.
-        other = pod_manifest("other-gateway", busybox_image(), SERVE,
-                             labels={"pairpod.managed": "true", "pairpod.instance": new_instance_id()})
+        other = pod_manifest(
+            "other-gateway",
+            busybox_image(),
+            SERVE,
+            labels={"pairpod.managed": "true", "pairpod.instance": new_instance_id()},
+        )
         await core.create_namespaced_pod(kube_namespace, other)
         left = sorted(p.metadata.name for p in await pods(core, kube_namespace, instance=instance))
         assert left == sorted(names)  # a crash removes nothing
@@ -137,20 +154,25 @@ class QuickReaper(KubernetesBackend):
     reap_interval = 0.2
 
 
-async def test_periodic_reaping_spares_live_pods(kube_apiserver: KubeApiServerThread,
-                                                 kube_namespace: str) -> None:
+async def test_periodic_reaping_spares_live_pods(
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
     backend = QuickReaper(config, new_instance_id())
     await backend.start()
     try:
         env = await backend.open(identity(config))
         async with core_api(kube_apiserver) as core:
-            stray = pod_manifest("stray", busybox_image(), SERVE,
-                                 labels={"pairpod.instance": backend.instance_id})
+            stray = pod_manifest(
+                "stray", busybox_image(), SERVE, labels={"pairpod.instance": backend.instance_id}
+            )
             created = await core.create_namespaced_pod(kube_namespace, stray)
-            stream = watch.Watch().stream(core.list_namespaced_pod, kube_namespace,
-                                          resource_version=created.metadata.resource_version,
-                                          timeout_seconds=int(WAIT))
+            stream = watch.Watch().stream(
+                core.list_namespaced_pod,
+                kube_namespace,
+                resource_version=created.metadata.resource_version,
+                timeout_seconds=int(WAIT),
+            )
             async with asyncio.timeout(WAIT), stream:
                 async for event in stream:
                     if event["object"].metadata.name == "stray" and event["type"] == "DELETED":
@@ -162,11 +184,17 @@ async def test_periodic_reaping_spares_live_pods(kube_apiserver: KubeApiServerTh
 
 
 async def test_cancelled_start_and_slow_stop_leave_nothing(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     # The idle command ignores TERM: deletion waits timeouts.stop, then forces.
     stubborn = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
-    config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox", idle_command=stubborn,
-                               timeouts={"start": "60s", "stop": "1s"})
+    config = kubernetes_config(
+        kube_apiserver,
+        kube_namespace,
+        image="busybox",
+        idle_command=stubborn,
+        timeouts={"start": "60s", "stop": "1s"},
+    )
     async with running_backend(config) as backend, core_api(kube_apiserver) as core:
         env = await backend.open(identity(config))
         await env.close()
@@ -175,9 +203,12 @@ async def test_cancelled_start_and_slow_stop_leave_nothing(
         # A login given up on while its pod is starting: the pod goes too.
         listing = await core.list_namespaced_pod(kube_namespace)
         opening = asyncio.ensure_future(backend.open(identity(config)))
-        stream = watch.Watch().stream(core.list_namespaced_pod, kube_namespace,
-                                      resource_version=listing.metadata.resource_version,
-                                      timeout_seconds=int(WAIT))
+        stream = watch.Watch().stream(
+            core.list_namespaced_pod,
+            kube_namespace,
+            resource_version=listing.metadata.resource_version,
+            timeout_seconds=int(WAIT),
+        )
         async with asyncio.timeout(WAIT), stream:
             async for event in stream:
                 if event["type"] == "ADDED":
@@ -190,7 +221,8 @@ async def test_cancelled_start_and_slow_stop_leave_nothing(
 
 
 async def test_bad_template_or_credentials_are_config_errors(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str, tmp_path: Path) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str, tmp_path: Path
+) -> None:
     typo = kubernetes_config(kube_apiserver, kube_namespace, pod={"spec": {"securityContex": {}}})
     with pytest.raises(ConfigError) as rejected:
         await KubernetesBackend(typo, new_instance_id()).start()
@@ -202,16 +234,22 @@ async def test_bad_template_or_credentials_are_config_errors(
 
 
 async def test_a_gateway_in_a_pod_reaps_what_an_earlier_run_in_that_pod_left(
-        kube_apiserver: KubeApiServerThread, kube_namespace: str) -> None:
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
     config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
     gateway_pod = {"name": "pairpod-gateway-0", "namespace": kube_namespace, "uid": "gw-uid-1"}
 
     def owned_by(name: str, uid: str) -> dict[str, object]:
         # Labelled by an earlier run of the gateway, whose instance id was another.
-        manifest = pod_manifest(name, busybox_image(), SERVE, labels={
-            "pairpod.managed": "true", "pairpod.instance": new_instance_id()})
+        manifest = pod_manifest(
+            name,
+            busybox_image(),
+            SERVE,
+            labels={"pairpod.managed": "true", "pairpod.instance": new_instance_id()},
+        )
         manifest["metadata"]["ownerReferences"] = [
-            {"apiVersion": "v1", "kind": "Pod", "name": "pairpod-gateway-0", "uid": uid}]
+            {"apiVersion": "v1", "kind": "Pod", "name": "pairpod-gateway-0", "uid": uid}
+        ]
         return manifest
 
     async with core_api(kube_apiserver) as core:
@@ -225,7 +263,8 @@ async def test_a_gateway_in_a_pod_reaps_what_an_earlier_run_in_that_pod_left(
             env = await backend.open(identity(config))
             pod = await core.read_namespaced_pod(env.pod.name, kube_namespace)
             assert [(r.kind, r.name, r.uid) for r in pod.metadata.owner_references] == [
-                ("Pod", "pairpod-gateway-0", "gw-uid-1")]
+                ("Pod", "pairpod-gateway-0", "gw-uid-1")
+            ]
             await env.close()
         finally:
             await backend.stop()

@@ -37,8 +37,16 @@ def state(screen: DualScreen) -> dict[str, Any]:
         if not points:
             return None
         p = points[-1]
-        return (min(p.cursor.x, screen.columns - 1), p.cursor.y, p.cursor.attrs,
-                p.g0_charset, p.g1_charset, p.charset, p.origin, p.wrap)
+        return (
+            min(p.cursor.x, screen.columns - 1),
+            p.cursor.y,
+            p.cursor.attrs,
+            p.g0_charset,
+            p.g1_charset,
+            p.charset,
+            p.origin,
+            p.wrap,
+        )
 
     return {
         "main": visible_cells(screen, screen.main_buffer),
@@ -121,9 +129,25 @@ def test_after_the_snapshot_the_program_leaving_looks_right_too() -> None:
 
 
 def test_colours_and_attributes_round_trip() -> None:
-    sgrs = [b"1", b"3", b"4", b"5", b"7", b"9", b"31", b"42", b"93", b"104", b"105",
-            b"38;5;196", b"48;5;17", b"38;5;250", b"38;2;1;2;3", b"48;2;250;128;0",
-            b"1;4;7;32;45"]
+    sgrs = [
+        b"1",
+        b"3",
+        b"4",
+        b"5",
+        b"7",
+        b"9",
+        b"31",
+        b"42",
+        b"93",
+        b"104",
+        b"105",
+        b"38;5;196",
+        b"48;5;17",
+        b"38;5;250",
+        b"38;2;1;2;3",
+        b"48;2;250;128;0",
+        b"1;4;7;32;45",
+    ]
     data = b"".join(b"\x1b[%sm%d\x1b[m " % (code, i) for i, code in enumerate(sgrs))
     model = model_of(data)
     fresh = plain_pyte(model.snapshot())
@@ -133,8 +157,10 @@ def test_colours_and_attributes_round_trip() -> None:
 
 
 def test_colon_sgr_and_misread_sequences_are_handled() -> None:
-    model = model_of(b"\x1b[>4;2mA\x1b[38:2::255:0:0mB\x1b[mC\x01D\x1bP+q544e\x1b\\E\x1b[?u\x1b[<uF"
-                     b"\x1b[?4m\x1b[?6n\x1b[3K\x1b[5J")
+    model = model_of(
+        b"\x1b[>4;2mA\x1b[38:2::255:0:0mB\x1b[mC\x01D\x1bP+q544e\x1b\\E\x1b[?u\x1b[<uF"
+        b"\x1b[?4m\x1b[?6n\x1b[3K\x1b[5J"
+    )
     assert model.parse_errors == 0
     row = visible_cells(model.screen)[0]
     assert "".join(c.data for c in row[:6] if c) == "ABCDEF"
@@ -152,8 +178,11 @@ def text_of(screen: pyte.Screen) -> list[str]:
 def test_wide_characters() -> None:
     # CJK in the middle, one that does not fit in the last column, and one
     # whose left half is overwritten.
-    model = model_of(b"\xe4\xb8\xad\xe6\x96\x87|" + b"\x1b[1;40H\xe4\xb8\xad"
-                     + b"\x1b[2;1H\xe4\xb8\xad\xe6\x96\x87\x1b[2;1Hx")
+    model = model_of(
+        b"\xe4\xb8\xad\xe6\x96\x87|"
+        + b"\x1b[1;40H\xe4\xb8\xad"
+        + b"\x1b[2;1H\xe4\xb8\xad\xe6\x96\x87\x1b[2;1Hx"
+    )
     screen = model.screen
     with pytest.raises(IndexError):
         screen.display  # noqa: B018 - pyte itself cannot show the orphaned half
@@ -227,8 +256,11 @@ def test_saved_cursor_is_one_slot_and_restores_twice() -> None:
 
 
 def test_resize_reaches_both_buffers() -> None:
-    model = model_of(b"\r\n".join(b"main %d" % y for y in range(ROWS))
-                     + b"\x1b[?1049h" + b"\r\n".join(b"alt %d wide" % y for y in range(ROWS)))
+    model = model_of(
+        b"\r\n".join(b"main %d" % y for y in range(ROWS))
+        + b"\x1b[?1049h"
+        + b"\r\n".join(b"alt %d wide" % y for y in range(ROWS))
+    )
     model.resize(8, 6)
     model.catch_up()
     screen = model.screen
@@ -302,7 +334,7 @@ def test_pending_output_is_bounded_and_the_newest_screen_survives() -> None:
     lines = b"".join(b"\x1b[32mline %06d\x1b[m of bulk output\r\n" % i for i in range(40000))
     model = ScreenModel(COLS, ROWS, max_pending=16 * 1024)
     for i in range(0, len(lines), 4096):
-        model.feed(lines[i:i + 4096])
+        model.feed(lines[i : i + 4096])
         assert model.pending_bytes <= 24 * 1024  # the bound, plus half as slack
     assert model.dropped_bytes > len(lines) - 20 * 1024
     reference = plain_pyte(lines)  # everything parsed, the slow way
@@ -349,10 +381,12 @@ def test_escape_tracker() -> None:
         assert tracker.tail() == tail, chunk
         assert tracker.at_ground is (tail == b"")
     assert not tracker.in_alt and not tracker.at_line_start
-    for chunk, in_alt, line_start in [(b"\x1b[?1049h\x1b[H", True, False),
-                                      (b"\x1b[?2004h", True, False),
-                                      (b"\x1b[?47l\x1b[?1047hx\r\n", True, True),
-                                      (b"\x1b[?1049l$ ", False, False)]:
+    for chunk, in_alt, line_start in [
+        (b"\x1b[?1049h\x1b[H", True, False),
+        (b"\x1b[?2004h", True, False),
+        (b"\x1b[?47l\x1b[?1047hx\r\n", True, True),
+        (b"\x1b[?1049l$ ", False, False),
+    ]:
         tracker.feed(chunk)
         assert (tracker.in_alt, tracker.at_line_start) == (in_alt, line_start)
 
@@ -377,25 +411,80 @@ def test_notice_overlay_puts_everything_back() -> None:
 
 # --- the property: any screen state survives a redraw, and what follows too ---------
 
-_TEXT = st.text(alphabet=st.sampled_from([*"abQ0 -", "中", "é", "\u0301", "─"]),
-                min_size=1, max_size=8).map(str.encode)
-_FIXED = st.sampled_from([
-    b"\r", b"\n", b"\x08", b"\t", b"\x1bM", b"\x1bD", b"\x1bE", b"\x1b7", b"\x1b8",
-    b"\x1b=", b"\x1b>", b"\x1b(0", b"\x1b(B", b"\x1b)B", b"\x0e", b"\x0f", b"\x1bH",
-    b"\x1b[3g", b"\x1b[g", b"\x1b[4h", b"\x1b[4l", b"\x1b[20h", b"\x1b[20l", b"\x1b[r",
-    b"\x1b]2;a title\x07", b"\x1bc", b"\x1b[?4m", b"\x1b[?6n", b"\x1b[6n", b"\x1b[c",
-])
-_MOVE = st.builds(lambda r, c: b"\x1b[%d;%dH" % (r, c),
-                  st.integers(1, 7), st.integers(1, 14))
-_EDIT = st.builds(lambda n, f: b"\x1b[%d%s" % (n, f), st.integers(0, 4),
-                  st.sampled_from([b"A", b"B", b"C", b"D", b"@", b"P", b"X", b"L", b"M",
-                                   b"J", b"K", b"G", b"d", b"E", b"F"]))
-_SGR = st.lists(st.sampled_from(["0", "1", "3", "4", "5", "7", "9", "22", "27", "31", "42",
-                                 "93", "104", "38;5;196", "48;5;17", "38;2;1;2;3", "39"]),
-                max_size=3).map(lambda ps: ("\x1b[" + ";".join(ps) + "m").encode())
-_MODE = st.builds(lambda m, hl: b"\x1b[?%d%s" % (m, hl),
-                  st.sampled_from([1, 6, 7, 25, 47, 1047, 1048, 1049, 2004, 1000]),
-                  st.sampled_from([b"h", b"l"]))
+_TEXT = st.text(alphabet=st.sampled_from([*"abQ0 -", "中", "é", "\u0301", "─"]), min_size=1, max_size=8).map(
+    str.encode
+)
+_FIXED = st.sampled_from(
+    [
+        b"\r",
+        b"\n",
+        b"\x08",
+        b"\t",
+        b"\x1bM",
+        b"\x1bD",
+        b"\x1bE",
+        b"\x1b7",
+        b"\x1b8",
+        b"\x1b=",
+        b"\x1b>",
+        b"\x1b(0",
+        b"\x1b(B",
+        b"\x1b)B",
+        b"\x0e",
+        b"\x0f",
+        b"\x1bH",
+        b"\x1b[3g",
+        b"\x1b[g",
+        b"\x1b[4h",
+        b"\x1b[4l",
+        b"\x1b[20h",
+        b"\x1b[20l",
+        b"\x1b[r",
+        b"\x1b]2;a title\x07",
+        b"\x1bc",
+        b"\x1b[?4m",
+        b"\x1b[?6n",
+        b"\x1b[6n",
+        b"\x1b[c",
+    ]
+)
+_MOVE = st.builds(lambda r, c: b"\x1b[%d;%dH" % (r, c), st.integers(1, 7), st.integers(1, 14))
+_EDIT = st.builds(
+    lambda n, f: b"\x1b[%d%s" % (n, f),
+    st.integers(0, 4),
+    st.sampled_from(
+        [b"A", b"B", b"C", b"D", b"@", b"P", b"X", b"L", b"M", b"J", b"K", b"G", b"d", b"E", b"F"]
+    ),
+)
+_SGR = st.lists(
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "3",
+            "4",
+            "5",
+            "7",
+            "9",
+            "22",
+            "27",
+            "31",
+            "42",
+            "93",
+            "104",
+            "38;5;196",
+            "48;5;17",
+            "38;2;1;2;3",
+            "39",
+        ]
+    ),
+    max_size=3,
+).map(lambda ps: ("\x1b[" + ";".join(ps) + "m").encode())
+_MODE = st.builds(
+    lambda m, hl: b"\x1b[?%d%s" % (m, hl),
+    st.sampled_from([1, 6, 7, 25, 47, 1047, 1048, 1049, 2004, 1000]),
+    st.sampled_from([b"h", b"l"]),
+)
 _MARGINS = st.builds(lambda t, b: b"\x1b[%d;%dr" % (t, b), st.integers(1, 6), st.integers(1, 6))
 _OPS = st.lists(st.one_of(_TEXT, _FIXED, _MOVE, _EDIT, _SGR, _MODE, _MARGINS), max_size=40)
 
@@ -424,7 +513,9 @@ def test_any_screen_survives_a_redraw(before: list[bytes], after: list[bytes]) -
         plain = plain_pyte(snapshot, cols, rows)
         assert visible_cells(plain) == visible_cells(model.screen)
         assert (min(plain.cursor.x, cols - 1), plain.cursor.y) == (
-            min(model.screen.cursor.x, cols - 1), model.screen.cursor.y)
+            min(model.screen.cursor.x, cols - 1),
+            model.screen.cursor.y,
+        )
     # And the program's next output lands the same way on both.
     for m in (model, again):
         m.feed(b"".join(after))
@@ -434,8 +525,9 @@ def test_any_screen_survives_a_redraw(before: list[bytes], after: list[bytes]) -
 
 @pytest.fixture
 def big_model() -> Iterator[ScreenModel]:
-    yield model_of(b"".join(b"\x1b[%d;1H\x1b[3%dm%s" % (y + 1, y % 8, b"#" * 200)
-                            for y in range(60)), 200, 60)
+    yield model_of(
+        b"".join(b"\x1b[%d;1H\x1b[3%dm%s" % (y + 1, y % 8, b"#" * 200) for y in range(60)), 200, 60
+    )
 
 
 def test_snapshot_of_a_large_screen_redraws_it(big_model: ScreenModel) -> None:
@@ -453,9 +545,14 @@ def test_a_model_of_any_size_holds_a_bounded_screen() -> None:
 
 
 def test_repeated_clear_screens_erase_what_was_drawn_between_them() -> None:
-    model = model_of(b"\x1b[41m\x1b[2J\x1b[5;5Hx\x1b[2J\x1b[44m\x1b[7;1Hy\x1b[2J\x1b[9;9Hz"
-                     b"\x1b[2J\x1b[1;1Hw", 20, 10)
+    model = model_of(
+        b"\x1b[41m\x1b[2J\x1b[5;5Hx\x1b[2J\x1b[44m\x1b[7;1Hy\x1b[2J\x1b[9;9Hz\x1b[2J\x1b[1;1Hw", 20, 10
+    )
     cells = visible_cells(model.screen)
     assert cells[0][0].data == "w"
-    assert all(cell.bg == "blue" and cell.data == " "
-               for row in cells for cell in row if cell is not None and cell.data != "w")
+    assert all(
+        cell.bg == "blue" and cell.data == " "
+        for row in cells
+        for cell in row
+        if cell is not None and cell.data != "w"
+    )

@@ -56,12 +56,10 @@ def control(gw: GatewayThread, *command: str) -> str:
 
 @pytest.fixture
 def open_gw(make_gateway: MakeGateway) -> GatewayThread:
-    return make_gateway({"sharing": {"open": True, "public_host": "gw.example.test",
-                                     "public_port": 2222}})
+    return make_gateway({"sharing": {"open": True, "public_host": "gw.example.test", "public_port": 2222}})
 
 
-def test_owner_sees_join_commands_before_the_shell(open_gw: GatewayThread,
-                                                   terms: Terminals) -> None:
+def test_owner_sees_join_commands_before_the_shell(open_gw: GatewayThread, terms: Terminals) -> None:
     owner = terms.start("owner", open_gw.ssh_argv(options=SHARE))
     owner.wait_for("pairpod: this session is shared")
     ro, rw = links(owner)
@@ -81,8 +79,9 @@ def test_unshared_sessions_print_no_links(open_gw: GatewayThread, terms: Termina
     assert "no shared sessions" in control(open_gw, "list")
 
 
-def test_read_only_input_never_reaches_the_program(open_gw: GatewayThread, terms: Terminals,
-                                                   tmp_path: Path) -> None:
+def test_read_only_input_never_reaches_the_program(
+    open_gw: GatewayThread, terms: Terminals, tmp_path: Path
+) -> None:
     record = tmp_path / "typed.txt"
     owner = terms.start("owner", open_gw.ssh_argv(f"cat > {record}", options=SHARE))
     ro, rw = links(owner)
@@ -96,15 +95,15 @@ def test_read_only_input_never_reaches_the_program(open_gw: GatewayThread, terms
     reader.wait_for("from-owner")
     reader.wait_for("from-read-write")
     owner.send("C-d")
-    wait_until(lambda: record.exists() and "from-owner" in record.read_text(),
-               message="recorded input")
+    wait_until(lambda: record.exists() and "from-owner" in record.read_text(), message="recorded input")
     text = record.read_text()
     assert "from-read-write" in text
     assert "from-read-only" not in text
 
 
 def test_late_joiner_sees_the_current_screen_of_a_full_screen_program(
-        open_gw: GatewayThread, terms: Terminals, tmp_path: Path) -> None:
+    open_gw: GatewayThread, terms: Terminals, tmp_path: Path
+) -> None:
     document = tmp_path / "doc.txt"
     document.write_text("".join(f"line {n:03d} of the document\n" for n in range(1, 400)))
     owner = terms.start("owner", open_gw.ssh_argv(options=SHARE), width=90, height=25)
@@ -115,29 +114,26 @@ def test_late_joiner_sees_the_current_screen_of_a_full_screen_program(
     owner.wait_for("line 399 of the document")
     late = terms.start("late", open_gw.ssh_argv(user=ro, options=["-tt"]), width=90, height=25)
     late.wait_for("line 399 of the document")
+
     def rows(term: Tmux) -> list[str]:
         return [row.rstrip() for row in term.screen().splitlines() if "of the document" in row]
 
     # The owner's screen shows a join notice on one row for a few seconds; after
     # that both screens hold the same full page.
-    wait_until(lambda: rows(late) == rows(owner) and len(rows(late)) == 24,
-               message="the same screen on both")
+    wait_until(lambda: rows(late) == rows(owner) and len(rows(late)) == 24, message="the same screen on both")
     assert "line 001 of the document" not in late.screen()
     owner.type("q")
 
 
-def test_size_follows_the_smallest_read_write_client(open_gw: GatewayThread,
-                                                     terms: Terminals) -> None:
+def test_size_follows_the_smallest_read_write_client(open_gw: GatewayThread, terms: Terminals) -> None:
     owner = terms.start("owner", open_gw.ssh_argv(options=SHARE), width=100, height=30)
     ro, rw = links(owner)
     terms.start("ro-small", open_gw.ssh_argv(user=ro, options=["-tt"]), width=50, height=12)
-    wait_until(lambda: "read-only" in control(open_gw, "list").split("link")[-1],
-               message="ro joined")
+    wait_until(lambda: "read-only" in control(open_gw, "list").split("link")[-1], message="ro joined")
     owner.type("clear; stty size; echo SIZE-A\n")
     size = owner.wait_for(r"(\d+) (\d+)\s*\n.*SIZE-A")
     assert int(size.group(2)) == 100  # a small read-only viewer shrinks nobody
-    small_rw = terms.start("rw-small", open_gw.ssh_argv(user=rw, options=["-tt"]),
-                           width=60, height=15)
+    small_rw = terms.start("rw-small", open_gw.ssh_argv(user=rw, options=["-tt"]), width=60, height=15)
     small_rw.wait_for(r"SIZE-A")
     owner.type("clear; stty size; echo SIZE-B\n")
     size = owner.wait_for(r"(\d+) (\d+)\s*\n.*SIZE-B")
@@ -201,13 +197,15 @@ def test_unknown_link_gets_one_line(open_gw: GatewayThread) -> None:
     assert_join_refused(open_gw, "ro-" + "a" * 25)
 
 
-def test_restricted_session_admits_only_named_people(make_gateway: MakeGateway,
-                                                     terms: Terminals, tmp_path: Path) -> None:
+def test_restricted_session_admits_only_named_people(
+    make_gateway: MakeGateway, terms: Terminals, tmp_path: Path
+) -> None:
     bob = ClientKey.create(tmp_path / "bob")
     mallory = ClientKey.create(tmp_path / "mallory")
     gw = make_gateway({"auth": {"users": {"bob": {"keys": [bob.public_line]}}}})
-    owner = terms.start("owner", gw.ssh_argv(
-        options=["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1 PAIRPOD_SHARE_WITH=user:bob"]))
+    owner = terms.start(
+        "owner", gw.ssh_argv(options=["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1 PAIRPOD_SHARE_WITH=user:bob"])
+    )
     ro, _ = links(owner)
     refused = gw.ssh(user=ro, key=mallory, options=["-tt"], input=b"")
     assert refused.returncode == 255
@@ -218,16 +216,19 @@ def test_restricted_session_admits_only_named_people(make_gateway: MakeGateway,
     viewer.wait_for("for-bob-10")
 
 
-def test_a_github_user_joins_with_the_keys_github_serves(make_gateway: MakeGateway,
-                                                         terms: Terminals, tmp_path: Path) -> None:
+def test_a_github_user_joins_with_the_keys_github_serves(
+    make_gateway: MakeGateway, terms: Terminals, tmp_path: Path
+) -> None:
     bob = ClientKey.create(tmp_path / "bob")
     mallory = ClientKey.create(tmp_path / "mallory")
     github = KeySourcePeer()
     github.keys["bob-gh"] = bob.public_line + "\n"
     with served_in_thread(github):
         gw = make_gateway({"auth": {"key_sources": {"github": {"url": github.url}}}})
-        owner = terms.start("owner", gw.ssh_argv(
-            options=["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1 PAIRPOD_SHARE_WITH=github:bob-gh"]))
+        owner = terms.start(
+            "owner",
+            gw.ssh_argv(options=["-tt", "-o", "SetEnv=PAIRPOD_SHARE=1 PAIRPOD_SHARE_WITH=github:bob-gh"]),
+        )
         _, rw = links(owner)
         # Only bob's GitHub keys open the link; another key is refused.
         refused = gw.ssh(user=rw, key=mallory, options=["-tt"], input=b"")

@@ -43,7 +43,7 @@ RO, RW = Access.READ_ONLY, Access.READ_WRITE
 
 # --- programs ------------------------------------------------------------------------
 
-FULLSCREEN = r'''
+FULLSCREEN = r"""
 import os, signal, sys, termios
 out = os.fdopen(1, "wb", buffering=0)
 label = "start"
@@ -70,9 +70,9 @@ for line in sys.stdin:
     elif word == "quit":
         out.write(b"\x1b[m\x1b[?1049l\x1b[?1l\x1b>after the program\r\n")
         break
-'''
+"""
 
-SIZES = r'''
+SIZES = r"""
 import os, signal
 def report(*_):
     os.write(1, b"SIZE %dx%d\n" % tuple(os.get_terminal_size(0)))
@@ -80,9 +80,9 @@ signal.signal(signal.SIGWINCH, report)
 report()
 while True:
     signal.pause()
-'''
+"""
 
-RECORDER = r'''
+RECORDER = r"""
 import os, sys, tty
 tty.setraw(0)  # discards input typed before: say when we are ready
 os.write(1, b"READY\r\n")
@@ -92,9 +92,9 @@ with open(sys.argv[1], "ab", buffering=0) as record:
         record.write(data)
         total += len(data)
         os.write(1, b"ACK %d\r\n" % total)
-'''
+"""
 
-GENERATOR = r'''
+GENERATOR = r"""
 import os, sys, termios
 attrs = termios.tcgetattr(0)
 attrs[3] &= ~termios.ECHO
@@ -102,10 +102,11 @@ termios.tcsetattr(0, termios.TCSANOW, attrs)
 for n, line in enumerate(sys.stdin, 1):
     lines = b"".join(b"%06d %s\n" % (i, b"x" * 90) for i in range(int(line)))
     os.write(1, lines + b"DONE %d\n" % n)
-'''
+"""
 
 
 # --- helpers -------------------------------------------------------------------------
+
 
 class Changes:
     """Wakes waiters whenever any sink receives something."""
@@ -153,16 +154,16 @@ class TermSink(Sink):
         screen = self.model.screen
         return {
             "cells": visible_cells(screen),
-            "other": visible_cells(screen, screen.main_buffer if screen.in_alt
-                                   else screen.alt_buffer),
+            "other": visible_cells(screen, screen.main_buffer if screen.in_alt else screen.alt_buffer),
             "in_alt": screen.in_alt,
             "cursor": (min(screen.cursor.x, screen.columns - 1), screen.cursor.y),
         }
 
     def rows(self) -> list[str]:
         self.model.catch_up()
-        return ["".join(c.data for c in row if c is not None).rstrip()
-                for row in visible_cells(self.model.screen)]
+        return [
+            "".join(c.data for c in row if c is not None).rstrip() for row in visible_cells(self.model.screen)
+        ]
 
     def shows(self, text: str) -> bool:
         return any(text in row for row in self.rows())
@@ -195,8 +196,7 @@ class CountingProcess(Process):
     async def close_output(self) -> None:
         await self.inner.close_output()
 
-    async def resize(self, cols: int, rows: int, pixel_width: int = 0,
-                     pixel_height: int = 0) -> None:
+    async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         await self.inner.resize(cols, rows, pixel_width, pixel_height)
 
     async def signal(self, name: str) -> None:
@@ -212,16 +212,23 @@ class CountingProcess(Process):
 class Session:
     """A Terminal running a real program, with its owner's terminal."""
 
-    def __init__(self, terminal: Terminal, owner: TermSink, process: Process,
-                 task: asyncio.Task[None], changes: Changes) -> None:
+    def __init__(
+        self,
+        terminal: Terminal,
+        owner: TermSink,
+        process: Process,
+        task: asyncio.Task[None],
+        changes: Changes,
+    ) -> None:
         self.terminal = terminal
         self.owner = owner
         self.process = process
         self.task = task
         self.changes = changes
 
-    def join(self, name: str, access: Access, cols: int = 80, rows: int = 24,
-             sink: TermSink | None = None) -> tuple[Any, TermSink]:
+    def join(
+        self, name: str, access: Access, cols: int = 80, rows: int = 24, sink: TermSink | None = None
+    ) -> tuple[Any, TermSink]:
         sink = sink or TermSink(self.changes, cols, rows)
         return self.terminal.join(sink, name=name, access=access, cols=cols, rows=rows), sink
 
@@ -235,29 +242,42 @@ MakeSession = Callable[..., Awaitable[Session]]
 @pytest.fixture
 async def make_session(tmp_path: Path) -> AsyncIterator[MakeSession]:
     config = Config()
-    identity = Identity(username="alice", conn_id="sharing-test", remote_addr="127.0.0.1",
-                        config=config)
+    identity = Identity(username="alice", conn_id="sharing-test", remote_addr="127.0.0.1", config=config)
     environment = await LocalBackend(config, "test").open(identity)
     sessions: list[Session] = []
     changes = Changes()
 
-    async def make(command: str, *, program: str | None = None, cols: int = 80, rows: int = 24,
-                   backlog: int = BACKLOG, notice_seconds: float = 0.0,
-                   viewer_rate: int = VIEWER_RATE,
-                   wrap: Callable[[Process], Process] | None = None) -> Session:
+    async def make(
+        command: str,
+        *,
+        program: str | None = None,
+        cols: int = 80,
+        rows: int = 24,
+        backlog: int = BACKLOG,
+        notice_seconds: float = 0.0,
+        viewer_rate: int = VIEWER_RATE,
+        wrap: Callable[[Process], Process] | None = None,
+    ) -> Session:
         if program is not None:
             script = tmp_path / f"program{len(sessions)}.py"
             script.write_text(program)
             command = f"exec {sys.executable} {script} {command}"
-        process = await environment.start(ProcessSpec(
-            command=command, pty=PtySpec("xterm-256color", cols, rows),
-            env={"LANG": "C.UTF-8"}))
+        process = await environment.start(
+            ProcessSpec(command=command, pty=PtySpec("xterm-256color", cols, rows), env={"LANG": "C.UTF-8"})
+        )
         if wrap is not None:
             process = wrap(process)
         owner = TermSink(changes, cols, rows)
-        terminal = Terminal(process, owner, owner_name="user:alice", cols=cols, rows=rows,
-                            viewer_backlog=backlog, viewer_rate=viewer_rate,
-                            notice_seconds=notice_seconds)
+        terminal = Terminal(
+            process,
+            owner,
+            owner_name="user:alice",
+            cols=cols,
+            rows=rows,
+            viewer_backlog=backlog,
+            viewer_rate=viewer_rate,
+            notice_seconds=notice_seconds,
+        )
         session = Session(terminal, owner, process, asyncio.create_task(terminal.run()), changes)
         sessions.append(session)
         return session
@@ -272,6 +292,7 @@ async def make_session(tmp_path: Path) -> AsyncIterator[MakeSession]:
 
 # --- tests ---------------------------------------------------------------------------
 
+
 async def test_owner_and_viewers_see_the_same_live_output(make_session: MakeSession) -> None:
     s = await make_session("exec cat")
     bob, bob_term = s.join("github:bob", RO)
@@ -280,25 +301,33 @@ async def test_owner_and_viewers_see_the_same_live_output(make_session: MakeSess
     await s.terminal.owner.send_input(b"hello from alice\r")  # echoed, then cat's copy
     await s.until(lambda: all(t.rows()[:2] == ["hello from alice"] * 2 for t in everyone))
     await carol.send_input(b"and from carol\r")
-    await s.until(lambda: all(t.rows()[:4] == ["hello from alice", "hello from alice",
-                                               "and from carol", "and from carol"]
-                              for t in everyone))
+    await s.until(
+        lambda: all(
+            t.rows()[:4] == ["hello from alice", "hello from alice", "and from carol", "and from carol"]
+            for t in everyone
+        )
+    )
     await s.until(lambda: s.owner.screen() == bob_term.screen() == carol_term.screen())
     assert [(p.name, p.access, p.owner) for p in s.terminal.participants()] == [
-        ("user:alice", RW, True), ("github:bob", RO, False), ("gitlab:carol", RW, False)]
-    assert s.owner.notices == ["pairpod: github:bob joined (read-only); 1 viewer now",
-                               "pairpod: gitlab:carol joined (read-write); 2 viewers now"]
+        ("user:alice", RW, True),
+        ("github:bob", RO, False),
+        ("gitlab:carol", RW, False),
+    ]
+    assert s.owner.notices == [
+        "pairpod: github:bob joined (read-only); 1 viewer now",
+        "pairpod: gitlab:carol joined (read-write); 2 viewers now",
+    ]
     bob.leave()
     assert s.owner.notices[-1] == "pairpod: github:bob left; 1 viewer now"
     assert [p.name for p in s.terminal.participants()] == ["user:alice", "gitlab:carol"]
 
 
-async def test_late_joiner_sees_vim_started_long_before(make_session: MakeSession,
-                                                        tmp_path: Path) -> None:
+async def test_late_joiner_sees_vim_started_long_before(make_session: MakeSession, tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("".join(f"line {i} of the notes\n" for i in range(1, 8)))
-    s = await make_session(f"printf 'before vim\\n'; vim -u NONE -i NONE -N -n {text}; "
-                           "echo VIM-DONE; exec cat")
+    s = await make_session(
+        f"printf 'before vim\\n'; vim -u NONE -i NONE -N -n {text}; echo VIM-DONE; exec cat"
+    )
     await s.until(lambda: s.owner.shows("line 7 of the notes") and s.owner.shows("notes.txt"))
     await s.terminal.owner.send_input(b"3GwiXX\x1b")  # move, edit, leave insert mode
     await s.until(lambda: s.owner.shows("line XX3 of the notes"))
@@ -318,8 +347,7 @@ async def test_late_joiner_sees_vim_started_long_before(make_session: MakeSessio
     assert bob_term.rows()[0] == "before vim"
 
 
-async def test_read_only_input_never_reaches_the_program(make_session: MakeSession,
-                                                         tmp_path: Path) -> None:
+async def test_read_only_input_never_reaches_the_program(make_session: MakeSession, tmp_path: Path) -> None:
     record = tmp_path / "input.bin"
     s = await make_session(str(record), program=RECORDER)
     bob, bob_term = s.join("github:bob", RO)
@@ -355,7 +383,8 @@ async def test_pty_follows_the_smallest_read_write_window(make_session: MakeSess
     assert sizes == [b"SIZE 100x40", b"SIZE 80x30", b"SIZE 90x35"]
     # Bob was told once that his window is too small.
     assert [n for n in bob_term.notices if "smaller" in n] == [
-        "pairpod: your window (40x10) is smaller than the shared terminal (80x30)"]
+        "pairpod: your window (40x10) is smaller than the shared terminal (80x30)"
+    ]
     carol.leave()
     await t.settle()
     await s.until(lambda: b"SIZE 100x40\r\n" in s.owner.data.split(b"SIZE 90x35")[-1])
@@ -502,8 +531,7 @@ async def test_a_broken_viewer_channel_affects_nobody_else(make_session: MakeSes
 
 async def test_join_notice_leaves_a_full_screen_program_intact(make_session: MakeSession) -> None:
     s = await make_session("", program=FULLSCREEN, notice_seconds=0.05)
-    await s.until(lambda: s.owner.shows("-- start -- 80x24")
-                  and s.owner.screen()["cursor"] == (9, 2))
+    await s.until(lambda: s.owner.shows("-- start -- 80x24") and s.owner.screen()["cursor"] == (9, 2))
     before = s.owner.screen()
     assert before["in_alt"] and before["cursor"] == (9, 2)
     pen = s.owner.model.screen.cursor.attrs

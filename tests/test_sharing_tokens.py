@@ -44,8 +44,18 @@ def test_join_usernames_parse_only_with_the_exact_shape() -> None:
     assert parse_join_username(f"ro-{token}") == (Access.READ_ONLY, token)
     assert parse_join_username(f"rw-{token}") == (Access.READ_WRITE, token)
     assert looks_like_join_username(f"rw-{token}")
-    for bad in (token, f"RO-{token}", f"ro-{token}x", f"ro-{token[:-1]}", f"ro-{token[:-1]}0",
-                f"xx-{token}", "ro-", "alice", f"ro-{token} ", f"ro--{token[1:]}"):
+    for bad in (
+        token,
+        f"RO-{token}",
+        f"ro-{token}x",
+        f"ro-{token[:-1]}",
+        f"ro-{token[:-1]}0",
+        f"xx-{token}",
+        "ro-",
+        "alice",
+        f"ro-{token} ",
+        f"ro--{token[1:]}",
+    ):
         assert parse_join_username(bad) is None, bad
 
 
@@ -60,8 +70,7 @@ def test_arbitrary_usernames_are_not_links_unless_shaped_like_one(name: str) -> 
 
 def test_minted_links_look_up_to_their_session_and_access() -> None:
     registry: ShareRegistry[str] = ShareRegistry()
-    session = registry.create_session(owner="user:alice", terminal="T1",
-                                      share_with=["github:bob"])
+    session = registry.create_session(owner="user:alice", terminal="T1", share_with=["github:bob"])
     ro = registry.mint(session, Access.READ_ONLY)
     rw = registry.mint(session, Access.READ_WRITE)
     assert ro.username.startswith("ro-") and rw.username.startswith("rw-")
@@ -132,12 +141,21 @@ def test_identities_are_checked_and_normalised() -> None:
     assert normalize_identity(" GitHub:Bob ") == "github:bob"
     assert normalize_identity("gitlab:Carol.X") == "gitlab:carol.x"
     assert normalize_identity("user:Dave") == "user:Dave"  # local names keep their case
-    for bad in ("bob", "twitter:bob", "github:", "github:-bob", "github:bo--b", "user:",
-                "github:" + "a" * 40, "gitlab:a b"):
+    for bad in (
+        "bob",
+        "twitter:bob",
+        "github:",
+        "github:-bob",
+        "github:bo--b",
+        "user:",
+        "github:" + "a" * 40,
+        "gitlab:a b",
+    ):
         with pytest.raises(ValueError):
             normalize_identity(bad)
     assert parse_share_with("github:bob, gitlab:carol  user:dave,,") == frozenset(
-        {"github:bob", "gitlab:carol", "user:dave"})
+        {"github:bob", "gitlab:carol", "user:dave"}
+    )
     assert parse_share_with("") == frozenset()
     with pytest.raises(ValueError, match="twitter"):
         parse_share_with("github:bob,twitter:eve")
@@ -145,16 +163,14 @@ def test_identities_are_checked_and_normalised() -> None:
 
 def test_who_may_join() -> None:
     registry: ShareRegistry[str] = ShareRegistry()
-    named = registry.create_session(owner="user:alice", terminal="T",
-                                    share_with=["GitHub:Bob", "user:dave"])
+    named = registry.create_session(owner="user:alice", terminal="T", share_with=["GitHub:Bob", "user:dave"])
     # The owner (from a second terminal) and the named, normalised: forge names
     # fold case, local names keep it.
     assert named.may_join_as() == ["github:bob", "user:alice", "user:dave"]
     assert not named.open
     opened = registry.create_session(owner="user:alice", terminal="T", open=True)
     assert opened.open and opened.may_join_as() == ["user:alice"]
-    assert [s.session_id for s in registry.sessions_of("user:alice")] == [
-        named.session_id, opened.session_id]
+    assert [s.session_id for s in registry.sessions_of("user:alice")] == [named.session_id, opened.session_id]
     assert registry.sessions_of("github:bob") == []
 
 

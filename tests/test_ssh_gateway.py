@@ -61,11 +61,14 @@ def test_login_timeout_closes_idle_unauthenticated_connections(make_gateway: Mak
 def test_keepalive_drops_a_client_that_stopped_answering(make_gateway: MakeGateway) -> None:
     gw = make_gateway({"ssh": {"keepalive_interval": "1s", "keepalive_count_max": 2}})
     marker = unique_sleep()  # a unique argument: bash execs the command itself
-    client = subprocess.Popen(gw.ssh_argv(marker), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = subprocess.Popen(
+        gw.ssh_argv(marker), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
+
         def remote() -> list[int]:
             return [pid for pid in processes_matching(marker) if pid != client.pid]
+
         wait_until(remote, message="remote sleep")
         assert gw.connection_count() == 1
         client.send_signal(signal.SIGSTOP)  # the TCP connection stays, nobody answers
@@ -101,9 +104,13 @@ async def test_max_sessions_limits_channels_per_connection(make_gateway: MakeGat
     ],
     ids=["exec", "shell"],
 )
-def test_denied_requests_explain_on_stderr(make_gateway: MakeGateway, overrides: dict[str, bool],
-                                           argv_options: list[str], command: str | None,
-                                           message: bytes) -> None:
+def test_denied_requests_explain_on_stderr(
+    make_gateway: MakeGateway,
+    overrides: dict[str, bool],
+    argv_options: list[str],
+    command: str | None,
+    message: bytes,
+) -> None:
     gw = make_gateway({"security": overrides})
     result = gw.ssh(*([command] if command else []), options=argv_options, input=b"")
     assert result.returncode == 1
@@ -118,7 +125,9 @@ def test_denied_subsystem_fails_sftp_with_a_message(make_gateway: MakeGateway, t
     gw = make_gateway({"security": {"subsystems": []}})
     result = subprocess.run(
         ["sftp", *gw.ssh_options(), "-P", str(gw.port), "-b", "-", "127.0.0.1"],
-        input=b"ls\n", capture_output=True, timeout=60,
+        input=b"ls\n",
+        capture_output=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert b"subsystem 'sftp' is not allowed" in result.stderr
@@ -167,12 +176,13 @@ def test_client_killed_leaves_no_process_zombie_or_task(gateway: GatewayThread) 
     first, second = unique_sleep(), unique_sleep()
     client = subprocess.Popen(
         gateway.ssh_argv(f"{first} & {second} & wait"),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
     def remote() -> list[int]:
-        return [p for marker in (first, second) for p in processes_matching(marker)
-                if p != client.pid]
+        return [p for marker in (first, second) for p in processes_matching(marker) if p != client.pid]
 
     wait_until(lambda: len(remote()) >= 2, message="remote processes")
     client.kill()
@@ -185,14 +195,18 @@ def test_client_killed_leaves_no_process_zombie_or_task(gateway: GatewayThread) 
 
 def test_control_master_multiplexes_openssh_sessions(gateway: GatewayThread, tmp_path: Path) -> None:
     socket_path = tmp_path / "cm"
-    master = subprocess.Popen(gateway.ssh_argv(options=["-M", "-S", str(socket_path), "-N"]),
-                              stdin=subprocess.DEVNULL)
+    master = subprocess.Popen(
+        gateway.ssh_argv(options=["-M", "-S", str(socket_path), "-N"]), stdin=subprocess.DEVNULL
+    )
     try:
         mux = ["-o", f"ControlPath={socket_path}"]
         wait_until(lambda: socket_path.exists(), message="control socket")
         fifo = tmp_path / "fifo"
-        reader = subprocess.Popen(gateway.ssh_argv(f"mkfifo {fifo} && cat {fifo}", options=mux),
-                                  stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        reader = subprocess.Popen(
+            gateway.ssh_argv(f"mkfifo {fifo} && cat {fifo}", options=mux),
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         wait_until(fifo.exists, message="fifo")
         writer = gateway.ssh(f"echo through-the-fifo > {fifo}", options=mux)
         assert writer.returncode == 0
@@ -213,30 +227,34 @@ def test_rsync_round_trips_a_tree(gateway: GatewayThread, tmp_path: Path) -> Non
     back = tmp_path / "back"
     ssh_cmd = " ".join(["ssh", *gateway.ssh_options(), "-p", str(gateway.port)])
     for src, dst in ((f"{source}/", f"127.0.0.1:{remote}/"), (f"127.0.0.1:{remote}/", f"{back}/")):
-        result = subprocess.run(["rsync", "-a", "-e", ssh_cmd, src, dst], capture_output=True,
-                                timeout=60)
+        result = subprocess.run(["rsync", "-a", "-e", ssh_cmd, src, dst], capture_output=True, timeout=60)
         assert result.returncode == 0, result.stderr
     assert (back / "a.bin").read_bytes() == (source / "a.bin").read_bytes()
     assert (back / "sub" / "b.txt").read_text() == "hello\n"
 
 
-def test_sigterm_tells_users_ends_sessions_and_exits_zero(tmp_path: Path,
-                                                          client_key: ClientKey) -> None:
+def test_sigterm_tells_users_ends_sessions_and_exits_zero(tmp_path: Path, client_key: ClientKey) -> None:
     authorized = tmp_path / "authorized_keys"
     authorized.write_text(client_key.public_line + "\n")
-    config = write_config(tmp_path / "pairpod.yaml", {
-        "listen": "127.0.0.1:0",
-        "host_keys": [str(tmp_path / "host_key")],
-        "auth": {"authorized_keys": str(authorized)},
-        "shutdown_grace": "1s",  # sessions may run on this long after SIGTERM
-    })
+    config = write_config(
+        tmp_path / "pairpod.yaml",
+        {
+            "listen": "127.0.0.1:0",
+            "host_keys": [str(tmp_path / "host_key")],
+            "auth": {"authorized_keys": str(authorized)},
+            "shutdown_grace": "1s",  # sessions may run on this long after SIGTERM
+        },
+    )
     gw = server = GatewayProcess(config, key=client_key).start()
     try:
         marker = unique_sleep()
-        client = subprocess.Popen(gw.ssh_argv(marker), stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        client = subprocess.Popen(
+            gw.ssh_argv(marker), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
         def remote() -> list[int]:
             return [pid for pid in processes_matching(marker) if pid != client.pid]
+
         wait_until(remote, message="session running")
         started = time.monotonic()
         assert server.terminate(timeout=30) == 0

@@ -89,9 +89,7 @@ async def test_bulk_input_reaches_the_session_whole_through_sliced_reads(
 
     monkeypatch.setattr(asyncssh.SSHServerConnection, "data_received", spy)
     host_key = asyncssh.generate_private_key("ssh-ed25519")
-    server = await asyncssh.create_server(
-        _Server, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None
-    )
+    server = await asyncssh.create_server(_Server, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None)
     port = server.sockets[0].getsockname()[1]
     payload = os.urandom(6 * 1024 * 1024 + 5)
     try:
@@ -105,11 +103,14 @@ async def test_bulk_input_reaches_the_session_whole_through_sliced_reads(
     assert max(fed) <= FEED_SLICE
 
 
-@pytest.mark.parametrize(("cipher", "ignores_expected"), [
-    ("aes128-gcm@openssh.com", False),
-    ("chacha20-poly1305@openssh.com", False),
-    ("aes128-ctr", True),
-])
+@pytest.mark.parametrize(
+    ("cipher", "ignores_expected"),
+    [
+        ("aes128-gcm@openssh.com", False),
+        ("chacha20-poly1305@openssh.com", False),
+        ("aes128-ctr", True),
+    ],
+)
 async def test_empty_ignore_packets_are_left_out_only_under_aead_ciphers(
     monkeypatch: pytest.MonkeyPatch, cipher: str, ignores_expected: bool
 ):
@@ -123,14 +124,23 @@ async def test_empty_ignore_packets_are_left_out_only_under_aead_ciphers(
     monkeypatch.setitem(SSHConnection._packet_handlers, MSG_IGNORE, count)
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.create_server(
-        _SourceServer, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None,
+        _SourceServer,
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        encoding=None,
         encryption_algs=[cipher],
     )
     port = server.sockets[0].getsockname()[1]
     size = 2 * 1024 * 1024
     try:
         async with asyncssh.connect(
-            "127.0.0.1", port, known_hosts=None, agent_path=None, config=None, username="u",
+            "127.0.0.1",
+            port,
+            known_hosts=None,
+            agent_path=None,
+            config=None,
+            username="u",
             encryption_algs=[cipher],
         ) as conn:
             assert conn.get_extra_info("send_cipher") == cipher
@@ -162,7 +172,11 @@ async def test_guessed_key_exchange_packet_is_judged_by_the_first_choices(
     # applies the RFC's rule itself and the tuning can go.
     host_key = asyncssh.generate_private_key("ssh-ed25519")
     server = await asyncssh.create_server(
-        server_class, "127.0.0.1", 0, server_host_keys=[host_key], encoding=None,
+        server_class,
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        encoding=None,
         kex_algs=["mlkem768x25519-sha256", "curve25519-sha256"],
     )
     port = server.sockets[0].getsockname()[1]
@@ -170,7 +184,9 @@ async def test_guessed_key_exchange_packet_is_judged_by_the_first_choices(
         result = await asyncio.to_thread(
             subprocess.run,
             [require("dbclient"), "-y", "-p", str(port), "u@127.0.0.1", "sink"],
-            stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
             env={**os.environ, "HOME": str(tmp_path)},
         )
     finally:

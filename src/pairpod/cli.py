@@ -47,11 +47,18 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="YAML config file (see examples/pairpod.yaml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="YAML config file (see examples/pairpod.yaml).",
+)
 @click.option("--listen", help="HOST:PORT to listen on (overrides the config).")
-@click.option("--backend", type=click.Choice(["local", "docker", "kubernetes"]),
-              help="Backend to use (overrides the config).")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "docker", "kubernetes"]),
+    help="Backend to use (overrides the config).",
+)
 def serve(config_path: Path | None, listen: str | None, backend: str | None) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     try:
@@ -91,10 +98,18 @@ async def _serve(config: Config) -> None:
 
 
 @main.group()
-@click.option("--config", "config_path", type=click.Path(path_type=Path),
-              help="The gateway's config file: its admin.socket is where to ask.")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path),
-              help="The gateway's admin socket (instead of reading it from --config).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="The gateway's config file: its admin.socket is where to ask.",
+)
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="The gateway's admin socket (instead of reading it from --config).",
+)
 @click.pass_context
 def admin(ctx: click.Context, config_path: Path | None, socket_path: Path | None) -> None:
     """Look at and end the connections of a gateway running on this machine."""
@@ -104,8 +119,10 @@ def admin(ctx: click.Context, config_path: Path | None, socket_path: Path | None
         except ConfigError as error:
             _fail(str(error))
         if socket_path is None:
-            _fail(f"admin.socket is not set in {config_path or 'the default config'}: "
-                  "set it (and restart the gateway) to use pairpod admin")
+            _fail(
+                f"admin.socket is not set in {config_path or 'the default config'}: "
+                "set it (and restart the gateway) to use pairpod admin"
+            )
     ctx.obj = socket_path
 
 

@@ -191,11 +191,11 @@ class SSHSettings(Section):
     per_source_rate: float | None = Field(10.0, gt=0, description="new connections per second")
     per_source_burst: int = Field(40, ge=1)
     ciphers: list[str] = Field(default_factory=lambda: list(DEFAULT_CIPHERS), min_length=1)
-    kex_algorithms: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_KEX_ALGORITHMS), min_length=1)
+    kex_algorithms: list[str] = Field(default_factory=lambda: list(DEFAULT_KEX_ALGORITHMS), min_length=1)
     macs: list[str] = Field(default_factory=lambda: list(DEFAULT_MACS), min_length=1)
     host_key_algorithms: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_HOST_KEY_ALGORITHMS), min_length=1)
+        default_factory=lambda: list(DEFAULT_HOST_KEY_ALGORITHMS), min_length=1
+    )
 
     @field_validator("ciphers")
     @classmethod
@@ -603,12 +603,21 @@ class Config(Section):
     @model_validator(mode="after")
     def _admin_not_public(self) -> Config:
         # The admin listener must never be the port users reach.
-        if self.admin.listen is not None and same_address(parse_listen(self.admin.listen),
-                                                          self.listen_address):
-            raise ValidationError.from_exception_data("Config", [{
-                "type": PydanticCustomError("same_address", "must not be the SSH address ({listen})",
-                                            {"listen": self.listen}),
-                "loc": ("admin", "listen"), "input": self.admin.listen}])
+        if self.admin.listen is not None and same_address(
+            parse_listen(self.admin.listen), self.listen_address
+        ):
+            raise ValidationError.from_exception_data(
+                "Config",
+                [
+                    {
+                        "type": PydanticCustomError(
+                            "same_address", "must not be the SSH address ({listen})", {"listen": self.listen}
+                        ),
+                        "loc": ("admin", "listen"),
+                        "input": self.admin.listen,
+                    }
+                ],
+            )
         return self
 
     @field_validator("listen")

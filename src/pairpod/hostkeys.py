@@ -66,6 +66,7 @@ def restrict_algorithms(keys: list[asyncssh.SSHKey], algorithms: list[str]) -> l
             raise ConfigError(
                 f"host_keys[{index}]: a {pair.algorithm.decode()} key can sign only with "
                 f"{b', '.join(pair.host_key_algorithms).decode()}, none of them in "
-                "ssh.host_key_algorithms")
+                "ssh.host_key_algorithms"
+            )
         pair.host_key_algorithms = offered
     return pairs

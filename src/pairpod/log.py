@@ -85,8 +85,9 @@ class RateLimit(logging.Filter):
     Info and debug lines are not limited: they are not emitted in loops.
     """
 
-    def __init__(self, burst: int = 10, period: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, burst: int = 10, period: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self._burst = burst
         self._period = period

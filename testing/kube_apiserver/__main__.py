@@ -20,13 +20,16 @@ from .server import KubeApiServer
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    server = KubeApiServer(host=args.host, port=args.port, tls=not args.plain_http,
-                           token=None if args.no_auth else "")
+    server = KubeApiServer(
+        host=args.host, port=args.port, tls=not args.plain_http, token=None if args.no_auth else ""
+    )
     await server.start()
     try:
         kubeconfig = server.write_kubeconfig(Path(args.kubeconfig), namespace=args.namespace)
-        print(json.dumps({"url": server.url, "kubeconfig": str(kubeconfig),
-                          "instance": server.instance}), flush=True)
+        print(
+            json.dumps({"url": server.url, "kubeconfig": str(kubeconfig), "instance": server.instance}),
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -38,12 +41,16 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve until signalled."""
-    parser = argparse.ArgumentParser(prog="python -m testing.kube_apiserver",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m testing.kube_apiserver", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--plain-http", action="store_true",
-                        help="serve HTTP (kubectl then sends no token: combine with --no-auth)")
+    parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="serve HTTP (kubectl then sends no token: combine with --no-auth)",
+    )
     parser.add_argument("--no-auth", action="store_true", help="accept requests without a token")
     parser.add_argument("--namespace", default="default", help="the kubeconfig's namespace")
     parser.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")

@@ -23,9 +23,7 @@ Obj = dict[str, Any]
 Cause = dict[str, str]
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-)
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 _SUBDOMAIN_MSG = (
@@ -61,16 +59,17 @@ def required(field: str, detail: str = "") -> Cause:
 def invalid_value(field: str, value: Any, detail: str) -> Cause:
     """A FieldValueInvalid cause, quoting the value as Go's %q would."""
     shown = f'"{value}"' if isinstance(value, str) else str(value)
-    return {"reason": "FieldValueInvalid", "message": f"Invalid value: {shown}: {detail}",
-            "field": field}
+    return {"reason": "FieldValueInvalid", "message": f"Invalid value: {shown}: {detail}", "field": field}
 
 
 def not_supported(field: str, value: str, supported: list[str]) -> Cause:
     """A FieldValueNotSupported cause."""
     allowed = ", ".join(f'"{s}"' for s in supported)
-    return {"reason": "FieldValueNotSupported",
-            "message": f'Unsupported value: "{value}": supported values: {allowed}',
-            "field": field}
+    return {
+        "reason": "FieldValueNotSupported",
+        "message": f'Unsupported value: "{value}": supported values: {allowed}',
+        "field": field,
+    }
 
 
 def _name_causes(rtype: ResourceType, meta: Obj) -> list[Cause]:
@@ -103,7 +102,7 @@ def check_body_identity(rtype: ResourceType, obj: Any, namespace: str | None) ->
     api_version = obj.get("apiVersion")
     if kind and kind != rtype.kind:
         raise bad_request(
-            f"{kind} in version \"{rtype.version}\" cannot be handled as a {rtype.kind}: "
+            f'{kind} in version "{rtype.version}" cannot be handled as a {rtype.kind}: '
             f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
         )
     if api_version and api_version != rtype.api_version:
@@ -120,8 +119,7 @@ def check_body_identity(rtype: ResourceType, obj: Any, namespace: str | None) ->
         body_ns = meta.get("namespace")
         if body_ns and namespace and body_ns != namespace:
             raise bad_request(
-                "the namespace of the provided object does not match the namespace sent on "
-                "the request"
+                "the namespace of the provided object does not match the namespace sent on the request"
             )
         if namespace:
             meta["namespace"] = namespace
@@ -197,27 +195,42 @@ def _admit_service_account(spec: Obj) -> None:
     spec["serviceAccount"] = account
     if spec.get("automountServiceAccountToken") is False:
         return
-    volume = "kube-api-access-" + "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789")
-                                          for _ in range(5))
-    spec.setdefault("volumes", []).append({
-        "name": volume,
-        "projected": {
-            "defaultMode": 420,
-            "sources": [
-                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-                {"configMap": {"name": "kube-root-ca.crt",
-                               "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {
-                    "apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
-            ],
-        },
-    })
-    for container in spec.get("containers") or []:
-        container.setdefault("volumeMounts", []).append({
+    volume = "kube-api-access-" + "".join(secrets.choice("bcdfghjklmnpqrstvwxz2456789") for _ in range(5))
+    spec.setdefault("volumes", []).append(
+        {
             "name": volume,
-            "readOnly": True,
-            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-        })
+            "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+                                }
+                            ]
+                        }
+                    },
+                ],
+            },
+        }
+    )
+    for container in spec.get("containers") or []:
+        container.setdefault("volumeMounts", []).append(
+            {
+                "name": volume,
+                "readOnly": True,
+                "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            }
+        )
 
 
 def _validate_pod_spec(spec: Any, path: str) -> list[Cause]:
@@ -240,20 +253,23 @@ def _validate_pod_spec(spec: Any, path: str) -> list[Cause]:
         elif not _DNS1123_LABEL.match(name):
             causes.append(invalid_value(f"{where}.name", name, _LABEL_MSG))
         elif name in seen:
-            causes.append({"reason": "FieldValueDuplicate", "message": f'Duplicate value: "{name}"',
-                           "field": f"{where}.name"})
+            causes.append(
+                {
+                    "reason": "FieldValueDuplicate",
+                    "message": f'Duplicate value: "{name}"',
+                    "field": f"{where}.name",
+                }
+            )
         else:
             seen.add(name)
         if not container.get("image"):
             causes.append(required(f"{where}.image"))
     policy = spec.get("restartPolicy", "Always")
     if policy not in ("Always", "OnFailure", "Never"):
-        causes.append(not_supported(f"{path}.restartPolicy", policy,
-                                    ["Always", "OnFailure", "Never"]))
+        causes.append(not_supported(f"{path}.restartPolicy", policy, ["Always", "OnFailure", "Never"]))
     grace = spec.get("terminationGracePeriodSeconds")
     if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
-        causes.append(invalid_value(f"{path}.terminationGracePeriodSeconds", grace,
-                                    "must be an integer"))
+        causes.append(invalid_value(f"{path}.terminationGracePeriodSeconds", grace, "must be an integer"))
     return causes
 
 
@@ -265,12 +281,23 @@ def _admit_pod(obj: Obj) -> list[Cause]:
     default_pod_spec(spec)
     spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
     spec.setdefault("priority", 0)
-    spec.setdefault("tolerations", [
-        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
-         "tolerationSeconds": 300},
-        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
-         "tolerationSeconds": 300},
-    ])
+    spec.setdefault(
+        "tolerations",
+        [
+            {
+                "key": "node.kubernetes.io/not-ready",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
+            {
+                "key": "node.kubernetes.io/unreachable",
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            },
+        ],
+    )
     _admit_service_account(spec)
     obj["status"] = {"phase": "Pending", "qosClass": _qos_class(spec)}
     return []
@@ -299,16 +326,20 @@ def _admit_deployment(obj: Obj) -> list[Cause]:
     if not selector:
         causes.append(required("spec.selector"))
     elif not all(labels.get(k) == v for k, v in match_labels.items()):
-        causes.append(invalid_value("spec.template.metadata.labels", str(labels),
-                                    "`selector` does not match template `labels`"))
+        causes.append(
+            invalid_value(
+                "spec.template.metadata.labels", str(labels), "`selector` does not match template `labels`"
+            )
+        )
     causes.extend(_validate_pod_spec(template.get("spec"), "spec.template.spec"))
     if causes:
         return causes
     spec.setdefault("replicas", 1)
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
-    spec.setdefault("strategy", {"type": "RollingUpdate",
-                                 "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+    spec.setdefault(
+        "strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}
+    )
     default_pod_spec(template["spec"])
     obj["status"] = {}
     return causes
@@ -335,8 +366,7 @@ def _admit_service(obj: Obj) -> list[Cause]:
         return [required("spec.ports")]
     kind = spec.setdefault("type", "ClusterIP")
     if kind not in ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName"):
-        return [not_supported("spec.type", kind,
-                              ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"])]
+        return [not_supported("spec.type", kind, ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"])]
     ports = spec.get("ports") or []
     if kind != "ExternalName" and not ports and spec.get("clusterIP") != "None":
         return [required("spec.ports")]
@@ -369,7 +399,7 @@ def _admit_secret(obj: Obj) -> list[Cause]:
             base64.b64decode(value, validate=True)
         except (ValueError, TypeError):
             raise bad_request(
-                f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data "
+                f'Secret in version "v1" cannot be handled as a Secret: illegal base64 data '
                 f"at input byte 0 (data[{key}])"
             ) from None
     return []
@@ -381,8 +411,7 @@ def _admit_role_binding(obj: Obj) -> list[Cause]:
         return [required("roleRef")]
     causes: list[Cause] = []
     if ref.get("kind") not in ("Role", "ClusterRole"):
-        causes.append(not_supported("roleRef.kind", str(ref.get("kind", "")),
-                                    ["Role", "ClusterRole"]))
+        causes.append(not_supported("roleRef.kind", str(ref.get("kind", "")), ["Role", "ClusterRole"]))
     if not ref.get("name"):
         causes.append(required("roleRef.name"))
     for i, subject in enumerate(obj.get("subjects") or []):
@@ -477,7 +506,15 @@ def _check_pod_update(old: Obj, new: Obj) -> None:
             422,
             "Invalid",
             f'Pod "{old["metadata"]["name"]}" is invalid: spec: Forbidden: {_POD_MUTABLE_NOTE}',
-            {"name": old["metadata"]["name"], "kind": "Pod", "causes": [
-                {"reason": "FieldValueForbidden", "message": f"Forbidden: {_POD_MUTABLE_NOTE}",
-                 "field": "spec"}]},
+            {
+                "name": old["metadata"]["name"],
+                "kind": "Pod",
+                "causes": [
+                    {
+                        "reason": "FieldValueForbidden",
+                        "message": f"Forbidden: {_POD_MUTABLE_NOTE}",
+                        "field": "spec",
+                    }
+                ],
+            },
         )

@@ -23,12 +23,19 @@ LABEL_POD_UID = "io.pairpod.test.kube-apiserver.pod-uid"
 LABEL_CONTAINER = "io.pairpod.test.kube-apiserver.container"
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
-            "k": Decimal(10**3), "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12),
-            "P": Decimal(10**15), "E": Decimal(10**18)}
-_QUANTITY = re.compile(
-    r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
-)
+_DECIMAL = {
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal(10**3),
+    "M": Decimal(10**6),
+    "G": Decimal(10**9),
+    "T": Decimal(10**12),
+    "P": Decimal(10**15),
+    "E": Decimal(10**18),
+}
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$")
 
 
 def parse_quantity(value: str | int | float) -> Decimal:
@@ -97,11 +104,13 @@ def env_list(container: Obj, pod: Obj) -> list[str]:
             out.append(f"{name}={entry.get('value') or ''}")
             continue
         field = ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-        known = {"metadata.name": meta.get("name", ""),
-                 "metadata.namespace": meta.get("namespace", ""),
-                 "metadata.uid": meta.get("uid", ""),
-                 "spec.nodeName": (pod.get("spec") or {}).get("nodeName", ""),
-                 "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName", "")}
+        known = {
+            "metadata.name": meta.get("name", ""),
+            "metadata.namespace": meta.get("namespace", ""),
+            "metadata.uid": meta.get("uid", ""),
+            "spec.nodeName": (pod.get("spec") or {}).get("nodeName", ""),
+            "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName", ""),
+        }
         if field in known:
             out.append(f"{name}={known[field]}")
     return out
@@ -145,8 +154,14 @@ def docker_config(
     for mount in container.get("volumeMounts") or []:
         source = volumes.get(mount.get("name", ""))
         if source is not None:
-            mounts.append({"Type": "volume", "Source": source, "Target": mount["mountPath"],
-                           "ReadOnly": bool(mount.get("readOnly"))})
+            mounts.append(
+                {
+                    "Type": "volume",
+                    "Source": source,
+                    "Target": mount["mountPath"],
+                    "ReadOnly": bool(mount.get("readOnly")),
+                }
+            )
     if mounts:
         host["Mounts"] = mounts
     config: Obj = {

@@ -144,8 +144,7 @@ class Deleter:
                 else:
                     self._store.delete(rtype, name, obj["metadata"]["name"])
         # Pods deleted before the namespace may still be stopping: wait for them too.
-        cleanups += [task for uid, task in self._pod_tasks.items()
-                     if self._pod_namespaces.get(uid) == name]
+        cleanups += [task for uid, task in self._pod_tasks.items() if self._pod_namespaces.get(uid) == name]
         await asyncio.gather(*cleanups, return_exceptions=True)
         # Anything written while the pods went (events) goes too.
         for rtype in self._registry.types:

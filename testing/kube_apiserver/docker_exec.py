@@ -43,9 +43,7 @@ class DockerExecSession:
     ) -> DockerExecSession:
         """Create and start an exec in a running container."""
         container = docker.containers.container(container_id)
-        execution = await container.exec(
-            command, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty
-        )
+        execution = await container.exec(command, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
         stream = execution.start(detach=False)
         await stream._init()  # open the hijacked connection now
         return cls(execution, stream, tty=tty)

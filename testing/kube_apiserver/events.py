@@ -55,8 +55,7 @@ class EventRecorder:
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta['name']}.{self._stamp():x}",
-                         "namespace": meta["namespace"]},
+            "metadata": {"name": f"{meta['name']}.{self._stamp():x}", "namespace": meta["namespace"]},
             "involvedObject": involved,
             "reason": reason,
             "message": message,

@@ -67,8 +67,7 @@ def parse_exec_options(query: Any) -> ExecOptions:
         raise bad_request("you must specify at least 1 of stdin, stdout, stderr")
     if options.tty and options.stderr:
         # A terminal has one output stream: the kubelet drops stderr, silently.
-        options = ExecOptions(options.command, options.container, options.stdin,
-                              options.stdout, False, True)
+        options = ExecOptions(options.command, options.container, options.stdin, options.stdout, False, True)
     return options
 
 
@@ -152,8 +151,10 @@ def _offered_protocols(request: web.Request) -> list[str]:
 
 
 def _is_websocket(request: web.Request) -> bool:
-    return (request.headers.get("Upgrade", "").lower() == "websocket"
-            and "upgrade" in request.headers.get("Connection", "").lower())
+    return (
+        request.headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in request.headers.get("Connection", "").lower()
+    )
 
 
 async def serve_exec(
@@ -167,9 +168,11 @@ async def serve_exec(
         upgrade = request.headers.get("Upgrade", "")
         if upgrade.upper().startswith("SPDY"):
             # kubectl before 1.30 speaks only SPDY; this server does not.
-            raise bad_request(f"Upgrade request required: this test server speaks the exec "
-                              f"protocol over WebSocket only ({', '.join(PROTOCOLS)}), "
-                              f"not {upgrade}")
+            raise bad_request(
+                f"Upgrade request required: this test server speaks the exec "
+                f"protocol over WebSocket only ({', '.join(PROTOCOLS)}), "
+                f"not {upgrade}"
+            )
         raise bad_request("Upgrade request required")
     offered = _offered_protocols(request)
     protocol = choose_protocol(offered)
@@ -181,13 +184,20 @@ async def serve_exec(
         )
     try:
         session = await DockerExecSession.start(
-            docker, container_id, options.command,
-            stdin=options.stdin, stdout=options.stdout, stderr=options.stderr, tty=options.tty,
+            docker,
+            container_id,
+            options.command,
+            stdin=options.stdin,
+            stdout=options.stdout,
+            stderr=options.stderr,
+            tty=options.tty,
         )
     except DockerError as error:
-        raise ApiError(500, "InternalError",
-                       f"Internal error occurred: error executing command in container: "
-                       f"{error.message}") from None
+        raise ApiError(
+            500,
+            "InternalError",
+            f"Internal error occurred: error executing command in container: {error.message}",
+        ) from None
     ws = web.WebSocketResponse(protocols=(protocol,), autoping=True, max_msg_size=16 * 2**20)
     try:
         await ws.prepare(request)
@@ -248,8 +258,11 @@ async def _relay(ws: web.WebSocketResponse, session: DockerExecSession, protocol
             else:
                 for channel, data in held:
                     await ws.send_bytes(encode_frame(channel, data))
-                status = exit_status(code) if code >= 0 else internal_error_status(
-                    "the exit code of the command could not be read")
+                status = (
+                    exit_status(code)
+                    if code >= 0
+                    else internal_error_status("the exit code of the command could not be read")
+                )
             await ws.send_bytes(encode_frame(STATUS, json.dumps(status).encode()))
             await ws.close()
         # Otherwise the client went away first: the process loses its streams.

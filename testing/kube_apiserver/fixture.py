@@ -46,8 +46,7 @@ class KubeApiServerThread:
         self.workdir = workdir
         self._options = server_options
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="kube-apiserver", daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, name="kube-apiserver", daemon=True)
         self.server: KubeApiServer | None = None
         self.kubeconfig: Path = workdir / "kubeconfig"
 
@@ -129,6 +128,7 @@ class KubeApiServerThread:
 
     def compact(self) -> int:
         """Drop the event history; watches from older resourceVersions then get 410."""
+
         async def compact() -> int:
             return self._server().store.compact()
 
@@ -143,8 +143,10 @@ class KubeApiServerThread:
         server = self._server()
 
         async def listing() -> list[str]:
-            found = await server.docker.containers.list(all=True, filters={"label": [
-                f"{LABEL_INSTANCE}={server.instance}", f"{LABEL_NAMESPACE}={namespace}"]})
+            found = await server.docker.containers.list(
+                all=True,
+                filters={"label": [f"{LABEL_INSTANCE}={server.instance}", f"{LABEL_NAMESPACE}={namespace}"]},
+            )
             return [c.id for c in found]
 
         return self.call(listing())
@@ -162,7 +164,9 @@ def kube_apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi
     # Asked of the engine directly: the server's own client is closed by now.
     left = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label={LABEL_INSTANCE}={instance}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert left == [], f"the test API server left containers behind: {left}"
 

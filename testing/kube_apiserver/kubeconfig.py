@@ -29,8 +29,9 @@ def kubeconfig_dict(
         "preferences": {},
         "clusters": [{"name": CONTEXT, "cluster": cluster}],
         "users": [{"name": CONTEXT, "user": user}],
-        "contexts": [{"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT,
-                                                    "namespace": namespace}}],
+        "contexts": [
+            {"name": CONTEXT, "context": {"cluster": CONTEXT, "user": CONTEXT, "namespace": namespace}}
+        ],
         "current-context": CONTEXT,
     }
 
@@ -45,8 +46,9 @@ def write_kubeconfig(
 ) -> Path:
     """Write a kubeconfig (mode 0600, as it holds a token) and return its path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(kubeconfig_dict(server_url, token=token, namespace=namespace,
-                                          ca_pem=ca_pem), sort_keys=False)
+    text = yaml.safe_dump(
+        kubeconfig_dict(server_url, token=token, namespace=namespace, ca_pem=ca_pem), sort_keys=False
+    )
     path.touch(mode=0o600)
     path.write_text(text)
     return path

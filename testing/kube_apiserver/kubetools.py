@@ -56,8 +56,12 @@ def pod_manifest(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "labels": labels or {}},
-        "spec": {"containers": [container], "restartPolicy": restart_policy,
-                 "terminationGracePeriodSeconds": grace, **spec},
+        "spec": {
+            "containers": [container],
+            "restartPolicy": restart_policy,
+            "terminationGracePeriodSeconds": grace,
+            **spec,
+        },
     }
 
 
@@ -82,22 +86,23 @@ class Kubectl:
         timeout: float = WAIT,
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl; with ``check`` a non-zero exit fails the test with its stderr."""
-        argv = [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}",
-                *args]
-        result = subprocess.run(argv, input=input, capture_output=True, text=True,
-                                timeout=timeout, check=False, env=self._env())
+        argv = [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}", *args]
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False, env=self._env()
+        )
         result.stderr = _KUBECTL_READY_FRAME_RACE.sub("", result.stderr)
         if check and result.returncode != 0:
-            pytest.fail(f"kubectl {' '.join(args)} exited {result.returncode}:\n"
-                        f"{result.stdout}\n{result.stderr}")
+            pytest.fail(
+                f"kubectl {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         """Start kubectl in the background (for --watch)."""
-        argv = [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}",
-                *args]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=self._env())
+        argv = [self.binary, f"--kubeconfig={self.kubeconfig}", f"--cache-dir={self.cache_dir}", *args]
+        return subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self._env()
+        )
 
     def json(self, *args: str, input: str | None = None) -> Any:
         """Run kubectl with ``-o json`` and decode its output."""
@@ -118,22 +123,31 @@ class RawApi:
         cluster = data["clusters"][0]["cluster"]
         self.url = cluster["server"]
         self.ssl = ssl.create_default_context(
-            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode())
+            cadata=base64.b64decode(cluster["certificate-authority-data"]).decode()
+        )
         self.headers = {"Authorization": f"Bearer {data['users'][0]['user']['token']}"}
         self.session = aiohttp.ClientSession(headers=self.headers)
 
-    async def json(self, method: str, path: str, *, body: Any = None,
-                   content_type: str = "application/json",
-                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def json(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         """One request; returns (status, decoded JSON body)."""
         data = None if body is None else json.dumps(body)
         merged = {"Content-Type": content_type, **(headers or {})}
-        async with self.session.request(method, self.url + path, data=data, ssl=self.ssl,
-                                        headers=merged) as response:
+        async with self.session.request(
+            method, self.url + path, data=data, ssl=self.ssl, headers=merged
+        ) as response:
             return response.status, await response.json(content_type=None)
 
-    async def watch(self, path: str, *, until: Callable[[list[dict[str, Any]]], bool]
-                    | None = None) -> list[dict[str, Any]]:
+    async def watch(
+        self, path: str, *, until: Callable[[list[dict[str, Any]]], bool] | None = None
+    ) -> list[dict[str, Any]]:
         """Read a watch stream's events until it ends or ``until(events)`` holds."""
         events: list[dict[str, Any]] = []
         async with asyncio.timeout(WAIT):
@@ -164,14 +178,17 @@ async def wait_for_pod(
     """Watch one pod until ``condition(pod)`` holds; return that pod (bounded by WAIT)."""
     async with asyncio.timeout(WAIT):
         while True:
-            listing = await core.list_namespaced_pod(namespace,
-                                                     field_selector=f"metadata.name={name}")
+            listing = await core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}")
             for pod in listing.items:
                 if condition(pod):
                     return pod
             stream = watch.Watch().stream(
-                core.list_namespaced_pod, namespace, field_selector=f"metadata.name={name}",
-                resource_version=listing.metadata.resource_version, timeout_seconds=int(WAIT))
+                core.list_namespaced_pod,
+                namespace,
+                field_selector=f"metadata.name={name}",
+                resource_version=listing.metadata.resource_version,
+                timeout_seconds=int(WAIT),
+            )
             async with stream:
                 async for event in stream:
                     if event["type"] != "DELETED" and condition(event["object"]):
@@ -188,8 +205,11 @@ def waiting_reason_is(reason: str) -> Callable[[Any], bool]:
 
     def check(pod: Any) -> bool:
         statuses = (pod.status and pod.status.container_statuses) or []
-        return bool(statuses) and statuses[0].state.waiting is not None and \
-            statuses[0].state.waiting.reason == reason
+        return (
+            bool(statuses)
+            and statuses[0].state.waiting is not None
+            and statuses[0].state.waiting.reason == reason
+        )
 
     return check
 
@@ -208,10 +228,13 @@ async def wait_for_deletion(core: client.CoreV1Api, namespace: str, name: str) -
     listing = await core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}")
     if not listing.items:
         return
-    stream = watch.Watch().stream(core.list_namespaced_pod, namespace,
-                                  field_selector=f"metadata.name={name}",
-                                  resource_version=listing.metadata.resource_version,
-                                  timeout_seconds=int(WAIT))
+    stream = watch.Watch().stream(
+        core.list_namespaced_pod,
+        namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=listing.metadata.resource_version,
+        timeout_seconds=int(WAIT),
+    )
     async with asyncio.timeout(WAIT), stream:
         async for event in stream:
             if event["type"] == "DELETED":

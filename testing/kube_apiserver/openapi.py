@@ -23,8 +23,7 @@ from .resources import Registry, ResourceType
 _PATCH_PARAMETERS = [
     {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
     {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
-    {"name": "fieldValidation", "in": "query",
-     "schema": {"type": "string", "uniqueItems": True}},
+    {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": True}},
     {"name": "force", "in": "query", "schema": {"type": "boolean", "uniqueItems": True}},
 ]
 
@@ -51,12 +50,15 @@ def gv_document(registry: Registry, group: str, version: str) -> dict[str, Any]:
                 "description": f"partially update the specified {rtype.kind}",
                 "operationId": f"patch{rtype.kind}",
                 "parameters": _PATCH_PARAMETERS,
-                "requestBody": {"content": {
-                    "application/apply-patch+yaml": {"schema": {"type": "object"}},
-                    "application/json-patch+json": {"schema": {"type": "object"}},
-                    "application/merge-patch+json": {"schema": {"type": "object"}},
-                    "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
-                }, "required": True},
+                "requestBody": {
+                    "content": {
+                        "application/apply-patch+yaml": {"schema": {"type": "object"}},
+                        "application/json-patch+json": {"schema": {"type": "object"}},
+                        "application/merge-patch+json": {"schema": {"type": "object"}},
+                        "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
+                    },
+                    "required": True,
+                },
                 "responses": {"200": {"description": "OK"}},
                 "x-kubernetes-action": "patch",
                 "x-kubernetes-group-version-kind": gvk,
@@ -77,6 +79,7 @@ V2_MEDIA_TYPE = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 def _pb_bytes(field: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field."""
+
     def varint(value: int) -> bytes:
         out = bytearray()
         while True:

@@ -55,8 +55,11 @@ def _merge_key_for(field: str, items: list[Any]) -> str | None:
     if key is None or key == "":
         return key
     # Service ports are keyed by "port", container ports by "containerPort".
-    if field == "ports" and items and all(isinstance(i, dict) and "port" in i and
-                                          "containerPort" not in i for i in items):
+    if (
+        field == "ports"
+        and items
+        and all(isinstance(i, dict) and "port" in i and "containerPort" not in i for i in items)
+    ):
         return "port"
     return key
 
@@ -116,8 +119,11 @@ def strategic_merge_patch(target: Any, patch: Any) -> Any:
         elif isinstance(value, list) and isinstance(result.get(key), list):
             result[key] = _strategic_list(key, result[key], value)
         elif isinstance(value, list):
-            result[key] = [strategic_merge_patch({}, v) if isinstance(v, dict) else v
-                           for v in value if not _is_directive_item(v)]
+            result[key] = [
+                strategic_merge_patch({}, v) if isinstance(v, dict) else v
+                for v in value
+                if not _is_directive_item(v)
+            ]
         else:
             result[key] = strategic_merge_patch(result.get(key), value)
     if isinstance(retain, list):
@@ -189,7 +195,8 @@ def json_patch(target: Any, operations: Any) -> Any:
                 raise KeyError(last)
         except (KeyError, IndexError, ValueError, TypeError) as error:
             raise ApiError(
-                422, "Invalid",
+                422,
+                "Invalid",
                 f"the server rejected our request due to an error in our request: {error}",
             ) from None
     return doc

@@ -167,8 +167,7 @@ class PodRunner:
             # Let the start sequence reach its next checkpoint rather than cancel
             # it: a Docker call cut off mid-flight can still create a container
             # that nothing would then know about.
-            await asyncio.gather(*[t for t in run.tasks if t.get_name() == "start"],
-                                 return_exceptions=True)
+            await asyncio.gather(*[t for t in run.tasks if t.get_name() == "start"], return_exceptions=True)
             for c in run.containers.values():
                 if c.docker_id and "running" in c.state:
                     self._event(run, "Killing", f"Stopping container {c.name}", container=c.name)
@@ -210,8 +209,12 @@ class PodRunner:
         spec = pod["spec"]
         run.scheduled = True
         self._publish(run, scheduled_now=True)
-        self._event(run, "Scheduled", f"Successfully assigned {run.namespace}/{run.name} to "
-                    f"{NODE_NAME}", component="default-scheduler")
+        self._event(
+            run,
+            "Scheduled",
+            f"Successfully assigned {run.namespace}/{run.name} to {NODE_NAME}",
+            component="default-scheduler",
+        )
         image_users: dict[str, str] = {}
         missing: list[ContainerRun] = []
         for container in run.containers.values():
@@ -233,13 +236,17 @@ class PodRunner:
             image_user = image_users[spec_container["name"]]
             refusal = runs_as_root_refused(spec, spec_container, image_user)
             if refusal is not None:
-                detail = f'{refusal} (pod: "{run.name}_{run.namespace}({run.uid})", ' \
-                         f'container: {spec_container["name"]})'
+                detail = (
+                    f'{refusal} (pod: "{run.name}_{run.namespace}({run.uid})", '
+                    f"container: {spec_container['name']})"
+                )
                 run.containers[spec_container["name"]].state = {
-                    "waiting": {"reason": "CreateContainerConfigError", "message": detail}}
+                    "waiting": {"reason": "CreateContainerConfigError", "message": detail}
+                }
                 self._publish(run)
-                self._event(run, "Failed", f"Error: {refusal}", warning=True,
-                            container=spec_container["name"])
+                self._event(
+                    run, "Failed", f"Error: {refusal}", warning=True, container=spec_container["name"]
+                )
                 return
         volumes = await self._create_volumes(run, spec)
         created: list[tuple[ContainerRun, DockerContainer]] = []
@@ -247,25 +254,29 @@ class PodRunner:
             if run.terminating:
                 return
             container = run.containers[spec_container["name"]]
-            config = docker_config(pod, spec_container, instance=self._instance,
-                                   pid=os.getpid(), volumes=volumes)
-            self._event(run, "Pulled", f'Container image "{container.image}" already present '
-                        "on machine", container=container.name)
+            config = docker_config(
+                pod, spec_container, instance=self._instance, pid=os.getpid(), volumes=volumes
+            )
+            self._event(
+                run,
+                "Pulled",
+                f'Container image "{container.image}" already present on machine',
+                container=container.name,
+            )
             try:
                 docker_container = await self._docker.containers.create(
                     config, name=f"k8s_{container.name}_{run.name}_{run.namespace}_{run.uid[:8]}"
                 )
             except DockerError as error:
                 # What the kubelet reports when the runtime refuses a container config.
-                container.state = {"waiting": {"reason": "CreateContainerError",
-                                               "message": str(error.message)}}
+                container.state = {
+                    "waiting": {"reason": "CreateContainerError", "message": str(error.message)}
+                }
                 self._publish(run)
-                self._event(run, "Failed", f"Error: {error.message}", warning=True,
-                            container=container.name)
+                self._event(run, "Failed", f"Error: {error.message}", warning=True, container=container.name)
                 return
             container.docker_id = docker_container.id
-            self._event(run, "Created", f"Created container {container.name}",
-                        container=container.name)
+            self._event(run, "Created", f"Created container {container.name}", container=container.name)
             created.append((container, docker_container))
         for container, docker_container in created:
             if run.terminating:
@@ -275,27 +286,35 @@ class PodRunner:
 
     async def _image_pull_failures(self, run: PodRun, missing: list[ContainerRun]) -> None:
         for container in missing:
-            container.state = {"waiting": {
-                "reason": "ErrImagePull",
-                "message": f'failed to pull and unpack image "{container.image}": image not '
-                           "present on the node and this cluster cannot pull images",
-            }}
-            self._event(run, "Failed", f'Failed to pull image "{container.image}": '
-                        f'{container.state["waiting"]["message"]}', warning=True,
-                        container=container.name)
-            self._event(run, "Failed", "Error: ErrImagePull", warning=True,
-                        container=container.name)
+            container.state = {
+                "waiting": {
+                    "reason": "ErrImagePull",
+                    "message": f'failed to pull and unpack image "{container.image}": image not '
+                    "present on the node and this cluster cannot pull images",
+                }
+            }
+            self._event(
+                run,
+                "Failed",
+                f'Failed to pull image "{container.image}": {container.state["waiting"]["message"]}',
+                warning=True,
+                container=container.name,
+            )
+            self._event(run, "Failed", "Error: ErrImagePull", warning=True, container=container.name)
         self._publish(run)
         # The kubelet reports the back-off after its first retry fails.
         if await _stopped_within(run, self._backoff):
             return
         for container in missing:
-            container.state = {"waiting": {
-                "reason": "ImagePullBackOff",
-                "message": f'Back-off pulling image "{container.image}"',
-            }}
-            self._event(run, "BackOff", f'Back-off pulling image "{container.image}"',
-                        container=container.name)
+            container.state = {
+                "waiting": {
+                    "reason": "ImagePullBackOff",
+                    "message": f'Back-off pulling image "{container.image}"',
+                }
+            }
+            self._event(
+                run, "BackOff", f'Back-off pulling image "{container.image}"', container=container.name
+            )
         self._publish(run)
 
     async def _create_volumes(self, run: PodRun, spec: Obj) -> dict[str, str]:
@@ -306,11 +325,16 @@ class PodRunner:
             if run.terminating:
                 break
             docker_name = f"k8s_{run.uid[:8]}_{volume['name']}"
-            await self._docker.volumes.create({
-                "Name": docker_name,
-                "Labels": {LABEL_INSTANCE: self._instance, LABEL_PID: str(os.getpid()),
-                           LABEL_POD_UID: run.uid},
-            })
+            await self._docker.volumes.create(
+                {
+                    "Name": docker_name,
+                    "Labels": {
+                        LABEL_INSTANCE: self._instance,
+                        LABEL_PID: str(os.getpid()),
+                        LABEL_POD_UID: run.uid,
+                    },
+                }
+            )
             run.volumes.append(docker_name)
             volumes[volume["name"]] = docker_name
         return volumes
@@ -323,19 +347,22 @@ class PodRunner:
         except DockerError as error:
             # Upstream reports a command that cannot be run as StartError, exit 128.
             now = now_rfc3339()
-            container.state = {"terminated": {
-                "exitCode": 128, "reason": "StartError", "message": str(error.message),
-                "startedAt": "1970-01-01T00:00:00Z", "finishedAt": now,
-                "containerID": f"docker://{docker_container.id}"}}
+            container.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": "StartError",
+                    "message": str(error.message),
+                    "startedAt": "1970-01-01T00:00:00Z",
+                    "finishedAt": now,
+                    "containerID": f"docker://{docker_container.id}",
+                }
+            }
             container.ready = False
-            self._spawn(run, self._restart_or_finish(run, container, docker_container, 128),
-                        name="restart")
+            self._spawn(run, self._restart_or_finish(run, container, docker_container, 128), name="restart")
             return
-        self._event(run, "Started", f"Started container {container.name}",
-                    container=container.name)
+        self._event(run, "Started", f"Started container {container.name}", container=container.name)
         info = await docker_container.show()
-        container.state = {"running": {"startedAt": docker_time(info["State"]["StartedAt"])
-                                       or now_rfc3339()}}
+        container.state = {"running": {"startedAt": docker_time(info["State"]["StartedAt"]) or now_rfc3339()}}
         container.ready = True
         container.started = True
         self._spawn(run, self._watch_exit(run, container, docker_container), name="exit")
@@ -348,12 +375,15 @@ class PodRunner:
         info = await docker_container.show()
         state = info["State"]
         reason = "OOMKilled" if state.get("OOMKilled") else "Completed" if code == 0 else "Error"
-        container.state = {"terminated": {
-            "exitCode": code, "reason": reason,
-            "startedAt": docker_time(state.get("StartedAt")),
-            "finishedAt": docker_time(state.get("FinishedAt")) or now_rfc3339(),
-            "containerID": f"docker://{docker_container.id}",
-        }}
+        container.state = {
+            "terminated": {
+                "exitCode": code,
+                "reason": reason,
+                "startedAt": docker_time(state.get("StartedAt")),
+                "finishedAt": docker_time(state.get("FinishedAt")) or now_rfc3339(),
+                "containerID": f"docker://{docker_container.id}",
+            }
+        }
         container.ready = False
         container.started = False
         self._publish(run)
@@ -370,16 +400,27 @@ class PodRunner:
         container.restarts += 1
         container.last_state = dict(container.state)
         # First restart at once, then an exponential back-off, as the kubelet does.
-        delay = 0.0 if container.restarts == 1 else min(
-            self._backoff * 2 ** (container.restarts - 2), MAX_BACKOFF)
+        delay = (
+            0.0
+            if container.restarts == 1
+            else min(self._backoff * 2 ** (container.restarts - 2), MAX_BACKOFF)
+        )
         if delay:
-            self._event(run, "BackOff", "Back-off restarting failed container "
-                        f"{container.name} in pod {run.name}_{run.namespace}({run.uid})",
-                        warning=True, container=container.name)
-            container.state = {"waiting": {
-                "reason": "CrashLoopBackOff",
-                "message": f"back-off {delay:g}s restarting failed container={container.name} "
-                           f"pod={run.name}_{run.namespace}({run.uid})"}}
+            self._event(
+                run,
+                "BackOff",
+                "Back-off restarting failed container "
+                f"{container.name} in pod {run.name}_{run.namespace}({run.uid})",
+                warning=True,
+                container=container.name,
+            )
+            container.state = {
+                "waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": f"back-off {delay:g}s restarting failed container={container.name} "
+                    f"pod={run.name}_{run.namespace}({run.uid})",
+                }
+            }
             self._publish(run)
             if await _stopped_within(run, delay):
                 return
@@ -396,8 +437,16 @@ class PodRunner:
     async def _remove_pod_resources(self, run: PodRun) -> None:
         await remove_labelled(self._docker, f"{LABEL_POD_UID}={run.uid}")
 
-    def _event(self, run: PodRun, reason: str, message: str, *, warning: bool = False,
-               container: str | None = None, component: str = "kubelet") -> None:
+    def _event(
+        self,
+        run: PodRun,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        container: str | None = None,
+        component: str = "kubelet",
+    ) -> None:
         if self._events is None:
             return
         pod = self._store.peek(self._pods, run.namespace, run.name)
@@ -406,8 +455,7 @@ class PodRunner:
         namespaces = self._store.peek_namespace(run.namespace)
         if namespaces is None or namespaces["metadata"].get("deletionTimestamp"):
             return
-        self._events.record(pod, reason, message, warning=warning, container=container,
-                            component=component)
+        self._events.record(pod, reason, message, warning=warning, container=container, component=component)
 
     # --- status ---------------------------------------------------------------------
 
@@ -419,20 +467,16 @@ class PodRunner:
         all_done = len(terminated) == len(states)
         if run.restart_policy == "Never" and all_done:
             return "Failed" if any(t["exitCode"] != 0 for t in terminated) else "Succeeded"
-        if run.restart_policy == "OnFailure" and all_done and all(
-            t["exitCode"] == 0 for t in terminated
-        ):
+        if run.restart_policy == "OnFailure" and all_done and all(t["exitCode"] == 0 for t in terminated):
             return "Succeeded"
         return "Running"
 
-    def _condition(self, run: PodRun, kind: str, ok: bool, reason: str = "",
-                   message: str = "") -> Obj:
+    def _condition(self, run: PodRun, kind: str, ok: bool, reason: str = "", message: str = "") -> Obj:
         status = "True" if ok else "False"
         # lastTransitionTime moves only when the condition's status changes.
         since = run.conditions_since.setdefault((kind, status), now_rfc3339())
         run.conditions_since.pop((kind, "False" if ok else "True"), None)
-        condition: Obj = {"type": kind, "status": status, "lastProbeTime": None,
-                          "lastTransitionTime": since}
+        condition: Obj = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": since}
         if reason:
             condition["reason"] = reason
         if message:
@@ -456,8 +500,7 @@ class PodRunner:
             self._condition(run, "PodReadyToStartContainers", created and not terminal),
             self._condition(run, "Initialized", True),
             self._condition(run, "Ready", not unready and not terminal, ready_reason, ready_msg),
-            self._condition(run, "ContainersReady", not unready and not terminal, ready_reason,
-                            ready_msg),
+            self._condition(run, "ContainersReady", not unready and not terminal, ready_reason, ready_msg),
             self._condition(run, "PodScheduled", True),
         ]
         statuses = []
@@ -522,9 +565,7 @@ def _log_failure(task: asyncio.Task[Any]) -> None:
 async def remove_labelled(docker: aiodocker.Docker, label: str) -> None:
     """Force-remove every container, then every volume, carrying ``label`` (``key=value``)."""
     containers = await docker.containers.list(all=True, filters={"label": [label]})
-    await asyncio.gather(
-        *(c.delete(force=True, v=True) for c in containers), return_exceptions=True
-    )
+    await asyncio.gather(*(c.delete(force=True, v=True) for c in containers), return_exceptions=True)
     volumes = await docker.volumes.list(filters={"label": [label]})
     for volume in volumes.get("Volumes") or []:
         with contextlib.suppress(DockerError):

@@ -65,26 +65,42 @@ class Subresource:
 
 
 RESOURCES: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "Namespace", "namespaces", "namespace", False, ("ns",),
-                 subresources=("status", "finalize")),
-    ResourceType("", "v1", "Pod", "pods", "pod", True, ("po",), ("all",),
-                 subresources=("exec", "log", "status")),
+    ResourceType(
+        "", "v1", "Namespace", "namespaces", "namespace", False, ("ns",), subresources=("status", "finalize")
+    ),
+    ResourceType(
+        "", "v1", "Pod", "pods", "pod", True, ("po",), ("all",), subresources=("exec", "log", "status")
+    ),
     ResourceType("", "v1", "Node", "nodes", "node", False, ("no",), subresources=("status",)),
     ResourceType("", "v1", "Event", "events", "event", True, ("ev",)),
     ResourceType("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", True, ("sa",)),
     ResourceType("", "v1", "ConfigMap", "configmaps", "configmap", True, ("cm",)),
     ResourceType("", "v1", "Secret", "secrets", "secret", True),
-    ResourceType("", "v1", "Service", "services", "service", True, ("svc",), ("all",),
-                 subresources=("status",)),
-    ResourceType("apps", "v1", "Deployment", "deployments", "deployment", True, ("deploy",),
-                 ("all",), subresources=("status", "scale")),
+    ResourceType(
+        "", "v1", "Service", "services", "service", True, ("svc",), ("all",), subresources=("status",)
+    ),
+    ResourceType(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        "deployment",
+        True,
+        ("deploy",),
+        ("all",),
+        subresources=("status", "scale"),
+    ),
     ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", True),
-    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings",
-                 "rolebinding", True),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles",
-                 "clusterrole", False),
-    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding",
-                 "clusterrolebindings", "clusterrolebinding", False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", True),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", False),
+    ResourceType(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        False,
+    ),
 )
 
 # Subresources as discovery lists them; verbs as a real API server reports.
@@ -92,15 +108,14 @@ _SUBRESOURCE_SHAPES: dict[tuple[str, str], Subresource] = {
     ("pods", "exec"): Subresource("pods/exec", "PodExecOptions", ("create", "get")),
     ("pods", "log"): Subresource("pods/log", "Pod", ("get",)),
     ("pods", "status"): Subresource("pods/status", "Pod", ("get", "patch", "update")),
-    ("namespaces", "status"): Subresource("namespaces/status", "Namespace",
-                                          ("get", "patch", "update")),
+    ("namespaces", "status"): Subresource("namespaces/status", "Namespace", ("get", "patch", "update")),
     ("namespaces", "finalize"): Subresource("namespaces/finalize", "Namespace", ("update",)),
     ("nodes", "status"): Subresource("nodes/status", "Node", ("get", "patch", "update")),
     ("services", "status"): Subresource("services/status", "Service", ("get", "patch", "update")),
-    ("deployments", "status"): Subresource("deployments/status", "Deployment",
-                                           ("get", "patch", "update")),
-    ("deployments", "scale"): Subresource("deployments/scale", "Scale", ("get", "patch", "update"),
-                                          group="autoscaling", version="v1"),
+    ("deployments", "status"): Subresource("deployments/status", "Deployment", ("get", "patch", "update")),
+    ("deployments", "scale"): Subresource(
+        "deployments/scale", "Scale", ("get", "patch", "update"), group="autoscaling", version="v1"
+    ),
 }
 
 
@@ -190,9 +205,7 @@ def api_versions(server_address: str) -> dict[str, Any]:
     return {
         "kind": "APIVersions",
         "versions": ["v1"],
-        "serverAddressByClientCIDRs": [
-            {"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}
-        ],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
     }
 
 

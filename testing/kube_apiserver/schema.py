@@ -16,54 +16,164 @@ from typing import Any
 # fields (each with its own node); a one-element list describes list items.
 Node = dict[str, Any] | list[Any] | None
 
-_META: Node = {k: None for k in (
-    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels",
-    "annotations", "ownerReferences", "finalizers", "managedFields")}
+_META: Node = {
+    k: None
+    for k in (
+        "name",
+        "generateName",
+        "namespace",
+        "selfLink",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "labels",
+        "annotations",
+        "ownerReferences",
+        "finalizers",
+        "managedFields",
+    )
+}
 
-_SECURITY_CONTEXT: Node = {k: None for k in (
-    "capabilities", "privileged", "seLinuxOptions", "windowsOptions", "runAsUser", "runAsGroup",
-    "runAsNonRoot", "readOnlyRootFilesystem", "allowPrivilegeEscalation", "procMount",
-    "seccompProfile", "appArmorProfile")}
+_SECURITY_CONTEXT: Node = {
+    k: None
+    for k in (
+        "capabilities",
+        "privileged",
+        "seLinuxOptions",
+        "windowsOptions",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "readOnlyRootFilesystem",
+        "allowPrivilegeEscalation",
+        "procMount",
+        "seccompProfile",
+        "appArmorProfile",
+    )
+}
 
-_POD_SECURITY_CONTEXT: Node = {k: None for k in (
-    "seLinuxOptions", "windowsOptions", "runAsUser", "runAsGroup", "runAsNonRoot",
-    "supplementalGroups", "supplementalGroupsPolicy", "fsGroup", "sysctls",
-    "fsGroupChangePolicy", "seccompProfile", "appArmorProfile", "seLinuxChangePolicy")}
+_POD_SECURITY_CONTEXT: Node = {
+    k: None
+    for k in (
+        "seLinuxOptions",
+        "windowsOptions",
+        "runAsUser",
+        "runAsGroup",
+        "runAsNonRoot",
+        "supplementalGroups",
+        "supplementalGroupsPolicy",
+        "fsGroup",
+        "sysctls",
+        "fsGroupChangePolicy",
+        "seccompProfile",
+        "appArmorProfile",
+        "seLinuxChangePolicy",
+    )
+}
 
 _CONTAINER: Node = {
-    **{k: None for k in (
-        "name", "image", "command", "args", "workingDir", "ports", "envFrom", "env",
-        "resizePolicy", "restartPolicy", "volumeMounts", "volumeDevices", "livenessProbe",
-        "readinessProbe", "startupProbe", "lifecycle", "terminationMessagePath",
-        "terminationMessagePolicy", "imagePullPolicy", "stdin", "stdinOnce", "tty")},
+    **{
+        k: None
+        for k in (
+            "name",
+            "image",
+            "command",
+            "args",
+            "workingDir",
+            "ports",
+            "envFrom",
+            "env",
+            "resizePolicy",
+            "restartPolicy",
+            "volumeMounts",
+            "volumeDevices",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "lifecycle",
+            "terminationMessagePath",
+            "terminationMessagePolicy",
+            "imagePullPolicy",
+            "stdin",
+            "stdinOnce",
+            "tty",
+        )
+    },
     "resources": {k: None for k in ("limits", "requests", "claims")},
     "securityContext": _SECURITY_CONTEXT,
 }
 
 _POD_SPEC: Node = {
-    **{k: None for k in (
-        "volumes", "ephemeralContainers", "restartPolicy", "terminationGracePeriodSeconds",
-        "activeDeadlineSeconds", "dnsPolicy", "nodeSelector", "serviceAccountName",
-        "serviceAccount", "automountServiceAccountToken", "nodeName", "hostNetwork", "hostPID",
-        "hostIPC", "shareProcessNamespace", "imagePullSecrets", "hostname", "subdomain",
-        "affinity", "schedulerName", "tolerations", "hostAliases", "priorityClassName",
-        "priority", "dnsConfig", "readinessGates", "runtimeClassName", "enableServiceLinks",
-        "preemptionPolicy", "overhead", "topologySpreadConstraints", "setHostnameAsFQDN", "os",
-        "hostUsers", "schedulingGates", "resourceClaims", "resources")},
+    **{
+        k: None
+        for k in (
+            "volumes",
+            "ephemeralContainers",
+            "restartPolicy",
+            "terminationGracePeriodSeconds",
+            "activeDeadlineSeconds",
+            "dnsPolicy",
+            "nodeSelector",
+            "serviceAccountName",
+            "serviceAccount",
+            "automountServiceAccountToken",
+            "nodeName",
+            "hostNetwork",
+            "hostPID",
+            "hostIPC",
+            "shareProcessNamespace",
+            "imagePullSecrets",
+            "hostname",
+            "subdomain",
+            "affinity",
+            "schedulerName",
+            "tolerations",
+            "hostAliases",
+            "priorityClassName",
+            "priority",
+            "dnsConfig",
+            "readinessGates",
+            "runtimeClassName",
+            "enableServiceLinks",
+            "preemptionPolicy",
+            "overhead",
+            "topologySpreadConstraints",
+            "setHostnameAsFQDN",
+            "os",
+            "hostUsers",
+            "schedulingGates",
+            "resourceClaims",
+            "resources",
+        )
+    },
     "containers": [_CONTAINER],
     "initContainers": [_CONTAINER],
     "securityContext": _POD_SECURITY_CONTEXT,
 }
 
 SCHEMAS: dict[str, Node] = {
-    "Pod": {"apiVersion": None, "kind": None, "metadata": _META, "spec": _POD_SPEC,
-            "status": None},
+    "Pod": {"apiVersion": None, "kind": None, "metadata": _META, "spec": _POD_SPEC, "status": None},
     "Deployment": {
-        "apiVersion": None, "kind": None, "metadata": _META, "status": None,
+        "apiVersion": None,
+        "kind": None,
+        "metadata": _META,
+        "status": None,
         "spec": {
-            **{k: None for k in ("replicas", "selector", "strategy", "minReadySeconds",
-                                 "revisionHistoryLimit", "paused", "progressDeadlineSeconds")},
+            **{
+                k: None
+                for k in (
+                    "replicas",
+                    "selector",
+                    "strategy",
+                    "minReadySeconds",
+                    "revisionHistoryLimit",
+                    "paused",
+                    "progressDeadlineSeconds",
+                )
+            },
             "template": {"metadata": _META, "spec": _POD_SPEC},
         },
     },

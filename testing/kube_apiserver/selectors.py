@@ -27,9 +27,7 @@ _KEY = re.compile(
 _VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 # Tokens of the label selector lexer; identifiers stop at any operator character.
-_TOKEN = re.compile(
-    r"\s*(?:(?P<op>==|!=|=|!|>|<|\(|\)|,)|(?P<ident>[^\s=!<>(),]+))"
-)
+_TOKEN = re.compile(r"\s*(?:(?P<op>==|!=|=|!|>|<|\(|\)|,)|(?P<ident>[^\s=!<>(),]+))")
 
 
 @dataclass(frozen=True)
@@ -82,9 +80,7 @@ def _lex(text: str) -> list[tuple[str, str]]:
             break
         match = _TOKEN.match(text, pos)
         if match is None:
-            raise bad_request(
-                f"unable to parse requirement: unexpected character at {text[pos:]!r}"
-            )
+            raise bad_request(f"unable to parse requirement: unexpected character at {text[pos:]!r}")
         if match.group("op") is not None:
             tokens.append(("op", match.group("op")))
         else:
@@ -175,8 +171,7 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                         continue
                     if kind2 != "ident":
                         raise bad_request(
-                            f"unable to parse requirement: found '{text2}', expected: ',', ')' "
-                            "or identifier"
+                            f"unable to parse requirement: found '{text2}', expected: ',', ')' or identifier"
                         )
                     _check_value(key, text2)
                     values.append(text2)
@@ -187,14 +182,11 @@ def parse_label_selector(text: str | None) -> LabelSelector:
                 requirements.append(Requirement(key, word, tuple(values)))
             else:
                 raise bad_request(
-                    f"unable to parse requirement: found '{word}', expected: in, notin, =, "
-                    "==, !=, gt, lt"
+                    f"unable to parse requirement: found '{word}', expected: in, notin, =, ==, !=, gt, lt"
                 )
         if i < len(tokens):
             if tokens[i] != ("op", ","):
-                raise bad_request(
-                    f"unable to parse requirement: found '{tokens[i][1]}', expected: ','"
-                )
+                raise bad_request(f"unable to parse requirement: found '{tokens[i][1]}', expected: ','")
             i += 1
             if i >= len(tokens):
                 raise bad_request("unable to parse requirement: found '', expected: identifier")
@@ -296,7 +288,7 @@ def parse_field_selector(text: str | None, supported: frozenset[str]) -> FieldSe
             continue
         path, equal, raw = _split_field_term(part, text)
         if path not in supported:
-            raise bad_request(f'field label not supported: {path}')
+            raise bad_request(f"field label not supported: {path}")
         requirements.append(FieldRequirement(path, equal, _unescape(raw)))
     return FieldSelector(tuple(requirements))
 

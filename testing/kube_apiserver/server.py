@@ -185,8 +185,9 @@ class KubeApiServer:
             raise RuntimeError(f"no Docker engine answers: {error}") from error
         await reap_orphans(self._docker)
         events = EventRecorder(self.store, self._type("", "v1", "events"), NODE_NAME)
-        self._runner = PodRunner(self.store, self._pods, self._docker, self.instance,
-                                 events=events, backoff=self._backoff)
+        self._runner = PodRunner(
+            self.store, self._pods, self._docker, self.instance, events=events, backoff=self._backoff
+        )
         self._deleter = Deleter(self.store, self.registry, self._runner)
         self._bootstrap()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 2**20)
@@ -206,8 +207,9 @@ class KubeApiServer:
         app.router.add_route("*", r"/apis/{group}/{version}/{tail:.*}", self._group_version)
         app.router.add_route("*", r"/{tail:.*}", self._not_found)
         # Cancel a handler when its client leaves, so idle watches end at once.
-        self._site_runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                                          shutdown_timeout=2.0)
+        self._site_runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        )
         await self._site_runner.setup()
         ssl_context = self.cert.server_context() if self.cert else None
         site = web.TCPSite(self._site_runner, self.host, self.port, ssl_context=ssl_context)
@@ -242,8 +244,13 @@ class KubeApiServer:
 
     def write_kubeconfig(self, path: Path, *, namespace: str = "default") -> Path:
         """Write a kubeconfig for this server (its token and, with TLS, its CA)."""
-        return write_kubeconfig(path, self.url, token=self.token, namespace=namespace,
-                                ca_pem=self.cert.cert_pem if self.cert else None)
+        return write_kubeconfig(
+            path,
+            self.url,
+            token=self.token,
+            namespace=namespace,
+            ca_pem=self.cert.cert_pem if self.cert else None,
+        )
 
     async def _bookmark_loop(self) -> None:
         while True:
@@ -259,20 +266,34 @@ class KubeApiServer:
         for name in BOOTSTRAP_NAMESPACES:
             self._create_namespace_object(name)
         node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": NODE_NAME, "labels": {
-                "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "labels": {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
+            },
             "spec": {},
             "status": {
-                "addresses": [{"type": "InternalIP", "address": NODE_IP},
-                              {"type": "Hostname", "address": NODE_NAME}],
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                                "message": "kubelet is posting ready status",
-                                "lastHeartbeatTime": now_rfc3339(),
-                                "lastTransitionTime": now_rfc3339()}],
-                "nodeInfo": {"kubeletVersion": VERSION_INFO["gitVersion"],
-                             "containerRuntimeVersion": "docker://", "operatingSystem": "linux",
-                             "architecture": "amd64"},
+                "addresses": [
+                    {"type": "InternalIP", "address": NODE_IP},
+                    {"type": "Hostname", "address": NODE_NAME},
+                ],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "kubelet is posting ready status",
+                        "lastHeartbeatTime": now_rfc3339(),
+                        "lastTransitionTime": now_rfc3339(),
+                    }
+                ],
+                "nodeInfo": {
+                    "kubeletVersion": VERSION_INFO["gitVersion"],
+                    "containerRuntimeVersion": "docker://",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
+                },
             },
         }
         self.store.create(self._type("", "v1", "nodes"), node)
@@ -285,19 +306,31 @@ class KubeApiServer:
 
     def _namespace_controllers(self, namespace: str) -> None:
         """What controllers add to every new namespace: its default account and CA bundle."""
-        account = {"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": "default", "namespace": namespace}}
+        account = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "default", "namespace": namespace},
+        }
         self.store.create(self._type("", "v1", "serviceaccounts"), account)
         ca = self.cert.cert_pem.decode() if self.cert else ""
-        bundle = {"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": "kube-root-ca.crt", "namespace": namespace,
-                               "annotations": {"kubernetes.io/description": (
-                                   "Contains a CA bundle that can be used to verify the "
-                                   "kube-apiserver when using internal endpoints such as the "
-                                   "internal service IP or kubernetes.default.svc. No other "
-                                   "usage is guaranteed across distributions of Kubernetes "
-                                   "clusters.")}},
-                  "data": {"ca.crt": ca}}
+        bundle = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "kube-root-ca.crt",
+                "namespace": namespace,
+                "annotations": {
+                    "kubernetes.io/description": (
+                        "Contains a CA bundle that can be used to verify the "
+                        "kube-apiserver when using internal endpoints such as the "
+                        "internal service IP or kubernetes.default.svc. No other "
+                        "usage is guaranteed across distributions of Kubernetes "
+                        "clusters."
+                    )
+                },
+            },
+            "data": {"ca.crt": ca},
+        }
         self.store.create(self._type("", "v1", "configmaps"), bundle)
 
     # --- helpers for tests (call on the server's loop) -----------------------------
@@ -318,23 +351,26 @@ class KubeApiServer:
     async def containers(self) -> list[str]:
         """Ids of every Docker container this server has made and not removed."""
         found = await self.docker.containers.list(
-            all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}"]})
+            all=True, filters={"label": [f"{LABEL_INSTANCE}={self.instance}"]}
+        )
         return [c.id for c in found]
 
     # --- middleware and plain endpoints -----------------------------------------------
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        interesting = ("Accept", "Content-Type", "Upgrade", "Sec-WebSocket-Protocol",
-                       "User-Agent")
-        self.requests.append(RequestRecord(
-            request.method, request.path_qs,
-            {k: request.headers[k] for k in interesting if k in request.headers}))
+        interesting = ("Accept", "Content-Type", "Upgrade", "Sec-WebSocket-Protocol", "User-Agent")
+        self.requests.append(
+            RequestRecord(
+                request.method,
+                request.path_qs,
+                {k: request.headers[k] for k in interesting if k in request.headers},
+            )
+        )
         try:
             if self.token is not None and request.path not in _UNAUTHENTICATED_PATHS:
                 expected = f"Bearer {self.token}"
-                if not secrets.compare_digest(request.headers.get("Authorization", ""),
-                                              expected):
+                if not secrets.compare_digest(request.headers.get("Authorization", ""), expected):
                     raise unauthorized()
             return await handler(request)
         except ApiError as error:
@@ -344,8 +380,9 @@ class KubeApiServer:
         except Exception as error:
             # A bug here must reach clients as the API's own 500, not a text page.
             log.exception("request failed: %s %s", request.method, request.path_qs)
-            return json_response(ApiError(500, "InternalError",
-                                  f"Internal error occurred: {error!r}").body(), 500)
+            return json_response(
+                ApiError(500, "InternalError", f"Internal error occurred: {error!r}").body(), 500
+            )
 
     async def _version(self, request: web.Request) -> web.Response:
         return json_response(VERSION_INFO)
@@ -427,11 +464,13 @@ class KubeApiServer:
     ) -> web.StreamResponse:
         method = request.method
         if sub == "exec" and name is not None and method in ("GET", "POST"):
-            return await serve_pod_exec(request, self.store, self._pods, self.runner,
-                                        self.docker, namespace, name)
+            return await serve_pod_exec(
+                request, self.store, self._pods, self.runner, self.docker, namespace, name
+            )
         if sub == "log" and name is not None and method == "GET":
-            return await serve_pod_log(request, self.store, self._pods, self.runner,
-                                       self.docker, namespace, name)
+            return await serve_pod_log(
+                request, self.store, self._pods, self.runner, self.docker, namespace, name
+            )
         if name is None:
             if method == "GET":
                 if watch_path or parse_bool(request.query, "watch"):
@@ -463,12 +502,14 @@ class KubeApiServer:
             meta = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
             return json_response(to_table(rtype, [obj], meta, include))
         if shape == "partial":
-            return json_response({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                          "metadata": obj["metadata"]})
+            return json_response(
+                {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+            )
         return json_response(obj)
 
-    async def _get(self, request: web.Request, rtype: ResourceType, namespace: str | None,
-                   name: str) -> web.Response:
+    async def _get(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, name: str
+    ) -> web.Response:
         return self._render_one(request, rtype, self.store.get(rtype, namespace, name))
 
     def _selectors(self, request: web.Request, rtype: ResourceType) -> tuple[Any, Any]:
@@ -477,8 +518,7 @@ class KubeApiServer:
         fields = parse_field_selector(request.query.get("fieldSelector"), supported)
         return labels, fields
 
-    async def _list(self, request: web.Request, rtype: ResourceType,
-                    namespace: str | None) -> web.Response:
+    async def _list(self, request: web.Request, rtype: ResourceType, namespace: str | None) -> web.Response:
         labels, fields = self._selectors(request, rtype)
         shape, include = negotiate(request)
         limit = parse_int(request.query, "limit") or 0
@@ -488,13 +528,15 @@ class KubeApiServer:
         if token:
             revision, start = decode_continue(token)
             if revision < self.store.compacted:
-                raise gone("The provided continue parameter is too old to display a consistent "
-                           "list result. You can start a new list without the continue "
-                           "parameter, or use the continue token in this response to retrieve "
-                           "the remainder of the results. Continuing with the provided token "
-                           "results in an inconsistent list - objects that were created, "
-                           "modified, or deleted between the time the first chunk was returned "
-                           "and now may show up in the list.")
+                raise gone(
+                    "The provided continue parameter is too old to display a consistent "
+                    "list result. You can start a new list without the continue "
+                    "parameter, or use the continue token in this response to retrieve "
+                    "the remainder of the results. Continuing with the provided token "
+                    "results in an inconsistent list - objects that were created, "
+                    "modified, or deleted between the time the first chunk was returned "
+                    "and now may show up in the list."
+                )
             items = [o for o in items if self._key(rtype, o) > start]
         list_meta: Obj = {"resourceVersion": str(revision)}
         if limit > 0 and len(items) > limit:
@@ -505,21 +547,38 @@ class KubeApiServer:
         if shape == "table":
             return json_response(to_table(rtype, items, list_meta, include))
         if shape == "partial":
-            return json_response({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
-                          "metadata": list_meta,
-                          "items": [{"kind": "PartialObjectMetadata",
-                                     "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
-                                    for o in items]})
-        return json_response({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
-                      "metadata": list_meta, "items": [strip_type_meta(o) for o in items]})
+            return json_response(
+                {
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": list_meta,
+                    "items": [
+                        {
+                            "kind": "PartialObjectMetadata",
+                            "apiVersion": "meta.k8s.io/v1",
+                            "metadata": o["metadata"],
+                        }
+                        for o in items
+                    ],
+                }
+            )
+        return json_response(
+            {
+                "kind": rtype.list_kind,
+                "apiVersion": rtype.api_version,
+                "metadata": list_meta,
+                "items": [strip_type_meta(o) for o in items],
+            }
+        )
 
     @staticmethod
     def _key(rtype: ResourceType, obj: Obj) -> tuple[str, str]:
         meta = obj["metadata"]
         return (meta.get("namespace", "") if rtype.namespaced else "", meta["name"])
 
-    async def _watch(self, request: web.Request, rtype: ResourceType,
-                     namespace: str | None, pinned: str | None = None) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, pinned: str | None = None
+    ) -> web.StreamResponse:
         labels, fields = self._selectors(request, rtype)
         if pinned is not None:
             supported, _ = field_getter(rtype.plural)
@@ -528,20 +587,27 @@ class KubeApiServer:
         timeout = parse_int(request.query, "timeoutSeconds")
         send_initial = request.query.get("sendInitialEvents")
         watcher = self.store.watch(
-            rtype, namespace, labels, fields,
+            rtype,
+            namespace,
+            labels,
+            fields,
             resource_version=request.query.get("resourceVersion"),
             allow_bookmarks=parse_bool(request.query, "allowWatchBookmarks"),
-            send_initial_events=None if send_initial is None
+            send_initial_events=None
+            if send_initial is None
             else parse_bool(request.query, "sendInitialEvents"),
         )
-        return await serve_watch(request, self.store, watcher,
-                                 timeout_seconds=float(timeout) if timeout else None,
-                                 table_include=include if shape == "table" else None)
+        return await serve_watch(
+            request,
+            self.store,
+            watcher,
+            timeout_seconds=float(timeout) if timeout else None,
+            table_include=include if shape == "table" else None,
+        )
 
     # --- writes ----------------------------------------------------------------------
 
-    def _check_namespace_open(self, rtype: ResourceType, namespace: str | None,
-                              name: str) -> None:
+    def _check_namespace_open(self, rtype: ResourceType, namespace: str | None, name: str) -> None:
         if not rtype.namespaced:
             return
         ns = self.store.peek(self._namespaces, None, namespace or "")
@@ -549,23 +615,29 @@ class KubeApiServer:
             raise not_found("namespaces", namespace or "")
         if ns["metadata"].get("deletionTimestamp"):
             raise ApiError(
-                403, "Forbidden",
+                403,
+                "Forbidden",
                 f'{rtype.qualified} "{name}" is forbidden: unable to create new content in '
                 f"namespace {namespace} because it is being terminated",
-                {"name": name, "kind": rtype.plural,
-                 "causes": [{"reason": "NamespaceTerminating",
-                             "message": f"namespace {namespace} is being terminated",
-                             "field": "metadata.namespace"}]},
+                {
+                    "name": name,
+                    "kind": rtype.plural,
+                    "causes": [
+                        {
+                            "reason": "NamespaceTerminating",
+                            "message": f"namespace {namespace} is being terminated",
+                            "field": "metadata.namespace",
+                        }
+                    ],
+                },
             )
 
-    async def _create(self, request: web.Request, rtype: ResourceType,
-                      namespace: str | None) -> web.Response:
+    async def _create(self, request: web.Request, rtype: ResourceType, namespace: str | None) -> web.Response:
         dry_run = parse_dry_run(request.query)
         body = await read_body(request)
         return self._create_object(request, rtype, namespace, body, dry_run)
 
-    def _validate_fields(self, request: web.Request, rtype: ResourceType,
-                         obj: Obj) -> list[str]:
+    def _validate_fields(self, request: web.Request, rtype: ResourceType, obj: Obj) -> list[str]:
         """Drop unknown fields; 400 under Strict, else the Warning header values."""
         directive = parse_field_validation(request.query)
         unknown = prune_unknown(rtype.kind, obj)
@@ -573,12 +645,15 @@ class KubeApiServer:
             return []
         rendered = [f'unknown field "{path}"' for path in unknown]
         if directive == "Strict":
-            raise bad_request(f'{rtype.kind} in version "{rtype.version}" cannot be handled as '
-                              f"a {rtype.kind}: strict decoding error: {', '.join(rendered)}")
+            raise bad_request(
+                f'{rtype.kind} in version "{rtype.version}" cannot be handled as '
+                f"a {rtype.kind}: strict decoding error: {', '.join(rendered)}"
+            )
         return [f"299 - {json.dumps(text)}" for text in rendered]
 
-    def _create_object(self, request: web.Request, rtype: ResourceType, namespace: str | None,
-                       body: Any, dry_run: bool) -> web.Response:
+    def _create_object(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, body: Any, dry_run: bool
+    ) -> web.Response:
         obj = check_body_identity(rtype, body, namespace)
         warnings = self._validate_fields(request, rtype, obj)
         meta = obj["metadata"]
@@ -594,8 +669,9 @@ class KubeApiServer:
                 self._namespace_controllers(created["metadata"]["name"])
         return json_response(created, 201, warnings)
 
-    async def _update(self, request: web.Request, rtype: ResourceType, namespace: str | None,
-                      name: str, sub: str | None) -> web.Response:
+    async def _update(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, name: str, sub: str | None
+    ) -> web.Response:
         if sub not in (None, "status"):
             raise method_not_allowed()
         dry_run = parse_dry_run(request.query)
@@ -604,11 +680,13 @@ class KubeApiServer:
         warnings = self._validate_fields(request, rtype, obj)
         current = self.store.get(rtype, namespace, name)
         new = admit_update(rtype, current, obj, subresource=sub)
-        return json_response(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
-                     warnings=warnings)
+        return json_response(
+            self.store.replace(rtype, new, check_version=True, dry_run=dry_run), warnings=warnings
+        )
 
-    async def _patch(self, request: web.Request, rtype: ResourceType, namespace: str | None,
-                     name: str, sub: str | None) -> web.Response:
+    async def _patch(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, name: str, sub: str | None
+    ) -> web.Response:
         if sub not in (None, "status"):
             raise method_not_allowed()
         dry_run = parse_dry_run(request.query)
@@ -616,9 +694,12 @@ class KubeApiServer:
         body = await read_body(request)
         if content_type == "application/apply-patch+yaml":
             if not request.query.get("fieldManager"):
-                raise ApiError(422, "Invalid",
-                               'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required '
-                               "value: is required for apply patch")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required '
+                    "value: is required for apply patch",
+                )
             if self.store.peek(rtype, namespace, name) is None:
                 if isinstance(body, dict):
                     body.setdefault("metadata", {}).setdefault("name", name)
@@ -628,18 +709,20 @@ class KubeApiServer:
             patched = json_patch(current, body)
         elif content_type == "application/merge-patch+json":
             patched = merge_patch(current, body)
-        elif content_type in ("application/strategic-merge-patch+json",
-                              "application/apply-patch+yaml"):
+        elif content_type in ("application/strategic-merge-patch+json", "application/apply-patch+yaml"):
             patched = strategic_merge_patch(current, body)
         else:
-            raise ApiError(415, "UnsupportedMediaType",
-                           f'the server does not support the media type "{content_type}" for '
-                           "PATCH")
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                f'the server does not support the media type "{content_type}" for PATCH',
+            )
         obj = check_body_identity(rtype, patched, namespace)
         warnings = self._validate_fields(request, rtype, obj)
         new = admit_update(rtype, current, obj, subresource=sub)
-        return json_response(self.store.replace(rtype, new, check_version=True, dry_run=dry_run),
-                     warnings=warnings)
+        return json_response(
+            self.store.replace(rtype, new, check_version=True, dry_run=dry_run), warnings=warnings
+        )
 
     # --- deletes -----------------------------------------------------------------------
 
@@ -657,19 +740,26 @@ class KubeApiServer:
         pre = options.get("preconditions") or {}
         meta = obj["metadata"]
         if pre.get("uid") and pre["uid"] != meta.get("uid"):
-            raise ApiError(409, "Conflict",
-                           f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
-                           f"object meta: {meta.get('uid')}",
-                           {"name": meta["name"], "kind": rtype.plural})
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Precondition failed: UID in precondition: {pre['uid']}, UID in "
+                f"object meta: {meta.get('uid')}",
+                {"name": meta["name"], "kind": rtype.plural},
+            )
         if pre.get("resourceVersion") and pre["resourceVersion"] != meta.get("resourceVersion"):
-            raise ApiError(409, "Conflict",
-                           f"Precondition failed: ResourceVersion in precondition: "
-                           f"{pre['resourceVersion']}, ResourceVersion in object meta: "
-                           f"{meta.get('resourceVersion')}",
-                           {"name": meta["name"], "kind": rtype.plural})
+            raise ApiError(
+                409,
+                "Conflict",
+                f"Precondition failed: ResourceVersion in precondition: "
+                f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                f"{meta.get('resourceVersion')}",
+                {"name": meta["name"], "kind": rtype.plural},
+            )
 
-    async def _delete(self, request: web.Request, rtype: ResourceType, namespace: str | None,
-                      name: str) -> web.Response:
+    async def _delete(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None, name: str
+    ) -> web.Response:
         options = await self._delete_options(request)
         current = self.store.get(rtype, namespace, name)
         self._check_preconditions(rtype, current, options)
@@ -681,9 +771,12 @@ class KubeApiServer:
             return json_response(pod)
         if rtype is self._namespaces:
             if name in UNDELETABLE_NAMESPACES:
-                raise ApiError(403, "Forbidden",
-                               f'namespaces "{name}" is forbidden: this namespace may not be '
-                               "deleted", {"name": name, "kind": "namespaces"})
+                raise ApiError(
+                    403,
+                    "Forbidden",
+                    f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                    {"name": name, "kind": "namespaces"},
+                )
             if dry_run:
                 return json_response(current)
             return json_response(self.deleter.begin_namespace_deletion(name))
@@ -693,8 +786,9 @@ class KubeApiServer:
             details["group"] = rtype.group
         return json_response(success_body(details))
 
-    async def _delete_collection(self, request: web.Request, rtype: ResourceType,
-                                 namespace: str | None) -> web.Response:
+    async def _delete_collection(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None
+    ) -> web.Response:
         options = await self._delete_options(request)
         labels, fields = self._selectors(request, rtype)
         dry_run = bool(options.get("dryRun"))
@@ -711,6 +805,11 @@ class KubeApiServer:
                     out.append(self.deleter.begin_namespace_deletion(meta["name"]))
             else:
                 out.append(self.store.delete(rtype, meta.get("namespace"), meta["name"]))
-        return json_response({"kind": rtype.list_kind, "apiVersion": rtype.api_version,
-                      "metadata": {"resourceVersion": str(self.store.revision)},
-                      "items": [strip_type_meta(o) for o in out]})
+        return json_response(
+            {
+                "kind": rtype.list_kind,
+                "apiVersion": rtype.api_version,
+                "metadata": {"resourceVersion": str(self.store.revision)},
+                "items": [strip_type_meta(o) for o in out],
+            }
+        )

@@ -33,9 +33,7 @@ def status_body(
 
 def success_body(details: dict[str, Any] | None = None) -> dict[str, Any]:
     """A Success metav1.Status (what DELETE of a non-pod object answers)."""
-    body: dict[str, Any] = {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"
-    }
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
     if details is not None:
         body["details"] = details
     return body
@@ -122,8 +120,9 @@ def bad_request(message: str) -> ApiError:
 
 def method_not_allowed() -> ApiError:
     """405 MethodNotAllowed."""
-    return ApiError(405, "MethodNotAllowed",
-                    "the server does not allow this method on the requested resource", {})
+    return ApiError(
+        405, "MethodNotAllowed", "the server does not allow this method on the requested resource", {}
+    )
 
 
 def gone(message: str) -> ApiError:

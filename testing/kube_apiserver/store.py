@@ -206,8 +206,7 @@ class Store:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta.setdefault("generation", 1)
-        for transient in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds",
-                          "selfLink"):
+        for transient in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(transient, None)
         if dry_run:
             return copy.deepcopy(obj)
@@ -280,8 +279,7 @@ class Store:
         change(updated)
         return self.replace(rtype, updated, check_version=False, system=True)
 
-    def delete(self, rtype: ResourceType, namespace: str | None, name: str,
-               *, dry_run: bool = False) -> Obj:
+    def delete(self, rtype: ResourceType, namespace: str | None, name: str, *, dry_run: bool = False) -> Obj:
         """Remove an object; the DELETED event carries a fresh resourceVersion."""
         key = key_of(rtype, namespace, name)
         current = self._table(rtype).get(key)
@@ -328,21 +326,18 @@ class Store:
             for obj in self.list(rtype, namespace, labels, fields):
                 watcher.queue.put_nowait({"type": "ADDED", "object": obj})
             if send_initial_events and allow_bookmarks:
-                watcher.queue.put_nowait(
-                    self._bookmark(rtype, {"k8s.io/initial-events-end": "true"})
-                )
+                watcher.queue.put_nowait(self._bookmark(rtype, {"k8s.io/initial-events-end": "true"}))
         else:
             try:
                 since = int(resource_version or "0")
             except ValueError:
-                raise ApiError(
-                    400, "BadRequest", f'invalid resource version: "{resource_version}"'
-                ) from None
+                raise ApiError(400, "BadRequest", f'invalid resource version: "{resource_version}"') from None
             if since < self.compacted:
                 watcher.queue.put_nowait(
-                    {"type": "ERROR", "object": gone(
-                        f"too old resource version: {since} ({self.compacted + 1})"
-                    ).body()}
+                    {
+                        "type": "ERROR",
+                        "object": gone(f"too old resource version: {since} ({self.compacted + 1})").body(),
+                    }
                 )
                 watcher.queue.put_nowait(None)
                 return watcher
@@ -351,9 +346,12 @@ class Store:
                     504,
                     "Timeout",
                     f"Too large resource version: {since}, current: {self.revision}",
-                    {"causes": [{"reason": "ResourceVersionTooLarge",
-                                 "message": "Too large resource version"}],
-                     "retryAfterSeconds": 1},
+                    {
+                        "causes": [
+                            {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+                        ],
+                        "retryAfterSeconds": 1,
+                    },
                 )
                 watcher.queue.put_nowait({"type": "ERROR", "object": timeout.body()})
                 watcher.queue.put_nowait(None)
@@ -395,8 +393,10 @@ class Store:
         meta: Obj = {"resourceVersion": str(self.revision), "creationTimestamp": None}
         if annotations:
             meta["annotations"] = annotations
-        return {"type": "BOOKMARK",
-                "object": {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta}}
+        return {
+            "type": "BOOKMARK",
+            "object": {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta},
+        }
 
     def send_bookmarks(self) -> None:
         """Queue a BOOKMARK at the current revision to every watcher that allows them.

@@ -15,38 +15,58 @@ from .resources import ResourceType
 Obj = dict[str, Any]
 
 _NAME_COLUMN = {
-    "name": "Name", "type": "string", "format": "name", "priority": 0,
+    "name": "Name",
+    "type": "string",
+    "format": "name",
+    "priority": 0,
     "description": "Name must be unique within a namespace. Is required when creating "
-                   "resources, although some resources may allow a client to request the "
-                   "generation of an appropriate name automatically.",
+    "resources, although some resources may allow a client to request the "
+    "generation of an appropriate name automatically.",
 }
 _AGE_COLUMN = {
-    "name": "Age", "type": "string", "format": "", "priority": 0,
+    "name": "Age",
+    "type": "string",
+    "format": "",
+    "priority": 0,
     "description": "CreationTimestamp is a timestamp representing the server time when this "
-                   "object was created.",
+    "object was created.",
 }
 
 
 def _column(name: str, kind: str, description: str, priority: int = 0) -> Obj:
-    return {"name": name, "type": kind, "format": "", "description": description,
-            "priority": priority}
+    return {"name": name, "type": kind, "format": "", "description": description, "priority": priority}
 
 
 _POD_COLUMNS = [
     _NAME_COLUMN,
     _column("Ready", "string", "The aggregate readiness state of this pod for accepting traffic."),
     _column("Status", "string", "The aggregate status of the containers in this pod."),
-    _column("Restarts", "string", "The number of times the containers in this pod have been "
-            "restarted and when the last container in this pod has restarted."),
+    _column(
+        "Restarts",
+        "string",
+        "The number of times the containers in this pod have been "
+        "restarted and when the last container in this pod has restarted.",
+    ),
     _AGE_COLUMN,
-    _column("IP", "string", "IP address allocated to the pod. Routable at least within the "
-            "cluster. Empty if not yet allocated.", 1),
-    _column("Node", "string", "NodeName is a request to schedule this pod onto a specific "
-            "node.", 1),
-    _column("Nominated Node", "string", "nominatedNodeName is set only when this pod preempts "
-            "other pods on the node.", 1),
-    _column("Readiness Gates", "string", "If specified, all readiness gates will be evaluated "
-            "for pod readiness.", 1),
+    _column(
+        "IP",
+        "string",
+        "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+        1,
+    ),
+    _column("Node", "string", "NodeName is a request to schedule this pod onto a specific node.", 1),
+    _column(
+        "Nominated Node",
+        "string",
+        "nominatedNodeName is set only when this pod preempts other pods on the node.",
+        1,
+    ),
+    _column(
+        "Readiness Gates",
+        "string",
+        "If specified, all readiness gates will be evaluated for pod readiness.",
+        1,
+    ),
 ]
 
 _NAMESPACE_COLUMNS = [
@@ -57,9 +77,14 @@ _NAMESPACE_COLUMNS = [
 
 _DEFAULT_COLUMNS = [
     _NAME_COLUMN,
-    {"name": "Created At", "type": "date", "format": "", "priority": 0,
-     "description": "CreationTimestamp is a timestamp representing the server time when this "
-                    "object was created."},
+    {
+        "name": "Created At",
+        "type": "date",
+        "format": "",
+        "priority": 0,
+        "description": "CreationTimestamp is a timestamp representing the server time when this "
+        "object was created.",
+    },
 ]
 
 
@@ -151,8 +176,11 @@ def _row_object(obj: Obj, include: str) -> Obj | None:
         return None
     if include == "Object":
         return obj
-    return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-            "metadata": obj.get("metadata", {})}
+    return {
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata", {}),
+    }
 
 
 def columns_for(rtype: ResourceType) -> list[Obj]:

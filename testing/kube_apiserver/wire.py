@@ -15,8 +15,7 @@ from .status import ApiError, bad_request, unsupported_media_type
 Obj = dict[str, Any]
 
 
-def json_response(body: Any, status: int = 200,
-                  warnings: list[str] | None = None) -> web.Response:
+def json_response(body: Any, status: int = 200, warnings: list[str] | None = None) -> web.Response:
     """A compact JSON response, with ``Warning`` headers if any."""
     response = web.Response(
         body=json.dumps(body, separators=(",", ":")).encode(),
@@ -54,9 +53,11 @@ def negotiate(request: web.Request) -> tuple[str, str]:
             return "partial", include
         if shape is None:
             return "json", include
-    raise ApiError(406, "NotAcceptable",
-                   "only the following media types are accepted: application/json, "
-                   "application/yaml")
+    raise ApiError(
+        406,
+        "NotAcceptable",
+        "only the following media types are accepted: application/json, application/yaml",
+    )
 
 
 def encode_continue(revision: int, key: tuple[str, str]) -> str:
@@ -71,8 +72,9 @@ def decode_continue(token: str) -> tuple[int, tuple[str, str]]:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         return int(data["rv"]), (str(data["start"][0]), str(data["start"][1]))
     except (ValueError, KeyError, IndexError, TypeError, binascii.Error):
-        raise bad_request("continue key is not valid: incorrect encoded start resourceVersion "
-                          "(version meta.k8s.io/v1)") from None
+        raise bad_request(
+            "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+        ) from None
 
 
 async def read_body(request: web.Request) -> Any:

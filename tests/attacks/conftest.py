@@ -53,8 +53,7 @@ def serve(tmp_path: Path, client_key: ClientKey) -> Iterator[ServeGateway]:
     def start(overrides: dict[str, Any] | None = None, *args: str) -> GatewayProcess:
         directory = tmp_path / f"serve{len(started)}"
         directory.mkdir(mode=0o700)
-        gateway = GatewayProcess(attack_config(directory, client_key, overrides), *args,
-                                 key=client_key)
+        gateway = GatewayProcess(attack_config(directory, client_key, overrides), *args, key=client_key)
         started.append(gateway)
         return gateway.start()
 

@@ -44,8 +44,9 @@ def docker_gateway(serve: ServeGateway, **overrides: Any) -> tuple[GatewayProces
     The pre-auth limits are off: this attacker has logged in, many times at once.
     """
     instance = f"attack-env-{secrets.token_hex(4)}"
-    return serve({**docker_overrides("connection"), "instance_id": instance,
-                  "ssh": NO_ADMISSION_LIMITS, **overrides}), instance
+    return serve(
+        {**docker_overrides("connection"), "instance_id": instance, "ssh": NO_ADMISSION_LIMITS, **overrides}
+    ), instance
 
 
 def test_one_user_gets_only_the_per_user_cap_of_containers(serve: ServeGateway) -> None:

@@ -24,7 +24,11 @@ from tests.support.sshd import OpenSSHServer, Reference
 __all__ = ["kube_apiserver"]
 
 CONFORMANCE_BACKENDS = [
-    "local", "docker-connection", "docker-session", "kubernetes", "kubernetes-session",
+    "local",
+    "docker-connection",
+    "docker-session",
+    "kubernetes",
+    "kubernetes-session",
 ]
 
 # Backends where every channel gets an environment of its own, and the tests
@@ -70,8 +74,9 @@ def backend_kubernetes(kube_apiserver: KubeApiServerThread, conformance_namespac
 
 
 @pytest.fixture
-def backend_kubernetes_session(kube_apiserver: KubeApiServerThread,
-                               conformance_namespace: str) -> dict[str, Any]:
+def backend_kubernetes_session(
+    kube_apiserver: KubeApiServerThread, conformance_namespace: str
+) -> dict[str, Any]:
     """Kubernetes, a pod per channel, on the API test server."""
     return kubernetes_overrides(kube_apiserver, conformance_namespace, "session")
 
@@ -99,8 +104,7 @@ def gw(make_gateway: MakeGateway, backend_overrides: dict[str, Any]) -> GatewayT
 
 
 @pytest.fixture(scope="session")
-def sshd_reference(tmp_path_factory: pytest.TempPathFactory,
-                   client_key: ClientKey) -> Iterator[Reference]:
+def sshd_reference(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> Iterator[Reference]:
     """OpenSSH's sshd on loopback, for the whole run: what every backend is compared with."""
     server = OpenSSHServer(tmp_path_factory.mktemp("sshd"), client_key).start()
     yield Reference(server)

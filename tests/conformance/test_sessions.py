@@ -48,7 +48,10 @@ def test_exec_with_a_pty_merges_stderr_and_sets_term(gw: GatewayThread) -> None:
     env = {**os.environ, "TERM": "xterm-256color"}
     result = subprocess.run(
         gw.ssh_argv("tty; echo TERM=$TERM; echo err >&2", options=["-tt"]),
-        capture_output=True, timeout=60, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
     assert b"/dev/pts/" in result.stdout
     assert b"TERM=xterm-256color" in result.stdout
@@ -83,10 +86,7 @@ def test_interactive_shell_sees_size_and_resize(gw: GatewayThread, tmp_path: Pat
 
 
 def test_full_screen_program_is_told_of_window_changes(gw: GatewayThread, tmp_path: Path) -> None:
-    program = (
-        "trap 'echo WINCH $(stty size)' WINCH; echo READY;"
-        " while true; do sleep 1 & wait $!; done"
-    )
+    program = "trap 'echo WINCH $(stty size)' WINCH; echo READY; while true; do sleep 1 & wait $!; done"
     term = Tmux("winch", tmp_path)
     try:
         term.start(gw.ssh_argv(program, options=["-tt"]), width=80, height=24)
@@ -121,8 +121,7 @@ async def test_window_change_during_a_slow_start_reaches_the_program(
     monkeypatch.setattr(gw.gateway, "open_environment", slow_first_start)
     try:
         async with await connect(gw) as conn:
-            process = await conn.create_process("read go; stty size", term_type="xterm",
-                                                term_size=(80, 24))
+            process = await conn.create_process("read go; stty size", term_type="xterm", term_size=(80, 24))
             await asyncio.to_thread(asked.wait, 60)
             process.change_terminal_size(100, 30)
             # The gateway handles a connection's messages in order: once a later
@@ -167,9 +166,7 @@ async def test_untrapped_signal_ends_the_program_with_exit_signal(gw: GatewayThr
 @pytest.mark.parametrize("pty", [False, True], ids=["no-pty", "pty"])
 async def test_break_interrupts_the_program(gw: GatewayThread, pty: bool) -> None:
     async with await connect(gw) as conn:
-        process = await conn.create_process(
-            "echo ready; exec sleep 1000", term_type="xterm" if pty else None
-        )
+        process = await conn.create_process("echo ready; exec sleep 1000", term_type="xterm" if pty else None)
         assert (await process.stdout.readline()).strip() == "ready"
         process.send_break(100)
         result = await process.wait(timeout=20)
@@ -191,9 +188,11 @@ async def test_several_channels_run_at_once_on_one_connection(gw: GatewayThread)
 
 async def test_many_parallel_channels_keep_their_data_apart(gw: GatewayThread) -> None:
     async with await connect(gw) as conn:
+
         async def echo(n: int) -> str:
             result = await conn.run("cat", input=f"channel-{n}\n" * 1000, timeout=30)
             return str(result.stdout)
+
         outputs = await asyncio.gather(*(echo(n) for n in range(5)))
     for n, output in enumerate(outputs):
         assert output == f"channel-{n}\n" * 1000
@@ -203,12 +202,14 @@ def _control_master(gw: GatewayThread, tmp_path: Path) -> tuple[list[str], subpr
     socket = tmp_path / "cm.sock"
     master = subprocess.Popen(
         gw.ssh_argv(options=["-M", "-S", str(socket), "-N"]),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     check = gw.ssh_argv(options=["-S", str(socket), "-O", "check"])
     from tests.support.gateway import wait_until
-    wait_until(lambda: subprocess.run(check, capture_output=True).returncode == 0,
-               message="control master")
+
+    wait_until(lambda: subprocess.run(check, capture_output=True).returncode == 0, message="control master")
     return ["-o", f"ControlPath={socket}"], master
 
 
@@ -220,21 +221,22 @@ def test_sftp_and_scp_round_trip_files_byte_identical(gw: GatewayThread, tmp_pat
         back_sftp = tmp_path / "back-sftp.bin"
         back_scp = tmp_path / "back-scp.bin"
         batch = tmp_path / "batch"
-        batch.write_text(
-            f"put {original} /tmp/pairpod-sftp.bin\nget /tmp/pairpod-sftp.bin {back_sftp}\n"
-        )
+        batch.write_text(f"put {original} /tmp/pairpod-sftp.bin\nget /tmp/pairpod-sftp.bin {back_sftp}\n")
         sftp = subprocess.run(
-            ["sftp", *gw.ssh_options(extra=options), "-P", str(gw.port), "-b", str(batch),
-             "127.0.0.1"], capture_output=True, timeout=60,
+            ["sftp", *gw.ssh_options(extra=options), "-P", str(gw.port), "-b", str(batch), "127.0.0.1"],
+            capture_output=True,
+            timeout=60,
         )
         assert sftp.returncode == 0, sftp.stderr
         assert back_sftp.read_bytes() == original.read_bytes()
         scp_base = ["scp", *gw.ssh_options(extra=options), "-P", str(gw.port)]
-        up = subprocess.run([*scp_base, str(original), "127.0.0.1:/tmp/pairpod-scp.bin"],
-                            capture_output=True, timeout=60)
+        up = subprocess.run(
+            [*scp_base, str(original), "127.0.0.1:/tmp/pairpod-scp.bin"], capture_output=True, timeout=60
+        )
         assert up.returncode == 0, up.stderr
-        down = subprocess.run([*scp_base, "127.0.0.1:/tmp/pairpod-scp.bin", str(back_scp)],
-                              capture_output=True, timeout=60)
+        down = subprocess.run(
+            [*scp_base, "127.0.0.1:/tmp/pairpod-scp.bin", str(back_scp)], capture_output=True, timeout=60
+        )
         assert down.returncode == 0, down.stderr
         assert back_scp.read_bytes() == original.read_bytes()
         listing = gw.ssh("ls -l /tmp/pairpod-scp.bin", options=options)
@@ -246,12 +248,10 @@ def test_sftp_and_scp_round_trip_files_byte_identical(gw: GatewayThread, tmp_pat
 
 async def test_sftp_client_sees_the_environments_files(gw: GatewayThread) -> None:
     async with await connect(gw) as conn:
-        await conn.run("mkdir -p /tmp/pairpod-sftp-dir && echo content > /tmp/pairpod-sftp-dir/f",
-                       check=True)
+        await conn.run("mkdir -p /tmp/pairpod-sftp-dir && echo content > /tmp/pairpod-sftp-dir/f", check=True)
         async with conn.start_sftp_client() as sftp:
             names = await sftp.listdir("/tmp/pairpod-sftp-dir")
             async with sftp.open("/tmp/pairpod-sftp-dir/f", "rb") as handle:
                 data = await handle.read()
     assert "f" in names
     assert data == b"content\n"
-

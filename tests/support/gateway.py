@@ -31,8 +31,12 @@ from pairpod.ssh import Gateway
 DEFAULT_WAIT = 20.0
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = DEFAULT_WAIT,
-               interval: float = 0.02, message: str = "condition") -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = DEFAULT_WAIT,
+    interval: float = 0.02,
+    message: str = "condition",
+) -> Any:
     """Poll an observable condition until it holds; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -56,15 +60,18 @@ class ClientKey:
         """Generate a fresh ed25519 key in ``directory``."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / name
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True
+        )
         return cls(path, (directory / f"{name}.pub").read_text().strip())
 
 
 # The pre-auth limits switched off: every test client comes from 127.0.0.1, and
 # tests that are not about those limits open many connections at once.
 NO_ADMISSION_LIMITS: dict[str, Any] = {
-    "max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None,
+    "max_startups": "1000",
+    "per_source_max_startups": None,
+    "per_source_rate": None,
 }
 
 
@@ -94,34 +101,65 @@ class OpenSSHClient:
     key: ClientKey
     port: int
 
-    def ssh_options(self, user: str = "alice", key: ClientKey | None = None,
-                    extra: Sequence[str] = (), batch: bool = True) -> list[str]:
+    def ssh_options(
+        self, user: str = "alice", key: ClientKey | None = None, extra: Sequence[str] = (), batch: bool = True
+    ) -> list[str]:
         """Options common to ssh, scp and sftp (without the port flag)."""
         # ssh takes the first value of an option: the caller's come first.
         return [
             *extra,
-            "-F", "/dev/null",
-            "-i", str((key or self.key).private),
-            "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null",
-            "-o", f"BatchMode={'yes' if batch else 'no'}",
-            "-o", "LogLevel=ERROR",
-            "-o", f"User={user}",
+            "-F",
+            "/dev/null",
+            "-i",
+            str((key or self.key).private),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            f"BatchMode={'yes' if batch else 'no'}",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"User={user}",
         ]
 
-    def ssh_argv(self, *command: str, user: str = "alice", options: Sequence[str] = (),
-                 key: ClientKey | None = None, batch: bool = True) -> list[str]:
+    def ssh_argv(
+        self,
+        *command: str,
+        user: str = "alice",
+        options: Sequence[str] = (),
+        key: ClientKey | None = None,
+        batch: bool = True,
+    ) -> list[str]:
         """``ssh`` argv for a command on this gateway (``batch=False`` allows prompts)."""
-        return ["ssh", *self.ssh_options(user, key, options, batch), "-p", str(self.port),
-                "127.0.0.1", *command]
+        return [
+            "ssh",
+            *self.ssh_options(user, key, options, batch),
+            "-p",
+            str(self.port),
+            "127.0.0.1",
+            *command,
+        ]
 
-    def ssh(self, *command: str, input: bytes | None = None, user: str = "alice",
-            options: Sequence[str] = (), timeout: float = 60,
-            key: ClientKey | None = None) -> subprocess.CompletedProcess[bytes]:
+    def ssh(
+        self,
+        *command: str,
+        input: bytes | None = None,
+        user: str = "alice",
+        options: Sequence[str] = (),
+        timeout: float = 60,
+        key: ClientKey | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run ``ssh`` to completion and capture its output."""
-        return subprocess.run(self.ssh_argv(*command, user=user, options=options, key=key),
-                              input=input, capture_output=True, timeout=timeout)
+        return subprocess.run(
+            self.ssh_argv(*command, user=user, options=options, key=key),
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+        )
 
 
 class GatewayThread(OpenSSHClient):
@@ -159,14 +197,18 @@ class GatewayThread(OpenSSHClient):
 
     def task_count(self) -> int:
         """How many asyncio tasks exist on the gateway's loop (not counting the asker)."""
+
         async def count() -> int:
             return len(asyncio.all_tasks()) - 1
+
         return int(self.call(count()))
 
     def connection_count(self) -> int:
         """Live SSH connections."""
+
         async def count() -> int:
             return len(self.gateway.connections)
+
         return int(self.call(count()))
 
 
@@ -189,9 +231,9 @@ class GatewayProcess(OpenSSHClient):
         """Start and wait for the listening line."""
         log_file = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pairpod.cli", "serve", "--config", str(self.config_path),
-             *self.args],
-            stdout=log_file, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "pairpod.cli", "serve", "--config", str(self.config_path), *self.args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
         match = wait_until(lambda: self._listening() or self._exited(), message="gateway start")
         if isinstance(match, str):
@@ -238,14 +280,24 @@ class Tmux:
         self.socket = str(socket_dir / "tmux.sock")
 
     def _tmux(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True,
-                              check=check)
+        return subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, check=check)
 
     def start(self, argv: Sequence[str], width: int = 100, height: int = 30) -> Tmux:
         """Run ``argv`` in a detached session of the given size."""
         cmd = " ".join(_shell_quote(a) for a in argv)
-        self._tmux("-f", "/dev/null", "new-session", "-d", "-s", self.name, "-x", str(width),
-                   "-y", str(height), f"{cmd}; echo PANE-EXIT=$?; sleep 600")
+        self._tmux(
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            self.name,
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            f"{cmd}; echo PANE-EXIT=$?; sleep 600",
+        )
         self._tmux("set-option", "-g", "remain-on-exit", "on", check=False)
         return self
 
@@ -264,8 +316,9 @@ class Tmux:
     def wait_for(self, pattern: str, timeout: float = DEFAULT_WAIT) -> re.Match[str]:
         """Wait until the screen matches ``pattern``."""
         try:
-            return wait_until(lambda: re.search(pattern, self.screen()), timeout,
-                              message=f"screen to match {pattern!r}")
+            return wait_until(
+                lambda: re.search(pattern, self.screen()), timeout, message=f"screen to match {pattern!r}"
+            )
         except AssertionError as error:
             raise AssertionError(f"{error}\n--- screen ---\n{self.screen()}") from None
 
@@ -280,6 +333,7 @@ class Tmux:
 
 def _shell_quote(text: str) -> str:
     import shlex
+
     return shlex.quote(text)
 
 

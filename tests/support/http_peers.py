@@ -157,12 +157,8 @@ class _Webhook(Peer):
         self.modes: dict[str, str] = {}  # per username, over ``mode``
         self.failures_left = 0  # for "flaky": 500 this many times, then good
 
-    async def _broken(
-        self, request: web.Request, body: Any, good: Any
-    ) -> web.StreamResponse | None:
-        mode = (
-            self.modes.get(body.get("username"), self.mode) if isinstance(body, dict) else self.mode
-        )
+    async def _broken(self, request: web.Request, body: Any, good: Any) -> web.StreamResponse | None:
+        mode = self.modes.get(body.get("username"), self.mode) if isinstance(body, dict) else self.mode
         if mode == "slow":
             await self.release.wait()
             return None

@@ -42,8 +42,11 @@ def kubernetes_overrides(
     With the Debian image, pods run as its user ``tester`` (uid 1000) unless
     ``pod`` says otherwise.
     """
-    tag = {"debian": debian_image, "busybox": busybox_image}[image]() if image in (
-        "debian", "busybox") else image
+    tag = (
+        {"debian": debian_image, "busybox": busybox_image}[image]()
+        if image in ("debian", "busybox")
+        else image
+    )
     settings: dict[str, Any] = {
         "kubeconfig": str(server.kubeconfig),
         "namespace": namespace,
@@ -58,11 +61,15 @@ def kubernetes_overrides(
     return {"backend": "kubernetes", "kubernetes": settings}
 
 
-def kubernetes_config(server: KubeApiServerThread, namespace: str, mode: str = "connection",
-                      image: str = "debian", **kubernetes: Any) -> Config:
+def kubernetes_config(
+    server: KubeApiServerThread,
+    namespace: str,
+    mode: str = "connection",
+    image: str = "debian",
+    **kubernetes: Any,
+) -> Config:
     """A whole validated Config for the Kubernetes backend."""
-    return validate_config(kubernetes_overrides(server, namespace, mode, image, **kubernetes),
-                           "test config")
+    return validate_config(kubernetes_overrides(server, namespace, mode, image, **kubernetes), "test config")
 
 
 def new_instance_id() -> str:
@@ -70,11 +77,17 @@ def new_instance_id() -> str:
     return f"t{secrets.token_hex(5)}"
 
 
-def identity(config: Config, user: str = "alice", conn: str | None = None,
-             env: dict[str, str] | None = None) -> Identity:
+def identity(
+    config: Config, user: str = "alice", conn: str | None = None, env: dict[str, str] | None = None
+) -> Identity:
     """An authenticated identity for ``config``."""
-    return Identity(username=user, conn_id=conn or secrets.token_hex(6),
-                    remote_addr="127.0.0.1:40000", config=config, env=env or {})
+    return Identity(
+        username=user,
+        conn_id=conn or secrets.token_hex(6),
+        remote_addr="127.0.0.1:40000",
+        config=config,
+        env=env or {},
+    )
 
 
 @asynccontextmanager
@@ -103,10 +116,13 @@ async def wait_pod_gone(core: client.CoreV1Api, namespace: str, name: str) -> No
         if error.status == 404:
             return
         raise
-    stream = watch.Watch().stream(core.list_namespaced_pod, namespace,
-                                  field_selector=f"metadata.name={name}",
-                                  resource_version=pod.metadata.resource_version,
-                                  timeout_seconds=int(WAIT))
+    stream = watch.Watch().stream(
+        core.list_namespaced_pod,
+        namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=pod.metadata.resource_version,
+        timeout_seconds=int(WAIT),
+    )
     async with asyncio.timeout(WAIT), stream:
         async for event in stream:
             if event["type"] == "DELETED":
@@ -168,13 +184,16 @@ class ApiRelay:
 
     def up(self) -> None:
         """Accept connections (on the same port as before, if any)."""
+
         async def listen() -> None:
             self._listener = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
             self.port = self._listener.sockets[0].getsockname()[1]
+
         self._call(listen())
 
     def down(self) -> None:
         """Refuse new connections and cut the open ones."""
+
         async def close() -> None:
             if self._listener is not None:
                 self._listener.close()
@@ -182,6 +201,7 @@ class ApiRelay:
                 self._listener = None
             for writer in list(self._writers):
                 writer.transport.abort()
+
         self._call(close())
 
     def close(self) -> None:

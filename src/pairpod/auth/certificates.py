@@ -48,9 +48,7 @@ def parse_ca_keys(text: str, origin: str) -> list[AuthorizedKey]:
         try:
             entries.append(parse_key_line(stripped, f"{origin}:{number}", allow_options=False))
         except KeyParseError as error:
-            log.warning(
-                "keys.line_skipped", extra=fields(origin=origin, line=number, reason=str(error))
-            )
+            log.warning("keys.line_skipped", extra=fields(origin=origin, line=number, reason=str(error)))
     return entries
 
 
@@ -123,9 +121,7 @@ def record_offered_keys(conn: Any, report: Callable[[bytes], None]) -> None:
     if original is None:
         return
 
-    async def validate_public_key(
-        username: str, key_data: bytes, msg: bytes, signature: bytes
-    ) -> bool:
+    async def validate_public_key(username: str, key_data: bytes, msg: bytes, signature: bytes) -> bool:
         report(key_data)
         return bool(await original(username, key_data, msg, signature))
 

@@ -126,12 +126,9 @@ class Authenticator:
         }
         self.cas = TrustedCAs(auth.trusted_user_ca_keys) if auth.trusted_user_ca_keys else None
         self.webhook = AuthWebhook(auth.webhook, self._http) if auth.webhook else None
-        self.config_webhook = (
-            ConfigWebhook(auth.config_webhook, self._http) if auth.config_webhook else None
-        )
+        self.config_webhook = ConfigWebhook(auth.config_webhook, self._http) if auth.config_webhook else None
         self.lockout = Lockout(auth.lockout, clock)
-        self.password_checks = PasswordChecks(auth.password_checks.workers,
-                                              auth.password_checks.queue)
+        self.password_checks = PasswordChecks(auth.password_checks.workers, auth.password_checks.queue)
         # Make the dummy hash now, so the first unknown user is not slower
         # than the ones after (which would tell that the name is unknown).
         warm_up()
@@ -141,8 +138,7 @@ class Authenticator:
                     "auth.bad_password_hash",
                     extra=fields(
                         user=name,
-                        reason="not an argon2 or bcrypt hash; password logins for this user "
-                        "will be refused",
+                        reason="not an argon2 or bcrypt hash; password logins for this user will be refused",
                     ),
                 )
 
@@ -330,9 +326,7 @@ class ConnectionAuth:
         elif (problem := check_principals(seen[1], username)) is not None:
             verdict = Verdict.deny(entry.origin, problem)
         else:
-            verdict = Verdict.allow(
-                entry.origin, f"certificate signed by trusted CA {ca_fingerprint}"
-            )
+            verdict = Verdict.allow(entry.origin, f"certificate signed by trusted CA {ca_fingerprint}")
         line = certificate_line(self._offered_key, key)
         if verdict.outcome is not Outcome.ALLOW and self._owner.webhook and line is not None:
             verdict = await self._run(method, [("webhook", self._webhook_key)], username, line)
@@ -406,9 +400,18 @@ class ConnectionAuth:
                 forced_command="yes" if candidate.permissions.forced_command else None,
             ),
         )
-        self._observe(AuthDecision(self.conn_id, self.address, candidate.method, candidate.username,
-                                   True, candidate.source, authenticated_as=candidate.authenticated_as,
-                                   key=candidate.key_fingerprint))
+        self._observe(
+            AuthDecision(
+                self.conn_id,
+                self.address,
+                candidate.method,
+                candidate.username,
+                True,
+                candidate.source,
+                authenticated_as=candidate.authenticated_as,
+                key=candidate.key_fingerprint,
+            )
+        )
         return candidate
 
     def connection_lost(self) -> None:
@@ -519,8 +522,7 @@ class ConnectionAuth:
             )
             failed = verdict.outcome is not Outcome.ALLOW
         finally:
-            self._log_locks(method, lockout.settle(self.address, username, guessable=True,
-                                                   failed=failed))
+            self._log_locks(method, lockout.settle(self.address, username, guessable=True, failed=failed))
         if verdict.outcome is Outcome.ALLOW:
             return await self._approve(method, username, verdict, None)
         self._decision("auth.reject", method, username, verdict)
@@ -569,9 +571,7 @@ class ConnectionAuth:
 
     # -- approval --------------------------------------------------------------
 
-    async def _approve(
-        self, method: str, username: str, verdict: Verdict, fingerprint: str | None
-    ) -> bool:
+    async def _approve(self, method: str, username: str, verdict: Verdict, fingerprint: str | None) -> bool:
         authenticated_as = verdict.authenticated_as or username
         step = "config_webhook"
         try:
@@ -643,9 +643,7 @@ class ConnectionAuth:
         if memo_key in self._authz_memo:
             # A key is asked about, then signed with: one authorization.
             return self._authz_memo[memo_key]
-        answer = await self._owner.webhook.authorize(
-            self._info(username), authenticated_as, verdict.values
-        )
+        answer = await self._owner.webhook.authorize(self._info(username), authenticated_as, verdict.values)
         if not answer.success:
             refused = Verdict.deny("authz", f"authorization webhook refused {authenticated_as!r}")
             self._authz_memo[memo_key] = refused
@@ -721,8 +719,9 @@ class ConnectionAuth:
         )
 
     def _record_failure(self, method: str, username: str, *, guessable: bool) -> None:
-        self._log_locks(method, self._owner.lockout.record_failure(
-            self.address, username, guessable=guessable))
+        self._log_locks(
+            method, self._owner.lockout.record_failure(self.address, username, guessable=guessable)
+        )
 
     def _log_locks(self, method: str, locks: list[Lock]) -> None:
         for lock in locks:
@@ -743,23 +742,27 @@ class ConnectionAuth:
             "auth.reject",
             method,
             username,
-            Verdict.deny("lockout", f"{lock.kind} {lock.subject} locked for {lock.remaining:.0f}s"
-                         if lock.remaining else
-                         f"{lock.kind} {lock.subject} has enough attempts in progress to lock it"),
+            Verdict.deny(
+                "lockout",
+                f"{lock.kind} {lock.subject} locked for {lock.remaining:.0f}s"
+                if lock.remaining
+                else f"{lock.kind} {lock.subject} has enough attempts in progress to lock it",
+            ),
         )
 
     def _observe(self, decision: AuthDecision) -> None:
         if self._owner.observer is not None:
             self._owner.observer(decision)
 
-    def _decision(
-        self, event: str, method: str, username: str, verdict: Verdict, **extra: Any
-    ) -> None:
+    def _decision(self, event: str, method: str, username: str, verdict: Verdict, **extra: Any) -> None:
         if event == "auth.reject":
             # Approvals are counted once, when the login completes (a key is
             # approved twice: when the client asks, and again when it signs).
-            self._observe(AuthDecision(self.conn_id, self.address, method, username, False,
-                                       verdict.source, verdict.reason))
+            self._observe(
+                AuthDecision(
+                    self.conn_id, self.address, method, username, False, verdict.source, verdict.reason
+                )
+            )
         log.info(
             event,
             extra=fields(
@@ -772,4 +775,3 @@ class ConnectionAuth:
                 **extra,
             ),
         )
-

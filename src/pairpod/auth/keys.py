@@ -63,8 +63,7 @@ _FLAG_OPTIONS = frozenset(
     {"restrict", "no-touch-required", *_PERMISSION_FLAGS, *(f"no-{f}" for f in _PERMISSION_FLAGS)}
 )
 _UNSUPPORTED = {
-    "cert-authority": "cert-authority lines are not supported; list CAs in "
-    "auth.trusted_user_ca_keys",
+    "cert-authority": "cert-authority lines are not supported; list CAs in auth.trusted_user_ca_keys",
     "principals": "principals= is only meaningful with cert-authority",
     "verify-required": "verify-required cannot be enforced",
 }
@@ -313,14 +312,10 @@ def parse_authorized_keys(
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            entries.append(
-                parse_key_line(stripped, f"{origin}:{number}", allow_options=allow_options)
-            )
+            entries.append(parse_key_line(stripped, f"{origin}:{number}", allow_options=allow_options))
         except KeyParseError as error:
             skipped.append((number, str(error)))
-            log.warning(
-                "keys.line_skipped", extra=fields(origin=origin, line=number, reason=str(error))
-            )
+            log.warning("keys.line_skipped", extra=fields(origin=origin, line=number, reason=str(error)))
     return entries, skipped
 
 
@@ -376,8 +371,7 @@ class KeyFile:
                 # Checked at every login, as sshd does: a file made writable by
                 # others after it was loaded is refused from then on.
                 if refusal != self._problem:
-                    log.error("keys.file_refused", extra=fields(path=str(self.path),
-                                                                reason=refusal))
+                    log.error("keys.file_refused", extra=fields(path=str(self.path), reason=refusal))
                 self._problem = refusal
                 self._entries, self._signature = (), None
                 return self._entries
@@ -391,9 +385,7 @@ class KeyFile:
         except (OSError, UnicodeDecodeError) as error:
             problem = getattr(error, "strerror", None) or str(error)
             if problem != self._problem:  # once per change, not once per login
-                log.warning(
-                    "keys.file_unreadable", extra=fields(path=str(self.path), error=problem)
-                )
+                log.warning("keys.file_unreadable", extra=fields(path=str(self.path), error=problem))
             self._problem = problem
             self._entries, self._signature = (), None
         return self._entries
@@ -410,8 +402,9 @@ class StaticKeys:
     and ``auth.users.<name>.keys`` / ``.authorized_keys`` (that username)."""
 
     def __init__(self, auth: AuthSettings, *, strict_modes: bool = True) -> None:
-        self._global = (KeyFile(auth.authorized_keys, strict_modes=strict_modes)
-                        if auth.authorized_keys else None)
+        self._global = (
+            KeyFile(auth.authorized_keys, strict_modes=strict_modes) if auth.authorized_keys else None
+        )
         self._users: dict[str, _UserKeys] = {}
         for name, user in auth.users.items():
             inline: list[AuthorizedKey] = []
@@ -421,8 +414,7 @@ class StaticKeys:
                     inline.append(parse_key_line(line, origin))
                 except KeyParseError as error:
                     log.warning("keys.line_skipped", extra=fields(origin=origin, reason=str(error)))
-            file = (KeyFile(user.authorized_keys, strict_modes=strict_modes)
-                    if user.authorized_keys else None)
+            file = KeyFile(user.authorized_keys, strict_modes=strict_modes) if user.authorized_keys else None
             self._users[name] = _UserKeys(tuple(inline), file)
 
     @property

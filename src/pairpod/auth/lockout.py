@@ -92,8 +92,7 @@ class Lockout:
             counter.pending += 1
         return None
 
-    def settle(self, address: str, username: str, *, guessable: bool,
-               failed: bool) -> list[Lock]:
+    def settle(self, address: str, username: str, *, guessable: bool, failed: bool) -> list[Lock]:
         """End a reserved attempt: a failure (the locks it started) or a success."""
         for key in self._subjects(address, username, guessable):
             counter = self._counters.get(key)
@@ -138,8 +137,7 @@ class Lockout:
         for key in [
             k
             for k, c in self._counters.items()
-            if c.locked_until <= now and not c.pending
-            and (not c.failures or c.failures[-1] <= window_start)
+            if c.locked_until <= now and not c.pending and (not c.failures or c.failures[-1] <= window_start)
         ]:
             del self._counters[key]
         while len(self._counters) > self._max_entries:

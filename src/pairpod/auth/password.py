@@ -84,8 +84,7 @@ class PasswordChecks:
     """Password verifications on ``workers`` threads with at most ``queue`` waiting."""
 
     def __init__(self, workers: int, queue: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers,
-                                            thread_name_prefix="pairpod-password")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairpod-password")
         self._places = workers + queue
         self._taken = 0
 
@@ -95,8 +94,7 @@ class PasswordChecks:
         self._taken += 1
         try:
             # A cancelled wait cancels the job too, unless a thread already runs it.
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, check, stored, password)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, check, stored, password)
         finally:
             self._taken -= 1
 

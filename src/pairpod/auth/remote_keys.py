@@ -160,9 +160,7 @@ class RemoteKeySource:
                 )
             return KeyLookup(login, cached.entries, "stale", problem)
         if log_it:
-            log.warning(
-                "keys.unavailable", extra=fields(source=self.name, login=login, error=problem)
-            )
+            log.warning("keys.unavailable", extra=fields(source=self.name, login=login, error=problem))
         return KeyLookup(login, (), "unavailable", problem)
 
     async def _fetch(self, login: str) -> tuple[AuthorizedKey, ...]:
@@ -178,8 +176,7 @@ class RemoteKeySource:
                     raise KeySourceError(f"HTTP status {response.status}")
                 if response.content_type not in KEY_CONTENT_TYPES:
                     raise KeySourceError(
-                        f"content type {response.content_type!r}, expected "
-                        + " or ".join(KEY_CONTENT_TYPES)
+                        f"content type {response.content_type!r}, expected " + " or ".join(KEY_CONTENT_TYPES)
                     )
                 length = response.content_length
                 if length is not None and length > self._max_bytes:

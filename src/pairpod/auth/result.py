@@ -209,4 +209,3 @@ class AuthDecision:
 
 AuthObserver = Callable[[AuthDecision], None]
 """Told each :class:`AuthDecision` as it is made."""
-

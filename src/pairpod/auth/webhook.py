@@ -304,8 +304,7 @@ def apply_overrides(base: Config, overrides: Mapping[str, Any], shape: str = "au
     refused = sorted(set(overrides) - allowed)
     if refused:
         raise WebhookError(
-            f"config sections {refused} may not be overridden "
-            f"(allowed: {sorted(OVERRIDABLE_SECTIONS)})"
+            f"config sections {refused} may not be overridden (allowed: {sorted(OVERRIDABLE_SECTIONS)})"
         )
     if not overrides:
         return base
@@ -318,9 +317,7 @@ def apply_overrides(base: Config, overrides: Mapping[str, Any], shape: str = "au
 def public_values(values: Mapping[str, MetadataValue]) -> dict[str, dict[str, Any]]:
     """The non-sensitive entries, in webhook form (sensitive ones never leave pairpod again)."""
     return {
-        name: {"value": item.value, "sensitive": False}
-        for name, item in values.items()
-        if not item.sensitive
+        name: {"value": item.value, "sensitive": False} for name, item in values.items() if not item.sensitive
     }
 
 

@@ -18,8 +18,7 @@ from pairpod.config import Config
 
 # Signal names an SSH client may send (RFC 4254 section 6.10), without "SIG".
 SSH_SIGNALS = frozenset(
-    {"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM",
-     "USR1", "USR2"}
+    {"ABRT", "ALRM", "FPE", "HUP", "ILL", "INT", "KILL", "PIPE", "QUIT", "SEGV", "TERM", "USR1", "USR2"}
 )
 
 

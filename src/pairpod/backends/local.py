@@ -101,8 +101,10 @@ class LocalEnvironment(Environment):
     def _shell(self) -> list[str]:
         shell = list(self._settings.shell)
         if not os.access(shell[0], os.X_OK):
-            log.warning("local.shell_fallback", extra=fields(
-                conn=self._identity.conn_id, missing=shell[0], using=FALLBACK_SHELL))
+            log.warning(
+                "local.shell_fallback",
+                extra=fields(conn=self._identity.conn_id, missing=shell[0], using=FALLBACK_SHELL),
+            )
             return [FALLBACK_SHELL, "-l"]
         return shell
 

@@ -242,7 +242,8 @@ class DualScreen(pyte.Screen):
         self.ensure_hbounds()
         self.ensure_vbounds()
         self.tabstops = {t for t in self.tabstops if t < min(old_columns, columns)} | {
-            t for t in range(8, columns, 8) if t >= old_columns}
+            t for t in range(8, columns, 8) if t >= old_columns
+        }
         for points in (self.savepoints, self._other_savepoints):
             for point in points:
                 point.cursor.x = min(point.cursor.x, columns - 1)
@@ -361,8 +362,9 @@ class DualScreen(pyte.Screen):
 
     def erase_in_display(self, how: int = 0, *args: object, **kwargs: object) -> None:
         """ED 0/1/2; 3 erases scrollback only (none here); others are ignored."""
-        rows = {0: range(self.cursor.y + 1, self.lines), 1: range(self.cursor.y),
-                2: range(self.lines)}.get(how)
+        rows = {0: range(self.cursor.y + 1, self.lines), 1: range(self.cursor.y), 2: range(self.lines)}.get(
+            how
+        )
         if rows is None:
             return
         blank = self._blank()
@@ -398,8 +400,11 @@ class DualScreen(pyte.Screen):
         count = count or 1
         line = self.buffer[self.cursor.y]
         start, columns = self.cursor.x, self.columns
-        kept = {x + (count if x >= start else 0): cell for x, cell in line.items()
-                if x < start or x + count < columns}
+        kept = {
+            x + (count if x >= start else 0): cell
+            for x, cell in line.items()
+            if x < start or x + count < columns
+        }
         blank = self._blank()
         kept.update(dict.fromkeys(range(start, min(start + count, columns)), blank))
         line.clear()
@@ -413,8 +418,11 @@ class DualScreen(pyte.Screen):
         count = count or 1
         line = self.buffer[self.cursor.y]
         start, columns = self.cursor.x, self.columns
-        kept = {x - (count if x >= start else 0): cell for x, cell in line.items()
-                if x < start or start + count <= x < columns}
+        kept = {
+            x - (count if x >= start else 0): cell
+            for x, cell in line.items()
+            if x < start or start + count <= x < columns
+        }
         kept.update(dict.fromkeys(range(max(columns - count, start), columns), self._blank()))
         line.clear()
         line.update(kept)
@@ -564,7 +572,7 @@ class EscapeTracker:
         enough for a terminal to take the rest of it as the string's payload.
         """
         if self._partial:
-            return self._partial[:self._KEEP] if self._truncated else self._partial
+            return self._partial[: self._KEEP] if self._truncated else self._partial
         return self._char_tail
 
     def feed(self, data: bytes) -> None:
@@ -588,7 +596,7 @@ class EscapeTracker:
             tail = b""
         if tail and not self._COMPLETE.match(tail):
             if len(tail) > self._MAX_PARTIAL:  # a long string: keep its ends
-                tail = tail[:self._KEEP] + tail[-self._KEEP:]
+                tail = tail[: self._KEEP] + tail[-self._KEEP :]
                 truncated = True
             self._partial, self._truncated = tail, truncated
         else:
@@ -605,16 +613,14 @@ def _unfinished_character(data: bytes) -> bytes:
             return b""
         if byte >= 0xC0:
             need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return data[size - back:] if back < need else b""
+            return data[size - back :] if back < need else b""
     return b""
 
 
 # --- rendering ---------------------------------------------------------------------
 
-_FG_CODES = {name: code for code, name in {**g.FG_ANSI, **g.FG_AIXTERM}.items()
-             if name != "default"}
-_BG_CODES = {name: code for code, name in {**g.BG_ANSI, **g.BG_AIXTERM}.items()
-             if name != "default"}
+_FG_CODES = {name: code for code, name in {**g.FG_ANSI, **g.FG_AIXTERM}.items() if name != "default"}
+_BG_CODES = {name: code for code, name in {**g.BG_ANSI, **g.BG_AIXTERM}.items() if name != "default"}
 # pyte stores 256-colour indexes as their RGB value; map back to the index
 # (the lowest one) so a viewer's palette applies as it does for the owner.
 _PALETTE = {value: index for index, value in reversed(list(enumerate(g.FG_BG_256)))}
@@ -633,7 +639,7 @@ def _colour(name: str, codes: dict[str, int], extended: int) -> str | None:
     if name in _PALETTE:
         return f"{extended};5;{_PALETTE[name]}"
     if _HEX6.fullmatch(name):
-        red, green, blue = (int(name[i:i + 2], 16) for i in (0, 2, 4))
+        red, green, blue = (int(name[i : i + 2], 16) for i in (0, 2, 4))
         return f"{extended};2;{red};{green};{blue}"
     return None
 
@@ -717,8 +723,7 @@ def _cup(row: int, column: int) -> str:
     return f"\x1b[{row + 1};{column + 1}H"
 
 
-def _render_row(out: list[str], screen: pyte.Screen, buffer: _Buffer, y: int,
-                clear: bool) -> None:
+def _render_row(out: list[str], screen: pyte.Screen, buffer: _Buffer, y: int, clear: bool) -> None:
     """Draw one row; with ``clear``, erase it first (else it must already be blank)."""
     cells = _row_cells(buffer[y], screen.columns) if y in buffer else []
     end = len(cells)
@@ -854,8 +859,7 @@ def render_screen(screen: DualScreen) -> bytes:
     if screen.in_alt:
         if screen.main_savepoints:
             # ?1049h saves the cursor that ?1049l will bring back.
-            out.append(_saved_cursor(screen, screen.main_savepoints[-1]) + "\x1b[?1049h"
-                       + _NEUTRAL)
+            out.append(_saved_cursor(screen, screen.main_savepoints[-1]) + "\x1b[?1049h" + _NEUTRAL)
         else:
             out.append("\x1b[?47h")
         # The explicit clear also serves terminals without an alternate screen.
@@ -866,8 +870,7 @@ def render_screen(screen: DualScreen) -> bytes:
     default_stops = set(range(8, screen.columns, 8))
     if screen.tabstops != default_stops:
         out.append("\x1b[3g")
-        out.extend(_cup(0, stop) + "\x1bH" for stop in sorted(screen.tabstops)
-                   if stop < screen.columns)
+        out.extend(_cup(0, stop) + "\x1bH" for stop in sorted(screen.tabstops) if stop < screen.columns)
     if screen.margins is not None:
         out.append(f"\x1b[{screen.margins.top + 1};{screen.margins.bottom + 1}r")
     if _DECAWM not in screen.private_modes:
@@ -1061,7 +1064,7 @@ class ScreenModel:
             self._screen.resize(lines=rows, columns=cols)
             return
         end = min(self._offset + self.SLICE, len(item))
-        piece = item[self._offset:end]
+        piece = item[self._offset : end]
         if end >= len(item):
             self._pending.popleft()
             self._offset = 0
@@ -1106,7 +1109,7 @@ class ScreenModel:
                 continue
             available = len(item) - self._offset
             take = min(available, excess)
-            dropped = item[self._offset:self._offset + take]
+            dropped = item[self._offset : self._offset + take]
             if take == available:
                 self._pending.popleft()
                 self._offset = 0
@@ -1134,4 +1137,3 @@ class ScreenModel:
                     screen.reset_mode(*numbers, private=True)
             else:
                 screen.set_margins(int(top) if top else None, int(bottom) if bottom else None)
-

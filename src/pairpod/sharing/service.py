@@ -69,8 +69,9 @@ class SharingService:
 
     # --- the owner's side ---------------------------------------------------------
 
-    def share_request(self, config: Config, username: str,
-                      client_env: Mapping[str, str]) -> ShareRequest | None:
+    def share_request(
+        self, config: Config, username: str, client_env: Mapping[str, str]
+    ) -> ShareRequest | None:
         """Whether a new interactive session of ``username`` is to be shared.
 
         The client asks with ``SetEnv=PAIRPOD_SHARE=1``; the config may turn
@@ -82,8 +83,7 @@ class SharingService:
         user = config.auth.users.get(username)
         per_user = user.sharing if user is not None else None
         wanted = client_env.get(SHARE_ENV, "").strip().lower() in {"1", "yes", "true", "on"}
-        auto = per_user.auto if per_user is not None and per_user.auto is not None \
-            else config.sharing.auto
+        auto = per_user.auto if per_user is not None and per_user.auto is not None else config.sharing.auto
         if not (wanted or auto):
             return None
         share_with: set[str] = set()
@@ -93,25 +93,33 @@ class SharingService:
             share_with |= parse_share_with(client_env[SHARE_WITH_ENV])
         return ShareRequest(frozenset(share_with))
 
-    def open_session(self, config: Config, owner: str, terminal: Terminal,
-                     request: ShareRequest) -> tuple[SharedSession[Terminal], str]:
+    def open_session(
+        self, config: Config, owner: str, terminal: Terminal, request: ShareRequest
+    ) -> tuple[SharedSession[Terminal], str]:
         """Register a shared session with a read-only and a read-write link.
 
         Returns the session and the banner to show its owner.
         """
         session = self.registry.create_session(
-            owner=f"user:{owner}", terminal=terminal, share_with=request.share_with,
-            open=config.sharing.open)
-        links = [self.registry.mint(session, Access.READ_ONLY),
-                 self.registry.mint(session, Access.READ_WRITE)]
+            owner=f"user:{owner}", terminal=terminal, share_with=request.share_with, open=config.sharing.open
+        )
+        links = [
+            self.registry.mint(session, Access.READ_ONLY),
+            self.registry.mint(session, Access.READ_WRITE),
+        ]
         host, port = self.public_address(config)
-        log.info("sharing.open", extra=fields(
-            session=session.session_id, owner=session.owner, open=session.open,
-            share_with=",".join(sorted(session.allowed)) or None))
+        log.info(
+            "sharing.open",
+            extra=fields(
+                session=session.session_id,
+                owner=session.owner,
+                open=session.open,
+                share_with=",".join(sorted(session.allowed)) or None,
+            ),
+        )
         banner = share_banner(links, host, port)
         if not session.open and not session.allowed:
-            banner += ("  (only you may join: name people with "
-                       "SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n")
+            banner += "  (only you may join: name people with SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n"
         return session, banner
 
     def close_session(self, session: SharedSession[Terminal]) -> None:
@@ -159,8 +167,9 @@ class SharingService:
         session, rest = self._pick(sessions, args, needed)
         return handler(session, rest[0])
 
-    def _pick(self, sessions: list[SharedSession[Terminal]], args: list[str],
-              needed: int) -> tuple[SharedSession[Terminal], list[str]]:
+    def _pick(
+        self, sessions: list[SharedSession[Terminal]], args: list[str], needed: int
+    ) -> tuple[SharedSession[Terminal], list[str]]:
         if len(args) == needed + 1:
             chosen = [s for s in sessions if s.session_id == args[0]]
             if not chosen:
@@ -169,8 +178,11 @@ class SharingService:
         if len(args) != needed:
             raise ControlError(f"wrong number of arguments\n{CONTROL_HELP}")
         if len(sessions) != 1:
-            raise ControlError("you have no shared session" if not sessions else
-                               "you have several shared sessions: name one (see list)")
+            raise ControlError(
+                "you have no shared session"
+                if not sessions
+                else "you have several shared sessions: name one (see list)"
+            )
         return sessions[0], args
 
     def _list(self, sessions: Iterable[SharedSession[Terminal]]) -> str:
@@ -178,16 +190,19 @@ class SharingService:
         now = time.time()
         for session in sessions:
             cols, rows = session.terminal.size
-            lines.append(f"session {session.session_id}  {cols}x{rows}  "
-                         f"up {int(now - session.created)}s  "
-                         f"{'open to anyone with a link' if session.open else 'restricted'}")
+            lines.append(
+                f"session {session.session_id}  {cols}x{rows}  "
+                f"up {int(now - session.created)}s  "
+                f"{'open to anyone with a link' if session.open else 'restricted'}"
+            )
             for link in session.active_links():
                 lines.append(f"  link {link.link_id}  {link.access.label}")
             for person in session.terminal.participants():
                 role = "owner" if person.owner else person.access.label
                 state = "  (behind)" if person.behind else ""
-                lines.append(f"  participant {person.id}  {person.name}  {role}  "
-                             f"{person.cols}x{person.rows}{state}")
+                lines.append(
+                    f"  participant {person.id}  {person.name}  {role}  {person.cols}x{person.rows}{state}"
+                )
         return "\n".join(lines) + "\n" if lines else "no shared sessions\n"
 
     def _mint(self, session: SharedSession[Terminal], access_text: str) -> str:
@@ -196,8 +211,9 @@ class SharingService:
             raise ControlError(f"expected ro or rw, got {access_text!r}")
         link = self.registry.mint(session, access)
         host, port = self.public_address(self.config)
-        log.info("sharing.mint", extra=fields(session=session.session_id, link=link.link_id,
-                                               access=access.value))
+        log.info(
+            "sharing.mint", extra=fields(session=session.session_id, link=link.link_id, access=access.value)
+        )
         return f"link {link.link_id}: {join_command(link.username, host, port)}\n"
 
     def _revoke(self, session: SharedSession[Terminal], link_id: str) -> str:

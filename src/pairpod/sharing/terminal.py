@@ -142,8 +142,19 @@ class ParticipantInfo:
 class Participant:
     """One person's view of a Terminal: what their channel handler calls."""
 
-    def __init__(self, terminal: Terminal, participant_id: int, sink: Sink, *, name: str,
-                 access: Access, cols: int, rows: int, owner: bool, notices: bool) -> None:
+    def __init__(
+        self,
+        terminal: Terminal,
+        participant_id: int,
+        sink: Sink,
+        *,
+        name: str,
+        access: Access,
+        cols: int,
+        rows: int,
+        owner: bool,
+        notices: bool,
+    ) -> None:
         self.id = participant_id
         self.name = name
         self.access = access
@@ -206,8 +217,17 @@ class Participant:
 
     def info(self) -> ParticipantInfo:
         """A snapshot of this participant for listings."""
-        return ParticipantInfo(self.id, self.name, self.access, self.owner, self.cols,
-                               self.rows, self.behind, self.resyncs, self.dropped_bytes)
+        return ParticipantInfo(
+            self.id,
+            self.name,
+            self.access,
+            self.owner,
+            self.cols,
+            self.rows,
+            self.behind,
+            self.resyncs,
+            self.dropped_bytes,
+        )
 
 
 class Terminal:
@@ -236,9 +256,17 @@ class Terminal:
         self._screen = screen if screen is not None else ScreenModel(*self._size)
         self._tracker = EscapeTracker()
         self._ids = itertools.count(1)
-        self.owner = Participant(self, 0, owner_sink, name=owner_name,
-                                 access=Access.READ_WRITE, cols=cols, rows=rows,
-                                 owner=True, notices=True)
+        self.owner = Participant(
+            self,
+            0,
+            owner_sink,
+            name=owner_name,
+            access=Access.READ_WRITE,
+            cols=cols,
+            rows=rows,
+            owner=True,
+            notices=True,
+        )
         self._viewers: dict[int, Participant] = {}
         # Output published but not yet modelled (tracker, screen) nor sent to viewers.
         self._batch: list[bytes] = []
@@ -306,15 +334,17 @@ class Terminal:
             # the model) a write per interval, not one per chunk read.
             loop = asyncio.get_running_loop()
             delay = self._last_flush + _FLUSH_INTERVAL - loop.time()
-            self._flush_handle = (loop.call_later(delay, self.flush) if delay > 0
-                                  else loop.call_soon(self.flush))
+            self._flush_handle = (
+                loop.call_later(delay, self.flush) if delay > 0 else loop.call_soon(self.flush)
+            )
         if self._notices_waiting:
             self._show_waiting_notices()
 
     # --- joining, leaving, ending ---------------------------------------------------
 
-    def join(self, sink: Sink, *, name: str, access: Access, cols: int, rows: int,
-             notices: bool = True) -> Participant:
+    def join(
+        self, sink: Sink, *, name: str, access: Access, cols: int, rows: int, notices: bool = True
+    ) -> Participant:
         """Attach a viewer: it gets the current screen at once, then live output.
 
         ``notices=False`` keeps on-screen notices out of this viewer's stream
@@ -325,8 +355,17 @@ class Terminal:
         # Existing viewers first get everything published so far; the joiner's
         # snapshot covers exactly the same output, so nothing is lost or doubled.
         self.flush()
-        participant = Participant(self, next(self._ids), sink, name=name, access=access,
-                                  cols=cols, rows=rows, owner=False, notices=notices)
+        participant = Participant(
+            self,
+            next(self._ids),
+            sink,
+            name=name,
+            access=access,
+            cols=cols,
+            rows=rows,
+            owner=False,
+            notices=notices,
+        )
         snapshot = self._snapshot()
         participant.tokens = float(self._viewer_rate)
         participant.stamp = asyncio.get_running_loop().time()
@@ -334,9 +373,16 @@ class Terminal:
         self._sink_write(participant, snapshot)
         if participant.left:  # its channel failed already
             return participant
-        log.info("sharing.join", extra=fields(
-            participant=participant.id, name=name, access=access.value,
-            viewers=len(self._viewers), snapshot_bytes=len(snapshot)))
+        log.info(
+            "sharing.join",
+            extra=fields(
+                participant=participant.id,
+                name=name,
+                access=access.value,
+                viewers=len(self._viewers),
+                snapshot_bytes=len(snapshot),
+            ),
+        )
         self._tell_owner(f"{name} joined ({access.label}); {self._count()}")
         self._update_size()
         return participant
@@ -347,8 +393,7 @@ class Terminal:
         if participant is None:
             return False
         self._release(participant, reason)
-        log.info("sharing.kick", extra=fields(participant=participant.id,
-                                               name=participant.name))
+        log.info("sharing.kick", extra=fields(participant=participant.id, name=participant.name))
         self._tell_owner(f"{participant.name} was removed; {self._count()}")
         self._update_size()
         return True
@@ -362,8 +407,7 @@ class Terminal:
         self._ended.set()
         for participant in list(self._viewers.values()):
             self._release(participant, reason)
-        for handle in (self._flush_handle, self._idle_handle, self._resync_handle,
-                       self.owner.notice_timer):
+        for handle in (self._flush_handle, self._idle_handle, self._resync_handle, self.owner.notice_timer):
             if handle is not None:
                 handle.cancel()
         if self._size_task is not None:
@@ -445,8 +489,9 @@ class Terminal:
             # Everyone else first, so the snapshot and the live stream meet exactly.
             self.flush()
             self._redraw(participant, self._snapshot())
-            log.info("sharing.resync", extra=fields(participant=participant.id,
-                                                     dropped=participant.dropped_bytes))
+            log.info(
+                "sharing.resync", extra=fields(participant=participant.id, dropped=participant.dropped_bytes)
+            )
         elif participant.queue:
             data = b"".join(participant.queue)
             participant.queue.clear()
@@ -461,8 +506,7 @@ class Terminal:
             self.end(OWNER_LEFT)
             return
         self._forget(participant)
-        log.info("sharing.leave", extra=fields(participant=participant.id,
-                                                name=participant.name))
+        log.info("sharing.leave", extra=fields(participant=participant.id, name=participant.name))
         self._tell_owner(f"{participant.name} left; {self._count()}")
         self._update_size()
 
@@ -491,8 +535,7 @@ class Terminal:
         for participant in list(self._viewers.values()):
             self._deliver(participant, data)
         if self._screen.advance() and self._idle_handle is None:
-            self._idle_handle = asyncio.get_running_loop().call_later(
-                _IDLE_PARSE_DELAY, self._idle_parse)
+            self._idle_handle = asyncio.get_running_loop().call_later(_IDLE_PARSE_DELAY, self._idle_parse)
 
     def _snapshot(self) -> bytes:
         # The screen as of everything published, plus the sequence the output
@@ -512,8 +555,8 @@ class Terminal:
             # from snapshots instead (see _resync_tick).
             now = asyncio.get_running_loop().time()
             participant.tokens = min(
-                float(self._viewer_rate),
-                participant.tokens + (now - participant.stamp) * self._viewer_rate)
+                float(self._viewer_rate), participant.tokens + (now - participant.stamp) * self._viewer_rate
+            )
             participant.stamp = now
             if participant.tokens < len(data):
                 self._fall_behind(participant, len(data), "rate")
@@ -539,7 +582,8 @@ class Terminal:
         log.debug("sharing.behind", extra=fields(participant=participant.id, why=why))
         if self._resync_handle is None:
             self._resync_handle = asyncio.get_running_loop().call_later(
-                self._resync_interval, self._resync_tick)
+                self._resync_interval, self._resync_tick
+            )
 
     def _resync_tick(self) -> None:
         """Redraw viewers that are behind but whose channel is writable, if their
@@ -556,7 +600,8 @@ class Terminal:
             if self._viewer_rate:
                 participant.tokens = min(
                     float(self._viewer_rate),
-                    participant.tokens + (now - participant.stamp) * self._viewer_rate)
+                    participant.tokens + (now - participant.stamp) * self._viewer_rate,
+                )
                 participant.stamp = now
                 if participant.tokens <= 0:
                     waiting = True
@@ -567,13 +612,13 @@ class Terminal:
                 snapshot = self._snapshot()
                 # A redraw during a flood means parsing the model's tail: keep
                 # that to a small share of the time, however slow pyte is here.
-                self._resync_interval = max(RESYNC_INTERVAL,
-                                            (time.perf_counter() - started) / _RESYNC_SHARE)
+                self._resync_interval = max(RESYNC_INTERVAL, (time.perf_counter() - started) / _RESYNC_SHARE)
             self._redraw(participant, snapshot)
             participant.tokens -= len(snapshot)
         if waiting:
             self._resync_handle = asyncio.get_running_loop().call_later(
-                self._resync_interval, self._resync_tick)
+                self._resync_interval, self._resync_tick
+            )
 
     def _redraw(self, participant: Participant, snapshot: bytes) -> None:
         participant.behind = False
@@ -585,8 +630,11 @@ class Terminal:
         try:
             participant.sink.write(data)
         except Exception:  # a broken channel must not break anyone else
-            log.warning("sharing.write_failed", exc_info=True,
-                        extra=fields(participant=participant.id, name=participant.name))
+            log.warning(
+                "sharing.write_failed",
+                exc_info=True,
+                extra=fields(participant=participant.id, name=participant.name),
+            )
             if participant.owner:
                 participant.left = True
                 self.end(OWNER_LEFT)
@@ -597,8 +645,7 @@ class Terminal:
     def _idle_parse(self) -> None:
         self._idle_handle = None
         if not self._ended.is_set() and self._screen.advance():
-            self._idle_handle = asyncio.get_running_loop().call_later(
-                _IDLE_PARSE_DELAY, self._idle_parse)
+            self._idle_handle = asyncio.get_running_loop().call_later(_IDLE_PARSE_DELAY, self._idle_parse)
 
     # --- size -----------------------------------------------------------------------
 
@@ -608,8 +655,9 @@ class Terminal:
         else made it smaller than their window."""
         if self._ended.is_set():
             return
-        writers = [p for p in (self.owner, *self._viewers.values())
-                   if p.access is Access.READ_WRITE and not p.left]
+        writers = [
+            p for p in (self.owner, *self._viewers.values()) if p.access is Access.READ_WRITE and not p.left
+        ]
         if writers:
             wanted = (min(p.cols for p in writers), min(p.rows for p in writers))
             if wanted != self._size:
@@ -620,18 +668,21 @@ class Terminal:
                 self._size_settled.clear()
                 self._size_wanted.set()
                 if self._size_task is None:
-                    self._size_task = asyncio.get_running_loop().create_task(
-                        self._apply_sizes())
+                    self._size_task = asyncio.get_running_loop().create_task(self._apply_sizes())
                 owner = self.owner
                 if not owner.left and (owner.cols > wanted[0] or owner.rows > wanted[1]):
-                    self._notice(owner, f"terminal is {wanted[0]}x{wanted[1]} to fit the "
-                                        f"smallest read-write window")
+                    self._notice(
+                        owner, f"terminal is {wanted[0]}x{wanted[1]} to fit the smallest read-write window"
+                    )
         cols, rows = self._size
         for viewer in self._viewers.values():
             if not viewer.told_small and (viewer.cols < cols or viewer.rows < rows):
                 viewer.told_small = True
-                self._notice(viewer, f"your window ({viewer.cols}x{viewer.rows}) is smaller "
-                                     f"than the shared terminal ({cols}x{rows})")
+                self._notice(
+                    viewer,
+                    f"your window ({viewer.cols}x{viewer.rows}) is smaller "
+                    f"than the shared terminal ({cols}x{rows})",
+                )
 
     async def _apply_sizes(self) -> None:
         while True:
@@ -684,8 +735,9 @@ class Terminal:
                 continue
             if participant.notice_waiting is not None:
                 row = self._notice_row(participant)
-                data = self._screen.render_notice(participant.notice_waiting, row,
-                                                  restore_row=participant.notice_row)
+                data = self._screen.render_notice(
+                    participant.notice_waiting, row, restore_row=participant.notice_row
+                )
                 participant.notice_waiting = None
                 participant.notice_expired = False
                 participant.notice_row = row
@@ -693,7 +745,8 @@ class Terminal:
                 if participant.notice_timer is not None:
                     participant.notice_timer.cancel()
                 participant.notice_timer = asyncio.get_running_loop().call_later(
-                    self._notice_seconds, self._expire_notice, participant)
+                    self._notice_seconds, self._expire_notice, participant
+                )
             elif participant.notice_expired:
                 participant.notice_expired = False
                 if participant.notice_row is not None:
@@ -746,5 +799,4 @@ class Terminal:
         try:
             participant.sink.close(reason)
         except Exception:
-            log.warning("sharing.close_failed", exc_info=True,
-                        extra=fields(participant=participant.id))
+            log.warning("sharing.close_failed", exc_info=True, extra=fields(participant=participant.id))

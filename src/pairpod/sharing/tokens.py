@@ -97,7 +97,7 @@ def parse_join_username(username: str) -> tuple[Access, str] | None:
     """
     for access in Access:
         if username.startswith(access.prefix):
-            token = username[len(access.prefix):]
+            token = username[len(access.prefix) :]
             if _TOKEN_RE.fullmatch(token):
                 return access, token
     return None
@@ -123,9 +123,7 @@ def normalize_identity(text: str) -> str:
     kind = kind.strip().lower()
     name = name.strip()
     if not sep or kind not in _IDENTITY_KINDS:
-        raise ValueError(
-            f"expected github:NAME, gitlab:NAME or user:NAME, got {text.strip()!r}"
-        )
+        raise ValueError(f"expected github:NAME, gitlab:NAME or user:NAME, got {text.strip()!r}")
     if kind in ("github", "gitlab"):
         name = name.lower()  # both services treat logins case-insensitively
     if not _NAME_RE[kind].fullmatch(name):
@@ -222,8 +220,7 @@ class ShareRegistry(Generic[_T]):
         self._sessions: dict[str, SharedSession[_T]] = {}
 
     def _digest(self, username: str) -> bytes:
-        return hmac.new(self._key, username.encode("utf-8", "surrogatepass"),
-                        hashlib.sha256).digest()
+        return hmac.new(self._key, username.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def create_session(
         self,
@@ -320,8 +317,7 @@ class ShareRegistry(Generic[_T]):
     def sessions_of(self, owner: str) -> list[SharedSession[_T]]:
         """The shared sessions an identity owns, oldest first."""
         name = normalize_identity(owner)
-        return sorted((s for s in self._sessions.values() if s.owner == name),
-                      key=lambda s: s.created)
+        return sorted((s for s in self._sessions.values() if s.owner == name), key=lambda s: s.created)
 
     def __iter__(self) -> Iterator[SharedSession[_T]]:
         return iter(list(self._sessions.values()))

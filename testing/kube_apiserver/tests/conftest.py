@@ -27,8 +27,7 @@ def busybox() -> str:
 
 
 @pytest.fixture
-def kubectl(kube_apiserver: KubeApiServerThread, kube_namespace: str,
-            tmp_path: Path) -> Kubectl:
+def kubectl(kube_apiserver: KubeApiServerThread, kube_namespace: str, tmp_path: Path) -> Kubectl:
     """kubectl whose current namespace is this test's namespace."""
     return Kubectl(kube_apiserver.kubeconfig_for(kube_namespace), tmp_path / "kubectl-cache")
 
@@ -37,8 +36,9 @@ def kubectl(kube_apiserver: KubeApiServerThread, kube_namespace: str,
 async def api(kube_apiserver: KubeApiServerThread) -> AsyncIterator[client.ApiClient]:
     """A kubernetes_asyncio client configured from the kubeconfig file."""
     configuration = client.Configuration()
-    await config.load_kube_config(config_file=str(kube_apiserver.kubeconfig),
-                                  client_configuration=configuration)
+    await config.load_kube_config(
+        config_file=str(kube_apiserver.kubeconfig), client_configuration=configuration
+    )
     async with client.ApiClient(configuration) as api_client:
         yield api_client
 

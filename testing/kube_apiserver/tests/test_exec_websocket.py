@@ -53,8 +53,9 @@ async def collect(ws: aiohttp.ClientWebSocketResponse) -> dict[int, Any]:
 
 
 async def test_v5_streams_and_status(raw: RawApi, kube_namespace: str, pod: str) -> None:
-    path = exec_path(kube_namespace, pod, ["sh", "-c", "echo out; echo err >&2; exit 3"],
-                     stdout="true", stderr="true")
+    path = exec_path(
+        kube_namespace, pod, ["sh", "-c", "echo out; echo err >&2; exit 3"], stdout="true", stderr="true"
+    )
     async with raw.ws_connect(path, (V5, V4)) as ws:
         assert ws.protocol == V5
         result = await collect(ws)
@@ -78,8 +79,9 @@ async def test_success_status(raw: RawApi, kube_namespace: str, pod: str) -> Non
 
 async def test_v5_close_frame_ends_stdin(raw: RawApi, kube_namespace: str, pod: str) -> None:
     # kubernetes_asyncio spells booleans "True"; the server reads them as Go does.
-    path = exec_path(kube_namespace, pod, ["sh", "-c", "cat; echo eof"],
-                     stdin="True", stdout="True", stderr="False")
+    path = exec_path(
+        kube_namespace, pod, ["sh", "-c", "cat; echo eof"], stdin="True", stdout="True", stderr="False"
+    )
     async with raw.ws_connect(path, (V5,)) as ws:
         await ws.send_bytes(b"\x00")  # an empty stdin frame is not an EOF
         await ws.send_bytes(b"\x00hello ")
@@ -91,8 +93,9 @@ async def test_v5_close_frame_ends_stdin(raw: RawApi, kube_namespace: str, pod: 
 
 
 async def test_v4_fallback(raw: RawApi, kube_namespace: str, pod: str) -> None:
-    path = exec_path(kube_namespace, pod, ["sh", "-c", "head -c 5; echo; exit 2"],
-                     stdin="true", stdout="true")
+    path = exec_path(
+        kube_namespace, pod, ["sh", "-c", "head -c 5; echo; exit 2"], stdin="true", stdout="true"
+    )
     async with raw.ws_connect(path, (V4,)) as ws:
         assert ws.protocol == V4
         # v4 has no close frame: the server must ignore it, not end stdin.
@@ -132,21 +135,25 @@ async def test_refusals(raw: RawApi, kube_namespace: str, pod: str) -> None:
     assert refused.value.status == 400
     # Not a WebSocket at all.
     status, body = await raw.json("POST", path)
-    assert (status, body["reason"], body["message"]) == (400, "BadRequest",
-                                                        "Upgrade request required")
+    assert (status, body["reason"], body["message"]) == (400, "BadRequest", "Upgrade request required")
     status, body = await raw.json("GET", exec_path(kube_namespace, pod, [], stdout="true"))
     assert (status, body["message"]) == (400, "you must specify at least 1 command")
-    status, body = await raw.json("GET", exec_path(kube_namespace, "ghost", ["true"],
-                                                   stdout="true"))
+    status, body = await raw.json("GET", exec_path(kube_namespace, "ghost", ["true"], stdout="true"))
     assert status == 404
-    assert body == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": 'pods "ghost" not found', "reason": "NotFound",
-                    "details": {"name": "ghost", "kind": "pods"}, "code": 404}
+    assert body == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "ghost" not found',
+        "reason": "NotFound",
+        "details": {"name": "ghost", "kind": "pods"},
+        "code": 404,
+    }
 
 
 async def test_client_leaving_mid_command(raw: RawApi, kube_namespace: str, pod: str) -> None:
-    path = exec_path(kube_namespace, pod, ["sh", "-c", "echo started; sleep 3600"],
-                     stdout="true")
+    path = exec_path(kube_namespace, pod, ["sh", "-c", "echo started; sleep 3600"], stdout="true")
     async with raw.ws_connect(path, (V5,)) as ws:
         async with asyncio.timeout(WAIT):
             while True:
@@ -154,7 +161,6 @@ async def test_client_leaving_mid_command(raw: RawApi, kube_namespace: str, pod:
                 if message.data == b"\x01started\n":
                     break
     # The server is still serving other execs afterwards.
-    async with raw.ws_connect(exec_path(kube_namespace, pod, ["echo", "again"], stdout="true"),
-                              (V5,)) as ws:
+    async with raw.ws_connect(exec_path(kube_namespace, pod, ["echo", "again"], stdout="true"), (V5,)) as ws:
         result = await collect(ws)
     assert result[1] == b"again\n"

@@ -15,29 +15,69 @@ def _manifests(namespace: str) -> list[dict[str, Any]]:
     meta = {"namespace": namespace}
     labels = {"app": "gateway"}
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "gw", **meta},
-         "automountServiceAccountToken": False},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-         "metadata": {"name": "gw", **meta},
-         "rules": [{"apiGroups": [""], "resources": ["pods"],
-                    "verbs": ["create", "get", "list", "watch", "delete"]},
-                   {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": {"name": "gw", **meta},
-         "subjects": [{"kind": "ServiceAccount", "name": "gw", "namespace": namespace}],
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gw"}},
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "gw-config", **meta},
-         "data": {"config.yaml": "backend: kubernetes\n"}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gw-keys", **meta},
-         "type": "Opaque", "stringData": {"host_key": "not really a key"}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gw", **meta},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels},
-                               "spec": {"serviceAccountName": "gw", "containers": [
-                                   {"name": "gateway", "image": "gateway:dev",
-                                    "ports": [{"containerPort": 2222}]}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw", **meta},
-         "spec": {"selector": labels, "ports": [{"port": 2222, "targetPort": 2222}]}},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "gw", **meta},
+            "automountServiceAccountToken": False,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "gw", **meta},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods"],
+                    "verbs": ["create", "get", "list", "watch", "delete"],
+                },
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "gw", **meta},
+            "subjects": [{"kind": "ServiceAccount", "name": "gw", "namespace": namespace}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gw"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "gw-config", **meta},
+            "data": {"config.yaml": "backend: kubernetes\n"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "gw-keys", **meta},
+            "type": "Opaque",
+            "stringData": {"host_key": "not really a key"},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "gw", **meta},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": "gw",
+                        "containers": [
+                            {"name": "gateway", "image": "gateway:dev", "ports": [{"containerPort": 2222}]}
+                        ],
+                    },
+                },
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "gw", **meta},
+            "spec": {"selector": labels, "ports": [{"port": 2222, "targetPort": 2222}]},
+        },
     ]
 
 
@@ -65,26 +105,23 @@ def test_dry_runs_store_nothing(kubectl: Kubectl, kube_namespace: str) -> None:
     listing = kubectl.run("get", "deployments,services,roles,rolebindings,secrets", "-o", "name")
     assert listing.stdout == ""
     # The server really defaulted and validated what it did not store.
-    out = kubectl.json("apply", "--dry-run=server", "-f", "-",
-                       input=json.dumps(_manifests(kube_namespace)[-1]))
+    out = kubectl.json(
+        "apply", "--dry-run=server", "-f", "-", input=json.dumps(_manifests(kube_namespace)[-1])
+    )
     assert out["spec"]["type"] == "ClusterIP"
     assert out["spec"]["clusterIP"]
 
 
-def test_server_dry_run_rejects_what_the_server_would(kubectl: Kubectl,
-                                                       kube_namespace: str) -> None:
+def test_server_dry_run_rejects_what_the_server_would(kubectl: Kubectl, kube_namespace: str) -> None:
     bad = _manifests(kube_namespace)[5]
     bad["spec"]["selector"]["matchLabels"] = {"app": "other"}
-    out = kubectl.run("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad),
-                      check=False)
+    out = kubectl.run("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
     assert out.returncode == 1
     assert "`selector` does not match template `labels`" in out.stderr
     # A namespace created in the same dry run does not exist for what follows.
     fresh = f"ns-{uuid.uuid4().hex[:8]}"
-    items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": fresh}},
-             *_manifests(fresh)[:1]]
-    out = kubectl.run("apply", "--dry-run=server", "-f", "-", input=_as_list(items),
-                      check=False)
+    items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": fresh}}, *_manifests(fresh)[:1]]
+    out = kubectl.run("apply", "--dry-run=server", "-f", "-", input=_as_list(items), check=False)
     assert f"namespace/{fresh} created (server dry run)" in out.stdout
     assert f'namespaces "{fresh}" not found' in out.stderr
 
@@ -121,8 +158,7 @@ def test_apply_creates_then_updates(kubectl: Kubectl, kube_namespace: str) -> No
     deployment_manifest = manifests[5]
     deployment_manifest["spec"]["template"]["spec"]["containers"][0]["image"] = "gateway:v2"
     kubectl.run("apply", "-f", "-", input=json.dumps(deployment_manifest))
-    [container] = kubectl.json("get", "deployment", "gw")["spec"]["template"]["spec"][
-        "containers"]
+    [container] = kubectl.json("get", "deployment", "gw")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "gateway:v2"
     assert container["ports"] == [{"containerPort": 2222, "protocol": "TCP"}]
 
@@ -138,11 +174,12 @@ def test_server_side_apply(kubectl: Kubectl, kube_namespace: str) -> None:
 
 def test_delete_namespace_with_contents(kubectl: Kubectl) -> None:
     fresh = f"ns-{uuid.uuid4().hex[:8]}"
-    items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": fresh}},
-             *_manifests(fresh)]
+    items = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": fresh}}, *_manifests(fresh)]
     kubectl.run("apply", "-f", "-", input=_as_list(items))
     assert kubectl.run("get", "sa", "-n", fresh, "-o", "name").stdout.split() == [
-        "serviceaccount/default", "serviceaccount/gw"]
+        "serviceaccount/default",
+        "serviceaccount/gw",
+    ]
     out = kubectl.run("delete", "namespace", fresh)
     assert out.stdout.strip() == f'namespace "{fresh}" deleted'
     assert kubectl.run("get", "namespace", fresh, check=False).returncode == 1

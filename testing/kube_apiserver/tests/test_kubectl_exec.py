@@ -21,8 +21,7 @@ def shell_pod(kubectl: Kubectl, busybox: str) -> str:
 
 
 def test_exit_code_and_streams(kubectl: Kubectl, shell_pod: str) -> None:
-    out = kubectl.run("exec", shell_pod, "--", "sh", "-c", "echo hi; echo oops >&2; exit 3",
-                      check=False)
+    out = kubectl.run("exec", shell_pod, "--", "sh", "-c", "echo hi; echo oops >&2; exit 3", check=False)
     assert out.returncode == 3
     assert out.stdout == "hi\n"
     assert out.stderr.splitlines() == ["oops", "command terminated with exit code 3"]
@@ -33,8 +32,7 @@ def test_exit_code_and_streams(kubectl: Kubectl, shell_pod: str) -> None:
 def test_stdin_and_eof(kubectl: Kubectl, shell_pod: str) -> None:
     data = "".join(f"line {i}\n" for i in range(2000))
     # cat ends only when stdin closes: the v5 close frame reached the process.
-    out = kubectl.run("exec", "-i", shell_pod, "--", "sh", "-c", "cat; echo done >&2",
-                      input=data)
+    out = kubectl.run("exec", "-i", shell_pod, "--", "sh", "-c", "cat; echo done >&2", input=data)
     assert out.stdout == data
     assert out.stderr == "done\n"
     counted = kubectl.run("exec", "-i", shell_pod, "--", "wc", "-c", input=data)
@@ -46,8 +44,7 @@ def test_command_that_cannot_start(kubectl: Kubectl, shell_pod: str) -> None:
     # As with a kubelet: an InternalError status, which kubectl reports as exit 1.
     assert out.returncode == 1
     assert out.stdout == ""
-    assert out.stderr.startswith("error: Internal error occurred: error executing command in "
-                                 "container:")
+    assert out.stderr.startswith("error: Internal error occurred: error executing command in container:")
     assert "no-such-binary" in out.stderr
 
 
@@ -62,24 +59,36 @@ def test_exec_refusals(kubectl: Kubectl, busybox: str, shell_pod: str) -> None:
     kubectl.run("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/done", "--timeout=30s")
     out = kubectl.run("exec", "done", "--", "true", check=False)
     assert out.returncode == 1
-    assert "cannot exec into a container in a completed pod; current phase is Succeeded" \
-        in out.stderr
+    assert "cannot exec into a container in a completed pod; current phase is Succeeded" in out.stderr
 
 
 @pytest.mark.skipif(shutil.which("script") is None, reason="needs script(1) for a terminal")
 def test_tty_exec(kubectl: Kubectl, shell_pod: str, tmp_path: Path) -> None:
     # kubectl only asks for a terminal when its own stdin is one: give it a pty
     # and drive an interactive shell through it.
-    argv = " ".join([kubectl.binary, f"--kubeconfig={kubectl.kubeconfig}",
-                     f"--cache-dir={kubectl.cache_dir}", "exec", "-it", shell_pod, "--", "sh"])
+    argv = " ".join(
+        [
+            kubectl.binary,
+            f"--kubeconfig={kubectl.kubeconfig}",
+            f"--cache-dir={kubectl.cache_dir}",
+            "exec",
+            "-it",
+            shell_pod,
+            "--",
+            "sh",
+        ]
+    )
     result = subprocess.run(
         ["script", "-qec", f"stty rows 33 cols 101; {argv}", "/dev/null"],
         # kubectl sends the first size and the first input concurrently: wait,
         # inside the container, until the size has landed.
         input='tty; until s=$(stty size 2>/dev/null) && [ "$s" != "0 0" ]; do :; done; '
-              'echo "size $s"; exit 7\n',
-        capture_output=True, text=True, timeout=WAIT,
-        check=False, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        'echo "size $s"; exit 7\n',
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert result.returncode == 7, result
     lines = [line.strip() for line in result.stdout.splitlines()]
@@ -97,8 +106,7 @@ def test_other_kubectl_versions(kubectl: Kubectl, shell_pod: str, version: str) 
     if not Path(binary).exists():
         pytest.skip(f"kubectl {version} is not installed")
     other = Kubectl(kubectl.kubeconfig, kubectl.cache_dir.with_name(f"cache-{version}"), binary)
-    out = other.run("exec", "-i", shell_pod, "--", "sh", "-c", "cat; exit 5", input="abc\n",
-                    check=False)
+    out = other.run("exec", "-i", shell_pod, "--", "sh", "-c", "cat; exit 5", input="abc\n", check=False)
     assert (out.returncode, out.stdout) == (5, "abc\n"), out.stderr
     assert other.run("get", "pods", "-o", "name").stdout.split() == ["pod/shell"]
 

@@ -23,8 +23,17 @@ def test_version_and_discovery(kubectl: Kubectl) -> None:
     assert version["serverVersion"]["major"] == "1"
     resources = kubectl.run("api-resources", "--no-headers").stdout
     names = {line.split()[0] for line in resources.splitlines()}
-    assert {"pods", "namespaces", "serviceaccounts", "configmaps", "secrets", "services",
-            "deployments", "roles", "rolebindings"} <= names
+    assert {
+        "pods",
+        "namespaces",
+        "serviceaccounts",
+        "configmaps",
+        "secrets",
+        "services",
+        "deployments",
+        "roles",
+        "rolebindings",
+    } <= names
     # Short names and groups resolve as on a cluster.
     assert re.search(r"^deployments\s+deploy\s+apps/v1\s+true\s+Deployment$", resources, re.M)
     assert kubectl.run("get", "po").stderr.startswith("No resources found in")
@@ -67,8 +76,7 @@ def test_create_get_list_delete(kubectl: Kubectl, busybox: str, kube_namespace: 
 
 
 def test_label_and_field_selectors(kubectl: Kubectl, busybox: str) -> None:
-    labels = {"a": {"app": "x", "tier": "web"}, "b": {"app": "y", "tier": "web"},
-              "c": {"app": "x"}}
+    labels = {"a": {"app": "x", "tier": "web"}, "b": {"app": "y", "tier": "web"}, "c": {"app": "x"}}
     for name, pod_labels in labels.items():
         # "c" exits at once, so phases differ too.
         command = ["true"] if name == "c" else SERVE
@@ -102,18 +110,23 @@ def test_label_and_field_selectors(kubectl: Kubectl, busybox: str) -> None:
 
 def test_errors_have_the_api_server_shape(kubectl: Kubectl, busybox: str) -> None:
     _create(kubectl, pod_manifest("dup", busybox, ["true"]))
-    again = kubectl.run("create", "-f", "-", check=False,
-                        input=json.dumps(pod_manifest("dup", busybox, ["true"])))
+    again = kubectl.run(
+        "create", "-f", "-", check=False, input=json.dumps(pod_manifest("dup", busybox, ["true"]))
+    )
     assert again.returncode == 1
-    assert 'Error from server (AlreadyExists): error when creating "STDIN": pods "dup" ' \
-           "already exists" in again.stderr
+    assert (
+        'Error from server (AlreadyExists): error when creating "STDIN": pods "dup" '
+        "already exists" in again.stderr
+    )
 
     invalid = pod_manifest("Bad_Name", busybox, ["true"])
     invalid["spec"]["containers"][0]["image"] = ""
     out = kubectl.run("create", "-f", "-", input=json.dumps(invalid), check=False)
     assert out.returncode == 1
-    assert 'The Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a ' \
-           "lowercase RFC 1123 subdomain" in out.stderr
+    assert (
+        'The Pod "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a '
+        "lowercase RFC 1123 subdomain" in out.stderr
+    )
 
     no_image = pod_manifest("noimage", busybox, ["true"])
     del no_image["spec"]["containers"][0]["image"]
@@ -126,8 +139,15 @@ def test_errors_have_the_api_server_shape(kubectl: Kubectl, busybox: str) -> Non
 
     out = kubectl.run("get", "pods", "-n", "no-such-namespace", "-o", "name")
     assert out.stdout == ""
-    out = kubectl.run("create", "-n", "no-such-namespace", "-f", "-", check=False,
-                      input=json.dumps(pod_manifest("p", busybox, ["true"])))
+    out = kubectl.run(
+        "create",
+        "-n",
+        "no-such-namespace",
+        "-f",
+        "-",
+        check=False,
+        input=json.dumps(pod_manifest("p", busybox, ["true"])),
+    )
     assert 'namespaces "no-such-namespace" not found' in out.stderr
 
 
@@ -139,21 +159,20 @@ def test_generate_name_and_label_edit(kubectl: Kubectl, busybox: str) -> None:
     assert re.fullmatch(r"pod/gen-[a-z0-9]{5} created", created)
     name = created.split()[0].removeprefix("pod/")
     kubectl.run("label", "pod", name, "extra=yes")
-    assert kubectl.run("get", "pods", "-l", "extra=yes", "-o", "name").stdout.strip() == \
-        f"pod/{name}"
+    assert kubectl.run("get", "pods", "-l", "extra=yes", "-o", "name").stdout.strip() == f"pod/{name}"
     kubectl.run("annotate", "pod", name, "note=hello")
     assert kubectl.json("get", "pod", name)["metadata"]["annotations"]["note"] == "hello"
     # The pod spec is immutable apart from images, as upstream.
-    refused = kubectl.run("patch", "pod", name, "--type=merge", "-p",
-                          '{"spec":{"restartPolicy":"Always"}}', check=False)
+    refused = kubectl.run(
+        "patch", "pod", name, "--type=merge", "-p", '{"spec":{"restartPolicy":"Always"}}', check=False
+    )
     assert refused.returncode == 1
     assert "spec: Forbidden: pod updates may not change fields" in refused.stderr
 
 
 def test_logs(kubectl: Kubectl, busybox: str) -> None:
     _create(kubectl, pod_manifest("talker", busybox, ["sh", "-c", "echo one; echo two >&2"]))
-    kubectl.run("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/talker",
-                "--timeout=30s")
+    kubectl.run("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/talker", "--timeout=30s")
     out = kubectl.run("logs", "talker").stdout
     assert sorted(out.splitlines()) == ["one", "two"]
     assert kubectl.run("logs", "talker", "--tail=1").stdout.strip() in ("one", "two")
@@ -165,14 +184,16 @@ def test_field_validation(kubectl: Kubectl, busybox: str) -> None:
     typo["spec"]["hostnam"] = "x"
     out = kubectl.run("create", "-f", "-", input=json.dumps(typo), check=False)
     assert out.returncode == 1
-    assert ('Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown '
-            'field "spec.containers[0].securityContex", unknown field "spec.hostnam"'
-            in out.stderr)
+    assert (
+        'Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown '
+        'field "spec.containers[0].securityContex", unknown field "spec.hostnam"' in out.stderr
+    )
     # Without validation the server drops what it does not know, as a Go decoder does.
     kubectl.run("create", "--validate=false", "-f", "-", input=json.dumps(typo))
     spec = kubectl.json("get", "pod", "typo")["spec"]
     assert "hostnam" not in spec
     assert "securityContex" not in spec["containers"][0]
-    warned = kubectl.run("create", "--validate=warn", "-f", "-",
-                         input=json.dumps({**typo, "metadata": {"name": "typo2"}}))
+    warned = kubectl.run(
+        "create", "--validate=warn", "-f", "-", input=json.dumps({**typo, "metadata": {"name": "typo2"}})
+    )
     assert 'Warning: unknown field "spec.hostnam"' in warned.stderr

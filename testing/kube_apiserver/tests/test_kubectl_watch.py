@@ -75,16 +75,19 @@ def test_wait_for_condition_and_delete(kubectl: Kubectl, busybox: str) -> None:
 
 
 def test_watch_of_a_selector(kubectl: Kubectl, busybox: str) -> None:
-    process = kubectl.popen("get", "pods", "-l", "app=watched", "--watch",
-                            "--output-watch-events")
+    process = kubectl.popen("get", "pods", "-l", "app=watched", "--watch", "--output-watch-events")
     try:
         reader = LineReader(process)
-        kubectl.run("create", "-f", "-",
-                    input=json.dumps(pod_manifest("other", busybox, ["true"])))
-        kubectl.run("create", "-f", "-", input=json.dumps(
-            pod_manifest("mine", busybox, ["true"], labels={"app": "watched"})))
-        kubectl.run("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/mine",
-                    "pod/other", "--timeout=30s")
+        kubectl.run("create", "-f", "-", input=json.dumps(pod_manifest("other", busybox, ["true"])))
+        kubectl.run(
+            "create",
+            "-f",
+            "-",
+            input=json.dumps(pod_manifest("mine", busybox, ["true"], labels={"app": "watched"})),
+        )
+        kubectl.run(
+            "wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/mine", "pod/other", "--timeout=30s"
+        )
         # Relabelling makes the pod leave the selection: a DELETED for this watch.
         kubectl.run("label", "pod", "mine", "app=gone", "--overwrite")
         lines = reader.until("DELETED")

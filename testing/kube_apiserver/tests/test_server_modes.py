@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def _docker_ids(label: str) -> list[str]:
-    return subprocess.run(["docker", "ps", "-aq", "--filter", f"label={label}"],
-                          capture_output=True, text=True, check=True).stdout.split()
+    return subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={label}"], capture_output=True, text=True, check=True
+    ).stdout.split()
 
 
 def test_close_removes_running_pods(tmp_path: Path, busybox: str) -> None:
@@ -59,7 +60,10 @@ def test_subprocess_mode(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     process = subprocess.Popen(
         [sys.executable, "-m", "testing.kube_apiserver", "--kubeconfig", str(kubeconfig)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         ready = json.loads(process.stdout.readline())
@@ -78,9 +82,23 @@ def test_orphans_of_a_dead_server_are_reaped(tmp_path: Path, busybox: str) -> No
     dead.wait()
     assert not _pid_alive(dead.pid)
     orphan = subprocess.run(
-        ["docker", "create", "--network", "none", "--label", f"{LABEL_PID}={dead.pid}",
-         "--label", f"{LABEL_INSTANCE}=crashed", busybox, "sleep", "60"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [
+            "docker",
+            "create",
+            "--network",
+            "none",
+            "--label",
+            f"{LABEL_PID}={dead.pid}",
+            "--label",
+            f"{LABEL_INSTANCE}=crashed",
+            busybox,
+            "sleep",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     try:
         with KubeApiServerThread(tmp_path):
             assert _docker_ids(f"{LABEL_PID}={dead.pid}") == []
@@ -96,9 +114,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("path", ["/api/v1/watch/namespaces/{ns}/configmaps/kube-root-ca.crt",
-                                  "/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt?watch=1"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/watch/namespaces/{ns}/configmaps/kube-root-ca.crt",
+        "/api/v1/namespaces/{ns}/configmaps/kube-root-ca.crt?watch=1",
+    ],
+)
 async def test_single_object_watch(path: str, kube_namespace: str, raw: RawApi) -> None:
     events = await raw.watch(path.format(ns=kube_namespace), until=lambda ev: len(ev) == 1)
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "kube-root-ca.crt")]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "kube-root-ca.crt")]

@@ -10,13 +10,18 @@ from ..kubetools import RawApi
 
 
 def _cm(name: str, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": labels},
+        "data": {"k": "v"},
+    }
 
 
 async def _create(raw: RawApi, namespace: str, name: str, **labels: str) -> dict[str, Any]:
-    status, body = await raw.json("POST", f"/api/v1/namespaces/{namespace}/configmaps",
-                                  body=_cm(name, **labels))
+    status, body = await raw.json(
+        "POST", f"/api/v1/namespaces/{namespace}/configmaps", body=_cm(name, **labels)
+    )
     assert status == 201, body
     return body
 
@@ -33,12 +38,12 @@ async def test_replay_from_a_resource_version(raw: RawApi, kube_namespace: str) 
     assert status == 200
     # From "one"'s version: exactly what happened after it, in order.
     rv = first["metadata"]["resourceVersion"]
-    events = await raw.watch(f"{base}?watch=1&resourceVersion={rv}",
-                             until=lambda ev: len(ev) == 2)
+    events = await raw.watch(f"{base}?watch=1&resourceVersion={rv}", until=lambda ev: len(ev) == 2)
     assert _names(events) == [("ADDED", "two"), ("DELETED", "one")]
     deleted = events[1]["object"]
-    assert int(deleted["metadata"]["resourceVersion"]) > int(events[0]["object"]["metadata"][
-        "resourceVersion"])
+    assert int(deleted["metadata"]["resourceVersion"]) > int(
+        events[0]["object"]["metadata"]["resourceVersion"]
+    )
     # Without a version: the current state as ADDED events.
     events = await raw.watch(f"{base}?watch=true", until=lambda ev: len(ev) == 2)
     assert sorted(_names(events)) == [("ADDED", "kube-root-ca.crt"), ("ADDED", "two")]
@@ -46,8 +51,7 @@ async def test_replay_from_a_resource_version(raw: RawApi, kube_namespace: str) 
 
 async def test_timeout_ends_the_stream(raw: RawApi, kube_namespace: str) -> None:
     # An empty watch with a timeout ends by itself, cleanly, with no events.
-    events = await raw.watch(f"/api/v1/namespaces/{kube_namespace}/pods?watch=true"
-                             "&timeoutSeconds=1")
+    events = await raw.watch(f"/api/v1/namespaces/{kube_namespace}/pods?watch=true&timeoutSeconds=1")
     assert events == []
 
 
@@ -55,8 +59,9 @@ async def test_bookmarks(raw: RawApi, kube_namespace: str) -> None:
     _, listing = await raw.json("GET", f"/api/v1/namespaces/{kube_namespace}/pods")
     rv = listing["metadata"]["resourceVersion"]
     events = await raw.watch(
-        f"/api/v1/namespaces/{kube_namespace}/pods?watch=true&allowWatchBookmarks=true"
-        f"&resourceVersion={rv}", until=lambda ev: ev[-1]["type"] == "BOOKMARK")
+        f"/api/v1/namespaces/{kube_namespace}/pods?watch=true&allowWatchBookmarks=true&resourceVersion={rv}",
+        until=lambda ev: ev[-1]["type"] == "BOOKMARK",
+    )
     bookmark = events[-1]["object"]
     assert bookmark["kind"] == "Pod" and bookmark["apiVersion"] == "v1"
     assert int(bookmark["metadata"]["resourceVersion"]) >= int(rv)
@@ -67,10 +72,10 @@ async def test_send_initial_events(raw: RawApi, kube_namespace: str) -> None:
     events = await raw.watch(
         f"/api/v1/namespaces/{kube_namespace}/configmaps?watch=true&sendInitialEvents=true"
         "&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan",
-        until=lambda ev: ev[-1]["type"] == "BOOKMARK")
+        until=lambda ev: ev[-1]["type"] == "BOOKMARK",
+    )
     assert sorted(_names(events[:-1])) == [("ADDED", "init"), ("ADDED", "kube-root-ca.crt")]
-    assert events[-1]["object"]["metadata"]["annotations"] == {
-        "k8s.io/initial-events-end": "true"}
+    assert events[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
 
 
 async def test_compacted_version_is_an_error_event(
@@ -79,13 +84,25 @@ async def test_compacted_version_is_an_error_event(
     old = await _create(raw, kube_namespace, "old")
     await _create(raw, kube_namespace, "new")
     compacted = kube_apiserver.compact()
-    events = await raw.watch(f"/api/v1/namespaces/{kube_namespace}/configmaps?watch=true"
-                             f"&resourceVersion={old['metadata']['resourceVersion']}")
-    assert events == [{"type": "ERROR", "object": {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": f"too old resource version: {old['metadata']['resourceVersion']} "
-                   f"({compacted + 1})",
-        "reason": "Expired", "code": 410}}]
+    events = await raw.watch(
+        f"/api/v1/namespaces/{kube_namespace}/configmaps?watch=true"
+        f"&resourceVersion={old['metadata']['resourceVersion']}"
+    )
+    assert events == [
+        {
+            "type": "ERROR",
+            "object": {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {old['metadata']['resourceVersion']} "
+                f"({compacted + 1})",
+                "reason": "Expired",
+                "code": 410,
+            },
+        }
+    ]
 
 
 async def test_selector_transitions(raw: RawApi, kube_namespace: str) -> None:
@@ -95,9 +112,12 @@ async def test_selector_transitions(raw: RawApi, kube_namespace: str) -> None:
     await _create(raw, kube_namespace, "staying", team="b")
 
     async def relabel(team: str) -> None:
-        status, body = await raw.json("PATCH", f"{base}/moving",
-                                      body={"metadata": {"labels": {"team": team}}},
-                                      content_type="application/merge-patch+json")
+        status, body = await raw.json(
+            "PATCH",
+            f"{base}/moving",
+            body={"metadata": {"labels": {"team": team}}},
+            content_type="application/merge-patch+json",
+        )
         assert status == 200, body
 
     await relabel("b")
@@ -105,14 +125,20 @@ async def test_selector_transitions(raw: RawApi, kube_namespace: str) -> None:
     status, _ = await raw.json("DELETE", f"{base}/moving")
     assert status == 200
     # Leaving the selection is a DELETED for this watch, entering it an ADDED.
-    events = await raw.watch(f"{base}?watch=true&labelSelector=team%3Da&resourceVersion={start}",
-                             until=lambda ev: len(ev) == 4)
-    assert _names(events) == [("ADDED", "moving"), ("DELETED", "moving"), ("ADDED", "moving"),
-                              ("DELETED", "moving")]
+    events = await raw.watch(
+        f"{base}?watch=true&labelSelector=team%3Da&resourceVersion={start}", until=lambda ev: len(ev) == 4
+    )
+    assert _names(events) == [
+        ("ADDED", "moving"),
+        ("DELETED", "moving"),
+        ("ADDED", "moving"),
+        ("DELETED", "moving"),
+    ]
 
 
-async def test_watch_ends_when_the_client_leaves(raw: RawApi, kube_namespace: str,
-                                                 kube_apiserver: KubeApiServerThread) -> None:
+async def test_watch_ends_when_the_client_leaves(
+    raw: RawApi, kube_namespace: str, kube_apiserver: KubeApiServerThread
+) -> None:
     store = kube_apiserver.server.store if kube_apiserver.server else None
     assert store is not None
 
@@ -120,8 +146,9 @@ async def test_watch_ends_when_the_client_leaves(raw: RawApi, kube_namespace: st
         return store.watcher_count(kube_namespace)
 
     before = await kube_apiserver.acall(count())
-    async with raw.session.get(f"{raw.url}/api/v1/namespaces/{kube_namespace}/pods?watch=true",
-                               ssl=raw.ssl) as response:
+    async with raw.session.get(
+        f"{raw.url}/api/v1/namespaces/{kube_namespace}/pods?watch=true", ssl=raw.ssl
+    ) as response:
         assert response.status == 200
         assert await kube_apiserver.acall(count()) == before + 1
     # The server notices the closed connection and drops the watcher.

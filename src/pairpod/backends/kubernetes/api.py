@@ -98,8 +98,10 @@ class KubeApi:
         try:
             if self._kubeconfig is not None:
                 await k8s_config.load_kube_config(
-                    config_file=str(self._kubeconfig), context=self._context,
-                    client_configuration=configuration, persist_config=False,
+                    config_file=str(self._kubeconfig),
+                    context=self._context,
+                    client_configuration=configuration,
+                    persist_config=False,
                 )
             elif os.environ.get("KUBERNETES_SERVICE_HOST") and self._context is None:
                 k8s_config.load_incluster_config(client_configuration=configuration)
@@ -214,8 +216,11 @@ class KubeApi:
         await self._request(
             f"label pod {namespace}/{name}",
             self.core.patch_namespaced_pod(
-                name, namespace, {"metadata": meta},
-                _content_type="application/merge-patch+json", **self._options(),  # type: ignore[call-arg]
+                name,
+                namespace,
+                {"metadata": meta},
+                _content_type="application/merge-patch+json",
+                **self._options(),  # type: ignore[call-arg]
             ),
         )
 

@@ -41,8 +41,15 @@ OWNER_ENV = ("PAIRPOD_POD_NAME", "PAIRPOD_POD_NAMESPACE", "PAIRPOD_POD_UID")
 
 # Waiting reasons that no amount of waiting cures.
 _PERMANENT_REASONS = frozenset(
-    {"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError",
-     "RunContainerError", "StartError", "ContainerCannotRun"}
+    {
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "StartError",
+        "ContainerCannotRun",
+    }
 )
 _IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 # How registries and runtimes say an image does not exist or may not be pulled:
@@ -249,8 +256,9 @@ def pod_progress(pod: Obj, container: str) -> PodProgress:
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return PodProgress(permanent=True, deleted=True, reason="Terminating",
-                           message="the pod is being deleted")
+        return PodProgress(
+            permanent=True, deleted=True, reason="Terminating", message="the pod is being deleted"
+        )
     statuses = status.get("containerStatuses") or []
     own = next((c for c in statuses if isinstance(c, dict) and c.get("name") == container), {})
     state = own.get("state") or {}
@@ -277,8 +285,10 @@ def pod_progress(pod: Obj, container: str) -> PodProgress:
         return PodProgress(permanent=permanent, reason=reason, message=message)
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return PodProgress(reason=str(condition.get("reason") or "Unschedulable"),
-                               message=str(condition.get("message") or ""))
+            return PodProgress(
+                reason=str(condition.get("reason") or "Unschedulable"),
+                message=str(condition.get("message") or ""),
+            )
     return PodProgress(reason="ContainerCreating" if status.get("conditions") else "Pending")
 
 

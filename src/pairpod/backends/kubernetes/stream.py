@@ -130,8 +130,9 @@ def parse_status(payload: bytes) -> ExecResult:
         for cause in causes if isinstance(causes, list) else []:
             if isinstance(cause, dict) and cause.get("reason") == "ExitCode":
                 try:
-                    return ExecResult(exit_code=int(str(cause.get("message"))), reason=reason,
-                                      message=message)
+                    return ExecResult(
+                        exit_code=int(str(cause.get("message"))), reason=reason, message=message
+                    )
                 except ValueError:
                     break
         raise ExecProtocolError(f"status channel: NonZeroExitCode without an exit code: {status}")
@@ -346,8 +347,12 @@ class ExecStream:
                 event = self.codec.receive(message.data)
                 if event is not None:
                     return event
-            elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                                  aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            elif message.type in (
+                aiohttp.WSMsgType.CLOSE,
+                aiohttp.WSMsgType.CLOSING,
+                aiohttp.WSMsgType.CLOSED,
+                aiohttp.WSMsgType.ERROR,
+            ):
                 return None
             # Text frames belong to the base64 protocols, never negotiated here.
 
