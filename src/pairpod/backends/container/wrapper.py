@@ -45,7 +45,8 @@ DEFAULT_IDLE_COMMAND = [
 ]
 
 # The wrapper every process starts through. Arguments: the fd to print the
-# preamble on (2 without a TTY, so stdout stays clean; 1 with one), stty size
+# preamble on (1: stdout, the stream the program's output follows in order;
+# the gateway reads the preamble off it before passing output on), stty size
 # arguments, stty mode arguments, the kind (shell | sftp | plain), whether to
 # put a reader on stdout (1 or empty), 1 to start in $HOME (no working
 # directory configured), how many NAME=value words follow to export, those
@@ -240,7 +241,9 @@ def wrapper_args(
     pty = spec.pty
     size = f"rows {pty.rows} cols {pty.cols}" if pty is not None else ""
     modes = stty_modes(pty.modes) if pty is not None else ""
-    fd = "1" if pty is not None else "2"
+    # The preamble goes where the program's output will: the engine keeps one
+    # stream in order but may deliver stdout written later ahead of stderr.
+    fd = "1"
     # A terminal's output cannot be closed alone; sftp clients never send eow.
     reader = "1" if pty is None and kind != "sftp" and not main else ""
     words = [f"{k}={v}" for k, v in exports.items()]

@@ -58,7 +58,7 @@ def spare_command(tty: bool, token: str) -> list[str]:
         "spare",
         token,
         "tty" if tty else "pipe",
-        "1" if tty else "2",
+        "1",
     ]
 
 

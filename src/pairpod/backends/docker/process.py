@@ -117,7 +117,10 @@ class DockerProcess(ContainerProcess):
         self._demuxer = None if pty is not None else Demuxer()
         self._engine_errors = bytearray()
         self._preamble_reader = PreambleReader()
-        self._preamble_stream = STDOUT if pty is not None else STDERR
+        # On stdout, ahead of the program's output: the engine copies stdout and
+        # stderr apart, so a line on stderr could arrive after more output than
+        # is buffered before reading stops, and never be read.
+        self._preamble_stream = STDOUT
         # Only spares say "ready" (before their instructions, then the preamble).
         self._ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._finisher: asyncio.Task[None] | None = None

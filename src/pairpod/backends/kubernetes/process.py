@@ -53,7 +53,7 @@ class KubernetesProcess(ContainerProcess):
         self._stream = stream
         self._on_done = on_done
         self._preamble_reader = PreambleReader()
-        self._preamble_channel = STDOUT if pty is not None else STDERR
+        self._preamble_channel = STDOUT  # ordered with the output, as for Docker
         self._result: ExecResult | None = None
         self._reading = asyncio.Event()
         self._reading.set()
