@@ -15,16 +15,9 @@ from pairpod.backends.docker import DockerBackend
 from pairpod.backends.docker.container import hostname_for
 from pairpod.backends.termmodes import stty_modes
 from pairpod.errors import SubsystemUnavailable
-from tests.support.docker_backend import (
-    environment,
-    eventually,
-    identity,
-    read_all,
-    read_until,
-    run,
-    running_backend,
-)
+from tests.support.docker_backend import environment, eventually, read_all, read_until, run, running_backend
 from tests.support.docker_env import docker_config, inspect, remove_volume
+from tests.support.identity import identity
 
 # "pool": a connection-mode container from the warm pool, whose first process
 # of each kind is a spare that was waiting in it.

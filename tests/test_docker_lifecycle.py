@@ -20,14 +20,7 @@ from pairpod.errors import (
     ImageUnavailable,
     StartTimeout,
 )
-from tests.support.docker_backend import (
-    eventually,
-    identity,
-    new_instance_id,
-    read_all,
-    run,
-    running_backend,
-)
+from tests.support.docker_backend import eventually, read_all, run, running_backend
 from tests.support.docker_env import (
     containers,
     docker_config,
@@ -35,6 +28,7 @@ from tests.support.docker_env import (
     inspect,
     remove_all,
 )
+from tests.support.identity import identity, new_instance_id
 from tests.support.images import busybox_image
 
 MODES = ["connection", "session"]

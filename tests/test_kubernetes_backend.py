@@ -14,10 +14,10 @@ from pairpod.backends.kubernetes.stream import V4_PROTOCOL
 from pairpod.errors import SubsystemUnavailable
 from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.docker_backend import eventually, read_all, read_until, run
+from tests.support.identity import identity
 from tests.support.kube_env import (
     TESTER_UID,
     core_api,
-    identity,
     kubernetes_config,
     pods,
     running_backend,

@@ -17,7 +17,8 @@ from pairpod.config import parse_listen, validate_config
 from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from testing.kube_apiserver.kubetools import KUBECTL
 from tests.support.docker_backend import eventually, run
-from tests.support.kube_env import identity, kubernetes_config, running_backend
+from tests.support.identity import identity
+from tests.support.kube_env import kubernetes_config, running_backend
 
 __all__ = ["kube_apiserver", "kube_namespace"]
 

@@ -21,15 +21,14 @@ from pairpod.errors import ConfigError
 from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from testing.kube_apiserver.kubetools import SERVE, pod_manifest
 from tests.conftest import MakeGateway
+from tests.support.identity import identity, new_instance_id
 from tests.support.images import busybox_image
 from tests.support.kube_env import (
     WAIT,
     ApiRelay,
     core_api,
-    identity,
     kubernetes_config,
     kubernetes_overrides,
-    new_instance_id,
     pods,
     running_backend,
     wait_pod_gone,

@@ -18,7 +18,7 @@ from pairpod.backends.kubernetes.pod import (
 )
 from pairpod.config import validate_config
 from pairpod.errors import EnvironmentStartFailed, ImagePullFailed, StartTimeout
-from tests.support.kube_env import identity
+from tests.support.identity import identity
 
 Obj = dict[str, Any]
 

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from pairpod.backends.base import Identity, Process, ProcessSpec, PtySpec, Stream
+from pairpod.backends.base import Process, ProcessSpec, PtySpec, Stream
 from pairpod.backends.docker import DockerBackend, DockerEnvironment
 from pairpod.config import Config
 from tests.support.docker_env import containers, docker_config, remove_all
-
-
-def new_instance_id() -> str:
-    """A fresh instance id, so tests never see each other's containers."""
-    return f"t{secrets.token_hex(5)}"
-
-
-def identity(
-    config: Config, user: str = "alice", conn: str | None = None, env: dict[str, str] | None = None
-) -> Identity:
-    """An authenticated identity for ``config``."""
-    return Identity(
-        username=user,
-        conn_id=conn or secrets.token_hex(6),
-        remote_addr="127.0.0.1:40000",
-        config=config,
-        env=env or {},
-    )
+from tests.support.identity import identity, new_instance_id
 
 
 @asynccontextmanager

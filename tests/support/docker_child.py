@@ -13,7 +13,8 @@ import sys
 
 from pairpod.backends.docker import DockerBackend
 from pairpod.config import validate_config
-from tests.support.docker_backend import eventually, identity
+from tests.support.docker_backend import eventually
+from tests.support.identity import identity
 
 
 async def main(instance_id: str, connections: int, config_json: str) -> None:

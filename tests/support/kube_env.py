@@ -7,7 +7,6 @@ elsewhere); the gateway itself only ever talks to it through its kubeconfig.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,10 +16,10 @@ from typing import Any
 import yaml
 from kubernetes_asyncio import client, config
 
-from pairpod.backends.base import Identity
 from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import Config, validate_config
 from testing.kube_apiserver.fixture import KubeApiServerThread
+from tests.support.identity import new_instance_id
 from tests.support.images import busybox_image, debian_image
 
 # The Debian test image's unprivileged user: pods run as it, as a cluster
@@ -70,24 +69,6 @@ def kubernetes_config(
 ) -> Config:
     """A whole validated Config for the Kubernetes backend."""
     return validate_config(kubernetes_overrides(server, namespace, mode, image, **kubernetes), "test config")
-
-
-def new_instance_id() -> str:
-    """A fresh instance id, so tests never see each other's pods."""
-    return f"t{secrets.token_hex(5)}"
-
-
-def identity(
-    config: Config, user: str = "alice", conn: str | None = None, env: dict[str, str] | None = None
-) -> Identity:
-    """An authenticated identity for ``config``."""
-    return Identity(
-        username=user,
-        conn_id=conn or secrets.token_hex(6),
-        remote_addr="127.0.0.1:40000",
-        config=config,
-        env=env or {},
-    )
 
 
 @asynccontextmanager
