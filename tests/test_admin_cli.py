@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import ClientKey, GatewayProcess, wait_until, write_config
+from tests.support.gateway import ClientKey, GatewayProcess, unique_sleep, wait_until, write_config
 
 
 def admin(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -51,7 +51,7 @@ def test_list_shows_a_live_connection_and_end_tells_its_user(
     assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
     assert admin(config, "list").stdout == "no connections\n"
 
-    marker = "sleep 600.4711"
+    marker = unique_sleep(600)
     client = subprocess.Popen(
         gateway.ssh_argv("echo started; " + marker),
         stdout=subprocess.PIPE,
