@@ -26,17 +26,9 @@ from tests.conftest import MakeGateway
 from tests.support.client import connect
 from tests.support.docker_env import docker_overrides
 from tests.support.gateway import ClientKey, GatewayThread, wait_until
+from tests.support.http_client import http_get
 
 ADMIN = {"admin": {"listen": "127.0.0.1:0"}}
-
-
-def http_get(url: str) -> tuple[int, str]:
-    """Status and body of a GET (an HTTP error status is an answer, not an exception)."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def admin_url(gw: GatewayThread, path: str) -> str:

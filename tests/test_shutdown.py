@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from tests.support.docker_env import containers, docker_overrides
 from tests.support.engine_proxy import EngineProxy
 from tests.support.gateway import ClientKey, GatewayProcess, base_config, wait_until, write_config
+from tests.support.http_client import http_get
 
 
 def _serve(tmp_path: Path, key: ClientKey, overrides: dict) -> GatewayProcess:
@@ -33,8 +35,17 @@ def _session(gateway: GatewayProcess) -> subprocess.Popen[bytes]:
     return client
 
 
+def _admin_url(gateway: GatewayProcess, path: str) -> str:
+    match = wait_until(
+        lambda: re.search(r"admin\.listening address=([\d.]+:\d+)", gateway.log()), message="admin listener"
+    )
+    return f"http://{match.group(1)}{path}"
+
+
 def test_sigterm_drains_and_a_second_sigterm_ends_at_once(tmp_path: Path, client_key: ClientKey) -> None:
-    gateway = _serve(tmp_path, client_key, {"shutdown_grace": "10m"})
+    gateway = _serve(tmp_path, client_key, {"shutdown_grace": "10m", "admin": {"listen": "127.0.0.1:0"}})
+    readyz, healthz = _admin_url(gateway, "/readyz"), _admin_url(gateway, "/healthz")
+    assert http_get(readyz) == (200, "ready\n")
     client = _session(gateway)
     try:
         assert gateway.proc is not None
@@ -46,6 +57,9 @@ def test_sigterm_drains_and_a_second_sigterm_ends_at_once(tmp_path: Path, client
         wait_until(lambda: "gateway.stopping" in gateway.log(), message="the drain")
         assert client.poll() is None
         assert gateway.ssh("true", timeout=30).returncode == 255
+        # A load balancer probing readiness stops sending users here; the process is alive.
+        assert http_get(readyz) == (503, "not ready: the gateway is draining (shutting down)\n")
+        assert http_get(healthz) == (200, "ok\n")
         # A second SIGTERM ends the sessions now, not in ten minutes.
         started = time.monotonic()
         gateway.proc.send_signal(15)

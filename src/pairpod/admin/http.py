@@ -34,6 +34,9 @@ class AdminHTTP:
         self._check = check
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Set once the gateway drains at SIGTERM: not ready for new users from then on,
+        # so a load balancer that probes stops sending them here while sessions finish.
+        self.draining = False
 
     async def start(self) -> None:
         """Listen; a busy or invalid address is a ConfigError naming ``admin.listen``."""
@@ -71,6 +74,8 @@ class AdminHTTP:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return _not_ready("the gateway is draining (shutting down)")
         try:
             async with asyncio.timeout(READY_TIMEOUT):
                 await self._check()

@@ -67,6 +67,11 @@ class Operations:
                 await part.stop()
             raise
 
+    def draining(self) -> None:
+        """The gateway stopped accepting at SIGTERM: ``/readyz`` answers 503 from now on."""
+        if self.http is not None:
+            self.http.draining = True
+
     async def stop(self) -> None:
         """Stop serving; write the last audit lines."""
         for part in (self.socket, self.http, self.audit):

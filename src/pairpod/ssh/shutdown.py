@@ -85,6 +85,7 @@ async def drain(gateway: Drained, hurry: asyncio.Event) -> None:
 
 
 async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
+    gateway.ops.draining()
     grace = gateway.config.shutdown_grace
     connections = list(gateway.connections)
     log.info("gateway.stopping", extra=fields(connections=len(connections), grace=format_duration(grace)))
