@@ -27,6 +27,10 @@ have prometheus || need_apt+=(prometheus)
 have asciinema || need_apt+=(asciinema)      # replays session recordings in tests
 have haproxy || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)  # PROXY protocol tests
 have script || need_apt+=(bsdutils)          # a terminal for asciinema cat
+have redis-server || need_apt+=(redis-server)  # the store of several gateway replicas
+have chromium || need_apt+=(chromium)        # web joiner tests (headless, driven by Selenium)
+have chromedriver || need_apt+=(chromium-driver)
+have npm || need_apt+=(npm)                  # fetches xterm.js for the web joiner page
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then

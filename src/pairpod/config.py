@@ -555,6 +555,45 @@ class AdminSettings(Section):
         return value
 
 
+class ClusterSettings(Section):
+    """Several gateway replicas sharing state in Redis (off: one replica, state in memory)."""
+
+    redis: str | None = Field(None, description="redis:// or rediss:// URL; unset: a single replica")
+    advertise: str | None = Field(
+        None, description="HOST:PORT where the other replicas reach this one's replica listener"
+    )
+    listen: str | None = Field(
+        None, description="HOST:PORT of the replica listener; default: advertise's port"
+    )
+    secret: str | None = Field(None, description="what replicas prove to each other; required with redis")
+    heartbeat: Duration = Field(5.0, description="how often this replica renews its entries")
+    ttl: Duration = Field(15.0, description="entries of a replica that stopped renewing expire after this")
+
+    @field_validator("redis")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {value!r}")
+        return value
+
+    @field_validator("advertise", "listen")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> ClusterSettings:
+        if self.redis is not None and (self.advertise is None or not self.secret):
+            raise ValueError("cluster.redis needs cluster.advertise and cluster.secret")
+        if self.secret is not None and len(self.secret) < 16:
+            raise ValueError("cluster.secret must be at least 16 characters")
+        if self.ttl <= self.heartbeat:
+            raise ValueError("cluster.ttl must be longer than cluster.heartbeat")
+        return self
+
+
 class AuditSettings(Section):
     """The audit log: one JSON object per line for each thing that happened."""
 
@@ -599,6 +638,7 @@ class Config(Section):
     shutdown_grace: Duration = Field(30.0, description="how long sessions may run on at SIGTERM")
     admin: AdminSettings = Field(default_factory=AdminSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="after")
     def _admin_not_public(self) -> Config:
