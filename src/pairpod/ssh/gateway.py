@@ -21,6 +21,7 @@ from pairpod.admin import Operations
 from pairpod.auth import Authenticator
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
+from pairpod.cluster import ClusterStore
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
@@ -45,6 +46,8 @@ class Gateway:
         self.config = config
         self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
+        # Several replicas: the one Redis client of this process (None: a single replica).
+        self.cluster = ClusterStore(config.cluster) if config.cluster.redis else None
         self.ops = Operations(self)
         self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
         self.sharing = SharingService(config)
@@ -111,9 +114,13 @@ class Gateway:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
         try:
+            if self.cluster is not None:
+                await self.cluster.start()  # returns at once: a Redis down at start is logged, not fatal
             await self.ops.start()
         except BaseException:
             self._server.close()
+            if self.cluster is not None:
+                await self.cluster.aclose()
             await self.backend.stop()
             raise
         log.info(

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from pairpod.admin import Operations
 from pairpod.auth import Authenticator
 from pairpod.backends import Backend
+from pairpod.cluster import ClusterStore
 from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
 from pairpod.recording import Recorder
@@ -55,6 +56,7 @@ class Drained(Protocol):
     config: Config
     backend: Backend
     authenticator: Authenticator
+    cluster: ClusterStore | None
     ops: Operations
     recorder: Recorder
 
@@ -111,6 +113,8 @@ async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
     backend_done = await _bounded(gateway.backend.stop(), time.monotonic() + BACKEND_TIMEOUT)
     with contextlib.suppress(Exception):
         await _bounded(gateway.authenticator.aclose(), time.monotonic() + END_TIMEOUT)
+    if gateway.cluster is not None:
+        await _bounded(gateway.cluster.aclose(), time.monotonic() + END_TIMEOUT)
     # The admin listener and audit log last: the steps above are audited too.
     await _bounded(gateway.ops.stop(), time.monotonic() + END_TIMEOUT)
     if not await asyncio.to_thread(gateway.recorder.close, END_TIMEOUT):
