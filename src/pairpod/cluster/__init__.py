@@ -5,6 +5,8 @@ pub/sub, recovery hooks); the modules beside it keep one kind of shared
 state each.
 """
 
+from pairpod.cluster.keycache import RedisKeyCache
+from pairpod.cluster.lockout import RedisLocks
 from pairpod.cluster.store import ClusterStore, StoreState, StoreUnavailable
 
-__all__ = ["ClusterStore", "StoreState", "StoreUnavailable"]
+__all__ = ["ClusterStore", "RedisKeyCache", "RedisLocks", "StoreState", "StoreUnavailable"]

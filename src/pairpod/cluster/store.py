@@ -135,14 +135,14 @@ class ClusterStore:
             self._went_down(error)
             raise StoreUnavailable(_describe(error, self.timeout)) from None
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[None]:
         """Run background store work (a write nobody waits for); ended by :meth:`aclose`."""
 
         async def wrapped() -> None:
             with contextlib.suppress(StoreUnavailable):
                 await coro
 
-        self._tasks.spawn(wrapped())
+        return self._tasks.spawn(wrapped())
 
     async def wait_up(self) -> None:
         """Wait until the store is up (bound it with ``asyncio.timeout``)."""

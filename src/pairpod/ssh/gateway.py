@@ -21,7 +21,7 @@ from pairpod.admin import Operations
 from pairpod.auth import Authenticator
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
-from pairpod.cluster import ClusterStore
+from pairpod.cluster import ClusterStore, RedisKeyCache, RedisLocks
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
@@ -49,7 +49,13 @@ class Gateway:
         # Several replicas: the one Redis client of this process (None: a single replica).
         self.cluster = ClusterStore(config.cluster) if config.cluster.redis else None
         self.ops = Operations(self)
-        self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
+        self.authenticator = Authenticator(
+            config,
+            observer=self.ops.auth_decision,
+            # Several replicas: lockout and key pages shared through Redis.
+            shared_locks=RedisLocks(self.cluster, config.auth.lockout) if self.cluster else None,
+            shared_keys=RedisKeyCache(self.cluster) if self.cluster else None,
+        )
         self.sharing = SharingService(config)
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
