@@ -8,8 +8,10 @@ key path and the problem.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -597,6 +599,21 @@ class ClusterSettings(Section):
         return self
 
 
+#: Environment variables that set a cluster key over the file: what differs per
+#: replica (its own address) or is kept in a Secret comes from the pod's env.
+CLUSTER_ENV = {
+    "PAIRPOD_CLUSTER_REDIS": "redis",
+    "PAIRPOD_CLUSTER_ADVERTISE": "advertise",
+    "PAIRPOD_CLUSTER_SECRET": "secret",
+}
+
+
+def cluster_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The cluster keys set by :data:`CLUSTER_ENV` variables in ``environ`` (empty ones ignored)."""
+    keys = {key: environ[name] for name, key in CLUSTER_ENV.items() if environ.get(name)}
+    return {"cluster": keys} if keys else {}
+
+
 class AuditSettings(Section):
     """The audit log: one JSON object per line for each thing that happened."""
 
@@ -744,14 +761,15 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load the config file (if any) and apply command-line overrides over it."""
+    """Load the config file (if any), then the cluster's environment variables and
+    command-line overrides over it."""
     data: Any = load_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
-    return validate_config(merge(data, overrides or {}), source)
+    return validate_config(merge(merge(data, cluster_env(os.environ)), overrides or {}), source)
 
 
 def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:
