@@ -33,6 +33,7 @@ from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from pairpod.cluster.store import ClusterStore, StoreUnavailable
 from pairpod.config import LockoutSettings
@@ -97,7 +98,8 @@ class RedisLocks:
         self._backlog: deque[_Failure] = deque()
         self._dropped = 0
         self._writer: Any = None
-        self._script = store.redis.register_script(_FAILED)
+        # How Redis names a script (an identifier, not a protection).
+        self._sha = hashlib.sha1(_FAILED.encode(), usedforsecurity=False).hexdigest()
         store.subscribe(self._channel, self._announced)
         store.on_up(self._resync)
 
@@ -148,29 +150,39 @@ class RedisLocks:
             self._dropped = 0
 
     async def _send(self, redis: aioredis.Redis, *, batch: list[_Failure]) -> list[Any]:
-        now = self._clock()
-        window_ms, duration_ms = int(self._settings.window * 1000), int(self._settings.duration * 1000)
-        async with redis.pipeline(transaction=False) as pipe:
-            for failure in batch:
-                digest = _digest(failure.subject)
-                await self._script(
-                    keys=[
-                        self._store.key("lockout", "fail", failure.kind, digest),
-                        self._store.key("lockout", "lock", failure.kind, digest),
-                    ],
-                    args=[
-                        int((now - failure.at) * 1000),
-                        window_ms,
-                        self._settings.failures,
-                        duration_ms,
-                        secrets.token_hex(8),
-                        self._channel,
-                        failure.kind,
-                        failure.subject,
-                    ],
-                    client=pipe,
-                )
-            return list(await pipe.execute())
+        """One round trip for the batch: EVALSHA each, loading the script only when Redis lacks it.
+
+        (redis-py's script objects would ask ``SCRIPT EXISTS`` before every pipeline.)
+        """
+        for first_try in (True, False):
+            async with redis.pipeline(transaction=False) as pipe:
+                for failure in batch:
+                    pipe.evalsha(self._sha, *self._call(failure))
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if not first_try:
+                        raise
+            # A Redis restarted empty: no failure of the batch was counted.
+            await redis.script_load(_FAILED)
+        raise AssertionError("unreachable")
+
+    def _call(self, failure: _Failure) -> list[Any]:
+        """The script's key count, keys and arguments for one failure."""
+        digest = _digest(failure.subject)
+        return [
+            2,
+            self._store.key("lockout", "fail", failure.kind, digest),
+            self._store.key("lockout", "lock", failure.kind, digest),
+            int((self._clock() - failure.at) * 1000),
+            int(self._settings.window * 1000),
+            self._settings.failures,
+            int(self._settings.duration * 1000),
+            secrets.token_hex(8),
+            self._channel,
+            failure.kind,
+            failure.subject,
+        ]
 
     async def _resync(self) -> None:
         """After (re)connecting: write what was counted meanwhile, then load the locks in force."""
