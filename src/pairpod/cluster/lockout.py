@@ -98,8 +98,7 @@ class RedisLocks:
         self._backlog: deque[_Failure] = deque()
         self._dropped = 0
         self._writer: Any = None
-        # How Redis names a script (an identifier, not a protection).
-        self._sha = hashlib.sha1(_FAILED.encode(), usedforsecurity=False).hexdigest()
+        self._script = store.script(_FAILED)
         store.subscribe(self._channel, self._announced)
         store.on_up(self._resync)
 
@@ -157,14 +156,14 @@ class RedisLocks:
         for first_try in (True, False):
             async with redis.pipeline(transaction=False) as pipe:
                 for failure in batch:
-                    pipe.evalsha(self._sha, *self._call(failure))
+                    pipe.evalsha(self._script.sha, *self._call(failure))
                 try:
                     return list(await pipe.execute())
                 except NoScriptError:
                     if not first_try:
                         raise
             # A Redis restarted empty: no failure of the batch was counted.
-            await redis.script_load(_FAILED)
+            await redis.script_load(self._script.text)
         raise AssertionError("unreachable")
 
     def _call(self, failure: _Failure) -> list[Any]:

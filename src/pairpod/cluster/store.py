@@ -27,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from pairpod.config import ClusterSettings
 from pairpod.log import fields, get_logger
@@ -67,6 +68,28 @@ class StoreUnavailable(Exception):
     """Redis cannot be used now (down, slow, or the store is closed): use local state."""
 
 
+class LuaScript:
+    """A Lua script run by its SHA-1 (``EVALSHA``): one round trip, the text never resent.
+
+    Made by :meth:`ClusterStore.script`, which loads it into Redis at every
+    (re)connection; a Redis that lost it meanwhile (restarted between two
+    health checks) answers NOSCRIPT, and it is loaded again there and then.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        # How Redis names a script (an identifier, not a protection).
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, redis: aioredis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run it with ``keys`` and ``args``."""
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.text)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
 class ClusterStore:
     """The Redis client of one replica (see the module docstring).
 
@@ -90,6 +113,7 @@ class ClusterStore:
         self._changed = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
         self._hooks: list[Hook] = []
+        self._scripts: list[LuaScript] = []
         self._tasks = TaskGroup()
         self._pubsub_task: asyncio.Task[None] | None = None
 
@@ -103,6 +127,12 @@ class ClusterStore:
     def key(self, *parts: str) -> str:
         """A namespaced key or channel name: ``pairpod:<part>:<part>...``."""
         return PREFIX + ":".join(parts)
+
+    def script(self, text: str) -> LuaScript:
+        """A Lua script for :meth:`run`, loaded into Redis whenever the store connects."""
+        script = LuaScript(text)
+        self._scripts.append(script)
+        return script
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(data)`` for each message published on ``channel``.
@@ -188,6 +218,17 @@ class ClusterStore:
             if task.done() or not ready.done():
                 await self._stop_pubsub()
                 return  # the monitor tries again
+        if self._scripts:
+            # Loaded now, so no login pays for it later.
+            try:
+                async with asyncio.timeout(self.timeout), self.redis.pipeline(transaction=False) as pipe:
+                    for script in self._scripts:
+                        pipe.script_load(script.text)
+                    await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as error:
+                self._went_down(error)
+                await self._stop_pubsub()
+                return
         self._set_state(StoreState.UP)
         log.info("cluster.redis_up", extra=fields(url=_safe_url(self.settings.redis)))
         for hook in self._hooks:
