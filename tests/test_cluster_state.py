@@ -3,7 +3,8 @@
 The replicas run as real processes on loopback, with the real OpenSSH
 client for key logins and AsyncSSH as the client for passwords (it binds a
 chosen 127.0.0.x source address, so each test's address lockouts stay its
-own). Redis is stopped and started again in the middle of the last test.
+own). Redis is stopped and started again, and frozen (SIGSTOP: it accepts
+and never answers), in the middle of the last tests.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -65,7 +67,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
                     "auth": {
                         "authorized_keys": str(tmp / "authorized_keys"),
                         "users": {user: {"password_hash": password_hash} for user in USERS},
-                        "github_users": ["octo", "octo-down", "octo-back"],
+                        "github_users": ["octo", "octo-down", "octo-back", "octo-hang"],
                         "key_sources": {"github": {"url": peer.url, "ttl": "10m"}},
                         "lockout": {"failures": FAILURES, "window": "10m", "duration": "10m"},
                     },
@@ -179,3 +181,19 @@ def test_redis_stopped_and_started_logins_keep_working_and_counts_resume(cluster
     for replica in cluster.replicas:
         assert key_login(replica, "octo-back", cluster.github_key) == "hello\n"
     assert cluster.keys.counts["octo-back"] == 1
+
+
+def test_a_redis_that_hangs_holds_no_login(cluster: Cluster) -> None:
+    a, b, _ = cluster.replicas
+    cluster.keys.keys["octo-hang"] = cluster.github_key.public_line
+    downs = a.log().count("cluster.redis_down")
+    assert cluster.redis.proc is not None
+    cluster.redis.proc.send_signal(signal.SIGSTOP)  # connections open, no answers: a node lost
+    try:
+        # The first Redis command of this login waits its bound, then the replica works alone.
+        assert key_login(a, "octo-hang", cluster.github_key) == "hello\n"
+        assert a.log().count("cluster.redis_down") > downs
+        assert asyncio.run(password_login(b, "fay", PASSWORD, "127.0.0.10"))
+    finally:
+        cluster.redis.proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: a.log().count("cluster.redis_up") > downs, message="redis back")
