@@ -10,14 +10,19 @@ and never answers), in the middle of the last tests.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
+import yaml
 
 from tests.support.gateway import (
     NO_ADMISSION_LIMITS,
@@ -199,3 +204,28 @@ def test_a_redis_that_hangs_holds_no_login(cluster: Cluster) -> None:
     finally:
         cluster.redis.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: a.log().count("cluster.redis_up") > downs, message="redis back")
+
+
+def test_a_replicas_cluster_keys_come_from_its_environment(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "pairpod.yaml", {"cluster": {"heartbeat": "2s"}})
+    env = {
+        **os.environ,
+        "PAIRPOD_CLUSTER_REDIS": "redis://:pw@redis.internal:6379/0",
+        "PAIRPOD_CLUSTER_ADVERTISE": "10.1.2.3:2223",
+        "PAIRPOD_CLUSTER_SECRET": secrets.token_hex(16),
+    }
+    check = [sys.executable, "-m", "pairpod.cli", "check-config", str(path)]
+    result = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    cluster = yaml.safe_load(result.stdout)["cluster"]
+    assert (cluster["redis"], cluster["advertise"], cluster["heartbeat"]) == (
+        "redis://:pw@redis.internal:6379/0",
+        "10.1.2.3:2223",
+        "2s",
+    )
+    # A replica whose Secret is missing is told what is missing, and where it may come from.
+    del env["PAIRPOD_CLUSTER_SECRET"]
+    result = subprocess.run(check, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "cluster.redis needs cluster.advertise and cluster.secret" in result.stderr
+    assert "PAIRPOD_CLUSTER_SECRET" in result.stderr

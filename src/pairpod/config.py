@@ -591,7 +591,10 @@ class ClusterSettings(Section):
     @model_validator(mode="after")
     def _complete(self) -> ClusterSettings:
         if self.redis is not None and (self.advertise is None or not self.secret):
-            raise ValueError("cluster.redis needs cluster.advertise and cluster.secret")
+            raise ValueError(
+                "cluster.redis needs cluster.advertise and cluster.secret "
+                "(in the file, or PAIRPOD_CLUSTER_ADVERTISE and PAIRPOD_CLUSTER_SECRET)"
+            )
         if self.secret is not None and len(self.secret) < 16:
             raise ValueError("cluster.secret must be at least 16 characters")
         if self.ttl <= self.heartbeat:
