@@ -72,12 +72,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
                     "auth": {
                         "authorized_keys": str(tmp / "authorized_keys"),
                         "users": {user: {"password_hash": password_hash} for user in USERS},
-                        "github_users": ["octo", "octo-down", "octo-back", "octo-hang"],
+                        "github_users": ["octo", "octo-rush", "octo-down", "octo-back", "octo-hang"],
                         "key_sources": {"github": {"url": peer.url, "ttl": "10m"}},
                         "lockout": {"failures": FAILURES, "window": "10m", "duration": "10m"},
                     },
                     "ssh": {"login_timeout": "20s", **NO_ADMISSION_LIMITS},
                     "shutdown_grace": "1s",
+                    "log": {"level": "debug"},  # keys.shared_wait
                     # A plain shell: the login shell's profile is no part of these tests.
                     "local": {"shell": ["/bin/sh"]},
                     "cluster": {
@@ -157,6 +158,33 @@ def logins_through_each_replica_fetch_once(cluster: Cluster, login: str) -> None
 
 def test_a_github_page_is_fetched_once_for_three_replicas(cluster: Cluster) -> None:
     logins_through_each_replica_fetch_once(cluster, "octo")
+
+
+def test_three_replicas_asking_at_once_make_one_fetch(cluster: Cluster) -> None:
+    cluster.keys.keys["octo-rush"] = cluster.github_key.public_line
+    cluster.keys.modes["octo-rush"] = "slow"  # the first fetch hangs until released
+    logins = [
+        subprocess.Popen(
+            replica.ssh_argv("echo", "hello", user="octo-rush", key=cluster.github_key),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        for replica in cluster.replicas
+    ]
+    try:
+        # One replica fetches; the two others wait for its answer rather than ask the source.
+        wait_until(
+            lambda: sum("keys.shared_wait" in r.log() for r in cluster.replicas) == 2,
+            message="two replicas waiting for the third's fetch",
+        )
+        assert cluster.keys.counts["octo-rush"] == 1
+        cluster.keys.release_from_thread()
+        assert [login.communicate(timeout=30)[0] for login in logins] == [b"hello\n"] * 3
+    finally:
+        for login in logins:
+            login.kill()
+    assert cluster.keys.counts["octo-rush"] == 1
 
 
 def test_redis_stopped_and_started_logins_keep_working_and_counts_resume(cluster: Cluster) -> None:

@@ -80,17 +80,19 @@ class RedisKeyCache:
         name = self._name(source, login)
         if not self._store.up:
             return None
-        try:
-            page, claimed = await self._store.run(
-                lambda redis: self._read(redis, name, ttl, claim_for=wait + self._store.timeout)
-            )
-        except StoreUnavailable:
-            return None
-        if claimed or (page is not None and page.age < ttl):
-            return page
-        # Another replica is fetching this page now: wait for its answer, not the source.
+        # Listening before the read: a page published right after it is not missed.
         event = self._waiting.setdefault(name, asyncio.Event())
         try:
+            try:
+                page, claimed = await self._store.run(
+                    lambda redis: self._read(redis, name, ttl, claim_for=wait + self._store.timeout)
+                )
+            except StoreUnavailable:
+                return None
+            if claimed or (page is not None and page.age < ttl):
+                return page
+            # Another replica is fetching this page now: wait for its answer, not the source.
+            log.debug("keys.shared_wait", extra=fields(key=name, wait=wait))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await event.wait()
