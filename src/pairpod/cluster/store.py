@@ -110,7 +110,6 @@ class ClusterStore:
             max_connections=MAX_CONNECTIONS,
         )
         self.state = StoreState.CONNECTING
-        self._changed = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
         self._hooks: list[Hook] = []
         self._scripts: list[LuaScript] = []
@@ -173,12 +172,6 @@ class ClusterStore:
                 await coro
 
         return self._tasks.spawn(wrapped())
-
-    async def wait_up(self) -> None:
-        """Wait until the store is up (bound it with ``asyncio.timeout``)."""
-        while not self.up:
-            self._changed.clear()
-            await self._changed.wait()
 
     async def start(self) -> None:
         """Start the monitor (returns at once: a Redis down at start is not an error)."""
@@ -247,13 +240,12 @@ class ClusterStore:
             extra=fields(
                 url=_safe_url(self.settings.redis),
                 error=_describe(error, self.timeout),
-                fallback="lockout and key cache are local to this replica until redis is back",
+                fallback="this replica works alone (lockout, key cache) until redis is back",
             ),
         )
 
     def _set_state(self, state: StoreState) -> None:
         self.state = state
-        self._changed.set()
 
     async def _run_hook(self, hook: Hook) -> None:
         try:
