@@ -781,6 +781,24 @@ def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Co
     return validate_config(merge(base, overrides), source)
 
 
+#: What ``check-config`` prints for a secret that is set.
+HIDDEN = "(hidden)"
+
+
 def dump_config(config: Config) -> str:
-    """The effective config as YAML (what ``check-config`` prints)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The effective config as YAML (what ``check-config`` prints), the cluster's secrets hidden."""
+    data = config.model_dump(mode="json")
+    cluster = data["cluster"]
+    if cluster["secret"]:
+        cluster["secret"] = HIDDEN
+    if cluster["redis"]:
+        cluster["redis"] = url_without_password(cluster["redis"])
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def url_without_password(url: str) -> str:
+    """``url`` with its user information hidden (``redis://:secret@host`` → ``redis://***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

@@ -36,7 +36,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from pairpod.config import ClusterSettings
+from pairpod.config import ClusterSettings, url_without_password
 from pairpod.log import fields, get_logger
 from pairpod.tasks import TaskGroup
 
@@ -310,9 +310,4 @@ def _describe(error: BaseException, timeout: float) -> str:
 
 def _safe_url(url: str | None) -> str:
     """The Redis URL without its password (URLs may carry ``redis://:secret@host``)."""
-    if url is None:
-        return ""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
+    return url_without_password(url) if url else ""
