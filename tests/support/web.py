@@ -23,7 +23,15 @@ def web_gateway(
 ) -> Iterator[GatewayThread]:
     """A gateway on loopback with web joiners on a free port."""
     directory.mkdir(parents=True, exist_ok=True)
-    settings = merge({"sharing": {"web": {"listen": "127.0.0.1:0"}}}, overrides or {})
+    settings = merge(
+        {
+            "sharing": {"web": {"listen": "127.0.0.1:0"}},
+            # A shell that reads no profile: what the screens show depends on nothing
+            # of this machine's user (whose login scripts may be slow or print things).
+            "local": {"shell": ["/bin/bash", "--noprofile", "--norc"]},
+        },
+        overrides or {},
+    )
     gateway = GatewayThread(base_config(directory, key, settings), key).start()
     try:
         yield gateway
@@ -32,8 +40,13 @@ def web_gateway(
 
 
 def web_links(owner: Tmux) -> dict[str, str]:
-    """The web links in an owner's share notice: ``{"ro": URL, "rw": URL}`` (rw when printed)."""
+    """The web links in an owner's share notice: ``{"ro": URL, "rw": URL}`` (rw when printed).
+
+    Returns once the owner's shell shows its prompt: typing earlier may be
+    discarded by the shell setting up its terminal.
+    """
     owner.wait_for(r"web read-only:\s+http")
+    owner.wait_for(r"(?m)[$#] ?$")
     screen = owner.screen()
     found = {"ro": re.search(r"web read-only:\s+(https?://\S+)", screen)}
     found["rw"] = re.search(r"web read-write:\s+(https?://\S+)", screen)

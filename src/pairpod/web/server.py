@@ -67,6 +67,7 @@ class WebJoiners:
         app.router.add_get("/s/{link}", self._page)
         app.router.add_get("/s/{link}/ws", self._socket)
         app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/favicon.ico", _no_content)  # browsers ask; nothing to log as missing
         app.on_response_prepare.append(_security_headers)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -194,6 +195,10 @@ class WebJoiners:
         if path is None or not path.is_file():
             return web.Response(status=404, text="not found\n")
         return web.FileResponse(path, headers={"Content-Type": _CONTENT_TYPES[path.suffix]})
+
+
+async def _no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
 
 
 def _html(text: str, status: int) -> web.Response:

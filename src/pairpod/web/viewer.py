@@ -86,8 +86,13 @@ async def serve_viewer(
         await socket.send_str(message("end", reason=error.user_message))
         return
     sink.attach(participant)
-    details = fields(session=session.session_id, link=link.link_id, participant=participant.id, addr=address)
-    log.info("web.join", extra={**details, **fields(access=link.access.value)})
+    details = {
+        "session": session.session_id,
+        "link": link.link_id,
+        "participant": participant.id,
+        "addr": address,
+    }
+    log.info("web.join", extra=fields(**details, access=link.access.value))
     pump = asyncio.create_task(sink.pump(socket))
     reader = asyncio.create_task(_read(socket, participant, limit))
     try:
@@ -98,4 +103,4 @@ async def serve_viewer(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
-    log.info("web.leave", extra={**details, **fields(reason=sink.ended or "the browser left")})
+    log.info("web.leave", extra=fields(**details, reason=sink.ended or "the browser left"))
