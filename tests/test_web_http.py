@@ -26,7 +26,7 @@ from pairpod.config import validate_config
 from pairpod.errors import ConfigError
 from pairpod.log import JsonFormatter, TextFormatter
 from pairpod.web.addresses import ClientAddresses
-from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
+from tests.support.gateway import ClientKey, GatewayThread, Tmux
 from tests.support.web import control, share_options, wait_for_participants, web_gateway, web_links
 
 
@@ -172,19 +172,19 @@ async def test_read_only_input_and_size_never_reach_the_program(gw: GatewayThrea
 
 async def test_kick_ends_the_stream_with_the_reason(gw: GatewayThread, owner: Tmux) -> None:
     url = web_links(owner)["ro"]
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as socket:
-            (viewer,) = wait_for_participants(gw, 1)
-            owner.wait_for(r"web viewer joined \(read-only\)")
-            control(gw, "kick", viewer)
-            received = await messages_until(socket, '"type": "end"')
-            assert b"pairpod: you were removed from the session by its owner" in b"".join(
-                m for m in received if isinstance(m, bytes)
-            )
-            assert (await socket.receive(timeout=20)).type in (
-                aiohttp.WSMsgType.CLOSE,
-                aiohttp.WSMsgType.CLOSED,
-            )
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as socket,
+    ):
+        (viewer,) = wait_for_participants(gw, 1)
+        owner.wait_for(r"web viewer joined \(read-only\)")
+        control(gw, "kick", viewer)
+        received = await messages_until(socket, '"type": "end"')
+        assert b"pairpod: you were removed from the session by its owner" in b"".join(
+            m for m in received if isinstance(m, bytes)
+        )
+        closed = await socket.receive(timeout=20)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
 def test_trusted_proxies_alone_set_the_client_address() -> None:
