@@ -169,7 +169,11 @@ class WebJoiners:
             )
             return web.Response(status=403, text="pairpod: this page's origin may not open the terminal\n")
         address, found = await self._find(request)
-        socket = web.WebSocketResponse(max_msg_size=self._settings.max_message, heartbeat=30.0)
+        # No per-message deflate: with many viewers, compressing every frame for each
+        # of them would cost the gateway more CPU than everything else on this path.
+        socket = web.WebSocketResponse(
+            max_msg_size=self._settings.max_message, heartbeat=30.0, compress=False
+        )
         await socket.prepare(request)
         self._sockets.add(socket)
         try:
