@@ -187,6 +187,22 @@ async def test_kick_ends_the_stream_with_the_reason(gw: GatewayThread, owner: Tm
         assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
+async def test_a_browser_that_stops_reading_never_holds_the_owner(gw: GatewayThread, owner: Tmux) -> None:
+    url = web_links(owner)["ro"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as slow,
+    ):
+        wait_for_participants(gw, 1)
+        # From here on the viewer reads nothing while the owner's program floods.
+        owner.type("head -c 8000000 /dev/zero | tr '\\0' x; echo; echo flood-$((7*6))\n")
+        owner.wait_for("flood-42", timeout=60)
+        # Reading again, the viewer catches up from a redraw of the current screen,
+        # not by getting every byte it missed.
+        received = await messages_until(slow, b"flood-42")
+        assert sum(len(m) for m in received if isinstance(m, bytes)) < 4_000_000
+
+
 def test_trusted_proxies_alone_set_the_client_address() -> None:
     addresses = ClientAddresses(["10.0.0.0/8", "::1/128"])
     assert addresses.client("10.1.2.3", "203.0.113.9") == "203.0.113.9"
