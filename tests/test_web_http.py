@@ -6,8 +6,6 @@ The owner is the real OpenSSH client in tmux; the gateway of the module has
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import re
 import ssl
@@ -17,15 +15,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from pairpod.config import validate_config
 from pairpod.errors import ConfigError
 from pairpod.log import JsonFormatter, TextFormatter
 from pairpod.web.addresses import ClientAddresses
+from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux
 from tests.support.web import control, share_options, wait_for_participants, web_gateway, web_links
 
@@ -227,36 +222,11 @@ def test_restricted_sessions_get_no_read_write_web_link(tmp_path: Path, client_k
             plain.close()
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "web.crt", directory / "web.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 async def test_tls_from_the_configured_certificate(tmp_path: Path, client_key: ClientKey) -> None:
-    cert, key = self_signed(tmp_path)
+    serving = self_signed()
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    cert.write_bytes(serving.cert_pem)
+    key.write_bytes(serving.key_pem)
     overrides = {"sharing": {"open": True, "web": {"tls_cert": str(cert), "tls_key": str(key), "auto": True}}}
     with web_gateway(tmp_path / "gw", client_key, overrides) as gateway:
         owner = Tmux("tls", tmp_path).start(gateway.ssh_argv(options=share_options("ro")), 100, 25)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -73,6 +74,15 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"port {port} is out of range 0-65535")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
     return host, port
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+"""``HOST:PORT`` (``[::1]:2222`` for IPv6), checked when the config is loaded."""
 
 
 def check_networks(value: list[str]) -> list[str]:
@@ -502,20 +512,15 @@ class UserSharingSettings(Section):
 class WebSettings(Section):
     """Web joiners: a shared terminal watched (or typed into) from a browser."""
 
-    listen: str | None = Field(None, description="HOST:PORT of the web joiner listener; off when unset")
+    listen: ListenAddress | None = Field(
+        None, description="HOST:PORT of the web joiner listener; off when unset"
+    )
     public_url: str | None = Field(None, description="base of printed web links; default from listen")
     auto: bool = Field(False, description="print a read-only web link in every share notice")
     tls_cert: Path | None = None
     tls_key: Path | None = None
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For counts")
     max_message: int = Field(64 * 1024, ge=1024, le=1 << 20, description="bytes per WebSocket message")
-
-    @field_validator("listen")
-    @classmethod
-    def _listen_address(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_listen(value)
-        return value
 
     @field_validator("public_url")
     @classmethod

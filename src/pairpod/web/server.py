@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from pairpod.admin.http import start_site
 from pairpod.auth.lockout import Lockout
 from pairpod.config import Config, parse_listen
 from pairpod.errors import ConfigError
@@ -69,19 +70,8 @@ class WebJoiners:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/favicon.ico", _no_content)  # browsers ask; nothing to log as missing
         app.on_response_prepare.append(_security_headers)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        host, port = parse_listen(self._listen)
-        site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise ConfigError(
-                f"sharing.web.listen: cannot listen on {self._listen}: {error.strerror or error}"
-            ) from None
-        self._runner = runner
-        self.port = runner.addresses[0][1]  # the real one when asked for port 0
+        self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls)
+        host = parse_listen(self._listen)[0]
         self.base_url = self._settings.public_url or _default_base(
             host, self.port, self._config, tls is not None
         )
