@@ -145,22 +145,34 @@ async def latency_round(work: Workdir, port: int, script: Path, args: argparse.N
         owner.stop()
 
 
-async def throughput_round(work: Workdir, port: int, payload: Path, size: int, viewers: int) -> float:
-    """MB/s the owner's terminal receives ``cat payload`` (``size`` bytes) at, with ``viewers`` on the web."""
-    owner = Owner(work, port, f"read go; exec cat {payload}", viewers > 0, "cat")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def throughput_round(
+    work: Workdir, gateway: Peer, payload: Path, size: int, viewers: int
+) -> tuple[float, float, float]:
+    """MB/s the owner's terminal receives ``cat payload`` (``size`` bytes) at, with ``viewers``
+    on the web; and the CPU seconds the gateway and the viewers (this process) used meanwhile."""
+    owner = Owner(work, gateway.port, f"read go; exec cat {payload}", viewers > 0, "cat")
     try:
         async with aiohttp.ClientSession() as session:
             tasks: list[asyncio.Task[None]] = []
             if viewers:
                 _, tasks = await join(session, await owner.web_link(), viewers)
             started = time.perf_counter()
+            gateway_cpu, own_cpu = cpu_seconds(gateway.proc.pid), time.process_time()
             owner.say(b"\n")
             await wait_for(lambda: owner.proc.poll() is not None, "the owner's end")
             elapsed = time.perf_counter() - started
+            gateway_cpu = cpu_seconds(gateway.proc.pid) - gateway_cpu
+            own_cpu = time.process_time() - own_cpu
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return size / elapsed / 1e6
+        return size / elapsed / 1e6, gateway_cpu, own_cpu
     finally:
         owner.stop()
 
@@ -171,14 +183,19 @@ async def run(args: argparse.Namespace, work: Workdir, gateway: Peer) -> None:
     payload = work.path / "payload.txt"
     write_log_payload(payload, args.megabytes)
     size = payload.stat().st_size
-    p50s, p99s, worst, alone, shared = [], [], [], [], []
+    p50s, p99s, worst, alone, shared, cpu_alone, cpu_shared, cpu_viewers = [], [], [], [], [], [], [], []
     for _ in range(args.rounds):
         delays = await latency_round(work, gateway.port, script, args)
         p50s.append(percentile(delays, 0.5))
         p99s.append(percentile(delays, 0.99))
         worst.append(max(delays))
-        alone.append(await throughput_round(work, gateway.port, payload, size, 0))
-        shared.append(await throughput_round(work, gateway.port, payload, size, args.viewers))
+        rate, cpu, _ = await throughput_round(work, gateway, payload, size, 0)
+        alone.append(rate)
+        cpu_alone.append(cpu)
+        rate, cpu, viewers_cpu = await throughput_round(work, gateway, payload, size, args.viewers)
+        shared.append(rate)
+        cpu_shared.append(cpu)
+        cpu_viewers.append(viewers_cpu)
     p99 = statistics.median(p99s)
     ratio = statistics.median(shared) / statistics.median(alone)
     rows = [
@@ -206,6 +223,12 @@ async def run(args: argparse.Namespace, work: Workdir, gateway: Peer) -> None:
     ]
     lines += [
         f"| {what} | {figure} | {goal} ({'met' if ok else 'NOT met'}) |" for what, figure, goal, ok in rows
+    ]
+    lines += [
+        "",
+        f"Gateway CPU for the `cat`: {statistics.median(cpu_shared):.2f} s shared vs "
+        f"{statistics.median(cpu_alone):.2f} s alone; the {args.viewers} viewers (this process) "
+        f"used {statistics.median(cpu_viewers):.2f} s of the same 2 cores meanwhile.",
     ]
     print("\n" + "\n".join(lines))
 
