@@ -123,8 +123,17 @@ async def join(
     return viewers, tasks
 
 
-async def latency_round(work: Workdir, port: int, script: Path, args: argparse.Namespace) -> list[float]:
-    owner = Owner(work, port, f"exec {sys.executable} {script} {1 / args.rate}", True, "writer")
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def latency_round(
+    work: Workdir, gateway: Peer, script: Path, args: argparse.Namespace
+) -> tuple[list[float], float]:
+    """Every delay seen by every viewer (ms), and the share of a core the gateway used."""
+    owner = Owner(work, gateway.port, f"exec {sys.executable} {script} {1 / args.rate}", True, "writer")
     try:
         link = await owner.web_link()
         async with aiohttp.ClientSession() as session:
@@ -133,22 +142,18 @@ async def latency_round(work: Workdir, port: int, script: Path, args: argparse.N
             for viewer in viewers:
                 viewer.since = start
                 viewer.timing = True
+            cpu, wall = cpu_seconds(gateway.proc.pid), time.perf_counter()
             owner.say(b"go\n")
             await asyncio.sleep(args.seconds)  # the writer draws at its rate meanwhile
             owner.say(b"stop\n")
+            busy = (cpu_seconds(gateway.proc.pid) - cpu) / (time.perf_counter() - wall)
             await wait_for(lambda: owner.proc.poll() is not None, "the writer's end")
             for viewer in viewers:
                 await viewer.socket.close()
             await asyncio.gather(*tasks, return_exceptions=True)
-        return [delay for viewer in viewers for delay in viewer.delays]
+        return [delay for viewer in viewers for delay in viewer.delays], busy
     finally:
         owner.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def throughput_round(
@@ -183,9 +188,11 @@ async def run(args: argparse.Namespace, work: Workdir, gateway: Peer) -> None:
     payload = work.path / "payload.txt"
     write_log_payload(payload, args.megabytes)
     size = payload.stat().st_size
+    gateway_busy: list[float] = []
     p50s, p99s, worst, alone, shared, cpu_alone, cpu_shared, cpu_viewers = [], [], [], [], [], [], [], []
     for _ in range(args.rounds):
-        delays = await latency_round(work, gateway.port, script, args)
+        delays, busy = await latency_round(work, gateway, script, args)
+        gateway_busy.append(busy)
         p50s.append(percentile(delays, 0.5))
         p99s.append(percentile(delays, 0.99))
         worst.append(max(delays))
@@ -201,7 +208,8 @@ async def run(args: argparse.Namespace, work: Workdir, gateway: Peer) -> None:
     rows = [
         (
             f"owner -> web viewer delay, {args.viewers} WebSocket viewers, {args.rate:g} updates/s",
-            f"p99 {p99:.1f} ms (p50 {statistics.median(p50s):.1f} ms, worst {max(worst):.1f} ms)",
+            f"p99 {p99:.1f} ms (p50 {statistics.median(p50s):.1f} ms, worst {max(worst):.1f} ms; "
+            f"gateway CPU {100 * statistics.median(gateway_busy):.0f} % of a core)",
             "p99 < 50 ms",
             p99 < 50,
         ),
