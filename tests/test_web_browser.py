@@ -161,6 +161,16 @@ def test_read_write_page_types_into_the_owners_terminal(
     keyboard(page).key_down(Keys.CONTROL).send_keys("c").key_up(Keys.CONTROL).perform()
     keyboard(page).send_keys("echo after-$((2+3))").send_keys(Keys.ENTER).perform()
     owner.wait_for("after-5")
+    # A paste (as the browser delivers one: a paste event with the clipboard's text).
+    page.execute_script(
+        """const data = new DataTransfer();
+        data.setData("text/plain", arguments[0]);
+        document.querySelector(".xterm-helper-textarea").dispatchEvent(
+            new ClipboardEvent("paste", {clipboardData: data, bubbles: true, cancelable: true}));""",
+        "echo pasted-$((8*8))",
+    )
+    keyboard(page).send_keys(Keys.ENTER).perform()
+    owner.wait_for("pasted-64")
 
 
 def test_kick_ends_the_page_with_a_message(gw: GatewayThread, owner: Tmux, page: webdriver.Chrome) -> None:
