@@ -19,6 +19,7 @@ from selenium.webdriver.common.keys import Keys
 from tests.support.browser import chromium
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
 from tests.support.png import brightness_rows
+from tests.support.sshd import free_port
 from tests.support.web import control, share_options, wait_for_participants, web_gateway, web_links
 
 
@@ -198,3 +199,24 @@ def test_a_revoked_links_page_says_so(gw: GatewayThread, owner: Tmux, page: webd
     control(gw, "revoke", link_id)
     page.get(url)
     assert "pairpod: invalid or expired session" in page.find_element(By.TAG_NAME, "body").text
+
+
+def test_a_dropped_socket_reconnects_by_itself(
+    page: webdriver.Chrome, tmp_path: Path, client_key: ClientKey
+) -> None:
+    # A listener on a fixed port: stopping and starting it drops the page's socket.
+    overrides = {"sharing": {"open": True, "web": {"listen": f"127.0.0.1:{free_port()}"}}}
+    with web_gateway(tmp_path / "gw", client_key, overrides) as gateway:
+        term = Tmux("reconnect", tmp_path).start(gateway.ssh_argv(options=share_options("ro")), 90, 25)
+        try:
+            page.get(web_links(term)["ro"])
+            wait_until(lambda: "read-only · connected" in status(page), message="connected")
+            assert gateway.gateway.web is not None
+            gateway.call(gateway.gateway.web.stop())
+            wait_until(lambda: "disconnected: reconnecting" in status(page), message="disconnected")
+            gateway.call(gateway.gateway.web.start())
+            term.type("echo back-$((9*9))\n")
+            wait_text(page, "back-81")
+            assert "read-only · connected" in status(page)
+        finally:
+            term.close()
