@@ -13,6 +13,11 @@ of a read-only link never upgrades it (it is simply an unknown link).
 Tokens are 25 characters from a 55-letter alphabet without look-alikes (as in
 tmate): about 144 bits from :mod:`secrets`.
 
+A *web* link (:class:`Medium`) has the same form and is a capability of its
+own: it is digested with its medium, so it opens a page
+(``https://gw/s/ro-<token>``) and never admits over SSH, and an SSH link's
+text opens no page.
+
 Lookups never compare a presented token with a stored one character by
 character: the registry is keyed by an HMAC of the username under a random
 per-registry key, and the final check is :func:`hmac.compare_digest`. The

@@ -20,7 +20,7 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from pairpod.admin.http import start_site
 from pairpod.auth.lockout import Lockout
@@ -103,7 +103,7 @@ class WebJoiners:
         """Stop listening; open pages are disconnected (going away)."""
         self._sharing.web_base = None
         for socket in list(self._sockets):
-            await socket.close(code=1001, message=b"the gateway is stopping")
+            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"the gateway is stopping")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
