@@ -6,12 +6,14 @@ The owner is the real OpenSSH client in tmux; the gateway of the module has
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,14 +23,18 @@ from pairpod.errors import ConfigError
 from pairpod.log import JsonFormatter, TextFormatter
 from pairpod.web.addresses import ClientAddresses
 from testing.kube_apiserver.tls import self_signed
-from tests.support.gateway import ClientKey, GatewayThread, Tmux
+from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
 from tests.support.web import control, share_options, wait_for_participants, web_gateway, web_links
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> Iterator[GatewayThread]:
-    overrides = {"sharing": {"open": True, "web": {"max_message": 4096}}}
-    with web_gateway(tmp_path_factory.mktemp("web-http"), client_key, overrides) as gateway:
+    directory = tmp_path_factory.mktemp("web-http")
+    overrides = {
+        "sharing": {"open": True, "web": {"max_message": 4096}},
+        "audit": {"file": str(directory / "audit.jsonl")},
+    }
+    with web_gateway(directory / "gw", client_key, overrides) as gateway:
         yield gateway
 
 
@@ -167,11 +173,15 @@ async def test_read_only_input_and_size_never_reach_the_program(gw: GatewayThrea
 
 async def test_kick_ends_the_stream_with_the_reason(gw: GatewayThread, owner: Tmux) -> None:
     url = web_links(owner)["ro"]
+    audit = Path(str(gw.config.audit.file))
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as socket,
     ):
         (viewer,) = wait_for_participants(gw, 1)
+        (session,) = re.findall(
+            r"session (\w+)[^\n]*\n(?:  [^\n]*\n)*?  participant \d+\s+web viewer", control(gw, "list")
+        )
         owner.wait_for(r"web viewer joined \(read-only\)")
         control(gw, "kick", viewer)
         received = await messages_until(socket, '"type": "end"')
@@ -180,6 +190,16 @@ async def test_kick_ends_the_stream_with_the_reason(gw: GatewayThread, owner: Tm
         )
         closed = await socket.receive(timeout=20)
         assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    # The audit log has the browser's join and leave (no SSH connection behind them).
+
+    def web_events() -> list[dict[str, Any]]:
+        lines = audit.read_text().splitlines() if audit.exists() else []
+        events = [json.loads(line) for line in lines]
+        return [e for e in events if e.get("medium") == "web" and e.get("session") == session]
+
+    wait_until(lambda: [e["event"] for e in web_events()] == ["share.join", "share.leave"], message="audit")
+    joined = web_events()[0]
+    assert (joined["access"], joined["name"], joined["participant"]) == ("ro", "web viewer", int(viewer))
 
 
 async def test_a_browser_that_stops_reading_never_holds_the_owner(gw: GatewayThread, owner: Tmux) -> None:

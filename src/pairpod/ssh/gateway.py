@@ -55,7 +55,7 @@ class Gateway:
         self.recorder = Recorder(config)
         # Browsers joining shared sessions (sharing.web); pair mode gets it by composing a Gateway.
         self.web = (
-            WebJoiners(config, self.sharing, self.authenticator.lockout)
+            WebJoiners(config, self.sharing, self.authenticator.lockout, self.ops.web_sharing)
             if config.sharing.web.listen
             else None
         )

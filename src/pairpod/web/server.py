@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
@@ -44,7 +45,14 @@ _CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css"}
 class WebJoiners:
     """Serves web links of the gateway's shared sessions (``sharing.web``)."""
 
-    def __init__(self, config: Config, sharing: SharingService, lockout: Lockout) -> None:
+    def __init__(
+        self,
+        config: Config,
+        sharing: SharingService,
+        lockout: Lockout,
+        audit: Callable[..., None],
+    ) -> None:
+        """``audit(event, **values)`` records a browser's join and leave (the audit log)."""
         settings = config.sharing.web
         assert settings.listen is not None
         self._config = config
@@ -52,6 +60,7 @@ class WebJoiners:
         self._listen = settings.listen
         self._sharing = sharing
         self._lockout = lockout
+        self._audit = audit
         self._addresses = ClientAddresses(settings.trusted_proxies)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
@@ -176,6 +185,7 @@ class WebJoiners:
                     link,
                     session,
                     address=address,
+                    audit=self._audit,
                     max_participants=self._config.sharing.max_participants,
                     limit=self._config.ssh.max_pty,
                 )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -65,6 +66,7 @@ async def serve_viewer(
     session: SharedSession[Terminal],
     *,
     address: str,
+    audit: Callable[..., None],
     max_participants: int,
     limit: PtyLimit,
 ) -> None:
@@ -93,6 +95,7 @@ async def serve_viewer(
         "addr": address,
     }
     log.info("web.join", extra=fields(**details, access=link.access.value))
+    audit("join", **details, name=WEB_VIEWER, access=link.access.value)
     pump = asyncio.create_task(sink.pump(socket))
     reader = asyncio.create_task(_read(socket, participant, limit))
     try:
@@ -104,3 +107,4 @@ async def serve_viewer(
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
     log.info("web.leave", extra=fields(**details, reason=sink.ended or "the browser left"))
+    audit("leave", **details, name=WEB_VIEWER)
