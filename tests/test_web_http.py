@@ -179,7 +179,7 @@ async def test_kick_ends_the_stream_with_the_reason(gw: GatewayThread, owner: Tm
         session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as socket,
     ):
         (viewer,) = wait_for_participants(gw, 1)
-        (session,) = re.findall(
+        (shared_id,) = re.findall(
             r"session (\w+)[^\n]*\n(?:  [^\n]*\n)*?  participant \d+\s+web viewer", control(gw, "list")
         )
         owner.wait_for(r"web viewer joined \(read-only\)")
@@ -195,7 +195,7 @@ async def test_kick_ends_the_stream_with_the_reason(gw: GatewayThread, owner: Tm
     def web_events() -> list[dict[str, Any]]:
         lines = audit.read_text().splitlines() if audit.exists() else []
         events = [json.loads(line) for line in lines]
-        return [e for e in events if e.get("medium") == "web" and e.get("session") == session]
+        return [e for e in events if e.get("medium") == "web" and e.get("session") == shared_id]
 
     wait_until(lambda: [e["event"] for e in web_events()] == ["share.join", "share.leave"], message="audit")
     joined = web_events()[0]
