@@ -21,6 +21,7 @@ import pytest
 from pairpod.config import validate_config
 from pairpod.errors import ConfigError
 from pairpod.log import JsonFormatter, TextFormatter
+from pairpod.web import page
 from pairpod.web.addresses import ClientAddresses
 from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
@@ -265,6 +266,29 @@ async def test_tls_from_the_configured_certificate(tmp_path: Path, client_key: C
                     await session.get(url)  # the system's trust store does not know it
         finally:
             owner.close()
+
+
+async def test_missing_xterm_files_leave_the_gateway_up_and_the_page_says_so(
+    tmp_path: Path, client_key: ClientKey, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pairpod")
+    monkeypatch.setitem(page.FILES, "xterm.js", tmp_path / "never-fetched" / "xterm.js")
+    with web_gateway(tmp_path / "gw", client_key, {"sharing": {"open": True}}) as gateway:
+        owner = Tmux("missing", tmp_path).start(gateway.ssh_argv(options=share_options("ro")), 100, 25)
+        try:
+            url = web_links(owner)["ro"]
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{origin_of(url)}/static/pairpod.js") as script:
+                    assert script.status == 200
+                async with session.get(url) as answer:
+                    assert answer.status == 503
+                    assert "web terminal files (xterm.js) are missing" in await answer.text()
+            owner.type("echo ssh-still-$((3*5))\n")
+            owner.wait_for("ssh-still-15")
+        finally:
+            owner.close()
+    missing = [r for r in caplog.records if r.getMessage() == "web.assets_missing"]
+    assert missing and getattr(missing[0], "pairpod_fields", {})["files"] == "xterm.js"
 
 
 @pytest.mark.parametrize(
