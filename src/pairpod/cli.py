@@ -217,13 +217,18 @@ def demo_setup(directory: Path, port: int) -> None:
         "banner": "Welcome to the pairpod demo gateway.",
         "auth": {"authorized_keys": str((directory / "authorized_keys").resolve())},
         "backend": "local",
+        # Web joiners on the next port: a shared session's notice shows a read-only web link.
+        "sharing": {"web": {"listen": f"127.0.0.1:{port + 1}", "auto": True}},
     }
     (directory / "pairpod.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    click.echo("pairpod demo: connect with")
-    click.echo(
-        f"  ssh -i {client_key_path} -o IdentitiesOnly=yes "
-        f"-o UserKnownHostsFile={directory / 'known_hosts'} -p {port} demo@127.0.0.1"
+    ssh = (
+        f"ssh -i {client_key_path} -o IdentitiesOnly=yes "
+        f"-o UserKnownHostsFile={directory / 'known_hosts'} -p {port}"
     )
+    click.echo("pairpod demo: connect with")
+    click.echo(f"  {ssh} demo@127.0.0.1")
+    click.echo("or share the session (join commands and a web link are printed first):")
+    click.echo(f"  {ssh} -o SetEnv=PAIRPOD_SHARE=1 demo@127.0.0.1")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -75,6 +76,27 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"port {port} is out of range 0-65535")
     host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - the documented default
     return host, port
+
+
+def _check_listen(value: str) -> str:
+    parse_listen(value)
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+"""``HOST:PORT`` (``[::1]:2222`` for IPv6), checked when the config is loaded."""
+
+
+def check_networks(value: list[str]) -> list[str]:
+    """Check a list of CIDRs (``10.0.0.0/8``, ``::1/128``, a bare address)."""
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {item!r}") from None
+    return value
 
 
 def same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
@@ -489,6 +511,38 @@ class UserSharingSettings(Section):
     share_with: list[str] | None = None
 
 
+class WebSettings(Section):
+    """Web joiners: a shared terminal watched (or typed into) from a browser."""
+
+    listen: ListenAddress | None = Field(
+        None, description="HOST:PORT of the web joiner listener; off when unset"
+    )
+    public_url: str | None = Field(None, description="base of printed web links; default from listen")
+    auto: bool = Field(False, description="print a read-only web link in every share notice")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For counts")
+    max_message: int = Field(64 * 1024, ge=1024, le=1 << 20, description="bytes per WebSocket message")
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(f"expected http(s)://HOST[:PORT][/PATH] without query, got {value!r}")
+        return value.rstrip("/") if value is not None else None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return check_networks(value)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("sharing.web.tls_cert and sharing.web.tls_key go together")
+        return self
+
+
 class SharingSettings(Section):
     """Live terminal sharing (tmate-style join links)."""
 
@@ -499,6 +553,7 @@ class SharingSettings(Section):
     public_port: int | None = Field(None, ge=1, le=65535)
     viewer_backlog: int = Field(1 << 20, ge=4096, description="bytes buffered per slow viewer")
     max_participants: int = Field(50, ge=1, description="joined viewers per shared session")
+    web: WebSettings = Field(default_factory=WebSettings)
 
 
 class SessionSettings(Section):
@@ -526,14 +581,7 @@ class ProxyProtocolSettings(Section):
     @field_validator("trusted")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"expected a CIDR such as 10.0.0.0/8, got {item!r}") from None
-        return value
+        return check_networks(value)
 
 
 class LogSettings(Section):

@@ -9,6 +9,7 @@ does not answer.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -23,6 +24,24 @@ log = get_logger("admin")
 # A probe must answer before the kubelet gives up on it (its default timeout is 1s,
 # ours in the Deployment a few seconds).
 READY_TIMEOUT = 3.0
+
+
+async def start_site(
+    app: web.Application, listen: str, key: str, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``listen`` (``HOST:PORT``), without an access log; the runner and
+    the port listened on (the real one for port 0). A busy or invalid address is a
+    ConfigError naming the config ``key``."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = parse_listen(listen)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise ConfigError(f"{key}: cannot listen on {listen}: {error.strerror or error}") from None
+    return runner, runner.addresses[0][1]
 
 
 class AdminHTTP:
@@ -44,20 +63,8 @@ class AdminHTTP:
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        host, port = parse_listen(self._listen)
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise ConfigError(
-                f"admin.listen: cannot listen on {self._listen}: {error.strerror or error}"
-            ) from None
-        self._runner = runner
-        self.port = runner.addresses[0][1]  # the real one when asked for port 0
-        log.info("admin.listening", extra=fields(address=f"{host}:{self.port}"))
+        self._runner, self.port = await start_site(app, self._listen, "admin.listen")
+        log.info("admin.listening", extra=fields(address=f"{parse_listen(self._listen)[0]}:{self.port}"))
 
     async def stop(self) -> None:
         """Stop listening."""

@@ -180,6 +180,10 @@ class Operations:
         """A sharing event (``join``, ``leave``, ``kick``, ``revoke``, ``mint``)."""
         self._audit(f"share.{event}", connection.conn_id, user=connection.display_user, **values)
 
+    def web_sharing(self, event: str, **values: Any) -> None:
+        """A sharing event of a browser (``join``, ``leave``): no SSH connection behind it."""
+        self._audit(f"share.{event}", None, medium="web", **values)
+
     # --- scrape and admin socket --------------------------------------------------------
 
     def _state(self) -> GatewayState:

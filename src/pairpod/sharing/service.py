@@ -17,11 +17,14 @@ from pairpod.log import fields, get_logger
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import (
     Access,
+    Medium,
     SharedSession,
+    ShareLink,
     ShareRegistry,
     join_command,
     parse_share_with,
     share_banner,
+    web_url,
 )
 
 log = get_logger("sharing")
@@ -29,6 +32,8 @@ log = get_logger("sharing")
 #: Client environment variables that ask for sharing (read before env filtering).
 SHARE_ENV = "PAIRPOD_SHARE"
 SHARE_WITH_ENV = "PAIRPOD_SHARE_WITH"
+#: ``ro`` or ``rw``: also print a web link (needs ``sharing.web``; rw only for open sessions).
+SHARE_WEB_ENV = "PAIRPOD_SHARE_WEB"
 #: ``alice+ctl@gw``: the owner's control interface, never the container.
 CONTROL_SUFFIX = "+ctl"
 
@@ -36,6 +41,7 @@ CONTROL_HELP = """\
 pairpod sharing control: ssh USER+ctl@GATEWAY COMMAND
   list                          your shared sessions, their links and participants
   mint [SESSION] ro|rw          a new join link
+  mint [SESSION] web-ro|web-rw  a new web link (rw: open sessions only)
   revoke [SESSION] LINK         stop a link from admitting anyone new
   kick [SESSION] PARTICIPANT    remove one participant now
 SESSION may be left out when you have exactly one shared session.
@@ -51,6 +57,8 @@ class ShareRequest:
     """An owner's wish to share, from their client's env or their config."""
 
     share_with: frozenset[str]
+    #: The web link asked for, if any (read-write implies a read-only one too).
+    web: Access | None = None
 
 
 def split_control_username(username: str) -> str | None:
@@ -66,6 +74,9 @@ class SharingService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry: ShareRegistry[Terminal] = ShareRegistry()
+        #: Where web links point (``http://host:port``): set by the web listener
+        #: once it listens; None while web joining is off.
+        self.web_base: str | None = None
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -91,7 +102,13 @@ class SharingService:
             share_with |= parse_share_with(",".join(per_user.share_with))
         if client_env.get(SHARE_WITH_ENV):
             share_with |= parse_share_with(client_env[SHARE_WITH_ENV])
-        return ShareRequest(frozenset(share_with))
+        web_text = client_env.get(SHARE_WEB_ENV, "").strip().lower()
+        if web_text not in {"", "ro", "rw"}:
+            raise ValueError(f"{SHARE_WEB_ENV}: expected ro or rw, got {web_text!r}")
+        web = {"ro": Access.READ_ONLY, "rw": Access.READ_WRITE}.get(web_text)
+        if web is None and config.sharing.web.auto:
+            web = Access.READ_ONLY
+        return ShareRequest(frozenset(share_with), web)
 
     def open_session(
         self, config: Config, owner: str, terminal: Terminal, request: ShareRequest
@@ -120,7 +137,57 @@ class SharingService:
         banner = share_banner(links, host, port)
         if not session.open and not session.allowed:
             banner += "  (only you may join: name people with SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n"
+        if request.web is not None:
+            banner += self.web_banner(session, request.web)
         return session, banner
+
+    # --- web links ----------------------------------------------------------------
+
+    def web_banner(self, session: SharedSession[Terminal], wanted: Access) -> str:
+        """The share notice's lines for the web links asked for (CRLF-ended).
+
+        A read-only link always; a read-write one as well when asked for and
+        the session admits by link alone (a browser proves no identity).
+        """
+        if self.web_base is None:
+            return "  (no web link: web joining is off on this gateway)\r\n"
+        lines = [f"  {'web read-only:':<16}{self.web_url(self.mint_web(session, Access.READ_ONLY))}"]
+        if wanted is Access.READ_WRITE:
+            if session.open:
+                lines.append(
+                    f"  {'web read-write:':<16}{self.web_url(self.mint_web(session, Access.READ_WRITE))}"
+                )
+            else:
+                lines.append("  (no read-write web link: only open sessions have them)")
+        return "\r\n".join(lines) + "\r\n"
+
+    def mint_web(self, session: SharedSession[Terminal], access: Access) -> ShareLink:
+        """A new web link to ``session``. Raises ControlError when web joining is off,
+        or for a read-write link to a session whose links alone do not admit."""
+        if self.web_base is None:
+            raise ControlError("web joining is off on this gateway (sharing.web.listen)")
+        if access is Access.READ_WRITE and not session.open:
+            raise ControlError(
+                "read-write web links are only for open sessions: a browser proves no identity"
+            )
+        link = self.registry.mint(session, access, Medium.WEB)
+        log.info(
+            "sharing.mint",
+            extra=fields(session=session.session_id, link=link.link_id, access=access.value, medium="web"),
+        )
+        return link
+
+    def web_url(self, link: ShareLink) -> str:
+        """The address of a web link's page."""
+        assert self.web_base is not None
+        return web_url(self.web_base, link)
+
+    def lookup_web(self, link_text: str) -> tuple[ShareLink, SharedSession[Terminal]] | None:
+        """The live session a web link names (None: unknown, revoked or ended)."""
+        found = self.registry.lookup(link_text, Medium.WEB)
+        if found is None or found[1].terminal.ended:
+            return None
+        return found
 
     def close_session(self, session: SharedSession[Terminal]) -> None:
         """The owner's program ended: forget the session and its links."""
@@ -196,7 +263,8 @@ class SharingService:
                 f"{'open to anyone with a link' if session.open else 'restricted'}"
             )
             for link in session.active_links():
-                lines.append(f"  link {link.link_id}  {link.access.label}")
+                medium = "  (web)" if link.medium is Medium.WEB else ""
+                lines.append(f"  link {link.link_id}  {link.access.label}{medium}")
             for person in session.terminal.participants():
                 role = "owner" if person.owner else person.access.label
                 state = "  (behind)" if person.behind else ""
@@ -206,9 +274,12 @@ class SharingService:
         return "\n".join(lines) + "\n" if lines else "no shared sessions\n"
 
     def _mint(self, session: SharedSession[Terminal], access_text: str) -> str:
-        access = {"ro": Access.READ_ONLY, "rw": Access.READ_WRITE}.get(access_text)
+        access = {"ro": Access.READ_ONLY, "rw": Access.READ_WRITE}.get(access_text.removeprefix("web-"))
         if access is None:
-            raise ControlError(f"expected ro or rw, got {access_text!r}")
+            raise ControlError(f"expected ro, rw, web-ro or web-rw, got {access_text!r}")
+        if access_text.startswith("web-"):
+            web_link = self.mint_web(session, access)
+            return f"link {web_link.link_id}: {self.web_url(web_link)}\n"
         link = self.registry.mint(session, access)
         host, port = self.public_address(self.config)
         log.info(

@@ -13,6 +13,11 @@ of a read-only link never upgrades it (it is simply an unknown link).
 Tokens are 25 characters from a 55-letter alphabet without look-alikes (as in
 tmate): about 144 bits from :mod:`secrets`.
 
+A *web* link (:class:`Medium`) has the same form and is a capability of its
+own: it is digested with its medium, so it opens a page
+(``https://gw/s/ro-<token>``) and never admits over SSH, and an SSH link's
+text opens no page.
+
 Lookups never compare a presented token with a stored one character by
 character: the registry is keyed by an HMAC of the username under a random
 per-registry key, and the final check is :func:`hmac.compare_digest`. The
@@ -81,6 +86,22 @@ class Access(enum.Enum):
     def label(self) -> str:
         """Words for people: ``read-only`` or ``read-write``."""
         return "read-only" if self is Access.READ_ONLY else "read-write"
+
+
+class Medium(enum.Enum):
+    """How a link is used: as an SSH username, or in a web URL's path.
+
+    A web link is a capability of its own: its secret is digested with its
+    medium, so the same text never admits through the other medium.
+    """
+
+    SSH = "ssh"
+    WEB = "web"
+
+
+def web_url(base: str, link: ShareLink) -> str:
+    """The page of a web link under ``base`` (``https://gw.example.com`` -> ``.../s/ro-<token>``)."""
+    return f"{base}/s/{link.username}"
 
 
 def new_token() -> str:
@@ -175,6 +196,7 @@ class ShareLink:
     link_id: str
     created: float
     revoked: bool = False
+    medium: Medium = Medium.SSH
 
 
 @dataclass(eq=False)
@@ -219,8 +241,9 @@ class ShareRegistry(Generic[_T]):
         self._by_digest: dict[bytes, ShareLink] = {}
         self._sessions: dict[str, SharedSession[_T]] = {}
 
-    def _digest(self, username: str) -> bytes:
-        return hmac.new(self._key, username.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    def _digest(self, username: str, medium: Medium = Medium.SSH) -> bytes:
+        text = username if medium is Medium.SSH else f"{medium.value}:{username}"
+        return hmac.new(self._key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
     def create_session(
         self,
@@ -249,13 +272,13 @@ class ShareRegistry(Generic[_T]):
         self._sessions[session_id] = session
         return session
 
-    def mint(self, session: SharedSession[_T], access: Access) -> ShareLink:
+    def mint(self, session: SharedSession[_T], access: Access, medium: Medium = Medium.SSH) -> ShareLink:
         """Create a new link to ``session``; its ``username`` is the secret to hand out."""
         if self._sessions.get(session.session_id) is not session:
             raise KeyError(f"session {session.session_id} is not registered")
         while True:
             username = access.prefix + new_token()
-            digest = self._digest(username)
+            digest = self._digest(username, medium)
             if digest not in self._by_digest:  # a collision is ~2^-144; loop anyway
                 break
         link = ShareLink(
@@ -264,13 +287,16 @@ class ShareRegistry(Generic[_T]):
             session_id=session.session_id,
             link_id=digest.hex()[:8],
             created=time.time(),
+            medium=medium,
         )
         self._by_digest[digest] = link
         session.links[link.link_id] = link
         return link
 
-    def lookup(self, username: str) -> tuple[ShareLink, SharedSession[_T]] | None:
-        """The live link a joiner's username names, and its session; else None.
+    def lookup(
+        self, username: str, medium: Medium = Medium.SSH
+    ) -> tuple[ShareLink, SharedSession[_T]] | None:
+        """The live link a joiner's username (or a web link's path) names, and its session; else None.
 
         Unknown, malformed and revoked links all give None: the caller answers
         each the same way (:data:`INVALID_SESSION_MESSAGE` after
@@ -278,13 +304,13 @@ class ShareRegistry(Generic[_T]):
         """
         if parse_join_username(username) is None:
             return None
-        digest = self._digest(username)
+        digest = self._digest(username, medium)
         link = self._by_digest.get(digest)
         if link is None or link.revoked:
             return None
         # The dictionary already matched the digest; compare once more in
         # constant time so that no code path compares secrets byte by byte.
-        if not hmac.compare_digest(self._digest(link.username), digest):
+        if not hmac.compare_digest(self._digest(link.username, link.medium), digest):
             return None
         session = self._sessions.get(link.session_id)
         if session is None:
@@ -301,7 +327,7 @@ class ShareRegistry(Generic[_T]):
         if link is None or link.revoked:
             return False
         link.revoked = True
-        self._by_digest.pop(self._digest(link.username), None)
+        self._by_digest.pop(self._digest(link.username, link.medium), None)
         return True
 
     def close_session(self, session: SharedSession[_T]) -> None:

@@ -99,7 +99,8 @@ class Connection(asyncssh.SSHServer):
 
     def log_fields(self, **extra: Any) -> dict[str, Any]:
         """Logging fields naming this connection, user and address."""
-        return fields(conn=self.conn_id, user=self.username, remote=self.remote_addr, **extra)
+        # The purpose's name for the user: a join link's username is a secret, never logged.
+        return fields(conn=self.conn_id, user=self.display_user, remote=self.remote_addr, **extra)
 
     # --- connection lifecycle -----------------------------------------------------
 

@@ -35,6 +35,7 @@ from pairpod.ssh.connection import Connection
 from pairpod.ssh.requests import SERVER_VERSION
 from pairpod.ssh.shutdown import drain
 from pairpod.tasks import TaskGroup
+from pairpod.web import WebJoiners
 
 log = get_logger("server")
 
@@ -61,6 +62,12 @@ class Gateway:
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
         self.recorder = Recorder(config)
+        # Browsers joining shared sessions (sharing.web); pair mode gets it by composing a Gateway.
+        self.web = (
+            WebJoiners(config, self.sharing, self.authenticator.lockout, self.ops.web_sharing)
+            if config.sharing.web.listen
+            else None
+        )
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
 
@@ -129,6 +136,14 @@ class Gateway:
                 await self.cluster.aclose()
             await self.backend.stop()
             raise
+        if self.web is not None:
+            try:
+                await self.web.start()
+            except BaseException:
+                self._server.close()
+                await self.ops.stop()
+                await self.backend.stop()
+                raise
         log.info(
             "gateway.listening",
             extra=fields(address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id),
@@ -185,3 +200,5 @@ class Gateway:
         if self._server is not None:
             self._server.close()
         await drain(self, hurry or asyncio.Event())
+        if self.web is not None:
+            await self.web.stop()

@@ -1,0 +1,222 @@
+"""The web joiner listener: a page and a WebSocket per web link, on ``sharing.web.listen``.
+
+Addresses (a link's token is in the path, never in a query string):
+
+* ``/s/<link>``: the page (``page.TERMINAL_PAGE``), the same for every link;
+* ``/s/<link>/ws``: the terminal stream (:mod:`pairpod.web.viewer`);
+* ``/static/<file>``: the page's script and styles, and xterm.js.
+
+A link that is unknown, revoked or ended, or any link from an address that
+is locked out, is answered only after the random pause of
+:func:`~pairpod.sharing.tokens.rejection_delay`, counts one failure towards
+the address's lockout, and is logged like a refused SSH link (the link's
+text never: it is the secret). The WebSocket must come from the page's own
+origin (``Origin`` checked). There is no access log: it would hold tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, web
+
+from pairpod.admin.http import start_site
+from pairpod.auth.lockout import Lockout
+from pairpod.config import Config, parse_listen
+from pairpod.errors import ConfigError
+from pairpod.log import fields, get_logger
+from pairpod.sharing.service import SharingService
+from pairpod.sharing.terminal import Terminal
+from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, SharedSession, ShareLink, rejection_delay
+from pairpod.web.addresses import ClientAddresses
+from pairpod.web.page import FILES, SECURITY_HEADERS, TERMINAL_PAGE, message_page, missing_assets
+from pairpod.web.sink import message
+from pairpod.web.viewer import serve_viewer
+
+log = get_logger("web")
+
+ASSETS_MISSING = "this gateway's web terminal files (xterm.js) are missing; its operator can fetch them"
+_CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+
+class WebJoiners:
+    """Serves web links of the gateway's shared sessions (``sharing.web``)."""
+
+    def __init__(
+        self,
+        config: Config,
+        sharing: SharingService,
+        lockout: Lockout,
+        audit: Callable[..., None],
+    ) -> None:
+        """``audit(event, **values)`` records a browser's join and leave (the audit log)."""
+        settings = config.sharing.web
+        assert settings.listen is not None
+        self._config = config
+        self._settings = settings
+        self._listen = settings.listen
+        self._sharing = sharing
+        self._lockout = lockout
+        self._audit = audit
+        self._addresses = ClientAddresses(settings.trusted_proxies)
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._missing: list[str] = []
+        self.port = 0
+        self.base_url = ""
+
+    # --- listening ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen; a busy address or unusable TLS files are a ConfigError naming the key."""
+        tls = self._tls_context()
+        app = web.Application(client_max_size=4096)
+        app.router.add_get("/s/{link}", self._page)
+        app.router.add_get("/s/{link}/ws", self._socket)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/favicon.ico", _no_content)  # browsers ask; nothing to log as missing
+        app.on_response_prepare.append(_security_headers)
+        self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls)
+        host = parse_listen(self._listen)[0]
+        self.base_url = self._settings.public_url or _default_base(
+            host, self.port, self._config, tls is not None
+        )
+        self._sharing.web_base = self.base_url
+        self._missing = missing_assets()
+        if self._missing:
+            log.warning(
+                "web.assets_missing",
+                extra=fields(
+                    files=",".join(self._missing),
+                    effect="link pages say the web terminal is unavailable",
+                    fix="fetch them with scripts/web-assets.sh (npm), then restart",
+                ),
+            )
+        log.info("web.listening", extra=fields(address=f"{host}:{self.port}", url=self.base_url))
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        settings = self._settings
+        if settings.tls_cert is None or settings.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(settings.tls_cert, settings.tls_key)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"sharing.web.tls_cert: cannot load {settings.tls_cert}: {error}") from None
+        return context
+
+    async def stop(self) -> None:
+        """Stop listening; open pages are disconnected (going away)."""
+        self._sharing.web_base = None
+        for socket in list(self._sockets):
+            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"the gateway is stopping")
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # --- requests ----------------------------------------------------------------------
+
+    async def _find(
+        self, request: web.Request
+    ) -> tuple[str, tuple[ShareLink, SharedSession[Terminal]] | None]:
+        """The client's address and the live session the link names (None: refused, after a pause)."""
+        address = self._addresses.client(request.remote, request.headers.get("X-Forwarded-For"))
+        found = None
+        if self._lockout.check(address, "", guessable=False) is None:
+            found = self._sharing.lookup_web(request.match_info["link"])
+        if found is None:
+            for lock in self._lockout.record_failure(address, "", guessable=False):
+                log.warning(
+                    "auth.lockout",
+                    extra=fields(
+                        addr=address,
+                        method="web",
+                        kind=lock.kind,
+                        subject=lock.subject,
+                        duration=lock.remaining,
+                    ),
+                )
+            log.info("sharing.join_refused", extra=fields(addr=address, method="web", reason="invalid link"))
+            await asyncio.sleep(rejection_delay())
+        return address, found
+
+    async def _page(self, request: web.Request) -> web.Response:
+        _, found = await self._find(request)
+        if found is None:
+            return _html(message_page(INVALID_SESSION_MESSAGE), 404)
+        if self._missing:
+            return _html(message_page(ASSETS_MISSING), 503)
+        return _html(TERMINAL_PAGE, 200)
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin", "").lower()
+        if not origin:
+            return False
+        allowed = {f"{scheme}://{request.host.lower()}" for scheme in ("http", "https")}
+        public = urlsplit(self.base_url)
+        allowed.add(f"{public.scheme}://{public.netloc}".lower())
+        return origin in allowed
+
+    async def _socket(self, request: web.Request) -> web.StreamResponse:
+        if not self._origin_allowed(request):
+            log.warning(
+                "web.origin_refused",
+                extra=fields(addr=request.remote, origin=request.headers.get("Origin", "")[:200] or None),
+            )
+            return web.Response(status=403, text="pairpod: this page's origin may not open the terminal\n")
+        address, found = await self._find(request)
+        # No per-message deflate: with many viewers, compressing every frame for each
+        # of them would cost the gateway more CPU than everything else on this path.
+        socket = web.WebSocketResponse(
+            max_msg_size=self._settings.max_message, heartbeat=30.0, compress=False
+        )
+        await socket.prepare(request)
+        self._sockets.add(socket)
+        try:
+            if found is None:
+                await socket.send_str(message("end", reason=INVALID_SESSION_MESSAGE))
+            else:
+                link, session = found
+                await serve_viewer(
+                    socket,
+                    link,
+                    session,
+                    address=address,
+                    audit=self._audit,
+                    max_participants=self._config.sharing.max_participants,
+                    limit=self._config.ssh.max_pty,
+                )
+        finally:
+            self._sockets.discard(socket)
+            await socket.close()
+        return socket
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        path = FILES.get(request.match_info["name"])
+        if path is None or not path.is_file():
+            return web.Response(status=404, text="not found\n")
+        return web.FileResponse(path, headers={"Content-Type": _CONTENT_TYPES[path.suffix]})
+
+
+async def _no_content(request: web.Request) -> web.Response:
+    return web.Response(status=204)
+
+
+def _html(text: str, status: int) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+
+
+def _default_base(host: str, port: int, config: Config, tls: bool) -> str:
+    """``http(s)://HOST:PORT`` of the listener (``sharing.public_host`` for a wildcard host)."""
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - comparing, not binding
+        host = config.sharing.public_host or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"

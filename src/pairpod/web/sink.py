@@ -1,0 +1,124 @@
+"""A browser's WebSocket as a shared Terminal's participant sees it (its Sink).
+
+The Terminal's ``write`` must not block, and a WebSocket send is a
+coroutine: the sink queues what the Terminal gives it, in order with the
+status messages, and one task (:meth:`WebSink.pump`) sends it. The queue
+is the channel buffer an SSH viewer has in AsyncSSH: past ``high`` bytes the
+participant is paused, and the Terminal applies the same per-viewer backlog
+policy as to SSH viewers (queue up to ``sharing.viewer_backlog``, then a
+screen snapshot instead); below ``low`` it resumes. A slow browser therefore
+costs bounded memory and never holds the owner back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pairpod.sharing.terminal import Participant, Sink
+
+#: Queued bytes past which the participant is paused, and where it resumes.
+HIGH_WATER = 1 << 18
+LOW_WATER = 1 << 16
+# Consecutive output chunks are sent as one WebSocket message up to this size.
+_MESSAGE_BYTES = 1 << 16
+
+
+class Socket(Protocol):
+    """What the sink needs of a WebSocket (aiohttp's ``WebSocketResponse``)."""
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary message (waits while the peer is not reading)."""
+
+    async def send_str(self, data: str) -> None:
+        """Send one text message."""
+
+
+def message(kind: str, **values: Any) -> str:
+    """A status message to the page (a JSON text frame)."""
+    return json.dumps({"type": kind, **values})
+
+
+class WebSink(Sink):
+    """Output, notices and the end for one browser, sent in order by :meth:`pump`."""
+
+    def __init__(
+        self,
+        size: Callable[[], tuple[int, int]],
+        *,
+        sent_size: tuple[int, int] | None = None,
+        high: int = HIGH_WATER,
+        low: int = LOW_WATER,
+    ) -> None:
+        self._size = size
+        # The PTY size the page was last told (in the hello, then with output).
+        self._sent_size = sent_size
+        self._high = high
+        self._low = low
+        self._items: deque[bytes | str] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._paused = False
+        self.participant: Participant | None = None
+        #: Why the Terminal let go of this viewer (None while it is attached).
+        self.ended: str | None = None
+
+    def attach(self, participant: Participant) -> None:
+        """The participant this sink feeds (known once ``Terminal.join`` returns)."""
+        self.participant = participant
+        self._check_pressure()
+
+    def write(self, data: bytes) -> None:
+        """Terminal output: queued, preceded by the PTY size when it changed."""
+        size = self._size()
+        if size != self._sent_size:
+            self._sent_size = size
+            self._items.append(message("size", cols=size[0], rows=size[1]))
+        self._items.append(data)
+        self._pending += len(data)
+        self._wakeup.set()
+        self._check_pressure()
+
+    def notify(self, text: str) -> None:
+        """A notice (already drawn in the terminal): the page shows it in its status line."""
+        self._items.append(message("notice", text=text))
+        self._wakeup.set()
+
+    def close(self, reason: str) -> None:
+        """Kicked, or the session ended: the page is told, then the socket closes."""
+        self.ended = reason
+        self._items.append(message("end", reason=reason))
+        self._wakeup.set()
+
+    def _check_pressure(self) -> None:
+        if not self._paused and self._pending > self._high and self.participant is not None:
+            self._paused = True
+            self.participant.pause_writing()
+
+    async def pump(self, socket: Socket) -> None:
+        """Send everything queued, in order, until the end message is sent."""
+        while True:
+            while not self._items:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            item = self._items.popleft()
+            if isinstance(item, str):
+                await socket.send_str(item)
+                if self.ended is not None and not self._items:
+                    return
+                continue
+            parts = [item]
+            size = len(item)
+            while self._items and isinstance(self._items[0], bytes) and size < _MESSAGE_BYTES:
+                chunk = self._items.popleft()
+                assert isinstance(chunk, bytes)
+                parts.append(chunk)
+                size += len(chunk)
+            await socket.send_bytes(parts[0] if len(parts) == 1 else b"".join(parts))
+            self._pending -= size
+            if self._paused and self._pending <= self._low and self.participant is not None:
+                self._paused = False
+                self.participant.resume_writing()
