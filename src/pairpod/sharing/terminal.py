@@ -32,6 +32,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pairpod.backends.base import Process, Stream
@@ -230,13 +231,28 @@ class Participant:
         )
 
 
+class _NoOwner(Sink):
+    """The owner's sink of a standing session: there is no owner's channel."""
+
+    def write(self, data: bytes) -> None:
+        """Nothing to write to."""
+
+    def close(self, reason: str) -> None:
+        """Nothing to close."""
+
+
 class Terminal:
-    """A PTY program shared between its owner and any number of viewers."""
+    """A PTY program shared between its owner and any number of viewers.
+
+    ``owner_sink=None`` makes a *standing* session (``pairpod pair``): no
+    owner's channel; the read-write joiners alone size the PTY, and the
+    joiners are told of each other's arrivals and departures.
+    """
 
     def __init__(
         self,
         process: Process,
-        owner_sink: Sink,
+        owner_sink: Sink | None,
         *,
         owner_name: str,
         cols: int,
@@ -256,10 +272,11 @@ class Terminal:
         self._screen = screen if screen is not None else ScreenModel(*self._size)
         self._tracker = EscapeTracker()
         self._ids = itertools.count(1)
+        self.standing = owner_sink is None
         self.owner = Participant(
             self,
             0,
-            owner_sink,
+            owner_sink if owner_sink is not None else _NoOwner(),
             name=owner_name,
             access=Access.READ_WRITE,
             cols=cols,
@@ -267,6 +284,8 @@ class Terminal:
             owner=True,
             notices=True,
         )
+        # A standing session starts as if its owner had left (without ending it).
+        self.owner.left = self.standing
         self._viewers: dict[int, Participant] = {}
         # Output published but not yet modelled (tracker, screen) nor sent to viewers.
         self._batch: list[bytes] = []
@@ -293,11 +312,13 @@ class Terminal:
 
     # --- what the owner's channel handler runs ------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, farewell: Callable[[], str] | None = None) -> None:
         """Pump the program's output to everyone until it ends, then end the Terminal.
 
         Returns when the program's output ends or when the Terminal is ended
         (owner left, :meth:`end`); cancelling it ends the Terminal too.
+        ``farewell`` says what viewers are told when the output ends (asked
+        then, so it can name the program's exit status).
         """
         task = asyncio.current_task()
         self._run_task = task
@@ -316,7 +337,7 @@ class Terminal:
                 raise
         finally:
             self._run_task = None
-            self.end(SESSION_ENDED)
+            self.end(farewell() if farewell is not None else SESSION_ENDED)
 
     def publish(self, data: bytes) -> None:
         """Deliver one chunk of the program's output (``run`` calls this)."""
@@ -383,7 +404,7 @@ class Terminal:
                 snapshot_bytes=len(snapshot),
             ),
         )
-        self._tell_owner(f"{name} joined ({access.label}); {self._count()}")
+        self._tell_owner(f"{name} joined ({access.label}); {self._count()}", about=participant)
         self._update_size()
         return participant
 
@@ -703,8 +724,15 @@ class Terminal:
         count = len(self._viewers)
         return f"{count} viewer{'' if count == 1 else 's'} now"
 
-    def _tell_owner(self, text: str) -> None:
-        if not self.owner.left and not self._ended.is_set():
+    def _tell_owner(self, text: str, about: Participant | None = None) -> None:
+        if self._ended.is_set():
+            return
+        if self.standing:
+            # Nobody owns a standing session: everyone else in it is told.
+            for viewer in list(self._viewers.values()):
+                if viewer is not about:
+                    self._notice(viewer, text)
+        elif not self.owner.left:
             self._notice(self.owner, text)
 
     def _notice(self, participant: Participant, text: str) -> None:
