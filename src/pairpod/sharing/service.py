@@ -11,6 +11,7 @@ import shlex
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
@@ -23,6 +24,9 @@ from pairpod.sharing.tokens import (
     parse_share_with,
     share_banner,
 )
+
+if TYPE_CHECKING:
+    from pairpod.sharing.hosted import HostedSessions
 
 log = get_logger("sharing")
 
@@ -66,6 +70,8 @@ class SharingService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry: ShareRegistry[Terminal] = ShareRegistry()
+        #: Shells shared from hosts' machines (``pairpod pair --via``); the gateway sets it.
+        self.hosted: HostedSessions | None = None
 
     # --- the owner's side ---------------------------------------------------------
 

@@ -419,6 +419,14 @@ class Terminal:
         self._update_size()
         return True
 
+    def announce(self, text: str) -> None:
+        """Show everyone a notice about the session itself (its host went away, came back)."""
+        if self._ended.is_set():
+            return
+        for participant in (self.owner, *self._viewers.values()):
+            if not participant.left:
+                self._notice(participant, text)
+
     def end(self, reason: str = SESSION_ENDED) -> None:
         """End the Terminal: every viewer is told ``reason`` and closed. Idempotent."""
         if self._ended.is_set():

@@ -28,6 +28,7 @@ from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder
+from pairpod.sharing.hosted import HostedSessions, link_key
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
@@ -48,6 +49,7 @@ class Gateway:
         self.ops = Operations(self)
         self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
         self.sharing = SharingService(config)
+        self.sharing.hosted = HostedSessions(self.sharing, self.spawn)
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
@@ -72,10 +74,11 @@ class Gateway:
     async def start(self) -> None:
         """Load host keys, start the backend, listen."""
         ssh = self.config.ssh
-        host_keys = restrict_algorithms(
-            load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes),
-            ssh.host_key_algorithms,
-        )
+        keys = load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes)
+        host_keys = restrict_algorithms(keys, ssh.host_key_algorithms)
+        # Hosted sessions' links are derived under a key from the host keys: the same after a restart.
+        assert self.sharing.hosted is not None
+        self.sharing.hosted.key = link_key([key.export_private_key("pkcs8-der") for key in keys])
         refused = self.authenticator.static.refused_files()
         if refused:
             raise ConfigError("authorized_keys refused: " + "; ".join(refused))
