@@ -66,6 +66,8 @@ class SharingService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry: ShareRegistry[Terminal] = ShareRegistry()
+        #: The port actually listened on, once known (``listen`` may ask for port 0).
+        self.bound_port: int | None = None
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -132,7 +134,7 @@ class SharingService:
         host, port = config.listen_address
         if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - comparing, not binding
             host = "localhost"
-        return (config.sharing.public_host or host, config.sharing.public_port or port)
+        return (config.sharing.public_host or host, config.sharing.public_port or self.bound_port or port)
 
     # --- the joiner's side --------------------------------------------------------
 

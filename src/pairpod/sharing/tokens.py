@@ -249,11 +249,20 @@ class ShareRegistry(Generic[_T]):
         self._sessions[session_id] = session
         return session
 
-    def mint(self, session: SharedSession[_T], access: Access) -> ShareLink:
-        """Create a new link to ``session``; its ``username`` is the secret to hand out."""
+    def mint(self, session: SharedSession[_T], access: Access, token: str | None = None) -> ShareLink:
+        """Create a new link to ``session``; its ``username`` is the secret to hand out.
+
+        ``token`` fixes the link instead of a random one (a named standing
+        session's stable links); ValueError if it is malformed or taken.
+        """
         if self._sessions.get(session.session_id) is not session:
             raise KeyError(f"session {session.session_id} is not registered")
-        while True:
+        if token is not None:
+            username = access.prefix + token
+            digest = self._digest(username)
+            if not _TOKEN_RE.fullmatch(token) or digest in self._by_digest:
+                raise ValueError("a fixed link must be a well-formed token not in use")
+        while token is None:
             username = access.prefix + new_token()
             digest = self._digest(username)
             if digest not in self._by_digest:  # a collision is ~2^-144; loop anyway
