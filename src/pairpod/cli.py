@@ -1,4 +1,4 @@
-"""The command line: ``pairpod serve | admin | check-config | hash-password | demo-setup``."""
+"""The command line: ``pairpod serve | pair | ctl | admin | check-config | hash-password | demo-setup``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,65 @@ async def _serve(config: Config) -> None:
     await stop.wait()
     log.info("gateway.signal", extra=fields(action="shutdown"))
     await gateway.stop(hurry=hurry)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="The gateway's config file.")
+@click.option("--listen", help="HOST:PORT to serve joiners on (default: the config's listen).")
+@click.option("--name", help="Stable join commands for this name (admits only the people named).")
+@click.option("--gitlab", "gitlab", multiple=True, metavar="LOGIN", help="A GitLab user who may join.")
+@click.option("--open", "open_", is_flag=True, help="Let a link alone admit anyone (as tmate does).")
+@click.option("--respawn", is_flag=True, help="Start a fresh shell when the shell exits.")
+@click.argument("github", nargs=-1, metavar="[GITHUB_LOGIN]...")
+def pair(
+    config_path: Path | None,
+    listen: str | None,
+    name: str | None,
+    gitlab: tuple[str, ...],
+    open_: bool,
+    respawn: bool,
+    github: tuple[str, ...],
+) -> None:
+    """Share a shell on this machine with the GitHub (and GitLab) users named.
+
+    Prints a read-only and a read-write ssh command; exits with the shell's status.
+    """
+    from pairpod.pair.links import audience
+    from pairpod.pair.serve import PairOptions, run_pair
+
+    try:
+        people = audience(github, gitlab, open=open_, name=name)
+        config = load_config(config_path, _cli_overrides(listen, None))
+    except ConfigError as error:
+        _fail(str(error).removeprefix("pair: "))
+        return
+    setup_logging(config.log.level, config.log.format)
+    try:
+        code = asyncio.run(run_pair(config, PairOptions(people, respawn=respawn)))
+    except ConfigError as error:
+        _fail(str(error).removeprefix("pair: "))
+        return
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    envvar="PAIRPOD_CONTROL",
+    help="The pair session's control socket (default: $PAIRPOD_CONTROL, set in its shell).",
+)
+@click.argument("command", nargs=-1, required=True)
+def ctl(socket_path: Path | None, command: tuple[str, ...]) -> None:
+    """Control a pairpod pair session: list, mint ro|rw, revoke LINK, kick ID."""
+    import shlex
+
+    if socket_path is None:
+        _fail("no control socket: run this in the shared shell, or pass --socket", 1)
+        return
+    answer = _ask(socket_path, {"command": "control", "line": shlex.join(command)})
+    click.echo(answer["output"], nl=False)
 
 
 @main.group()

@@ -89,7 +89,9 @@ def prepare_user(env: Mapping[str, str] = os.environ) -> ShellUser:
         entry = pwd.getpwuid(os.getuid())
         if env.get(PASSWORD_ENV):
             log.info("pair.password_ignored", extra=fields(reason="not root: the shell is your own"))
-        return ShellUser(entry.pw_name, entry.pw_shell or _login_shell(), entry.pw_dir)
+        # A service account's nologin or false is no shell to share: the system's instead.
+        usable = entry.pw_shell and not entry.pw_shell.endswith(("nologin", "false"))
+        return ShellUser(entry.pw_name, entry.pw_shell if usable else _login_shell(), entry.pw_dir)
     try:
         entry = pwd.getpwnam(PAIR_USER)
     except KeyError:

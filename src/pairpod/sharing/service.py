@@ -72,6 +72,8 @@ class SharingService:
         self.registry: ShareRegistry[Terminal] = ShareRegistry()
         #: Shells shared from hosts' machines (``pairpod pair --via``); the gateway sets it.
         self.hosted: HostedSessions | None = None
+        #: The port actually listened on, once known (``listen`` may ask for port 0).
+        self.bound_port: int | None = None
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -138,7 +140,7 @@ class SharingService:
         host, port = config.listen_address
         if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - comparing, not binding
             host = "localhost"
-        return (config.sharing.public_host or host, config.sharing.public_port or port)
+        return (config.sharing.public_host or host, config.sharing.public_port or self.bound_port or port)
 
     # --- the joiner's side --------------------------------------------------------
 

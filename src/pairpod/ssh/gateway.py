@@ -32,6 +32,7 @@ from pairpod.sharing.hosted import HostedSessions, link_key
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
+from pairpod.ssh.kinds import PurposeChooser, choose_purpose
 from pairpod.ssh.requests import SERVER_VERSION
 from pairpod.ssh.shutdown import drain
 from pairpod.tasks import TaskGroup
@@ -42,8 +43,10 @@ log = get_logger("server")
 class Gateway:
     """The running pairpod server: listener, backend, live connections."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, purposes: PurposeChooser = choose_purpose) -> None:
         self.config = config
+        #: What connections may be for (``pairpod pair`` admits joiners only).
+        self.choose_purpose = purposes
         self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
         self.ops = Operations(self)
@@ -113,6 +116,7 @@ class Gateway:
             await self.backend.stop()
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
+        self.sharing.bound_port = self.port
         try:
             await self.ops.start()
         except BaseException:
