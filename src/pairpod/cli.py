@@ -104,6 +104,10 @@ async def _serve(config: Config) -> None:
 @click.option("--gitlab", "gitlab", multiple=True, metavar="LOGIN", help="A GitLab user who may join.")
 @click.option("--open", "open_", is_flag=True, help="Let a link alone admit anyone (as tmate does).")
 @click.option("--respawn", is_flag=True, help="Start a fresh shell when the shell exits.")
+@click.option("--via", metavar="HOST[:PORT]", help="Share through this pairpod gateway (host mode).")
+@click.option("-i", "key_path", type=click.Path(path_type=Path), help="--via: the key to log in with.")
+@click.option("-l", "login", help="--via: the login on the gateway (default: your user name).")
+@click.option("--accept-new-host-key", is_flag=True, help="--via: trust an unknown gateway key.")
 @click.argument("github", nargs=-1, metavar="[GITHUB_LOGIN]...")
 def pair(
     config_path: Path | None,
@@ -112,15 +116,35 @@ def pair(
     gitlab: tuple[str, ...],
     open_: bool,
     respawn: bool,
+    via: str | None,
+    key_path: Path | None,
+    login: str | None,
+    accept_new_host_key: bool,
     github: tuple[str, ...],
 ) -> None:
     """Share a shell on this machine with the GitHub (and GitLab) users named.
 
     Prints a read-only and a read-write ssh command; exits with the shell's status.
+    With --via, the commands point at that gateway (nobody named: the gateway's
+    sharing policy decides who may join).
     """
     from pairpod.pair.links import audience
     from pairpod.pair.serve import PairOptions, run_pair
 
+    if via is not None:
+        from pairpod.pair.via import run_via, via_options
+
+        try:
+            options = via_options(
+                via, login=login, key_path=key_path, accept_new_host_key=accept_new_host_key,
+                github=github, gitlab=gitlab, respawn=respawn, served_here=bool(name or open_ or listen),
+            )  # fmt: skip
+            config = load_config(config_path)
+        except ConfigError as error:
+            _fail(str(error))
+            return
+        setup_logging(config.log.level, config.log.format)
+        sys.exit(asyncio.run(run_via(config, options)))
     try:
         people = audience(github, gitlab, open=open_, name=name)
         config = load_config(config_path, _cli_overrides(listen, None))
