@@ -19,8 +19,8 @@ from pairpod.sharing.hostwire import (
     ProtocolError,
     Refusal,
     encode,
+    encode_chunks,
     encode_json,
-    encode_output,
     encode_resize,
 )
 from pairpod.sharing.service import SharingService
@@ -50,7 +50,7 @@ def test_a_huge_length_is_refused_before_anything_is_buffered() -> None:
 
 def test_big_output_is_split_into_frames_that_fit() -> None:
     data = secrets.token_bytes(MAX_PAYLOAD * 2 + 5)
-    frames = FrameDecoder().feed(b"".join(encode_output(data)))
+    frames = FrameDecoder().feed(b"".join(encode_chunks(Kind.OUTPUT, data)))
     assert [len(f.payload) for f in frames] == [MAX_PAYLOAD, MAX_PAYLOAD, 5]
     assert b"".join(f.payload for f in frames) == data
 

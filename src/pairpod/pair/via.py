@@ -54,8 +54,8 @@ from pairpod.sharing.hostwire import (
     Kind,
     ProtocolError,
     Refusal,
+    encode_chunks,
     encode_json,
-    encode_output,
 )
 from pairpod.sharing.terminal import Participant, Sink, Terminal
 from pairpod.sharing.tokens import Access, normalize_identity
@@ -222,7 +222,7 @@ class GatewaySink(Sink):
         if self._terminal.ended:
             return
         with contextlib.suppress(OSError, asyncssh.Error):
-            for frame in encode_output(data):
+            for frame in encode_chunks(Kind.OUTPUT, data):
                 self._chan.write(frame)
 
     def close(self, reason: str) -> None:
@@ -329,9 +329,10 @@ class HostChannelSession(asyncssh.SSHClientSession[bytes]):
 class HostLink:
     """The connection to the gateway, made again whenever it drops, for one standing session."""
 
-    def __init__(self, options: ViaOptions, standing: Standing, out: TextIO) -> None:
+    def __init__(self, options: ViaOptions, standing: Standing, user: ShellUser, out: TextIO) -> None:
         self._options = options
         self._standing = standing
+        self._user = user
         self._out = out
         self._session_key = secrets.token_hex(32)
         self._commands: dict[str, str] | None = None
@@ -354,6 +355,9 @@ class HostLink:
             return
         self._commands = commands
         self._say(f"sharing through {self._options.address} with {welcome.get('who', '?')}")
+        user = self._user
+        password = f"\n   password: '{user.password}'" if user.password is not None else ""
+        self._say(f"user to share session:\n   username: '{user.name}'{password}")
         for access in Access:
             if access.value in commands:
                 self._say(f"{access.label + ':':<12}{commands[access.value]}")
@@ -476,10 +480,7 @@ async def run_via(
     """Share a standing shell through the gateway until the shell ends (or SIGTERM/SIGINT)."""
     user = user_factory()
     standing = await Standing.start(config, user, respawn=options.respawn)
-    out.write(f"pairpod: user to share session:\n   username: '{user.name}'\n")
-    if user.password is not None:
-        out.write(f"   password: '{user.password}'\n")
-    link = HostLink(options, standing, out)
+    link = HostLink(options, standing, user, out)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, standing.stop)

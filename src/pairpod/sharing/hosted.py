@@ -38,7 +38,7 @@ from pairpod.backends.base import ExitStatus, Process, Stream
 from pairpod.backends.output import FlowControl, OutputPipe
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
-from pairpod.sharing.hostwire import VERSION, Kind, Refusal, encode, encode_resize
+from pairpod.sharing.hostwire import VERSION, Kind, Refusal, encode_chunks, encode_resize
 from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import Access, SharedSession, join_command, token_from_digest
@@ -160,8 +160,9 @@ class HostProcess(Process):
     async def write(self, data: bytes) -> None:
         """Keystrokes to the host; dropped while it is away (nobody's input is held for it)."""
         await self._writable.wait()
-        if self._link is not None and data:
-            self._link.send(encode(Kind.INPUT, data))
+        if self._link is not None:
+            for frame in encode_chunks(Kind.INPUT, data):
+                self._link.send(frame)
 
     async def write_eof(self) -> None:
         """A shared terminal's input never ends."""

@@ -110,10 +110,10 @@ def encode_json(kind: Kind, value: dict[str, Any]) -> bytes:
     return encode(kind, json.dumps(value, separators=(",", ":")).encode())
 
 
-def encode_output(data: bytes) -> Iterator[bytes]:
-    """OUTPUT frames for ``data``, split to fit :data:`MAX_PAYLOAD`."""
+def encode_chunks(kind: Kind, data: bytes) -> Iterator[bytes]:
+    """OUTPUT or INPUT frames for ``data``, split to fit :data:`MAX_PAYLOAD`."""
     for start in range(0, len(data), MAX_PAYLOAD):
-        yield encode(Kind.OUTPUT, data[start : start + MAX_PAYLOAD])
+        yield encode(kind, data[start : start + MAX_PAYLOAD])
 
 
 def encode_resize(cols: int, rows: int) -> bytes:
