@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,15 +22,10 @@ import pytest
 from tests.support.gateway import ClientKey, GatewayProcess, Tmux, wait_until, write_config
 from tests.support.http_peers import KeySourcePeer, served_in_thread
 from tests.support.pair import AS_NOBODY, shared_dir
+from tests.support.sshd import free_port
 from tests.test_sharing_ssh import Terminals
 
 GRACE = 6  # seconds a hosted session waits for its host (the production default is 2 minutes)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Site:

@@ -19,12 +19,11 @@ from pairpod.log import fields, get_logger
 from pairpod.sharing.service import SharingService
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import (
-    ALPHABET,
-    TOKEN_LENGTH,
     Access,
     SharedSession,
     ShareLink,
     normalize_identity,
+    token_from_digest,
 )
 
 log = get_logger("pair")
@@ -75,13 +74,7 @@ def audience(github: Iterable[str], gitlab: Iterable[str], *, open: bool, name: 
 
 def named_token(name: str, access: Access) -> str:
     """The stable token of a named session's ``access`` link."""
-    digest = hashlib.sha256(f"pairpod pair\0{access.value}\0{name}".encode()).digest()
-    number = int.from_bytes(digest, "big")
-    letters = []
-    for _ in range(TOKEN_LENGTH):
-        number, index = divmod(number, len(ALPHABET))
-        letters.append(ALPHABET[index])
-    return "".join(letters)
+    return token_from_digest(hashlib.sha256(f"pairpod pair\0{access.value}\0{name}".encode()).digest())
 
 
 def share_standing(
