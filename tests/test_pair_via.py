@@ -211,6 +211,9 @@ def test_joiners_reach_only_the_shell_and_keep_their_links_across_a_gateway_rest
     assert time.monotonic() - killed < 2.5  # a loose liveness bound: told at once, not after a timeout
     again.wait_for(r"did not come back within \d+s; the shared session has ended", timeout=GRACE + 10)
     again.wait_for("PANE-EXIT=")
+    assert re.search(
+        r"marker-42\s+nobody[\s\S]*after-2", again.screen()
+    )  # the farewell is written after, not over
     late = site.gateway.ssh(user=rw, key=site.bob, options=["-tt"])
     assert late.returncode != 0
 

@@ -57,7 +57,7 @@ from pairpod.sharing.hostwire import (
     encode_chunks,
     encode_json,
 )
-from pairpod.sharing.terminal import Participant, Sink, Terminal
+from pairpod.sharing.terminal import Participant, Sink, Terminal, TerminalEnded
 from pairpod.sharing.tokens import Access, normalize_identity
 
 log = get_logger("pair")
@@ -266,6 +266,9 @@ class HostChannelSession(asyncssh.SSHClientSession[bytes]):
                 self._frame(frame)
         except ProtocolError as error:
             log.warning("pair.via_protocol_error", extra=fields(error=str(error)))
+            if self._chan is not None:
+                self._chan.close()
+        except TerminalEnded:  # the shell ended as the gateway answered: nothing to share
             if self._chan is not None:
                 self._chan.close()
 

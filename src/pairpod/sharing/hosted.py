@@ -45,6 +45,8 @@ from pairpod.sharing.tokens import Access, SharedSession, join_command, token_fr
 
 log = get_logger("sharing")
 
+#: What joiners of a hosted session are told when the gateway stops (their links survive it).
+GATEWAY_STOPPING = "the gateway is restarting; the same command joins again once it is back"
 #: What joiners are told while the host is away.
 HOST_AWAY = "the host's connection dropped; host reconnecting..."
 HOST_BACK = "the host is back"
@@ -369,6 +371,11 @@ class HostedSessions:
                 self._expired.popitem(last=False)
             self._service.close_session(session.shared)
             await session.process.kill()
+
+    def end_all(self, reason: str) -> None:
+        """End every hosted session now (the gateway stops; hosts come back to its successor)."""
+        for session in list(self._live.values()):
+            session.end(reason)
 
     def describe(self, session: HostedSession) -> str:
         """Who may join, for the host's log."""

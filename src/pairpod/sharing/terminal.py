@@ -69,9 +69,11 @@ _IDLE_PARSE_DELAY = 0.05
 # What a viewer's terminal is left with when we let go of it: attributes and
 # scroll region reset, no mouse or paste modes, normal keypad, ASCII, cursor
 # shown (and the normal screen: see _release). CAN/ST first end anything it
-# was in the middle of.
+# was in the middle of. Resetting the scroll region homes the cursor, so it is
+# saved and restored around it (the program is done with that slot): the
+# farewell then follows the last output instead of overwriting the second row.
 _RELEASE = (
-    "\x18\x1b\\\x1b[0m\x1b[r"
+    "\x18\x1b\\\x1b[0m\x1b7\x1b[r\x1b8"
     "\x1b[?1;1000;1001;1002;1003;1004;1005;1006;1015;1016;2004l"
     "\x1b>\x1b(B\x0f\x1b[?25h"
 )

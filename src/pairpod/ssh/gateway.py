@@ -28,7 +28,7 @@ from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder
-from pairpod.sharing.hosted import HostedSessions, link_key
+from pairpod.sharing.hosted import GATEWAY_STOPPING, HostedSessions, link_key
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
@@ -178,4 +178,6 @@ class Gateway:
         """
         if self._server is not None:
             self._server.close()
+        if self.sharing.hosted is not None:
+            self.sharing.hosted.end_all(GATEWAY_STOPPING)
         await drain(self, hurry or asyncio.Event())
