@@ -100,7 +100,11 @@ async def _serve(config: Config) -> None:
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="The gateway's config file.")
 @click.option("--listen", help="HOST:PORT to serve joiners on (default: the config's listen).")
-@click.option("--name", help="Stable join commands for this name (admits only the people named).")
+@click.option(
+    "--name",
+    envvar="PAIRPOD_NAME",
+    help="Stable join commands for this name (admits only the people named); or $PAIRPOD_NAME.",
+)
 @click.option("--gitlab", "gitlab", multiple=True, metavar="LOGIN", help="A GitLab user who may join.")
 @click.option("--open", "open_", is_flag=True, help="Let a link alone admit anyone (as tmate does).")
 @click.option("--respawn", is_flag=True, help="Start a fresh shell when the shell exits.")

@@ -8,7 +8,6 @@ it on their own laptop: the shell is their own, with no password.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -18,7 +17,6 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tests.support.gateway import ClientKey, OpenSSHClient, wait_until, write_config
 
@@ -58,7 +56,15 @@ def shared_dir() -> Path:
     return path
 
 
-class PairProcess(OpenSSHClient):
+class Joinable(OpenSSHClient):
+    """A pair session on loopback, for OpenSSH clients joining it with a link."""
+
+    def join_argv(self, link: str, key: ClientKey, extra: Sequence[str] = ()) -> list[str]:
+        """``ssh -tt`` joining with ``link`` and ``key``."""
+        return self.ssh_argv(user=link, key=key, options=["-tt", *extra])
+
+
+class PairProcess(Joinable):
     """``pairpod pair ARGS`` as nobody on loopback; ``ssh*`` join with a link as ``user``."""
 
     def __init__(self, directory: Path, key_source: str, *args: str, key: ClientKey) -> None:
@@ -119,10 +125,6 @@ class PairProcess(OpenSSHClient):
         """Its log (stderr) so far."""
         return self.err_path.read_text(errors="replace") if self.err_path.exists() else ""
 
-    def join_argv(self, link: str, key: ClientKey, extra: Sequence[str] = ()) -> list[str]:
-        """``ssh -tt`` joining with ``link`` and ``key``."""
-        return self.ssh_argv(user=link, key=key, options=["-tt", *extra])
-
     def control_socket(self) -> Path:
         """The control socket, as the shell's PAIRPOD_CONTROL names it (from the log)."""
         found = wait_until(
@@ -152,13 +154,3 @@ class PairProcess(OpenSSHClient):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-def key_pair(directory: Path, name: str) -> ClientKey:
-    """A client key (root's; only its public half is served)."""
-    return ClientKey.create(directory / name)
-
-
-def env_without(*names: str) -> dict[str, Any]:
-    """This process's environment without ``names``."""
-    return {k: v for k, v in os.environ.items() if k not in names}

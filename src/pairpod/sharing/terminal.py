@@ -61,6 +61,9 @@ _READ_SIZE = 1 << 16
 # Viewers' output is batched up to this size before the end of the loop turn.
 _FLUSH_BYTES = 1 << 15
 _FLUSH_INTERVAL = 0.005
+# Output up to this size after a participant's keystroke (its echo) is flushed
+# at once, not at the next interval: typing stays as fast as unshared.
+_ECHO_BYTES = 512
 # The share of time redraws during a flood may take (see _resync_tick).
 _RESYNC_SHARE = 0.03
 # While the screen model has output pending, parse a little every so often.
@@ -293,6 +296,8 @@ class Terminal:
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._last_flush = float("-inf")
+        # Input reached the program since the last flush: small output is its echo.
+        self._typed = False
         self._flush_handle: asyncio.Handle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._owner_writable = asyncio.Event()
@@ -351,6 +356,10 @@ class Terminal:
         self._batch_bytes += len(data)
         if self._batch_bytes >= _FLUSH_BYTES:
             self.flush()
+        elif self._typed and self._batch_bytes <= _ECHO_BYTES:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
         elif self._flush_handle is None:
             # Right away after a quiet spell (a keystroke's echo), else at
             # most every _FLUSH_INTERVAL: a flood then costs each viewer (and
@@ -501,6 +510,7 @@ class Terminal:
             if not data:
                 return
         async with self._input_lock:
+            self._typed = True  # before the write: the echo may come back while it drains
             await self._process.write(data)
 
     def _resize(self, participant: Participant, cols: int, rows: int) -> None:
@@ -558,6 +568,7 @@ class Terminal:
         if not self._batch:
             return
         self._last_flush = asyncio.get_running_loop().time()
+        self._typed = False
         data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
         self._batch.clear()
         self._batch_bytes = 0
