@@ -4,7 +4,8 @@ Cases, each a function in ``CASES`` returning one latency (seconds) per key:
 
 1. ``direct``: a joiner of ``pairpod pair`` (on loopback, ``--open`` so the
    link alone admits: who may join is not what is measured);
-2. ``via_gateway``: through a gateway in host mode (added with host mode);
+2. ``via_gateway``: through a gateway in host mode (``pairpod serve`` and
+   ``pairpod pair --via`` on loopback, the joiner on the gateway);
 3. ``reference``: OpenSSH sshd + ``tmux attach`` to a tmux session running
    the same program, how people share a shell without tmate.
 
@@ -34,7 +35,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CIPHER, Peer, Workdir, free_port, machine, start_sshd
+from common import CIPHER, Peer, Workdir, free_port, machine, start_pairpod, start_sshd
 
 #: What the shared terminal runs: keys come back from a program, not the PTY's echo.
 PROGRAM = "stty raw -echo; echo READY; exec cat"
@@ -79,42 +80,88 @@ async def _connect(port: int, username: str, key: Path) -> asyncssh.SSHClientCon
     )
 
 
+def _nobody_home(work: Workdir, name: str) -> tuple[Path, list[str]]:
+    """A directory for a ``pairpod pair`` of the bench, and the prefix that runs it as nobody
+    when run as root (as root it would make and use the OS user pair: not on a bench machine)."""
+    home = work.path / name
+    home.mkdir()
+    if os.geteuid() != 0:
+        return home, []
+    work.path.chmod(0o711)
+    home.chmod(0o755)
+    shutil.chown(home, "nobody")
+    return home, _AS_NOBODY
+
+
+def _read_link(out: Path, what: str) -> str:
+    """The read-write link a ``pairpod pair`` printed in ``out``."""
+    deadline = time.monotonic() + _WAIT
+    while (match := _LINK.search(out.read_text(errors="replace"))) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no join command from {what}:\n{out.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return match.group(1)
+
+
 def start_pair(work: Workdir) -> tuple[Peer, str]:
     """``pairpod pair --open`` on a free port (as nobody when run as root); its rw link."""
-    home = work.path / "pair"
-    home.mkdir()
-    if os.geteuid() == 0:
-        # As root, pairpod pair would make and use the OS user pair: not on a bench machine.
-        work.path.chmod(0o711)
-        home.chmod(0o755)
-        shutil.chown(home, "nobody")
+    home, prefix = _nobody_home(work, "pair")
     port = free_port()
     config = home / "pair.yaml"
     config.write_text(yaml.safe_dump({"host_keys": [str(home / "host_key")], "log": {"level": "warning"}}))
-    prefix = _AS_NOBODY if os.geteuid() == 0 else []
     argv = [*prefix, sys.executable, "-m", "pairpod.cli", "pair", "--open", "--config", str(config)]
     argv += ["--listen", f"127.0.0.1:{port}"]
     out = work.path / "pair.out"
     peer = Peer(argv, port, out)  # stdout and stderr together: the commands are in its log
-    deadline = time.monotonic() + _WAIT
-    while (match := _LINK.search(out.read_text(errors="replace"))) is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"no join command from pairpod pair:\n{out.read_text(errors='replace')}")
-        time.sleep(0.05)
-    return peer, match.group(1)
+    return peer, _read_link(out, "pairpod pair")
+
+
+async def _joiner(port: int, link: str, work: Workdir, keys: int) -> list[float]:
+    """A read-write joiner's echo latencies, the shared shell running :data:`PROGRAM`."""
+    async with await _connect(port, link, work.key) as conn:
+        process = await conn.create_process(term_type="xterm", term_size=(80, 24), encoding=None)
+        process.stdin.write(PROGRAM.encode() + b"\n")
+        await _wait_output(process, b"READY\n")
+        return await echo_latencies(process, keys)
 
 
 async def direct(work: Workdir, keys: int) -> list[float]:
     """(1) A read-write joiner of ``pairpod pair``."""
     peer, link = start_pair(work)
     try:
-        async with await _connect(peer.port, link, work.key) as conn:
-            process = await conn.create_process(term_type="xterm", term_size=(80, 24), encoding=None)
-            process.stdin.write(PROGRAM.encode() + b"\n")
-            await _wait_output(process, b"READY\n")
-            return await echo_latencies(process, keys)
+        return await _joiner(peer.port, link, work, keys)
     finally:
         peer.stop()
+
+
+def start_host(work: Workdir, gateway_port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """``pairpod pair --via`` the gateway as ``bench`` (as nobody when run as root); its rw link."""
+    home, prefix = _nobody_home(work, "host")
+    key = home / "id_ed25519"
+    shutil.copy(work.key, key)
+    if prefix:
+        shutil.chown(key, "nobody")
+    argv = [*prefix, sys.executable, "-m", "pairpod.cli", "pair", "--via", f"127.0.0.1:{gateway_port}"]
+    argv += ["-i", str(key), "-l", "bench", "--accept-new-host-key"]
+    out = work.path / "host.out"
+    with out.open("wb") as sink:
+        env = {**os.environ, "HOME": str(home)}  # its known_hosts
+        host = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    return host, _read_link(out, "pairpod pair --via")
+
+
+async def via_gateway(work: Workdir, keys: int) -> list[float]:
+    """(2) A read-write joiner of ``pairpod serve``, the shell on a host in host mode."""
+    gateway = start_pairpod(work, {"sharing": {"hosts": ["bench"], "open": True}}, name="gateway")
+    try:
+        host, link = start_host(work, gateway.port)
+        try:
+            return await _joiner(gateway.port, link, work, keys)
+        finally:
+            host.terminate()
+            host.wait(20)
+    finally:
+        gateway.stop()
 
 
 async def reference(work: Workdir, keys: int) -> list[float]:
@@ -137,9 +184,7 @@ async def reference(work: Workdir, keys: int) -> list[float]:
         sshd.stop()
 
 
-#: Host mode adds ``"via_gateway": via_gateway`` here: ``pairpod serve`` and
-#: ``pairpod pair --via`` on loopback, the joiner on the gateway.
-CASES: dict[str, Case] = {"direct": direct, "reference": reference}
+CASES: dict[str, Case] = {"direct": direct, "via_gateway": via_gateway, "reference": reference}
 
 
 def percentile(samples: list[float], share: float) -> float:
