@@ -22,6 +22,7 @@ from pairpod.sharing.hostwire import (
     encode_chunks,
     encode_json,
     encode_resize,
+    printable,
 )
 from pairpod.sharing.service import SharingService
 
@@ -155,3 +156,11 @@ def test_a_welcome_is_plain_json() -> None:
     assert frame.json() == {"cols": 80}
     with pytest.raises(ProtocolError, match="not JSON"):
         FrameDecoder().feed(encode(Kind.END, b"{"))[0].json()
+
+
+def test_a_peers_text_is_printed_without_escape_sequences() -> None:
+    assert (
+        printable("the shell exited\x1b]0;pwned\x07\x1b[2J (status 3)")
+        == "the shell exited]0;pwned[2J (status 3)"
+    )
+    assert printable(None) == "" and len(printable("x" * 1000)) == 200

@@ -56,6 +56,7 @@ from pairpod.sharing.hostwire import (
     Refusal,
     encode_chunks,
     encode_json,
+    printable,
 )
 from pairpod.sharing.terminal import Participant, Sink, Terminal, TerminalEnded
 from pairpod.sharing.tokens import Access, normalize_identity
@@ -352,12 +353,13 @@ class HostLink:
         grace = welcome.get("grace")
         if not isinstance(commands, dict) or not all(isinstance(c, str) for c in commands.values()):
             raise ProtocolError("WELCOME: no join commands")
+        commands = {access: printable(command) for access, command in commands.items()}
         self._grace = float(grace) if isinstance(grace, int | float) else 0.0
         if commands == self._commands:
             self._say(f"reconnected to {self._options.address}; the same links work again")
             return
         self._commands = commands
-        self._say(f"sharing through {self._options.address} with {welcome.get('who', '?')}")
+        self._say(f"sharing through {self._options.address} with {printable(welcome.get('who')) or '?'}")
         user = self._user
         password = f"\n   password: '{user.password}'" if user.password is not None else ""
         self._say(f"user to share session:\n   username: '{user.name}'{password}")

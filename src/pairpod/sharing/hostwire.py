@@ -121,6 +121,14 @@ def encode_resize(cols: int, rows: int) -> bytes:
     return encode(Kind.RESIZE, _SIZE.pack(min(max(cols, 1), 0xFFFF), min(max(rows, 1), 0xFFFF)))
 
 
+def printable(text: object, limit: int = 200) -> str:
+    """A peer's text fit to print on a terminal: no control characters (no escape
+    sequences), at most ``limit`` characters; anything not a string is empty."""
+    if not isinstance(text, str):
+        return ""
+    return "".join(c for c in text[:limit] if c.isprintable())
+
+
 class FrameDecoder:
     """Bytes in, frames out; a bad header raises :class:`ProtocolError`."""
 

@@ -28,6 +28,7 @@ from pairpod.sharing.hostwire import (
     Kind,
     ProtocolError,
     encode_json,
+    printable,
 )
 from pairpod.ssh.context import ChannelContext
 from pairpod.ssh.control import LineSession
@@ -155,9 +156,8 @@ class HostChannel(LineSession):
 
     def _end(self, session: HostedSession, frame: Frame) -> None:
         value = frame.json()
-        reason = value.get("reason")
         code = value.get("code")
-        text = reason[:200] if isinstance(reason, str) and reason else "the host ended the session"
+        text = printable(value.get("reason")) or "the host ended the session"
         status = ExitStatus(code=code if isinstance(code, int) and 0 <= code < 256 else None, signal="HUP")
         log.info("host.end", extra=self._context.log_fields(session=session.shared.session_id, reason=text))
         self._done = True
