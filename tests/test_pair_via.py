@@ -191,6 +191,11 @@ def test_joiners_reach_only_the_shell_and_keep_their_links_across_a_gateway_rest
     # The host's login controls the session like any of its shared sessions.
     listing = site.gateway.ssh("list", user="alice+ctl", key=site.alice).stdout.decode()
     assert "github:bob" in listing and listing.count("participant") == 2
+    viewer = re.search(r"participant (\d+)\s+github:bob\s+read-only", listing)
+    assert viewer, listing
+    kicked = site.gateway.ssh("kick", viewer.group(1), user="alice+ctl", key=site.alice)
+    assert kicked.returncode == 0, kicked.stderr
+    reader.wait_for("you were removed from the session by its owner")
 
     # The gateway dies and comes back: the host reconnects, the same commands work, the screen is there.
     assert site.gateway.proc is not None
@@ -203,12 +208,13 @@ def test_joiners_reach_only_the_shell_and_keep_their_links_across_a_gateway_rest
     again.wait_for(r"marker-42\s+nobody")
     again.type("echo after-$((1+1))\n")
     again.wait_for("after-2")
+    join(site, terms, "ro-again", ro).wait_for("after-2")
 
     # The host dies: joiners are told at once, and ended when it does not come back.
     host.proc.send_signal(signal.SIGKILL)
     killed = time.monotonic()
     again.wait_for("host reconnecting", timeout=5)
-    assert time.monotonic() - killed < 2.5  # a loose liveness bound: told at once, not after a timeout
+    assert time.monotonic() - killed < 2  # a loose liveness bound: told at once, not after a timeout
     again.wait_for(r"did not come back within \d+s; the shared session has ended", timeout=GRACE + 10)
     again.wait_for("PANE-EXIT=")
     assert re.search(
