@@ -138,9 +138,11 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         """The frames completed by ``data`` (the rest waits for more bytes)."""
         self._buffer += data
+        buffer = self._buffer
         frames = []
-        while len(self._buffer) >= _HEADER.size:
-            kind_value, length = _HEADER.unpack_from(self._buffer)
+        offset = 0
+        while len(buffer) - offset >= _HEADER.size:
+            kind_value, length = _HEADER.unpack_from(buffer, offset)
             try:
                 kind = Kind(kind_value)
             except ValueError:
@@ -148,11 +150,12 @@ class FrameDecoder:
             limit = MAX_JSON if kind in (Kind.HELLO, Kind.WELCOME, Kind.END) else MAX_PAYLOAD
             if length > limit:
                 raise ProtocolError(f"{kind.name} frame of {length} bytes (at most {limit})")
-            end = _HEADER.size + length
-            if len(self._buffer) < end:
+            end = offset + _HEADER.size + length
+            if len(buffer) < end:
                 break
-            frames.append(Frame(kind, bytes(self._buffer[_HEADER.size : end])))
-            del self._buffer[:end]
+            frames.append(Frame(kind, bytes(buffer[offset + _HEADER.size : end])))
+            offset = end
+        del buffer[:offset]  # once per feed, not once per frame
         return frames
 
     @property
