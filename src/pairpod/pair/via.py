@@ -295,6 +295,8 @@ class HostChannelSession(asyncssh.SSHClientSession[bytes]):
         cols, rows = welcome.get("cols", 80), welcome.get("rows", 24)
         if not isinstance(cols, int) or not isinstance(rows, int):
             raise ProtocolError("WELCOME: cols and rows must be numbers")
+        # What a terminal size can hold (as a RESIZE frame's): bounded whatever the gateway says.
+        cols, rows = min(max(cols, 1), 0xFFFF), min(max(rows, 1), 0xFFFF)
         self._welcome(welcome)
         self.sink = GatewaySink(self._chan, self._terminal, self.status)
         # Joining sends the current screen first: after a restart the gateway starts from it.
