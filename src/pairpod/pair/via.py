@@ -135,7 +135,7 @@ def via_options(
         named = [normalize_identity(f"github:{n}") for n in github]
         named += [normalize_identity(f"gitlab:{n}") for n in gitlab]
     except ValueError as error:
-        raise ConfigError(f"pair: {error}") from None
+        raise ConfigError(str(error)) from None
     return ViaOptions(
         host,
         port,
