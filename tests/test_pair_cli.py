@@ -79,9 +79,10 @@ def test_a_standing_shell_shared_with_the_people_named(
         alice = terms.start("alice", pair.join_argv(said.rw, people["alice"]), 100, 30)
         alice.type("echo $((6*7))-$PAIRPOD_CONTROL\n")
         alice.wait_for(r"42-/\S+/control\.sock")
-        # A key nobody named is refused, read-only or read-write.
+        # A key nobody named is refused; so is any username but a link (no logins here).
         carol = pair.ssh("true", user=said.ro, key=people["carol"], options=["-tt"])
         assert carol.returncode == 255
+        assert pair.ssh("true", user="alice", key=people["alice"]).returncode == 255
         # bob joins late, read-only: he sees the screen at once, and alice is told.
         bob = terms.start("bob", pair.join_argv(said.ro, people["bob"]), 100, 30)
         bob.wait_for(r"42-/")
