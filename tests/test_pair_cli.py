@@ -16,23 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.gateway import ClientKey, wait_until
-from tests.support.http_peers import KeySourcePeer, served_in_thread
-from tests.support.pair import PairProcess, shared_dir
-from tests.test_sharing_ssh import Terminals
-
-
-@pytest.fixture(scope="module")
-def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientKey]:
-    keys = tmp_path_factory.mktemp("keys")
-    return {name: ClientKey.create(keys / name) for name in ("alice", "bob", "carol")}
-
-
-@pytest.fixture(scope="module")
-def key_source(people: dict[str, ClientKey]) -> Iterator[KeySourcePeer]:
-    peer = KeySourcePeer()
-    peer.keys = {"alice": people["alice"].public_line + "\n", "bob": people["bob"].public_line + "\n"}
-    with served_in_thread(peer):
-        yield peer
+from tests.support.http_peers import KeySourcePeer
+from tests.support.pair import PairProcess, key_source, people, shared_dir
+from tests.test_sharing_ssh import Terminals, terms
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +28,7 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture
-def terms(tmp_path: Path) -> Iterator[Terminals]:
-    terminals = Terminals(tmp_path)
-    yield terminals
-    terminals.close()
+__all__ = ["key_source", "people", "terms"]
 
 
 def _pair(workdir: Path, key_source: KeySourcePeer, key: ClientKey, *args: str) -> PairProcess:

@@ -12,17 +12,18 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.gateway import ClientKey, wait_until, write_config
-from tests.support.http_peers import KeySourcePeer, served_in_thread
+from tests.support.http_peers import KeySourcePeer
 from tests.support.images import pair_image
-from tests.support.pair import Announcement, Joinable, parse_announcement
+from tests.support.pair import Announcement, Joinable, key_source, parse_announcement, people
 from tests.support.sshd import free_port
-from tests.test_sharing_ssh import Terminals
+from tests.test_sharing_ssh import Terminals, terms
+
+__all__ = ["key_source", "people", "terms"]
 
 pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="needs docker")
 
@@ -81,27 +82,6 @@ class PairContainer(Joinable):
     def remove(self) -> None:
         """Remove the container, running or not."""
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True, timeout=60)
-
-
-@pytest.fixture(scope="module")
-def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientKey]:
-    keys = tmp_path_factory.mktemp("keys")
-    return {name: ClientKey.create(keys / name) for name in ("alice", "bob", "carol")}
-
-
-@pytest.fixture(scope="module")
-def key_source(people: dict[str, ClientKey]) -> Iterator[KeySourcePeer]:
-    peer = KeySourcePeer()
-    peer.keys = {"alice": people["alice"].public_line + "\n", "bob": people["bob"].public_line + "\n"}
-    with served_in_thread(peer):
-        yield peer
-
-
-@pytest.fixture
-def terms(tmp_path: Path) -> Iterator[Terminals]:
-    terminals = Terminals(tmp_path)
-    yield terminals
-    terminals.close()
 
 
 def test_the_image_shares_a_shell_as_pair_with_sudo(
