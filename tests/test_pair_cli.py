@@ -16,23 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.gateway import ClientKey, wait_until
-from tests.support.http_peers import KeySourcePeer, served_in_thread
-from tests.support.pair import PairProcess, shared_dir
-from tests.test_sharing_ssh import Terminals
-
-
-@pytest.fixture(scope="module")
-def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientKey]:
-    keys = tmp_path_factory.mktemp("keys")
-    return {name: ClientKey.create(keys / name) for name in ("alice", "bob", "carol")}
-
-
-@pytest.fixture(scope="module")
-def key_source(people: dict[str, ClientKey]) -> Iterator[KeySourcePeer]:
-    peer = KeySourcePeer()
-    peer.keys = {"alice": people["alice"].public_line + "\n", "bob": people["bob"].public_line + "\n"}
-    with served_in_thread(peer):
-        yield peer
+from tests.support.http_peers import KeySourcePeer
+from tests.support.pair import PairProcess, key_source, people, shared_dir
+from tests.test_sharing_ssh import Terminals, terms
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +28,7 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture
-def terms(tmp_path: Path) -> Iterator[Terminals]:
-    terminals = Terminals(tmp_path)
-    yield terminals
-    terminals.close()
+__all__ = ["key_source", "people", "terms"]
 
 
 def _pair(workdir: Path, key_source: KeySourcePeer, key: ClientKey, *args: str) -> PairProcess:
@@ -79,9 +61,10 @@ def test_a_standing_shell_shared_with_the_people_named(
         alice = terms.start("alice", pair.join_argv(said.rw, people["alice"]), 100, 30)
         alice.type("echo $((6*7))-$PAIRPOD_CONTROL\n")
         alice.wait_for(r"42-/\S+/control\.sock")
-        # A key nobody named is refused, read-only or read-write.
+        # A key nobody named is refused; so is any username but a link (no logins here).
         carol = pair.ssh("true", user=said.ro, key=people["carol"], options=["-tt"])
         assert carol.returncode == 255
+        assert pair.ssh("true", user="alice", key=people["alice"]).returncode == 255
         # bob joins late, read-only: he sees the screen at once, and alice is told.
         bob = terms.start("bob", pair.join_argv(said.ro, people["bob"]), 100, 30)
         bob.wait_for(r"42-/")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ import yaml
 
 from pairpod.cli import pair
 from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
-from testing.kube_apiserver.kubetools import KUBECTL
+from tests.test_kubernetes_deploy import _kubectl
 
 __all__ = ["kube_apiserver", "kube_namespace"]
 
@@ -20,15 +19,6 @@ MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "pair" / "pod.yam
 def _objects() -> dict[str, dict[str, Any]]:
     docs = [doc for doc in yaml.safe_load_all(MANIFEST.read_text()) if doc]
     return {f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in docs}
-
-
-def _kubectl(server: KubeApiServerThread, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [KUBECTL, "--kubeconfig", str(server.kubeconfig), "--cache-dir", str(tmp_path / "cache"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_kubectl_accepts_the_pod_and_service(kube_apiserver: KubeApiServerThread, tmp_path: Path) -> None:

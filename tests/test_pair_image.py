@@ -12,16 +12,18 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.gateway import ClientKey, wait_until, write_config
-from tests.support.http_peers import KeySourcePeer, served_in_thread
+from tests.support.http_peers import KeySourcePeer
 from tests.support.images import pair_image
-from tests.support.pair import Announcement, Joinable, parse_announcement
-from tests.test_sharing_ssh import Terminals
+from tests.support.pair import Announcement, Joinable, key_source, parse_announcement, people
+from tests.support.sshd import free_port
+from tests.test_sharing_ssh import Terminals, terms
+
+__all__ = ["key_source", "people", "terms"]
 
 pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="needs docker")
 
@@ -82,27 +84,6 @@ class PairContainer(Joinable):
         subprocess.run(["docker", "rm", "-f", self.name], capture_output=True, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientKey]:
-    keys = tmp_path_factory.mktemp("keys")
-    return {name: ClientKey.create(keys / name) for name in ("alice", "bob", "carol")}
-
-
-@pytest.fixture(scope="module")
-def key_source(people: dict[str, ClientKey]) -> Iterator[KeySourcePeer]:
-    peer = KeySourcePeer()
-    peer.keys = {"alice": people["alice"].public_line + "\n", "bob": people["bob"].public_line + "\n"}
-    with served_in_thread(peer):
-        yield peer
-
-
-@pytest.fixture
-def terms(tmp_path: Path) -> Iterator[Terminals]:
-    terminals = Terminals(tmp_path)
-    yield terminals
-    terminals.close()
-
-
 def test_the_image_shares_a_shell_as_pair_with_sudo(
     tmp_path: Path, key_source: KeySourcePeer, people: dict[str, ClientKey], terms: Terminals
 ) -> None:
@@ -138,5 +119,29 @@ def test_the_image_shares_a_shell_as_pair_with_sudo(
         back.type("exit 7\n")
         back.wait_for(r"the shell exited \(status 7\)")
         assert container.wait() == 7
+    finally:
+        container.remove()
+
+
+def test_a_named_container_keeps_its_commands_and_the_given_password(
+    tmp_path: Path, key_source: KeySourcePeer, people: dict[str, ClientKey]
+) -> None:
+    container = PairContainer(tmp_path, pair_image(), key_source.url, "alice", key=people["alice"])
+    # A fixed port, as a team's notes would have.
+    container.argv[container.argv.index("127.0.0.1:0")] = f"127.0.0.1:{free_port()}"
+    container.argv[container.argv.index("--network") : container.argv.index("--network")] = [
+        "-e",
+        "USER_PASSWORD=correct horse battery staple",
+        "-e",
+        "PAIRPOD_NAME=team-7",
+    ]
+    try:
+        said = container.start().announced
+        assert said is not None and said.password == "correct horse battery staple"
+        subprocess.run(["docker", "restart", container.name], check=True, capture_output=True, timeout=60)
+        # The restarted container prints its commands again (docker logs keeps both runs).
+        wait_until(lambda: container.stdout().count("read-write:") == 2, message="the second announcement")
+        commands = [line for line in container.stdout().splitlines() if "ssh -p" in line]
+        assert len(commands) == 4 and commands[:2] == commands[2:]
     finally:
         container.remove()

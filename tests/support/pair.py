@@ -14,11 +14,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.support.gateway import ClientKey, OpenSSHClient, wait_until, write_config
+from tests.support.http_peers import KeySourcePeer, served_in_thread
 
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
@@ -154,3 +157,19 @@ class PairProcess(Joinable):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClientKey]:
+    """Keys of alice and bob (whose keys the key source serves) and carol (nobody's)."""
+    keys = tmp_path_factory.mktemp("keys")
+    return {name: ClientKey.create(keys / name) for name in ("alice", "bob", "carol")}
+
+
+@pytest.fixture(scope="module")
+def key_source(people: dict[str, ClientKey]) -> Iterator[KeySourcePeer]:
+    """A loopback GitHub/GitLab key source serving alice's and bob's keys."""
+    peer = KeySourcePeer()
+    peer.keys = {"alice": people["alice"].public_line + "\n", "bob": people["bob"].public_line + "\n"}
+    with served_in_thread(peer):
+        yield peer

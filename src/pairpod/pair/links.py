@@ -81,25 +81,9 @@ def share_standing(
     service: SharingService, terminal: Terminal, owner: str, people: Audience
 ) -> tuple[SharedSession[Terminal], list[ShareLink]]:
     """Register the standing Terminal with a read-only and a read-write link."""
-    session = service.registry.create_session(
-        owner=f"user:{owner}", terminal=terminal, share_with=people.identities, open=people.open
-    )
-    links = [
-        service.registry.mint(
-            session, access, named_token(people.name, access) if people.name is not None else None
-        )
-        for access in (Access.READ_ONLY, Access.READ_WRITE)
-    ]
-    log.info(
-        "sharing.open",
-        extra=fields(
-            session=session.session_id,
-            owner=session.owner,
-            open=session.open,
-            name=people.name,
-            share_with=",".join(sorted(session.allowed)) or None,
-        ),
-    )
+    name = people.name
+    fixed = (lambda access: named_token(name, access)) if name is not None else (lambda access: None)
+    registered = service.register(owner, terminal, people.identities, open=people.open, tokens=fixed)
     if people.open:
         log.warning("pair.open", extra=fields(note="anyone holding a link may join, without a key check"))
-    return session, links
+    return registered

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
 
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
@@ -53,18 +51,26 @@ def announcement(people: Audience, user: ShellUser, links: list[ShareLink], host
     return "\n".join(lines) + "\n"
 
 
-async def run_pair(
-    config: Config,
-    options: PairOptions,
-    *,
-    out: TextIO = sys.stdout,
-    user_factory: Callable[[], ShellUser] = prepare_user,
-) -> int:
+async def run_pair(config: Config, options: PairOptions) -> int:
     """Serve the standing session until its shell ends (or SIGTERM/SIGINT); the exit code."""
-    user = user_factory()
+    loop = asyncio.get_running_loop()
+    # From the first moment: as a container's PID 1, a signal with no handler is ignored.
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        return await _serve(config, options, stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _serve(config: Config, options: PairOptions, stop: asyncio.Event) -> int:
+    user = prepare_user()
     gateway = Gateway(config, purposes=choose_join_only)
     await gateway.start()
     control = PairControl(gateway.sharing, user.name, user)
+    status = None
     try:
         await control.start()
         standing = await Standing.start(
@@ -72,16 +78,14 @@ async def run_pair(
         )
         session, links = share_standing(gateway.sharing, standing.terminal, user.name, options.people)
         host, port = gateway.sharing.public_address(config)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, standing.stop)
-        out.write(announcement(options.people, user, links, host, port))
-        out.flush()
+        sys.stdout.write(announcement(options.people, user, links, host, port))
+        sys.stdout.flush()
+        stopper = asyncio.ensure_future(stop.wait())
+        stopper.add_done_callback(lambda done: None if done.cancelled() else standing.stop())
         try:
             status = await standing.run()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+            stopper.cancel()
             gateway.sharing.close_session(session)
     finally:
         await control.stop()

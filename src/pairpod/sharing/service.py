@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,7 @@ from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import (
     Access,
     SharedSession,
+    ShareLink,
     ShareRegistry,
     join_command,
     parse_share_with,
@@ -108,14 +109,31 @@ class SharingService:
 
         Returns the session and the banner to show its owner.
         """
+        session, links = self.register(owner, terminal, request.share_with, open=config.sharing.open)
+        host, port = self.public_address(config)
+        banner = share_banner(links, host, port)
+        if not session.open and not session.allowed:
+            banner += "  (only you may join: name people with SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n"
+        return session, banner
+
+    def register(
+        self,
+        owner: str,
+        terminal: Terminal,
+        share_with: Iterable[str],
+        *,
+        open: bool,
+        tokens: Callable[[Access], str | None] = lambda access: None,
+    ) -> tuple[SharedSession[Terminal], list[ShareLink]]:
+        """Register ``terminal`` as a shared session of ``owner`` with a read-only
+        and a read-write link (random, or the fixed ``tokens(access)``)."""
         session = self.registry.create_session(
-            owner=f"user:{owner}", terminal=terminal, share_with=request.share_with, open=config.sharing.open
+            owner=f"user:{owner}", terminal=terminal, share_with=share_with, open=open
         )
         links = [
-            self.registry.mint(session, Access.READ_ONLY),
-            self.registry.mint(session, Access.READ_WRITE),
+            self.registry.mint(session, access, tokens(access))
+            for access in (Access.READ_ONLY, Access.READ_WRITE)
         ]
-        host, port = self.public_address(config)
         log.info(
             "sharing.open",
             extra=fields(
@@ -125,10 +143,7 @@ class SharingService:
                 share_with=",".join(sorted(session.allowed)) or None,
             ),
         )
-        banner = share_banner(links, host, port)
-        if not session.open and not session.allowed:
-            banner += "  (only you may join: name people with SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n"
-        return session, banner
+        return session, links
 
     def close_session(self, session: SharedSession[Terminal]) -> None:
         """The owner's program ended: forget the session and its links."""
