@@ -41,7 +41,7 @@ from pairpod.log import fields, get_logger
 from pairpod.sharing.hostwire import VERSION, Kind, Refusal, encode_chunks, encode_resize
 from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
 from pairpod.sharing.terminal import Terminal
-from pairpod.sharing.tokens import Access, SharedSession, join_command, token_from_digest
+from pairpod.sharing.tokens import SharedSession, join_command, token_from_digest
 
 log = get_logger("sharing")
 
@@ -337,27 +337,18 @@ class HostedSessions:
             rows=hello.rows,
             viewer_backlog=config.sharing.viewer_backlog,
         )
-        registry = self._service.registry
-        shared = registry.create_session(
-            owner=f"user:{login}", terminal=terminal, share_with=request.share_with, open=config.sharing.open
+        shared, links = self._service.register(
+            login,
+            terminal,
+            request.share_with,
+            open=config.sharing.open,
+            tokens=lambda access: token_from_digest(self._digest(login, hello.session_key, access.value)),
         )
         host, port = self._service.public_address(config)
-        commands = {}
-        for access in (Access.READ_ONLY, Access.READ_WRITE):
-            token = token_from_digest(self._digest(login, hello.session_key, access.value))
-            link = registry.mint(shared, access, token)
-            commands[access.value] = join_command(link.username, host, port)
+        commands = {link.access.value: join_command(link.username, host, port) for link in links}
         session = HostedSession(digest, login, process, terminal, shared, commands)
         self._live[digest] = session
-        log.info(
-            "host.open",
-            extra=fields(
-                session=shared.session_id,
-                host=login,
-                open=shared.open,
-                share_with=",".join(sorted(shared.allowed)) or None,
-            ),
-        )
+        log.info("host.open", extra=fields(session=shared.session_id, host=login))
         self._spawn(self._run(session))
         return session
 
