@@ -1,4 +1,4 @@
-"""The command line: ``pairpod serve | admin | check-config | hash-password | demo-setup``."""
+"""The command line: ``pairpod serve | pair | ctl | admin | check-config | hash-password | demo-setup``."""
 
 from __future__ import annotations
 
@@ -95,6 +95,93 @@ async def _serve(config: Config) -> None:
     await stop.wait()
     log.info("gateway.signal", extra=fields(action="shutdown"))
     await gateway.stop(hurry=hurry)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="The gateway's config file.")
+@click.option("--listen", help="HOST:PORT to serve joiners on (default: the config's listen).")
+@click.option(
+    "--name",
+    envvar="PAIRPOD_NAME",
+    help="Stable join commands for this name (admits only the people named); or $PAIRPOD_NAME.",
+)
+@click.option("--gitlab", "gitlab", multiple=True, metavar="LOGIN", help="A GitLab user who may join.")
+@click.option("--open", "open_", is_flag=True, help="Let a link alone admit anyone (as tmate does).")
+@click.option("--respawn", is_flag=True, help="Start a fresh shell when the shell exits.")
+@click.option("--via", metavar="HOST[:PORT]", help="Share through this pairpod gateway (host mode).")
+@click.option("-i", "key_path", type=click.Path(path_type=Path), help="--via: the key to log in with.")
+@click.option("-l", "login", help="--via: the login on the gateway (default: your user name).")
+@click.option("--accept-new-host-key", is_flag=True, help="--via: trust an unknown gateway key.")
+@click.argument("github", nargs=-1, metavar="[GITHUB_LOGIN]...")
+def pair(
+    config_path: Path | None,
+    listen: str | None,
+    name: str | None,
+    gitlab: tuple[str, ...],
+    open_: bool,
+    respawn: bool,
+    via: str | None,
+    key_path: Path | None,
+    login: str | None,
+    accept_new_host_key: bool,
+    github: tuple[str, ...],
+) -> None:
+    """Share a shell on this machine with the GitHub (and GitLab) users named.
+
+    Prints a read-only and a read-write ssh command; exits with the shell's status.
+    With --via, the commands point at that gateway (nobody named: the gateway's
+    sharing policy decides who may join).
+    """
+    from pairpod.pair.links import audience
+    from pairpod.pair.serve import PairOptions, run_pair
+
+    if via is not None:
+        from pairpod.pair.via import run_via, via_options
+
+        try:
+            options = via_options(
+                via, login=login, key_path=key_path, accept_new_host_key=accept_new_host_key,
+                github=github, gitlab=gitlab, respawn=respawn, served_here=bool(name or open_ or listen),
+            )  # fmt: skip
+            config = load_config(config_path)
+        except ConfigError as error:
+            _fail(str(error))
+            return
+        setup_logging(config.log.level, config.log.format)
+        sys.exit(asyncio.run(run_via(config, options)))
+    try:
+        people = audience(github, gitlab, open=open_, name=name)
+        config = load_config(config_path, _cli_overrides(listen, None))
+    except ConfigError as error:
+        _fail(str(error).removeprefix("pair: "))
+        return
+    setup_logging(config.log.level, config.log.format)
+    try:
+        code = asyncio.run(run_pair(config, PairOptions(people, respawn=respawn)))
+    except ConfigError as error:
+        _fail(str(error).removeprefix("pair: "))
+        return
+    sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    envvar="PAIRPOD_CONTROL",
+    help="The pair session's control socket (default: $PAIRPOD_CONTROL, set in its shell).",
+)
+@click.argument("command", nargs=-1, required=True)
+def ctl(socket_path: Path | None, command: tuple[str, ...]) -> None:
+    """Control a pairpod pair session: list, mint ro|rw, revoke LINK, kick ID."""
+    import shlex
+
+    if socket_path is None:
+        _fail("no control socket: run this in the shared shell, or pass --socket", 1)
+        return
+    answer = _ask(socket_path, {"command": "control", "line": shlex.join(command)})
+    click.echo(answer["output"], nl=False)
 
 
 @main.group()

@@ -553,6 +553,9 @@ class SharingSettings(Section):
     public_port: int | None = Field(None, ge=1, le=65535)
     viewer_backlog: int = Field(1 << 20, ge=4096, description="bytes buffered per slow viewer")
     max_participants: int = Field(50, ge=1, description="joined viewers per shared session")
+    hosts: list[str] = Field(default_factory=list, description="logins that may host (pairpod pair --via)")
+    host_grace: Duration = Field(120.0, gt=0, description="how long a hosted session waits for its host")
+    max_hosted: int = Field(4, ge=1, description="hosted sessions per login at once")
     web: WebSettings = Field(default_factory=WebSettings)
 
 

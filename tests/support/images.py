@@ -7,7 +7,8 @@ a new tag and an unchanged one costs nothing on the next run:
   with a symlink per applet (sh, cat, sleep, kill, env, stty, ...). Small, has
   ``/bin/sh`` but no bash and no sftp-server: the "minimal image" case.
 - ``debian_image()``: a Debian bookworm minbase rootfs made by debootstrap with
-  bash, openssh-sftp-server and procps. debootstrap is slow, so its tarball is
+  bash, openssh-sftp-server and procps, and what the pair image needs
+  (python3, sudo, tmux, git, an editor, ...). debootstrap is slow, so its tarball is
   cached under ``/var/cache/pairpod-test/`` keyed by the recipe, and a missing
   image (e.g. after the engine's storage was wiped) is re-imported from it.
 
@@ -27,8 +28,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -39,7 +42,22 @@ BUSYBOX_PATH = Path("/bin/busybox")
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-DEBIAN_INCLUDE = ("bash", "openssh-sftp-server", "procps")
+DEBIAN_INCLUDE = (
+    "bash",
+    "openssh-sftp-server",
+    "procps",
+    # What the pair image (deploy/pair/Dockerfile) needs, so that building it
+    # on this base installs no package: pairpod's Python, and a pairing session's tools.
+    "python3",
+    "python3-venv",
+    "sudo",
+    "tmux",
+    "git",
+    "vim-tiny",
+    "openssh-client",
+    "less",
+    "curl",
+)
 
 # Bump when the way an image is assembled changes in a way its inputs don't show.
 _RECIPE_VERSION = "1"
@@ -101,6 +119,73 @@ def debian_image() -> str:
                 _debootstrap_tarball(tarball)
             _docker_import(tarball, tag, cmd=["/bin/bash"])
     return tag
+
+
+REPO = Path(__file__).resolve().parents[2]
+PAIR_DOCKERFILE = REPO / "deploy" / "pair" / "Dockerfile"
+# How many dependencies the image's Python may need beyond this machine's.
+_MISSING_WHEELS = 5
+
+
+def pair_image() -> str:
+    """The pair image (deploy/pair/Dockerfile) built on the Debian test image, offline.
+
+    pairpod and its dependencies go in as wheels built from this checkout
+    with this machine's pip (its package registries and cache); the base
+    already has every package the Dockerfile wants, so the build runs
+    without a network. Tagged by the base, the Dockerfile and the sources.
+    """
+    base = debian_image()
+    sources = sorted(
+        path for path in [REPO / "pyproject.toml", REPO / "README.md", *(REPO / "src").rglob("*.py")]
+    )
+    recipe = {
+        "kind": "pair",
+        "version": _RECIPE_VERSION,
+        "base": base,
+        "dockerfile": PAIR_DOCKERFILE.read_text(),
+        "sources": {
+            str(path.relative_to(REPO)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sources
+        },
+    }
+    tag = f"pairpod-test/pair:{_recipe_hash(recipe)}"
+    with _locked("pair"):
+        if not _image_exists(tag):
+            _build_pair_image(base, tag)
+    return tag
+
+
+def _build_pair_image(base: str, tag: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="pair-image-") as scratch:
+        context = Path(scratch)
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(REPO / name, context / name)
+        shutil.copytree(
+            REPO / "src", context / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__")
+        )
+        (context / "deploy" / "pair").mkdir(parents=True)
+        shutil.copy2(PAIR_DOCKERFILE, context / "deploy" / "pair" / "Dockerfile")
+        wheels = context / "deploy" / "pair" / "wheels"
+        pip = [sys.executable, "-m", "pip"]
+        _run([*pip, "wheel", "--quiet", "--wheel-dir", str(wheels), str(context)], what="pip wheel")
+        build = ["docker", "build", "--network", "none", "--build-arg", f"BASE={base}"]
+        build += ["-f", str(context / "deploy" / "pair" / "Dockerfile"), "-t", tag, str(context)]
+        # The wheels are resolved for this machine's Python; the image's may need a
+        # dependency more (redis wants async-timeout below 3.11.3, Debian 12 has
+        # 3.11.2): fetch what its pip names as missing, and build again.
+        for _ in range(_MISSING_WHEELS):
+            result = subprocess.run(build, capture_output=True, text=True, check=False)
+            if result.returncode == 0:
+                return
+            output = result.stdout + result.stderr
+            missing = re.search(r"No matching distribution found for ([^;\s]+)", output)
+            if missing is None:
+                raise ImageBuildError(f"docker build {tag} failed: {output[-2000:]}")
+            download = [*pip, "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+            _run(
+                [*download, "--dest", str(wheels), missing.group(1)], what=f"pip download {missing.group(1)}"
+            )
+        raise ImageBuildError(f"docker build {tag}: still missing wheels after {_MISSING_WHEELS} rounds")
 
 
 # --- helpers ---------------------------------------------------------------
@@ -254,3 +339,4 @@ if __name__ == "__main__":
     # Warm the cache ahead of a test run: ``python -m tests.support.images``.
     print(busybox_image())
     print(debian_image())
+    print(pair_image())

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
@@ -26,6 +27,9 @@ from pairpod.sharing.tokens import (
     share_banner,
     web_url,
 )
+
+if TYPE_CHECKING:
+    from pairpod.sharing.hosted import HostedSessions
 
 log = get_logger("sharing")
 
@@ -77,6 +81,10 @@ class SharingService:
         #: Where web links point (``http://host:port``): set by the web listener
         #: once it listens; None while web joining is off.
         self.web_base: str | None = None
+        #: Shells shared from hosts' machines (``pairpod pair --via``); the gateway sets it.
+        self.hosted: HostedSessions | None = None
+        #: The port actually listened on, once known (``listen`` may ask for port 0).
+        self.bound_port: int | None = None
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -117,14 +125,33 @@ class SharingService:
 
         Returns the session and the banner to show its owner.
         """
+        session, links = self.register(owner, terminal, request.share_with, open=config.sharing.open)
+        host, port = self.public_address(config)
+        banner = share_banner(links, host, port)
+        if not session.open and not session.allowed:
+            banner += "  (only you may join: name people with SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n"
+        if request.web is not None:
+            banner += self.web_banner(session, request.web)
+        return session, banner
+
+    def register(
+        self,
+        owner: str,
+        terminal: Terminal,
+        share_with: Iterable[str],
+        *,
+        open: bool,
+        tokens: Callable[[Access], str | None] = lambda access: None,
+    ) -> tuple[SharedSession[Terminal], list[ShareLink]]:
+        """Register ``terminal`` as a shared session of ``owner`` with a read-only
+        and a read-write link (random, or the fixed ``tokens(access)``)."""
         session = self.registry.create_session(
-            owner=f"user:{owner}", terminal=terminal, share_with=request.share_with, open=config.sharing.open
+            owner=f"user:{owner}", terminal=terminal, share_with=share_with, open=open
         )
         links = [
-            self.registry.mint(session, Access.READ_ONLY),
-            self.registry.mint(session, Access.READ_WRITE),
+            self.registry.mint(session, access, tokens(access))
+            for access in (Access.READ_ONLY, Access.READ_WRITE)
         ]
-        host, port = self.public_address(config)
         log.info(
             "sharing.open",
             extra=fields(
@@ -134,12 +161,7 @@ class SharingService:
                 share_with=",".join(sorted(session.allowed)) or None,
             ),
         )
-        banner = share_banner(links, host, port)
-        if not session.open and not session.allowed:
-            banner += "  (only you may join: name people with SetEnv=PAIRPOD_SHARE_WITH=github:NAME)\r\n"
-        if request.web is not None:
-            banner += self.web_banner(session, request.web)
-        return session, banner
+        return session, links
 
     # --- web links ----------------------------------------------------------------
 
@@ -170,7 +192,7 @@ class SharingService:
             raise ControlError(
                 "read-write web links are only for open sessions: a browser proves no identity"
             )
-        link = self.registry.mint(session, access, Medium.WEB)
+        link = self.registry.mint(session, access, medium=Medium.WEB)
         log.info(
             "sharing.mint",
             extra=fields(session=session.session_id, link=link.link_id, access=access.value, medium="web"),
@@ -199,7 +221,7 @@ class SharingService:
         host, port = config.listen_address
         if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - comparing, not binding
             host = "localhost"
-        return (config.sharing.public_host or host, config.sharing.public_port or port)
+        return (config.sharing.public_host or host, config.sharing.public_port or self.bound_port or port)
 
     # --- the joiner's side --------------------------------------------------------
 

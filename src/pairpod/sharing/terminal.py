@@ -32,6 +32,7 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pairpod.backends.base import Process, Stream
@@ -60,6 +61,9 @@ _READ_SIZE = 1 << 16
 # Viewers' output is batched up to this size before the end of the loop turn.
 _FLUSH_BYTES = 1 << 15
 _FLUSH_INTERVAL = 0.005
+# Output up to this size after a participant's keystroke (its echo) is flushed
+# at once, not at the next interval: typing stays as fast as unshared.
+_ECHO_BYTES = 512
 # The share of time redraws during a flood may take (see _resync_tick).
 _RESYNC_SHARE = 0.03
 # While the screen model has output pending, parse a little every so often.
@@ -68,9 +72,11 @@ _IDLE_PARSE_DELAY = 0.05
 # What a viewer's terminal is left with when we let go of it: attributes and
 # scroll region reset, no mouse or paste modes, normal keypad, ASCII, cursor
 # shown (and the normal screen: see _release). CAN/ST first end anything it
-# was in the middle of.
+# was in the middle of. Resetting the scroll region homes the cursor, so it is
+# saved and restored around it (the program is done with that slot): the
+# farewell then follows the last output instead of overwriting the second row.
 _RELEASE = (
-    "\x18\x1b\\\x1b[0m\x1b[r"
+    "\x18\x1b\\\x1b[0m\x1b7\x1b[r\x1b8"
     "\x1b[?1;1000;1001;1002;1003;1004;1005;1006;1015;1016;2004l"
     "\x1b>\x1b(B\x0f\x1b[?25h"
 )
@@ -230,13 +236,28 @@ class Participant:
         )
 
 
+class _NoOwner(Sink):
+    """The owner's sink of a standing session: there is no owner's channel."""
+
+    def write(self, data: bytes) -> None:
+        """Nothing to write to."""
+
+    def close(self, reason: str) -> None:
+        """Nothing to close."""
+
+
 class Terminal:
-    """A PTY program shared between its owner and any number of viewers."""
+    """A PTY program shared between its owner and any number of viewers.
+
+    ``owner_sink=None`` makes a *standing* session (``pairpod pair``): no
+    owner's channel; the read-write joiners alone size the PTY, and the
+    joiners are told of each other's arrivals and departures.
+    """
 
     def __init__(
         self,
         process: Process,
-        owner_sink: Sink,
+        owner_sink: Sink | None,
         *,
         owner_name: str,
         cols: int,
@@ -256,10 +277,11 @@ class Terminal:
         self._screen = screen if screen is not None else ScreenModel(*self._size)
         self._tracker = EscapeTracker()
         self._ids = itertools.count(1)
+        self.standing = owner_sink is None
         self.owner = Participant(
             self,
             0,
-            owner_sink,
+            owner_sink if owner_sink is not None else _NoOwner(),
             name=owner_name,
             access=Access.READ_WRITE,
             cols=cols,
@@ -267,11 +289,15 @@ class Terminal:
             owner=True,
             notices=True,
         )
+        # A standing session starts as if its owner had left (without ending it).
+        self.owner.left = self.standing
         self._viewers: dict[int, Participant] = {}
         # Output published but not yet modelled (tracker, screen) nor sent to viewers.
         self._batch: list[bytes] = []
         self._batch_bytes = 0
         self._last_flush = float("-inf")
+        # Input reached the program since the last flush: small output is its echo.
+        self._typed = False
         self._flush_handle: asyncio.Handle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._owner_writable = asyncio.Event()
@@ -293,11 +319,13 @@ class Terminal:
 
     # --- what the owner's channel handler runs ------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, farewell: Callable[[], str] | None = None) -> None:
         """Pump the program's output to everyone until it ends, then end the Terminal.
 
         Returns when the program's output ends or when the Terminal is ended
         (owner left, :meth:`end`); cancelling it ends the Terminal too.
+        ``farewell`` says what viewers are told when the output ends (asked
+        then, so it can name the program's exit status).
         """
         task = asyncio.current_task()
         self._run_task = task
@@ -316,7 +344,7 @@ class Terminal:
                 raise
         finally:
             self._run_task = None
-            self.end(SESSION_ENDED)
+            self.end(farewell() if farewell is not None else SESSION_ENDED)
 
     def publish(self, data: bytes) -> None:
         """Deliver one chunk of the program's output (``run`` calls this)."""
@@ -328,6 +356,10 @@ class Terminal:
         self._batch_bytes += len(data)
         if self._batch_bytes >= _FLUSH_BYTES:
             self.flush()
+        elif self._typed and self._batch_bytes <= _ECHO_BYTES:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
         elif self._flush_handle is None:
             # Right away after a quiet spell (a keystroke's echo), else at
             # most every _FLUSH_INTERVAL: a flood then costs each viewer (and
@@ -383,7 +415,7 @@ class Terminal:
                 snapshot_bytes=len(snapshot),
             ),
         )
-        self._tell_owner(f"{name} joined ({access.label}); {self._count()}")
+        self._tell_owner(f"{name} joined ({access.label}); {self._count()}", about=participant)
         self._update_size()
         return participant
 
@@ -397,6 +429,14 @@ class Terminal:
         self._tell_owner(f"{participant.name} was removed; {self._count()}")
         self._update_size()
         return True
+
+    def announce(self, text: str) -> None:
+        """Show everyone a notice about the session itself (its host went away, came back)."""
+        if self._ended.is_set():
+            return
+        for participant in (self.owner, *self._viewers.values()):
+            if not participant.left:
+                self._notice(participant, text)
 
     def end(self, reason: str = SESSION_ENDED) -> None:
         """End the Terminal: every viewer is told ``reason`` and closed. Idempotent."""
@@ -470,6 +510,7 @@ class Terminal:
             if not data:
                 return
         async with self._input_lock:
+            self._typed = True  # before the write: the echo may come back while it drains
             await self._process.write(data)
 
     def _resize(self, participant: Participant, cols: int, rows: int) -> None:
@@ -527,6 +568,7 @@ class Terminal:
         if not self._batch:
             return
         self._last_flush = asyncio.get_running_loop().time()
+        self._typed = False
         data = self._batch[0] if len(self._batch) == 1 else b"".join(self._batch)
         self._batch.clear()
         self._batch_bytes = 0
@@ -703,8 +745,15 @@ class Terminal:
         count = len(self._viewers)
         return f"{count} viewer{'' if count == 1 else 's'} now"
 
-    def _tell_owner(self, text: str) -> None:
-        if not self.owner.left and not self._ended.is_set():
+    def _tell_owner(self, text: str, about: Participant | None = None) -> None:
+        if self._ended.is_set():
+            return
+        if self.standing:
+            # Nobody owns a standing session: everyone else in it is told.
+            for viewer in list(self._viewers.values()):
+                if viewer is not about:
+                    self._notice(viewer, text)
+        elif not self.owner.left:
             self._notice(self.owner, text)
 
     def _notice(self, participant: Participant, text: str) -> None:

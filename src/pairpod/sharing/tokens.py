@@ -109,6 +109,16 @@ def new_token() -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(TOKEN_LENGTH))
 
 
+def token_from_digest(digest: bytes) -> str:
+    """A token spelled from a secret digest (at least 19 bytes): for links derived, not drawn."""
+    number = int.from_bytes(digest, "big")
+    letters = []
+    for _ in range(TOKEN_LENGTH):
+        number, index = divmod(number, len(ALPHABET))
+        letters.append(ALPHABET[index])
+    return "".join(letters)
+
+
 def parse_join_username(username: str) -> tuple[Access, str] | None:
     """Split ``ro-<token>`` / ``rw-<token>`` into access and token.
 
@@ -272,11 +282,26 @@ class ShareRegistry(Generic[_T]):
         self._sessions[session_id] = session
         return session
 
-    def mint(self, session: SharedSession[_T], access: Access, medium: Medium = Medium.SSH) -> ShareLink:
-        """Create a new link to ``session``; its ``username`` is the secret to hand out."""
+    def mint(
+        self,
+        session: SharedSession[_T],
+        access: Access,
+        token: str | None = None,
+        medium: Medium = Medium.SSH,
+    ) -> ShareLink:
+        """Create a new link to ``session``; its ``username`` is the secret to hand out.
+
+        ``token`` fixes the link instead of a random one (a named standing
+        session's stable links); ValueError if it is malformed or taken.
+        """
         if self._sessions.get(session.session_id) is not session:
             raise KeyError(f"session {session.session_id} is not registered")
-        while True:
+        if token is not None:
+            username = access.prefix + token
+            digest = self._digest(username, medium)
+            if not _TOKEN_RE.fullmatch(token) or digest in self._by_digest:
+                raise ValueError("a fixed link must be a well-formed token not in use")
+        while token is None:
             username = access.prefix + new_token()
             digest = self._digest(username, medium)
             if digest not in self._by_digest:  # a collision is ~2^-144; loop anyway

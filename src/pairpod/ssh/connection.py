@@ -29,7 +29,7 @@ from pairpod.session_limits import ActivityClock, SessionLimits, enforce
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission, Refusal, Ticket
 from pairpod.ssh.context import ChannelContext, RelayFactory, SessionContext, StatusWriter
-from pairpod.ssh.kinds import choose_purpose
+from pairpod.ssh.kinds import PurposeChooser
 from pairpod.ssh.purpose import Purpose
 from pairpod.ssh.session import ChannelSession, ssh_connection_env
 from pairpod.ssh.transport import tune_transport
@@ -55,6 +55,7 @@ class Services(Protocol):
     recorder: Recorder
     environment_limits: EnvironmentLimits
     connections: set[Connection]
+    choose_purpose: PurposeChooser
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a gateway-level task (a cleanup that must finish before shutdown)."""
@@ -204,7 +205,7 @@ class Connection(asyncssh.SSHServer):
             banner = self.config.banner
             self.send_banner(banner if banner.endswith("\n") else banner + "\n")
         # AsyncSSH calls this again when the client changes username: start afresh.
-        self._purpose = choose_purpose(
+        self._purpose = self.gateway.choose_purpose(
             self, username, sharing=self.gateway.sharing, authenticator=self.gateway.authenticator
         )
         return self._purpose.begin_auth(username)

@@ -29,9 +29,11 @@ from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder
+from pairpod.sharing.hosted import GATEWAY_STOPPING, HostedSessions, link_key
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
+from pairpod.ssh.kinds import PurposeChooser, choose_purpose
 from pairpod.ssh.requests import SERVER_VERSION
 from pairpod.ssh.shutdown import drain
 from pairpod.tasks import TaskGroup
@@ -43,8 +45,10 @@ log = get_logger("server")
 class Gateway:
     """The running pairpod server: listener, backend, live connections."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, purposes: PurposeChooser = choose_purpose) -> None:
         self.config = config
+        #: What connections may be for (``pairpod pair`` admits joiners only).
+        self.choose_purpose = purposes
         self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
         # Several replicas: the one Redis client of this process (None: a single replica).
@@ -58,6 +62,7 @@ class Gateway:
             shared_keys=RedisKeyCache(self.cluster) if self.cluster else None,
         )
         self.sharing = SharingService(config)
+        self.sharing.hosted = HostedSessions(self.sharing, self.spawn)
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
@@ -88,10 +93,11 @@ class Gateway:
     async def start(self) -> None:
         """Load host keys, start the backend, listen."""
         ssh = self.config.ssh
-        host_keys = restrict_algorithms(
-            load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes),
-            ssh.host_key_algorithms,
-        )
+        keys = load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes)
+        host_keys = restrict_algorithms(keys, ssh.host_key_algorithms)
+        # Hosted sessions' links are derived under a key from the host keys: the same after a restart.
+        assert self.sharing.hosted is not None
+        self.sharing.hosted.key = link_key([key.export_private_key("pkcs8-der") for key in keys])
         refused = self.authenticator.static.refused_files()
         if refused:
             raise ConfigError("authorized_keys refused: " + "; ".join(refused))
@@ -126,6 +132,7 @@ class Gateway:
             await self.backend.stop()
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
+        self.sharing.bound_port = self.port
         try:
             if self.cluster is not None:
                 await self.cluster.start()  # returns at once: a Redis down at start is logged, not fatal
@@ -199,6 +206,8 @@ class Gateway:
         """
         if self._server is not None:
             self._server.close()
+        if self.sharing.hosted is not None:
+            self.sharing.hosted.end_all(GATEWAY_STOPPING)
         await drain(self, hurry or asyncio.Event())
         if self.web is not None:
             await self.web.stop()

@@ -1,0 +1,376 @@
+"""Hosted sessions: a shell on a host's machine, shared through this gateway.
+
+A host (``pairpod pair --via``) keeps one channel to the gateway. Here its
+shell is a :class:`HostProcess`, one more
+:class:`~pairpod.backends.base.Process`: output arrives in OUTPUT frames,
+input and the PTY size leave in INPUT and RESIZE frames. The gateway wraps it
+in an ownerless (standing) :class:`~pairpod.sharing.terminal.Terminal` and
+registers it like any shared session, so joining, late joiners' screens,
+read-only input, the size policy, notices and ``LOGIN+ctl`` all apply as
+they are.
+
+The session outlives its host's channel: when the channel is lost, joiners
+are told the host is reconnecting, and a host that comes back within the
+grace period (``sharing.host_grace``) with the same session key gets the
+same session back. Past it, the session ends and its links die.
+
+**Links that survive a gateway restart.** A hosted session's two links are
+not random: they are an HMAC, under a key only this gateway has (derived
+from its host keys, see :func:`link_key`), of the host's login and a session
+key the host chose and keeps. After a restart the host presents the same
+session key and gets the same links back; another login presenting it gets
+other links (the login is part of the HMAC), so nobody can claim a host's
+links but that host's login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pairpod.backends.base import ExitStatus, Process, Stream
+from pairpod.backends.output import FlowControl, OutputPipe
+from pairpod.config import Config
+from pairpod.log import fields, get_logger
+from pairpod.sharing.hostwire import VERSION, Kind, Refusal, encode_chunks, encode_resize
+from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
+from pairpod.sharing.terminal import Terminal
+from pairpod.sharing.tokens import SharedSession, join_command, token_from_digest
+
+log = get_logger("sharing")
+
+#: What joiners of a hosted session are told when the gateway stops (their links survive it).
+GATEWAY_STOPPING = "the gateway is restarting; the same command joins again once it is back"
+#: What joiners are told while the host is away.
+HOST_AWAY = "the host's connection dropped; host reconnecting..."
+HOST_BACK = "the host is back"
+#: Expired session keys remembered (a host presenting one is told to start afresh).
+_EXPIRED_KEPT = 4096
+# Identities a host may name at most (each one is a key lookup for every joiner).
+_MAX_NAMED = 50
+_SESSION_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+class HostRefused(Exception):
+    """A host's request that cannot be served: the line to show it, and what it should do."""
+
+    def __init__(self, message: str, refusal: Refusal = Refusal.REFUSED) -> None:
+        super().__init__(message)
+        self.refusal = refusal
+
+
+class HostLink(Protocol):
+    """The gateway's end of one host channel, as a hosted session uses it."""
+
+    def send(self, data: bytes) -> None:
+        """Frames to the host (never blocks; back-pressure comes as ``pause_writing``)."""
+
+    def pause_reading(self) -> None:
+        """Stop reading the host's frames."""
+
+    def resume_reading(self) -> None:
+        """Read the host's frames again."""
+
+    def close(self) -> None:
+        """End the channel."""
+
+
+def link_key(secrets_material: list[bytes]) -> bytes:
+    """The key hosted sessions' links are derived under, from the gateway's private host keys.
+
+    Stable across restarts (the host keys are), unknown to anyone without them.
+    """
+    digest = hashlib.sha256(b"pairpod hosted links\0")
+    for material in sorted(secrets_material):
+        digest.update(hashlib.sha256(material).digest())
+    return digest.digest()
+
+
+class HostProcess(Process):
+    """The host's shell at the far end of its channel, as the gateway's Terminal sees it."""
+
+    def __init__(self, cols: int, rows: int) -> None:
+        self._link: HostLink | None = None
+        self._flow = FlowControl(self._pause, self._resume)
+        self._pipe = OutputPipe(self._flow)
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.size = (cols, rows)
+        self._status: ExitStatus | None = None
+        self._ended = asyncio.Event()
+
+    @property
+    def attached(self) -> bool:
+        """Whether the host's channel is here now."""
+        return self._link is not None
+
+    def attach(self, link: HostLink) -> HostLink | None:
+        """The host's (new) channel; returns the one it replaces, if any."""
+        old, self._link = self._link, link
+        self._writable.set()
+        if self._flow.paused:
+            link.pause_reading()
+        return old if old is not link else None
+
+    def detach(self, link: HostLink) -> bool:
+        """The host's channel is gone; False if it was an older one."""
+        if self._link is not link:
+            return False
+        self._link = None
+        self._writable.set()  # input waiting for the old channel is dropped, not held
+        return True
+
+    def feed(self, data: bytes) -> None:
+        """Output from the host."""
+        self._pipe.feed(data)
+
+    def pause_writing(self) -> None:
+        """The host's channel is full: input waits."""
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        """The host's channel drained."""
+        self._writable.set()
+
+    def finish(self, status: ExitStatus) -> None:
+        """The shell ended (or the session did): the output ends after what is buffered."""
+        if self._status is None:
+            self._status = status
+        self._pipe.end()
+        self._ended.set()
+
+    def _pause(self) -> None:
+        if self._link is not None:
+            self._link.pause_reading()
+
+    def _resume(self) -> None:
+        if self._link is not None:
+            self._link.resume_reading()
+
+    async def read(self, stream: Stream, size: int = 65536) -> bytes:
+        """The host's output (a PTY: STDERR is always empty)."""
+        if stream is Stream.STDERR:
+            return b""
+        return await self._pipe.read(size)
+
+    async def write(self, data: bytes) -> None:
+        """Keystrokes to the host; dropped while it is away (nobody's input is held for it)."""
+        await self._writable.wait()
+        if self._link is not None:
+            for frame in encode_chunks(Kind.INPUT, data):
+                self._link.send(frame)
+
+    async def write_eof(self) -> None:
+        """A shared terminal's input never ends."""
+
+    async def close_output(self) -> None:
+        """Nobody asks this of a shared terminal."""
+
+    async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
+        """The size the Terminal wants: sent now, and again to a host that comes back."""
+        self.size = (cols, rows)
+        if self._link is not None:
+            self._link.send(encode_resize(cols, rows))
+
+    async def signal(self, name: str) -> None:
+        """Joiners send no signals; the host's own terminal does."""
+
+    async def wait(self) -> ExitStatus:
+        """Until the session ends."""
+        await self._ended.wait()
+        assert self._status is not None
+        return self._status
+
+    async def kill(self) -> None:
+        """End the session here and let go of the host's channel."""
+        self.finish(ExitStatus(code=None, signal="HUP"))
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A host's HELLO, checked."""
+
+    session_key: str
+    share_with: tuple[str, ...]
+    cols: int
+    rows: int
+
+    @classmethod
+    def parse(cls, value: dict[str, Any], max_cols: int, max_rows: int) -> Hello:
+        """Check a HELLO payload; HostRefused says what is wrong."""
+        if value.get("v") != VERSION:
+            raise HostRefused(f"protocol version {value.get('v')!r} is not {VERSION}: upgrade pairpod")
+        key = value.get("key")
+        if not isinstance(key, str) or not _SESSION_KEY.fullmatch(key):
+            raise HostRefused("the session key must be 64 hex digits")
+        named = value.get("share_with", [])
+        if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+            raise HostRefused("share_with must be a list of identities")
+        if len(named) > _MAX_NAMED:
+            raise HostRefused(f"at most {_MAX_NAMED} people may be named")
+        cols, rows = value.get("cols", 80), value.get("rows", 24)
+        if not isinstance(cols, int) or not isinstance(rows, int):
+            raise HostRefused("cols and rows must be numbers")
+        return cls(key, tuple(named), min(max(cols, 1), max_cols), min(max(rows, 1), max_rows))
+
+
+class HostedSession:
+    """One host's shell, shared here, and its channel (while connected)."""
+
+    def __init__(
+        self,
+        digest: bytes,
+        login: str,
+        process: HostProcess,
+        terminal: Terminal,
+        shared: SharedSession[Terminal],
+        commands: dict[str, str],
+    ) -> None:
+        self.digest = digest
+        self.login = login
+        self.process = process
+        self.terminal = terminal
+        self.shared = shared
+        self.commands = commands
+        self._grace: asyncio.TimerHandle | None = None
+
+    def attach(self, link: HostLink) -> None:
+        """The host's channel (first, or back within the grace period)."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        old = self.process.attach(link)
+        if old is not None:  # a host back before its old connection was seen to drop
+            old.close()
+
+    def lost(self, link: HostLink, grace: float) -> None:
+        """The host's channel ended without an END: wait ``grace`` seconds for it."""
+        if not self.process.detach(link) or self.terminal.ended:
+            return
+        log.info("host.away", extra=fields(session=self.shared.session_id, host=self.login, grace=grace))
+        self.terminal.announce(HOST_AWAY)
+        self._grace = asyncio.get_running_loop().call_later(grace, self._expire, grace)
+
+    def _expire(self, grace: float) -> None:
+        self._grace = None
+        log.info("host.expired", extra=fields(session=self.shared.session_id, host=self.login))
+        self.end(f"the host did not come back within {grace:g}s; the shared session has ended")
+
+    def end(self, reason: str, status: ExitStatus | None = None) -> None:
+        """End the session: joiners are told ``reason``; its links die."""
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self.process.finish(status or ExitStatus(code=None, signal="HUP"))
+        self.terminal.end(reason)
+
+
+class HostedSessions:
+    """The hosted sessions of one gateway process."""
+
+    def __init__(self, service: SharingService, spawn: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._service = service
+        self._spawn = spawn
+        #: Set from the host keys when the gateway starts (:func:`link_key`).
+        self.key = b""
+        self._live: dict[bytes, HostedSession] = {}
+        self._expired: OrderedDict[bytes, None] = OrderedDict()
+
+    def _digest(self, login: str, session_key: str, what: str) -> bytes:
+        assert self.key, "the gateway sets the link key before it listens"
+        message = f"{what}\0{login}\0{session_key}".encode()
+        return hmac.new(self.key, message, hashlib.sha256).digest()
+
+    def of(self, login: str) -> list[HostedSession]:
+        """The live hosted sessions of a login."""
+        return [s for s in self._live.values() if s.login == login]
+
+    def register(
+        self, config: Config, login: str, hello: Hello, link: HostLink
+    ) -> tuple[HostedSession, bool]:
+        """Attach a host's channel to its session, made now or resumed; True when resumed.
+
+        Raises HostRefused with the line to show the host.
+        """
+        if login not in config.sharing.hosts:
+            raise HostRefused(f"{login} may not host shared sessions on this gateway (sharing.hosts)")
+        digest = self._digest(login, hello.session_key, "session")
+        session = self._live.get(digest)
+        if session is not None:
+            log.info("host.back", extra=fields(session=session.shared.session_id, host=login))
+            session.attach(link)
+            session.terminal.announce(HOST_BACK)
+            return session, True
+        if digest in self._expired:
+            raise HostRefused("this hosted session has expired: start a new one", Refusal.EXPIRED)
+        if len(self.of(login)) >= config.sharing.max_hosted:
+            raise HostRefused(
+                f"{login} already hosts {config.sharing.max_hosted} sessions here (sharing.max_hosted)"
+            )
+        session = self._open(config, login, hello, digest)
+        session.attach(link)
+        return session, False
+
+    def _open(self, config: Config, login: str, hello: Hello, digest: bytes) -> HostedSession:
+        env = {SHARE_ENV: "1", SHARE_WITH_ENV: ",".join(hello.share_with)}
+        try:
+            request = self._service.share_request(config, login, env)
+        except ValueError as error:
+            raise HostRefused(str(error)) from None
+        if request is None:
+            raise HostRefused("sharing is turned off on this gateway (sharing.enabled)")
+        process = HostProcess(hello.cols, hello.rows)
+        terminal = Terminal(
+            process,
+            None,
+            owner_name=f"user:{login}",
+            cols=hello.cols,
+            rows=hello.rows,
+            viewer_backlog=config.sharing.viewer_backlog,
+        )
+        shared, links = self._service.register(
+            login,
+            terminal,
+            request.share_with,
+            open=config.sharing.open,
+            tokens=lambda access: token_from_digest(self._digest(login, hello.session_key, access.value)),
+        )
+        host, port = self._service.public_address(config)
+        commands = {link.access.value: join_command(link.username, host, port) for link in links}
+        session = HostedSession(digest, login, process, terminal, shared, commands)
+        self._live[digest] = session
+        log.info("host.open", extra=fields(session=shared.session_id, host=login))
+        self._spawn(self._run(session))
+        return session
+
+    async def _run(self, session: HostedSession) -> None:
+        try:
+            await session.terminal.run()
+        finally:
+            self._live.pop(session.digest, None)
+            self._expired[session.digest] = None
+            while len(self._expired) > _EXPIRED_KEPT:
+                self._expired.popitem(last=False)
+            self._service.close_session(session.shared)
+            await session.process.kill()
+
+    def end_all(self, reason: str) -> None:
+        """End every hosted session now (the gateway stops; hosts come back to its successor)."""
+        for session in list(self._live.values()):
+            session.end(reason)
+
+    def describe(self, session: HostedSession) -> str:
+        """Who may join, for the host's log."""
+        shared = session.shared
+        if shared.open:
+            return "anyone holding a link (sharing.open)"
+        return ", ".join(shared.may_join_as())

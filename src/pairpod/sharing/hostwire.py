@@ -1,0 +1,164 @@
+"""The host-mode wire protocol: frames on one SSH channel between a host and a gateway.
+
+``pairpod pair --via GATEWAY`` logs in as ``LOGIN+host`` and asks for the
+subsystem :data:`SUBSYSTEM` on a session channel. Both directions then carry
+frames, each ``[kind: u8][length: u32 big-endian][payload]``:
+
+============  ===============  =================================================
+kind          direction        payload
+============  ===============  =================================================
+``HELLO``     host → gateway   JSON: protocol version, session key, who may join
+``WELCOME``   gateway → host   JSON: join commands, PTY size, grace period
+``OUTPUT``    host → gateway   terminal output (bytes)
+``INPUT``     gateway → host   read-write participants' keystrokes (bytes)
+``RESIZE``    gateway → host   ``cols: u16, rows: u16``: the size the PTY must take
+``END``       host → gateway   JSON: why the shared session ended (shell exit, stop)
+============  ===============  =================================================
+
+A refusal is not a frame: the gateway writes one ``pairpod: ...`` line on the
+channel's stderr and exits the channel with a status from :class:`Refusal`,
+so a person who tries ``ssh LOGIN+host@gateway`` by hand reads it too.
+
+This module is sans-I/O (as h11 is): :class:`FrameDecoder` turns bytes into
+frames, :func:`encode` frames into bytes; it never touches a socket. Every
+length a peer sends is checked against :data:`MAX_PAYLOAD` before anything is
+buffered for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+#: The subsystem name the host asks for on its session channel.
+SUBSYSTEM = "pairpod-host"
+#: The username suffix of a host's connection (``alice+host``).
+HOST_SUFFIX = "+host"
+#: The protocol version a HELLO carries.
+VERSION = 1
+#: The largest payload of one frame (output is sent in smaller pieces).
+MAX_PAYLOAD = 256 * 1024
+#: The largest HELLO/WELCOME/END payload (JSON): small, bounded separately.
+MAX_JSON = 16 * 1024
+
+_HEADER = struct.Struct(">BI")
+_SIZE = struct.Struct(">HH")
+
+
+class Kind(enum.IntEnum):
+    """What a frame is."""
+
+    HELLO = 1
+    WELCOME = 2
+    OUTPUT = 3
+    INPUT = 4
+    RESIZE = 5
+    END = 6
+
+
+class Refusal(enum.IntEnum):
+    """Exit statuses of a refused host channel: what the host should do next."""
+
+    #: Not allowed, or a protocol error: give up (the line says why).
+    REFUSED = 1
+    #: The session key has expired on the gateway: register a new session.
+    EXPIRED = 3
+
+
+class ProtocolError(Exception):
+    """The peer sent something this protocol does not allow; the text says what."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame."""
+
+    kind: Kind
+    payload: bytes
+
+    def json(self) -> dict[str, Any]:
+        """The payload as a JSON object (HELLO, WELCOME, END)."""
+        try:
+            value = json.loads(self.payload)
+        except ValueError as error:
+            raise ProtocolError(f"{self.kind.name}: not JSON: {error}") from None
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{self.kind.name}: expected a JSON object")
+        return value
+
+    def size(self) -> tuple[int, int]:
+        """A RESIZE frame's ``(cols, rows)``."""
+        if len(self.payload) != _SIZE.size:
+            raise ProtocolError("RESIZE: expected 4 bytes")
+        cols, rows = _SIZE.unpack(self.payload)
+        return cols, rows
+
+
+def encode(kind: Kind, payload: bytes = b"") -> bytes:
+    """One frame's bytes."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes is over {MAX_PAYLOAD}")
+    return _HEADER.pack(kind, len(payload)) + payload
+
+
+def encode_json(kind: Kind, value: dict[str, Any]) -> bytes:
+    """A HELLO, WELCOME or END frame."""
+    return encode(kind, json.dumps(value, separators=(",", ":")).encode())
+
+
+def encode_chunks(kind: Kind, data: bytes) -> Iterator[bytes]:
+    """OUTPUT or INPUT frames for ``data``, split to fit :data:`MAX_PAYLOAD`."""
+    for start in range(0, len(data), MAX_PAYLOAD):
+        yield encode(kind, data[start : start + MAX_PAYLOAD])
+
+
+def encode_resize(cols: int, rows: int) -> bytes:
+    """A RESIZE frame (each dimension clamped to 1..65535)."""
+    return encode(Kind.RESIZE, _SIZE.pack(min(max(cols, 1), 0xFFFF), min(max(rows, 1), 0xFFFF)))
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """A peer's text fit to print on a terminal: no control characters (no escape
+    sequences), at most ``limit`` characters; anything not a string is empty."""
+    if not isinstance(text, str):
+        return ""
+    return "".join(c for c in text[:limit] if c.isprintable())
+
+
+class FrameDecoder:
+    """Bytes in, frames out; a bad header raises :class:`ProtocolError`."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """The frames completed by ``data`` (the rest waits for more bytes)."""
+        self._buffer += data
+        buffer = self._buffer
+        frames = []
+        offset = 0
+        while len(buffer) - offset >= _HEADER.size:
+            kind_value, length = _HEADER.unpack_from(buffer, offset)
+            try:
+                kind = Kind(kind_value)
+            except ValueError:
+                raise ProtocolError(f"unknown frame kind {kind_value}") from None
+            limit = MAX_JSON if kind in (Kind.HELLO, Kind.WELCOME, Kind.END) else MAX_PAYLOAD
+            if length > limit:
+                raise ProtocolError(f"{kind.name} frame of {length} bytes (at most {limit})")
+            end = offset + _HEADER.size + length
+            if len(buffer) < end:
+                break
+            frames.append(Frame(kind, bytes(buffer[offset + _HEADER.size : end])))
+            offset = end
+        del buffer[:offset]  # once per feed, not once per frame
+        return frames
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished frame."""
+        return len(self._buffer)

@@ -1,0 +1,170 @@
+"""Host mode's pieces without I/O: the frame codec, and who gets which links back."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pairpod.config import Config, validate_config
+from pairpod.sharing.hosted import Hello, HostedSessions, HostRefused, link_key
+from pairpod.sharing.hostwire import (
+    MAX_PAYLOAD,
+    FrameDecoder,
+    Kind,
+    ProtocolError,
+    Refusal,
+    encode,
+    encode_chunks,
+    encode_json,
+    encode_resize,
+    printable,
+)
+from pairpod.sharing.service import SharingService
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8), st.integers(min_value=1, max_value=97))
+def test_frames_survive_any_split_of_the_stream(payloads: list[bytes], step: int) -> None:
+    stream = b"".join(encode(Kind.OUTPUT, p) for p in payloads) + encode_resize(132, 43)
+    decoder = FrameDecoder()
+    frames = []
+    for start in range(0, len(stream), step):
+        frames += decoder.feed(stream[start : start + step])
+    assert [f.payload for f in frames[:-1]] == payloads
+    assert frames[-1].kind is Kind.RESIZE and frames[-1].size() == (132, 43)
+    assert decoder.pending == 0
+
+
+def test_a_huge_length_is_refused_before_anything_is_buffered() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError, match="OUTPUT frame of 4294967295 bytes"):
+        decoder.feed(struct.pack(">BI", Kind.OUTPUT, 0xFFFFFFFF))
+    with pytest.raises(ProtocolError, match="HELLO frame of 20000 bytes"):
+        FrameDecoder().feed(struct.pack(">BI", Kind.HELLO, 20000))
+    with pytest.raises(ProtocolError, match="unknown frame kind 99"):
+        FrameDecoder().feed(b"\x63\x00\x00\x00\x00")
+
+
+def test_big_output_is_split_into_frames_that_fit() -> None:
+    data = secrets.token_bytes(MAX_PAYLOAD * 2 + 5)
+    frames = FrameDecoder().feed(b"".join(encode_chunks(Kind.OUTPUT, data)))
+    assert [len(f.payload) for f in frames] == [MAX_PAYLOAD, MAX_PAYLOAD, 5]
+    assert b"".join(f.payload for f in frames) == data
+
+
+def test_a_hello_is_checked_and_its_size_bounded() -> None:
+    key = "ab" * 32
+    hello = Hello.parse(
+        {"v": 1, "key": key, "share_with": ["github:bob"], "cols": 99999, "rows": 0}, 500, 200
+    )
+    assert (hello.cols, hello.rows) == (500, 1)
+    for bad, message in (
+        ({"v": 2, "key": key}, "protocol version"),
+        ({"v": 1, "key": "short"}, "64 hex digits"),
+        ({"v": 1, "key": key, "share_with": "github:bob"}, "list of identities"),
+        ({"v": 1, "key": key, "share_with": ["x"] * 51}, "at most 50"),
+        ({"v": 1, "key": key, "cols": "80"}, "must be numbers"),
+    ):
+        with pytest.raises(HostRefused, match=message):
+            Hello.parse(bad, 500, 200)
+
+
+class Link:
+    """A host channel that records what the gateway sends it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _config() -> Config:
+    return validate_config({"sharing": {"hosts": ["alice", "mallory"], "max_hosted": 1}}, "test")
+
+
+def _gateway(key: bytes, tasks: list[asyncio.Future[None]] | None = None) -> HostedSessions:
+    def spawn(coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        if tasks is not None:
+            tasks.append(task)
+
+    hosted = HostedSessions(SharingService(_config()), spawn)
+    hosted.key = key
+    return hosted
+
+
+async def test_the_same_login_and_session_key_get_the_same_links_after_a_restart_and_nobody_else_does() -> (
+    None
+):
+    key = link_key([b"host key one", b"host key two"])
+    assert key == link_key([b"host key two", b"host key one"])  # the order of host_keys does not matter
+    hello = Hello("cd" * 32, ("github:bob",), 80, 24)
+    first, resumed = _gateway(key).register(_config(), "alice", hello, Link())
+    assert not resumed
+    restarted = _gateway(key)
+    again, _ = restarted.register(_config(), "alice", hello, Link())
+    assert again.commands == first.commands
+    other, _ = restarted.register(_config(), "mallory", hello, Link())
+    assert set(other.commands.values()).isdisjoint(first.commands.values())
+    # A different gateway (other host keys) derives other links from the same request.
+    elsewhere, _ = _gateway(link_key([b"another gateway"])).register(_config(), "alice", hello, Link())
+    assert set(elsewhere.commands.values()).isdisjoint(first.commands.values())
+
+
+async def test_a_host_back_within_the_grace_gets_its_session_and_an_expired_one_is_told_so() -> None:
+    tasks: list[asyncio.Future[None]] = []
+    hosted = _gateway(link_key([b"k"]), tasks)
+    hello = Hello("ef" * 32, (), 80, 24)
+    link = Link()
+    session, _ = hosted.register(_config(), "alice", hello, link)
+    await session.process.resize(100, 30)
+    session.lost(link, grace=30)
+    await session.process.write(b"typed while the host is away")  # dropped, never held
+    back = Link()
+    again, resumed = hosted.register(_config(), "alice", hello, back)
+    assert resumed and again is session
+    # Back again before the gateway saw the last connection drop: the newest one takes over.
+    stale, back = back, Link()
+    hosted.register(_config(), "alice", hello, back)
+    assert stale.closed and not back.closed
+    with pytest.raises(HostRefused, match=r"already hosts 1 sessions"):
+        hosted.register(_config(), "alice", Hello("01" * 32, (), 80, 24), Link())
+    await session.process.write(b"ls\r")
+    assert FrameDecoder().feed(b"".join(back.sent))[-1].payload == b"ls\r"
+    assert all(b"typed while" not in data for data in link.sent + back.sent)
+    session.end("bye")
+    await asyncio.gather(*tasks)  # the session's task sees its end
+    with pytest.raises(HostRefused) as refused:
+        hosted.register(_config(), "alice", hello, Link())
+    assert refused.value.refusal is Refusal.EXPIRED
+    assert back.closed  # the session's end lets go of its host's channel
+
+
+def test_a_welcome_is_plain_json() -> None:
+    frame = FrameDecoder().feed(encode_json(Kind.WELCOME, {"cols": 80}))[0]
+    assert frame.json() == {"cols": 80}
+    with pytest.raises(ProtocolError, match="not JSON"):
+        FrameDecoder().feed(encode(Kind.END, b"{"))[0].json()
+
+
+def test_a_peers_text_is_printed_without_escape_sequences() -> None:
+    assert (
+        printable("the shell exited\x1b]0;pwned\x07\x1b[2J (status 3)")
+        == "the shell exited]0;pwned[2J (status 3)"
+    )
+    assert printable(None) == "" and len(printable("x" * 1000)) == 200

@@ -1,0 +1,122 @@
+"""``pairpod pair`` as a process on this machine, joined by real OpenSSH clients in tmux.
+
+GitHub keys come from a loopback key source serving alice's and bob's keys;
+carol has a key nobody named. One standing session serves the whole
+story (module scope): it costs one process start, as it would for a team.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.gateway import ClientKey, wait_until
+from tests.support.http_peers import KeySourcePeer
+from tests.support.pair import PairProcess, key_source, people, shared_dir
+from tests.test_sharing_ssh import Terminals, terms
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    directory = shared_dir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+__all__ = ["key_source", "people", "terms"]
+
+
+def _pair(workdir: Path, key_source: KeySourcePeer, key: ClientKey, *args: str) -> PairProcess:
+    return PairProcess(workdir, key_source.url, *args, key=key)
+
+
+def test_refuses_to_start_without_anyone_named() -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "pairpod.cli", "pair", "--listen", "127.0.0.1:0", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    nobody = run()
+    assert nobody.returncode == 2
+    assert "nobody may join: name GitHub logins" in nobody.stderr
+    named_open = run("--open", "--name", "team")
+    assert named_open.returncode == 2
+    assert "--name cannot be used with --open" in named_open.stderr
+
+
+def test_a_standing_shell_shared_with_the_people_named(
+    workdir: Path, key_source: KeySourcePeer, people: dict[str, ClientKey], terms: Terminals
+) -> None:
+    pair = _pair(workdir, key_source, people["alice"], "alice", "bob").start()
+    try:
+        said = pair.announced
+        assert said is not None
+        assert said.text.startswith("pairpod: sharing with github:alice, github:bob\n")
+        assert said.username == "nobody" and said.password is None  # not root: one's own shell
+        # alice joins read-write and works in the shell.
+        alice = terms.start("alice", pair.join_argv(said.rw, people["alice"]), 100, 30)
+        alice.type("echo $((6*7))-$PAIRPOD_CONTROL\n")
+        alice.wait_for(r"42-/\S+/control\.sock")
+        # A key nobody named is refused; so is any username but a link (no logins here).
+        carol = pair.ssh("true", user=said.ro, key=people["carol"], options=["-tt"])
+        assert carol.returncode == 255
+        assert pair.ssh("true", user="alice", key=people["alice"]).returncode == 255
+        # bob joins late, read-only: he sees the screen at once, and alice is told.
+        bob = terms.start("bob", pair.join_argv(said.ro, people["bob"]), 100, 30)
+        bob.wait_for(r"42-/")
+        alice.wait_for(r"github:bob joined \(read-only\)")
+        bob.type("echo from-bob\n")
+        bob.wait_for("read-only: your keystrokes are not sent")
+        alice.type("echo after-$((1+1))\n")
+        bob.wait_for("after-2")
+        assert "from-bob" not in alice.screen()
+        # The controls: the participants listed, bob kicked.
+        listing = pair.ctl("list")
+        assert listing.returncode == 0, listing.stderr
+        assert "github:alice  read-write" in listing.stdout and "github:bob  read-only" in listing.stdout
+        bob_id = next(line.split()[1] for line in listing.stdout.splitlines() if "github:bob" in line)
+        assert pair.ctl("kick", bob_id).returncode == 0
+        bob.wait_for("you were removed from the session")
+        minted = pair.ctl("mint", "ro")
+        assert minted.returncode == 0 and f"ssh -p {pair.port} ro-" in minted.stdout
+        # Everyone leaves; the shell and its screen stay for the next joiner.
+        alice.close()
+        wait_until(lambda: "participant" not in pair.ctl("list").stdout, message="alice gone")
+        again = terms.start("again", pair.join_argv(said.rw, people["alice"]), 100, 30)
+        again.wait_for("after-2")
+        # The shell exits: the joiner is told, pairpod exits with its status.
+        again.type("exit 5\n")
+        again.wait_for(r"the shell exited \(status 5\); the shared session has ended")
+        assert pair.wait() == 5
+    finally:
+        pair.kill()
+
+
+def test_a_named_session_keeps_its_commands_and_admits_only_the_named(
+    workdir: Path, key_source: KeySourcePeer, people: dict[str, ClientKey], terms: Terminals
+) -> None:
+    first = _pair(workdir, key_source, people["alice"], "--name", "team-1", "alice").start()
+    try:
+        said = first.announced
+        assert said is not None
+        assert first.stop() == 0
+    finally:
+        first.kill()
+    second = _pair(workdir, key_source, people["alice"], "--name", "team-1", "alice").start()
+    try:
+        again = second.announced
+        assert again is not None
+        assert (again.ro, again.rw) == (said.ro, said.rw)
+        refused = second.ssh("true", user=again.rw, key=people["bob"], options=["-tt"])
+        assert refused.returncode == 255
+        alice = terms.start("alice", second.join_argv(again.rw, people["alice"]))
+        alice.type("echo named-$((2*3))\n")
+        alice.wait_for("named-6")
+        assert second.stop() == 0
+        alice.wait_for("pairpod was stopped; the shared session has ended")
+    finally:
+        second.kill()
