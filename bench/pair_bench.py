@@ -1,6 +1,7 @@
 """Pair mode: keystroke echo latency for a read-write joiner, p50 / p99 over N keys.
 
-Cases, each a function in ``CASES`` returning one latency (seconds) per key:
+Cases, each in ``CASES``: an async context manager that starts its servers
+and yields a joined read-write process:
 
 1. ``direct``: a joiner of ``pairpod pair`` (on loopback, ``--open`` so the
    link alone admits: who may join is not what is measured);
@@ -12,9 +13,11 @@ Cases, each a function in ``CASES`` returning one latency (seconds) per key:
 In every case the joiner is an AsyncSSH client with a PTY, and the shared
 terminal runs ``stty raw -echo; exec cat``: a key is echoed by a program, as
 in an editor. One key at a time; a key's latency is from its write to its
-echo arriving. Goals: (1) <= (3); (2) adds <= 2 ms p50 over (1).
+echo arriving. The cases run side by side and take turns, a batch of keys
+each, so that load from elsewhere on the machine falls on all of them alike.
+Goals: (1) <= (3); (2) adds <= 2 ms p50 over (1).
 
-    python bench/pair_bench.py [--keys 2000]
+    python bench/pair_bench.py [--keys 2000] [--batch 100]
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import asyncssh
@@ -44,7 +48,8 @@ _LINK = re.compile(r"read-write: ssh -p \d+ (rw-\w+)@")
 _WAIT = 30.0
 _AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
-Case = Callable[[Workdir, int], Awaitable[list[float]]]
+Joined = asyncssh.SSHClientProcess[bytes]
+Case = Callable[[Workdir], AbstractAsyncContextManager[Joined]]
 
 
 async def _wait_output(process: asyncssh.SSHClientProcess[bytes], marker: bytes) -> None:
@@ -116,20 +121,23 @@ def start_pair(work: Workdir) -> tuple[Peer, str]:
     return peer, _read_link(out, "pairpod pair")
 
 
-async def _joiner(port: int, link: str, work: Workdir, keys: int) -> list[float]:
-    """A read-write joiner's echo latencies, the shared shell running :data:`PROGRAM`."""
+@asynccontextmanager
+async def _joined(port: int, link: str, work: Workdir) -> AsyncIterator[Joined]:
+    """A read-write joiner, the shared shell running :data:`PROGRAM`."""
     async with await _connect(port, link, work.key) as conn:
         process = await conn.create_process(term_type="xterm", term_size=(80, 24), encoding=None)
         process.stdin.write(PROGRAM.encode() + b"\n")
         await _wait_output(process, b"READY\n")
-        return await echo_latencies(process, keys)
+        yield process
 
 
-async def direct(work: Workdir, keys: int) -> list[float]:
+@asynccontextmanager
+async def direct(work: Workdir) -> AsyncIterator[Joined]:
     """(1) A read-write joiner of ``pairpod pair``."""
     peer, link = start_pair(work)
     try:
-        return await _joiner(peer.port, link, work, keys)
+        async with _joined(peer.port, link, work) as process:
+            yield process
     finally:
         peer.stop()
 
@@ -150,13 +158,15 @@ def start_host(work: Workdir, gateway_port: int) -> tuple[subprocess.Popen[bytes
     return host, _read_link(out, "pairpod pair --via")
 
 
-async def via_gateway(work: Workdir, keys: int) -> list[float]:
+@asynccontextmanager
+async def via_gateway(work: Workdir) -> AsyncIterator[Joined]:
     """(2) A read-write joiner of ``pairpod serve``, the shell on a host in host mode."""
     gateway = start_pairpod(work, {"sharing": {"hosts": ["bench"], "open": True}}, name="gateway")
     try:
         host, link = start_host(work, gateway.port)
         try:
-            return await _joiner(gateway.port, link, work, keys)
+            async with _joined(gateway.port, link, work) as process:
+                yield process
         finally:
             host.terminate()
             host.wait(20)
@@ -164,7 +174,8 @@ async def via_gateway(work: Workdir, keys: int) -> list[float]:
         gateway.stop()
 
 
-async def reference(work: Workdir, keys: int) -> list[float]:
+@asynccontextmanager
+async def reference(work: Workdir) -> AsyncIterator[Joined]:
     """(3) OpenSSH sshd, the joiner attaching to a tmux session on the same machine."""
     sshd = start_sshd(work)
     socket = work.path / "tmux.sock"
@@ -178,7 +189,7 @@ async def reference(work: Workdir, keys: int) -> list[float]:
                 f"tmux -S {socket} attach", term_type="xterm", term_size=(80, 24), encoding=None
             )
             await _wait_output(process, b"READY")
-            return await echo_latencies(process, keys)
+            yield process
     finally:
         await asyncio.to_thread(subprocess.run, [*tmux, "kill-server"], check=False)
         sshd.stop()
@@ -193,18 +204,33 @@ def percentile(samples: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
+async def measure(keys: int, batch: int) -> dict[str, list[float]]:
+    """Start every case, then let them type ``batch`` keys in turn until each typed ``keys``."""
+    results: dict[str, list[float]] = {name: [] for name in CASES}
+    works = [Workdir() for _ in CASES]
+    try:
+        async with AsyncExitStack() as stack:
+            joined = {
+                name: await stack.enter_async_context(case(work))
+                for (name, case), work in zip(CASES.items(), works, strict=True)
+            }
+            while len(results["reference"]) < keys:
+                count = min(batch, keys - len(results["reference"]))
+                for name, process in joined.items():
+                    results[name] += await echo_latencies(process, count)
+    finally:
+        for work in works:
+            work.cleanup()
+    return results
+
+
 def main() -> None:
     """Run every case and print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keys", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=100)
     args = parser.parse_args()
-    results: dict[str, list[float]] = {}
-    for name, case in CASES.items():
-        work = Workdir()
-        try:
-            results[name] = asyncio.run(case(work, args.keys))
-        finally:
-            work.cleanup()
+    results = asyncio.run(measure(args.keys, args.batch))
     print(f"\n### Pair mode: keystroke echo, {args.keys} keys (`python bench/pair_bench.py`)\n")
     print(f"Machine: {machine()}\n")
     print("| case | p50 | p99 |\n|---|---|---|")

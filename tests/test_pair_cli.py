@@ -1,8 +1,8 @@
 """``pairpod pair`` as a process on this machine, joined by real OpenSSH clients in tmux.
 
-GitHub keys come from a loopback key source serving alice's and bob's keys;
-carol has a key nobody named. One standing session serves the whole
-story (module scope): it costs one process start, as it would for a team.
+GitHub (alice) and GitLab (bob) keys come from a loopback key source;
+carol has a key nobody named. One standing session tells a whole story
+per test: each process start costs seconds, as it would for a team.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ def test_refuses_to_start_without_anyone_named() -> None:
 def test_a_standing_shell_shared_with_the_people_named(
     workdir: Path, key_source: KeySourcePeer, people: dict[str, ClientKey], terms: Terminals
 ) -> None:
-    pair = _pair(workdir, key_source, people["alice"], "alice", "bob").start()
+    pair = _pair(workdir, key_source, people["alice"], "alice", "--gitlab", "bob").start()
     try:
         said = pair.announced
         assert said is not None
-        assert said.text.startswith("pairpod: sharing with github:alice, github:bob\n")
+        assert said.text.startswith("pairpod: sharing with github:alice, gitlab:bob\n")
         assert said.username == "nobody" and said.password is None  # not root: one's own shell
         # alice joins read-write and works in the shell.
         alice = terms.start("alice", pair.join_argv(said.rw, people["alice"]), 100, 30)
@@ -68,7 +68,7 @@ def test_a_standing_shell_shared_with_the_people_named(
         # bob joins late, read-only: he sees the screen at once, and alice is told.
         bob = terms.start("bob", pair.join_argv(said.ro, people["bob"]), 100, 30)
         bob.wait_for(r"42-/")
-        alice.wait_for(r"github:bob joined \(read-only\)")
+        alice.wait_for(r"gitlab:bob joined \(read-only\)")
         bob.type("echo from-bob\n")
         bob.wait_for("read-only: your keystrokes are not sent")
         alice.type("echo after-$((1+1))\n")
@@ -77,8 +77,8 @@ def test_a_standing_shell_shared_with_the_people_named(
         # The controls: the participants listed, bob kicked.
         listing = pair.ctl("list")
         assert listing.returncode == 0, listing.stderr
-        assert "github:alice  read-write" in listing.stdout and "github:bob  read-only" in listing.stdout
-        bob_id = next(line.split()[1] for line in listing.stdout.splitlines() if "github:bob" in line)
+        assert "github:alice  read-write" in listing.stdout and "gitlab:bob  read-only" in listing.stdout
+        bob_id = next(line.split()[1] for line in listing.stdout.splitlines() if "gitlab:bob" in line)
         assert pair.ctl("kick", bob_id).returncode == 0
         bob.wait_for("you were removed from the session")
         minted = pair.ctl("mint", "ro")

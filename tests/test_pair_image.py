@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,30 +30,35 @@ pytestmark = pytest.mark.skipif(shutil.which("docker") is None, reason="needs do
 
 
 class PairContainer(Joinable):
-    """``docker run --network host IMAGE ARGS`` with a config naming the key source."""
+    """``docker run --network host IMAGE ARGS`` with a config naming the key source.
 
-    def __init__(self, directory: Path, image: str, key_source: str, *args: str, key: ClientKey) -> None:
+    ``options`` go to ``docker run``; ``before`` is a shell command run ahead
+    of the image's entrypoint (``pairpod pair``), in the container.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        image: str,
+        key_source: str,
+        *args: str,
+        key: ClientKey,
+        options: Sequence[str] = (),
+        port: int = 0,
+        before: str | None = None,
+    ) -> None:
         self.key = key
         self.name = f"pairpod-test-pair-{secrets.token_hex(4)}"
         config = write_config(
             directory / "pair.yaml", {"auth": {"key_sources": {"github": {"url": key_source}}}}
         )
+        pair_args = ["--config", "/etc/pairpod/pair.yaml", "--listen", f"127.0.0.1:{port}", *args]
+        if before is not None:
+            pair_args = ["-c", f'{before} && exec pairpod pair "$@"', "sh", *pair_args]
+            options = [*options, "--entrypoint", "sh"]
         self.argv = [
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            self.name,
-            "--network",
-            "host",
-            "-v",
-            f"{config}:/etc/pairpod/pair.yaml:ro",
-            image,
-            "--config",
-            "/etc/pairpod/pair.yaml",
-            "--listen",
-            "127.0.0.1:0",
-            *args,
+            *("docker", "run", "-d", "--name", self.name, "--network", "host"),
+            *("-v", f"{config}:/etc/pairpod/pair.yaml:ro", *options, image, *pair_args),
         ]
         self.announced: Announcement | None = None
         self.port = 0
@@ -100,6 +106,9 @@ def test_the_image_shares_a_shell_as_pair_with_sudo(
         alice.wait_for(r"(?m)^pair\s*$")
         alice.type(f"echo '{said.password}' | sudo -S -p '' id -u; echo sudo-done\n")
         alice.wait_for(r"(?m)^0\n+sudo-done")
+        # The controls, from inside the shell.
+        alice.type("pairpod ctl list\n")
+        alice.wait_for(r"participant \d+  github:alice  read-write")
         # A key nobody named is refused.
         assert container.ssh("true", user=said.rw, key=people["carol"], options=["-tt"]).returncode == 255
         # bob, late and read-only, sees the screen; his keystrokes are dropped.
@@ -126,18 +135,27 @@ def test_the_image_shares_a_shell_as_pair_with_sudo(
 def test_a_named_container_keeps_its_commands_and_the_given_password(
     tmp_path: Path, key_source: KeySourcePeer, people: dict[str, ClientKey]
 ) -> None:
-    container = PairContainer(tmp_path, pair_image(), key_source.url, "alice", key=people["alice"])
-    # A fixed port, as a team's notes would have.
-    container.argv[container.argv.index("127.0.0.1:0")] = f"127.0.0.1:{free_port()}"
-    container.argv[container.argv.index("--network") : container.argv.index("--network")] = [
-        "-e",
-        "USER_PASSWORD=correct horse battery staple",
-        "-e",
-        "PAIRPOD_NAME=team-7",
-    ]
+    options = ["-e", "USER_PASSWORD=correct horse battery staple", "-e", "PAIRPOD_NAME=team-7"]
+    container = PairContainer(
+        tmp_path,
+        pair_image(),
+        key_source.url,
+        "alice",
+        key=people["alice"],
+        options=options,
+        port=free_port(),  # a fixed port, as a team's notes would have
+        before="userdel --remove pair",  # pairpod makes the user when missing
+    )
     try:
         said = container.start().announced
         assert said is not None and said.password == "correct horse battery staple"
+        made = subprocess.run(
+            ["docker", "exec", container.name, "sh", "-c", "id -un pair && cat /etc/sudoers.d/pair"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert made.stdout == "pair\npair ALL=(ALL:ALL) ALL\n", made
         subprocess.run(["docker", "restart", container.name], check=True, capture_output=True, timeout=60)
         # The restarted container prints its commands again (docker logs keeps both runs).
         wait_until(lambda: container.stdout().count("read-write:") == 2, message="the second announcement")

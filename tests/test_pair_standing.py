@@ -25,12 +25,16 @@ async def test_joiners_share_the_shell_until_it_exits_with_its_status() -> None:
     changes = Changes()
     standing = await Standing.start(Config(), _me(), cols=90, rows=30, env={"MARK": "standing"})
     runner = asyncio.ensure_future(standing.run())
-    alice, bob = TermSink(changes, 90, 30), TermSink(changes, 90, 30)
-    writer = standing.terminal.join(alice, name="github:alice", access=Access.READ_WRITE, cols=90, rows=30)
-    await writer.send_input(b"echo one-$MARK\n")
-    await changes.until(lambda: alice.shows("one-standing"))
-    # A late joiner sees the screen at once; the first is told who came.
-    viewer = standing.terminal.join(bob, name="github:bob", access=Access.READ_ONLY, cols=90, rows=30)
+    alice, bob = TermSink(changes, 100, 40), TermSink(changes, 70, 20)
+    # No owner's window counts: the read-write joiner alone sizes the PTY.
+    writer = standing.terminal.join(alice, name="github:alice", access=Access.READ_WRITE, cols=100, rows=40)
+    await standing.terminal.settle()
+    await writer.send_input(b"echo one-$MARK; stty size\n")
+    await changes.until(lambda: alice.shows("one-standing") and alice.shows("40 100"))
+    # A late joiner sees the screen at once (a small read-only one shrinks nobody);
+    # the first is told who came.
+    viewer = standing.terminal.join(bob, name="github:bob", access=Access.READ_ONLY, cols=70, rows=20)
+    assert standing.terminal.size == (100, 40)
     await changes.until(lambda: bob.shows("one-standing"))
     await changes.until(lambda: any("github:bob joined" in n for n in alice.notices))
     await viewer.send_input(b"echo dropped\n")

@@ -14,7 +14,7 @@ import yaml
 
 from pairpod import __version__
 from pairpod.config import Config, dump_config, load_config, parse_listen
-from pairpod.errors import ConfigError
+from pairpod.errors import ConfigError, PairpodError
 from pairpod.log import fields, get_logger, setup_logging
 
 log = get_logger("cli")
@@ -160,6 +160,9 @@ def pair(
         code = asyncio.run(run_pair(config, PairOptions(people, respawn=respawn)))
     except ConfigError as error:
         _fail(str(error).removeprefix("pair: "))
+        return
+    except PairpodError as error:  # the shell could not start: the operator is the user here
+        _fail(str(error), 1)
         return
     sys.exit(code)
 

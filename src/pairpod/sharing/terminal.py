@@ -354,12 +354,8 @@ class Terminal:
             self._deliver(self.owner, data)
         self._batch.append(data)
         self._batch_bytes += len(data)
-        if self._batch_bytes >= _FLUSH_BYTES:
+        if self._batch_bytes >= _FLUSH_BYTES or (self._typed and self._batch_bytes <= _ECHO_BYTES):
             self.flush()
-        elif self._typed and self._batch_bytes <= _ECHO_BYTES:
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
         elif self._flush_handle is None:
             # Right away after a quiet spell (a keystroke's echo), else at
             # most every _FLUSH_INTERVAL: a flood then costs each viewer (and
