@@ -500,6 +500,8 @@ _OPS = st.lists(st.one_of(_TEXT, _FIXED, _MOVE, _EDIT, _SGR, _MODE, _MARGINS), m
 # a blank with the current background (the snapshot draws that row's cells).
 @example(before=[b"\x1b[42m", b"\x1b[0J"], after=[b"\x1b[0@"])
 @example(before=[b"\x1b[42m", b"\x1b[2K", b"\x1b[0m"], after=[b"\x1b[3P"])
+# A line deleted below rows never written since a clear-screen: the row goes.
+@example(before=[], after=[b"\x1b[2J", b"0", b"\x1b[0M"])
 def test_any_screen_survives_a_redraw(before: list[bytes], after: list[bytes]) -> None:
     cols, rows = 12, 6
     model = model_of(b"".join(before), cols, rows)

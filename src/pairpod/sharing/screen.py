@@ -388,6 +388,23 @@ class DualScreen(pyte.Screen):
             self._erase(y, whole, blank)
         self.erase_in_line(how)
 
+    def delete_lines(self, count: int | None = None) -> None:
+        """DL. pyte's own leaves a row in place when the row that should move up
+        into it was never written (its buffer keeps only written rows), so a
+        line deleted after a clear-screen stayed on screen."""
+        count = count or 1
+        top, bottom = self.margins or pyte.screens.Margins(0, self.lines - 1)
+        if not top <= self.cursor.y <= bottom:
+            return
+        self.dirty.update(range(self.cursor.y, self.lines))
+        for y in range(self.cursor.y, bottom + 1):
+            below = y + count
+            if below <= bottom and below in self.buffer:
+                self.buffer[y] = self.buffer.pop(below)
+            else:
+                self.buffer.pop(y, None)
+        self.carriage_return()
+
     def erase_characters(self, count: int | None = None) -> None:
         """ECH."""
         x = min(self.cursor.x, self.columns - 1)
