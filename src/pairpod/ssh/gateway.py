@@ -28,6 +28,7 @@ from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder
+from pairpod.replicas import Cluster
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
@@ -48,6 +49,9 @@ class Gateway:
         self.ops = Operations(self)
         self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
         self.sharing = SharingService(config)
+        # With cluster.redis: joins and +ctl from any replica (see pairpod.replicas).
+        self.cluster = Cluster(config, self.sharing) if config.cluster.redis else None
+        self.sharing.elsewhere = self.cluster
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
@@ -112,6 +116,8 @@ class Gateway:
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
         try:
             await self.ops.start()
+            if self.cluster is not None:
+                await self.cluster.start()
         except BaseException:
             self._server.close()
             await self.backend.stop()
@@ -172,3 +178,5 @@ class Gateway:
         if self._server is not None:
             self._server.close()
         await drain(self, hurry or asyncio.Event())
+        if self.cluster is not None:
+            await self.cluster.stop()
