@@ -26,6 +26,11 @@ SECRET = "a-cluster-secret-for-tests-only"
 HEARTBEAT, TTL = 1.0, 3.0
 
 
+def stored(redis: RedisServer, pattern: str) -> list[str]:
+    """The store's keys matching ``pattern``."""
+    return sorted(filter(None, redis.cli("--raw", "KEYS", pattern).splitlines()))
+
+
 class Replica(GatewayProcess):
     """One ``pairpod serve`` of the cluster and its replica listener's port."""
 
@@ -161,7 +166,9 @@ def test_store_down_and_back(cluster: Cluster, owner: tuple[Tmux, str, str]) -> 
     viewer.wait_for("during-9-outage")  # joiners already relayed are not affected
     cluster.redis.start()
     # A's heartbeat publishes its links again into the empty store.
-    wait_until(lambda: len(cluster.redis.keys("pairpod:link:*")) == 2, timeout=5 * TTL, message="links back")
+    wait_until(
+        lambda: len(stored(cluster.redis, "pairpod:link:*")) == 2, timeout=5 * TTL, message="links back"
+    )
     again = cluster.join("rw-on-c-again", "C", rw)
     again.wait_for("during-9-outage")
 
@@ -172,4 +179,9 @@ def test_owner_replica_killed(cluster: Cluster, owner: tuple[Tmux, str, str]) ->
     for joiner in joiners:
         joiner.wait_for(r"shared session has ended \(its gateway replica is gone\)", timeout=TTL)
     # Nobody renews A's entries: they expire within the TTL.
-    wait_until(lambda: cluster.redis.keys() == [], timeout=TTL + 2, message="A's entries gone")
+    assert stored(cluster.redis, "pairpod:owner:*") == ["pairpod:owner:user:alice"]
+    wait_until(
+        lambda: stored(cluster.redis, "pairpod:link:*") == stored(cluster.redis, "pairpod:owner:*") == [],
+        timeout=TTL + 2,
+        message="A's entries gone",
+    )

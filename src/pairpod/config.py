@@ -568,6 +568,9 @@ class ClusterSettings(Section):
     secret: str | None = Field(None, description="what replicas prove to each other; required with redis")
     heartbeat: Duration = Field(5.0, description="how often this replica renews its entries")
     ttl: Duration = Field(15.0, description="entries of a replica that stopped renewing expire after this")
+    redis_timeout: Duration = Field(
+        1.0, description="bound of each Redis command; past it the replica works alone until Redis answers"
+    )
 
     @field_validator("redis")
     @classmethod

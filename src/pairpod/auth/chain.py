@@ -52,9 +52,9 @@ from pairpod.auth.certificates import (
     record_offered_keys,
 )
 from pairpod.auth.keys import AuthorizedKey, StaticKeys, find_key
-from pairpod.auth.lockout import Lock, Lockout
+from pairpod.auth.lockout import Lock, Lockout, SharedLocks
 from pairpod.auth.password import ChecksBusy, PasswordChecks, hash_kind, warm_up
-from pairpod.auth.remote_keys import RemoteKeySource
+from pairpod.auth.remote_keys import RemoteKeySource, SharedKeyCache
 from pairpod.auth.result import (
     AuthDecision,
     AuthObserver,
@@ -102,7 +102,8 @@ class Authenticator:
 
     Create one at startup (``config`` is the file's config), call
     :meth:`connection` for each SSH connection, and :meth:`aclose` at
-    shutdown. ``clock`` (monotonic seconds) drives caches and lockout.
+    shutdown. ``clock`` (monotonic seconds) drives caches and lockout;
+    ``shared_locks`` and ``shared_keys`` share them with other replicas.
     """
 
     def __init__(
@@ -112,6 +113,8 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
         http: aiohttp.ClientSession | None = None,
         observer: AuthObserver | None = None,
+        shared_locks: SharedLocks | None = None,
+        shared_keys: SharedKeyCache | None = None,
     ) -> None:
         self.config = config
         #: Told every final decision (metrics, audit).
@@ -121,13 +124,13 @@ class Authenticator:
         self._own_http = http is None
         self.static = StaticKeys(auth, strict_modes=config.security.strict_modes)
         self.key_sources = {
-            "github": RemoteKeySource("github", auth.key_sources.github, self._http, clock=clock),
-            "gitlab": RemoteKeySource("gitlab", auth.key_sources.gitlab, self._http, clock=clock),
+            name: RemoteKeySource(name, settings, self._http, clock=clock, shared=shared_keys)
+            for name, settings in (("github", auth.key_sources.github), ("gitlab", auth.key_sources.gitlab))
         }
         self.cas = TrustedCAs(auth.trusted_user_ca_keys) if auth.trusted_user_ca_keys else None
         self.webhook = AuthWebhook(auth.webhook, self._http) if auth.webhook else None
         self.config_webhook = ConfigWebhook(auth.config_webhook, self._http) if auth.config_webhook else None
-        self.lockout = Lockout(auth.lockout, clock)
+        self.lockout = Lockout(auth.lockout, clock, shared=shared_locks)
         self.password_checks = PasswordChecks(auth.password_checks.workers, auth.password_checks.queue)
         # Make the dummy hash now, so the first unknown user is not slower
         # than the ones after (which would tell that the name is unknown).

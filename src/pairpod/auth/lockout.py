@@ -13,6 +13,11 @@ Two deliberate asymmetries:
 - An address lock blocks every method from that address (an IPv6 client's
   whole /64, see :func:`pairpod.auth.addresses.lockout_key`).
 
+With several replicas, ``shared`` (a :class:`SharedLocks`, implemented by
+the cluster package) counts every failure on every replica and tells of the
+locks tripped anywhere; this object still counts its own replica's failures,
+so when the shared state is away the lockout carries on locally.
+
 Attempts in flight count: :meth:`Lockout.reserve` takes a place before a slow
 check (a password hash) and :meth:`Lockout.settle` turns it into a failure or
 gives it back. So 200 passwords sent at once from one address get at most
@@ -25,6 +30,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pairpod.auth.addresses import lockout_key
 from pairpod.config import LockoutSettings
@@ -37,6 +43,16 @@ class Lock:
     kind: str  # "address" or "username"
     subject: str
     remaining: float  # 0: not locked yet, but enough attempts are in flight to lock it
+
+
+class SharedLocks(Protocol):
+    """Lockout state shared by the replicas of a cluster (given to :class:`Lockout`)."""
+
+    def locked_for(self, kind: str, subject: str) -> float:
+        """Seconds left of a lock on ``subject`` tripped on any replica (0: none known)."""
+
+    def failed(self, kind: str, subject: str) -> None:
+        """Count one failure against ``subject`` for every replica; never waits."""
 
 
 @dataclass
@@ -54,8 +70,10 @@ class Lockout:
         settings: LockoutSettings,
         clock: Callable[[], float] = time.monotonic,
         max_entries: int = 100_000,
+        shared: SharedLocks | None = None,
     ) -> None:
         self.settings = settings
+        self.shared = shared
         self._clock = clock
         self._max_entries = max_entries
         self._counters: OrderedDict[tuple[str, str], _Counter] = OrderedDict()
@@ -76,6 +94,11 @@ class Lockout:
             recent = sum(1 for moment in counter.failures if moment > window_start)
             if counter.pending and recent + counter.pending >= self.settings.failures:
                 return Lock(kind, subject, 0.0)
+        if self.shared is not None:
+            for kind, subject in self._subjects(address, username, guessable):
+                remaining = self.shared.locked_for(kind, subject)
+                if remaining > 0:
+                    return Lock(kind, subject, remaining)
         return None
 
     def reserve(self, address: str, username: str, *, guessable: bool) -> Lock | None:
@@ -116,6 +139,8 @@ class Lockout:
             self._counters[(kind, subject)] = counter  # most recently used last
             if counter.locked_until > now:
                 continue  # already locked; failures while locked do not extend it
+            if self.shared is not None:
+                self.shared.failed(kind, subject)
             window_start = now - self.settings.window
             while counter.failures and counter.failures[0] <= window_start:
                 counter.failures.popleft()

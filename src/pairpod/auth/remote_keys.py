@@ -15,6 +15,11 @@
   Unreadable lines in a good page are skipped with a log line.
 - Each fetch has the source's ``timeout``; fetches run concurrently and
   never hold up another login.
+- With several replicas, ``shared`` (a :class:`SharedKeyCache`, implemented
+  by the cluster package) is asked before the source: a page any replica
+  fetched within ``ttl`` is used as if fetched here (one fetch per ttl for
+  the whole cluster), and an older one is the stale fallback when the source
+  fails. When the shared cache is away, this replica's own cache carries on.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote
 
 import aiohttp
@@ -65,6 +71,28 @@ class KeyLookup:
 
 
 @dataclass(frozen=True)
+class SharedPage:
+    """A key page as a replica fetched it: its text and its age in seconds."""
+
+    text: str
+    age: float
+
+
+class SharedKeyCache(Protocol):
+    """Key pages shared by the replicas of a cluster (given to :class:`RemoteKeySource`)."""
+
+    async def get(self, source: str, login: str, ttl: float, wait: float) -> SharedPage | None:
+        """The page of ``login`` some replica fetched (of any age), or None; never raises.
+
+        When another replica is fetching it right now, waits up to ``wait``
+        seconds for its answer rather than fetching it twice.
+        """
+
+    def put(self, source: str, login: str, text: str, keep: float) -> None:
+        """Give every replica a page fetched just now, kept ``keep`` seconds; never waits."""
+
+
+@dataclass(frozen=True)
 class _Cached:
     entries: tuple[AuthorizedKey, ...]
     fetched_at: float
@@ -83,8 +111,10 @@ class RemoteKeySource:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_stale: float = DEFAULT_MAX_STALE,
         retry_after: float | None = None,
+        shared: SharedKeyCache | None = None,
     ) -> None:
         self.name = name
+        self._shared = shared
         self.settings = settings
         self._session = session
         self._clock = clock
@@ -131,8 +161,12 @@ class RemoteKeySource:
             del self._inflight[login]
 
     async def _refresh(self, login: str) -> KeyLookup:
+        page = await self._shared_page(login)
+        if page is not None and page.age < self.settings.ttl:
+            return KeyLookup(login, self._cache[login].entries, "fresh")
         try:
-            entries = await self._fetch(login)
+            text = await self._fetch(login)
+            entries = self._parse(login, text)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # any failure of the source: fall back, never raise
@@ -141,8 +175,31 @@ class RemoteKeySource:
             return self._fallback(login, problem, log_it=True)
         self._failures.pop(login, None)
         self._cache[login] = _Cached(entries, self._clock())
+        if self._shared is not None:
+            self._shared.put(self.name, login, text, self.settings.ttl + self._max_stale)
         log.info("keys.fetched", extra=fields(source=self.name, login=login, keys=len(entries)))
         return KeyLookup(login, entries, "fresh")
+
+    async def _shared_page(self, login: str) -> SharedPage | None:
+        """Take the cluster's page of ``login`` into this cache when it is newer than ours."""
+        if self._shared is None:
+            return None
+        page = await self._shared.get(self.name, login, self.settings.ttl, self.settings.timeout)
+        if page is None:
+            return None
+        fetched_at = self._clock() - page.age
+        cached = self._cache.get(login)
+        if cached is not None and cached.fetched_at >= fetched_at:
+            return page
+        try:
+            entries = self._parse(login, page.text)
+        except KeySourceError as error:
+            log.warning(
+                "keys.shared_unreadable", extra=fields(source=self.name, login=login, error=str(error))
+            )
+            return None
+        self._cache[login] = _Cached(entries, fetched_at)
+        return page
 
     def _fallback(self, login: str, problem: str, *, log_it: bool) -> KeyLookup:
         cached = self._cache.get(login)
@@ -163,7 +220,8 @@ class RemoteKeySource:
             log.warning("keys.unavailable", extra=fields(source=self.name, login=login, error=problem))
         return KeyLookup(login, (), "unavailable", problem)
 
-    async def _fetch(self, login: str) -> tuple[AuthorizedKey, ...]:
+    async def _fetch(self, login: str) -> str:
+        """The page of ``login`` as text ("" when the source has no such login)."""
         url = self.url_for(login)
         async with asyncio.timeout(self.settings.timeout):
             async with self._session().get(
@@ -171,7 +229,7 @@ class RemoteKeySource:
             ) as response:
                 if response.status == 404:
                     log.info("keys.no_such_login", extra=fields(source=self.name, login=login))
-                    return ()
+                    return ""
                 if response.status != 200:
                     raise KeySourceError(f"HTTP status {response.status}")
                 if response.content_type not in KEY_CONTENT_TYPES:
@@ -187,9 +245,11 @@ class RemoteKeySource:
                     if len(body) > self._max_bytes:
                         raise KeySourceError(f"body over {self._max_bytes} bytes")
         try:
-            text = body.decode("utf-8")
+            return body.decode("utf-8")
         except UnicodeDecodeError:
             raise KeySourceError("body is not UTF-8 text") from None
+
+    def _parse(self, login: str, text: str) -> tuple[AuthorizedKey, ...]:
         if text.lstrip().startswith("<"):
             raise KeySourceError("body is HTML, not a list of keys")
         entries, skipped = parse_authorized_keys(text, f"{self.name}({login})", allow_options=False)

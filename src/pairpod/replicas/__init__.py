@@ -10,6 +10,6 @@
 
 from __future__ import annotations
 
-from pairpod.replicas.cluster import Cluster
+from pairpod.replicas.cluster import Replicas
 
-__all__ = ["Cluster"]
+__all__ = ["Replicas"]

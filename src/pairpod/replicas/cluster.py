@@ -16,8 +16,7 @@ import os
 import shlex
 from functools import partial
 
-from redis.asyncio import Redis
-
+from pairpod.cluster import ClusterStore
 from pairpod.config import Config, parse_listen, same_address
 from pairpod.errors import ConfigError
 from pairpod.log import fields, get_logger
@@ -33,8 +32,6 @@ from pairpod.sharing.tokens import Access
 
 log = get_logger("cluster")
 
-# Seconds a store command may take before the store counts as down.
-_STORE_TIMEOUT = 2.0
 # Control verbs that act on one session (the others are answered here).
 _SESSION_VERBS = {"mint", "revoke", "kick"}
 
@@ -48,20 +45,17 @@ def listen_address(config: Config) -> tuple[str, int]:
     return "0.0.0.0", parse_listen(cluster.advertise)[1]  # noqa: S104 - other replicas must reach it
 
 
-class Cluster:
+class Replicas:
     """The other replicas, as the sharing service of this one asks them."""
 
-    def __init__(self, config: Config, service: SharingService) -> None:
+    def __init__(self, config: Config, service: SharingService, store: ClusterStore) -> None:
         cluster = config.cluster
         assert cluster.redis is not None and cluster.advertise is not None and cluster.secret is not None
         self._config = config
         self._service = service
         self._key = cluster_key(cluster.secret)
-        self._redis: Redis = Redis.from_url(
-            cluster.redis, socket_timeout=_STORE_TIMEOUT, socket_connect_timeout=_STORE_TIMEOUT
-        )
         self.directory = LinkDirectory(
-            self._redis, self._key, cluster.advertise, service, cluster.heartbeat, cluster.ttl
+            store, self._key, cluster.advertise, service, cluster.heartbeat, cluster.ttl
         )
         self.peers = Peers(self._key, cluster.heartbeat, cluster.ttl)
         self._serving = ServingSide(service)
@@ -92,8 +86,6 @@ class Cluster:
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"cluster.listen: cannot listen on {host}:{port}: {reason}") from None
-        if not await self.directory.sync():
-            log.warning("cluster.start_without_store", extra=fields(redis=_safe_url(cluster.redis)))
         self._publisher = loop.create_task(self.directory.run())
         log.info("cluster.listening", extra=fields(address=f"{host}:{port}", advertise=self.advertise))
 
@@ -108,7 +100,6 @@ class Cluster:
             self._server.close()
         self.peers.close()
         await self._serving.close()
-        await self._redis.aclose()
 
     # --- the sharing service's Elsewhere ---------------------------------------------
 
@@ -184,11 +175,3 @@ class Cluster:
         if not answer.get("ok"):
             raise ControlError(str(answer.get("text")))
         return str(answer.get("text"))
-
-
-def _safe_url(url: str | None) -> str | None:
-    """A Redis URL without its password, fit for the log."""
-    if url is None or "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"

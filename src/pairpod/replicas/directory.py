@@ -13,9 +13,11 @@ Keys (every one with the TTL ``cluster.ttl``, renewed every
 
 Publishing is one idempotent step, :meth:`LinkDirectory.sync`: it writes
 what this replica holds now and deletes what it no longer holds. It runs on
-every change and every heartbeat, so a Redis restart (its keys lost) is
-repaired within one heartbeat, and a replica that stops renewing (killed)
-has its entries expire within the TTL.
+every change, every heartbeat and whenever the store comes back, so a Redis
+restart (its keys lost) is repaired at once, and a replica that stops
+renewing (killed) has its entries expire within the TTL. All of it goes
+through the replica's one store client (:mod:`pairpod.cluster.store`),
+which bounds every command and refuses at once while Redis is down.
 """
 
 from __future__ import annotations
@@ -25,27 +27,29 @@ import contextlib
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+import redis.asyncio as aioredis
 
-from pairpod.log import fields, get_logger
+from pairpod.cluster import ClusterStore, StoreUnavailable
 from pairpod.sharing.joinable import ClusterUnavailable
 from pairpod.sharing.service import SharingService
-
-log = get_logger("cluster")
-
-_PREFIX = "pairpod:"
 
 
 class LinkDirectory:
     """This replica's entries in the cluster's link directory, and lookups of others'."""
 
     def __init__(
-        self, redis: Redis, key: bytes, advertise: str, service: SharingService, heartbeat: float, ttl: float
+        self,
+        store: ClusterStore,
+        key: bytes,
+        advertise: str,
+        service: SharingService,
+        heartbeat: float,
+        ttl: float,
     ) -> None:
-        self._redis = redis
+        self._store = store
         self._key = hmac.new(key, b"link directory", hashlib.sha256).digest()
         self.advertise = advertise
         self._service = service
@@ -54,21 +58,23 @@ class LinkDirectory:
         self._published_links: set[str] = set()
         self._published_owners: set[str] = set()
         self._changed = asyncio.Event()
-        self._healthy = True
+        store.on_up(self._store_back)
 
     def link_key(self, username: str) -> str:
         """The store key of a join link (a keyed hash, never the token)."""
         digest = hmac.new(self._key, username.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-        return f"{_PREFIX}link:{digest}"
+        return self._store.key("link", digest)
 
-    @staticmethod
-    def owner_key(owner: str) -> str:
+    def owner_key(self, owner: str) -> str:
         """The store key of an owner's replicas."""
-        return f"{_PREFIX}owner:{owner}"
+        return self._store.key("owner", owner)
 
     def changed(self) -> None:
         """Links or sessions here changed: publish soon."""
         self._changed.set()
+
+    async def _store_back(self) -> None:
+        await self.sync()
 
     async def run(self) -> None:
         """Publish on every change and every heartbeat, until cancelled."""
@@ -86,59 +92,63 @@ class LinkDirectory:
         for session in self._service.registry:
             owners.add(session.owner)
             links.update(self.link_key(link.username) for link in session.active_links())
-        expires = time.time() + self._ttl
-        ttl_ms = int(self._ttl * 1000)
-        pipe = self._redis.pipeline(transaction=False)
-        for key in links:
-            pipe.set(key, self.advertise, px=ttl_ms)
-        gone = self._published_links - links
-        if gone:
-            pipe.delete(*gone)
-        for owner in owners:
-            pipe.zadd(self.owner_key(owner), {self.advertise: expires})
-            pipe.zremrangebyscore(self.owner_key(owner), "-inf", time.time())
-            pipe.pexpire(self.owner_key(owner), ttl_ms)
-        for owner in self._published_owners - owners:
-            pipe.zrem(self.owner_key(owner), self.advertise)
-        try:
+        gone_links = self._published_links - links
+        gone_owners = self._published_owners - owners
+
+        async def publish(redis: aioredis.Redis) -> None:
+            now = time.time()
+            ttl_ms = int(self._ttl * 1000)
+            pipe = redis.pipeline(transaction=False)
+            for key in links:
+                pipe.set(key, self.advertise, px=ttl_ms)
+            if gone_links:
+                pipe.delete(*gone_links)
+            for owner in owners:
+                pipe.zadd(self.owner_key(owner), {self.advertise: now + self._ttl})
+                pipe.zremrangebyscore(self.owner_key(owner), "-inf", now)
+                pipe.pexpire(self.owner_key(owner), ttl_ms)
+            for owner in gone_owners:
+                pipe.zrem(self.owner_key(owner), self.advertise)
             await pipe.execute()
-        except (RedisError, OSError) as error:
-            if self._healthy:
-                self._healthy = False
-                log.warning(
-                    "cluster.store_unavailable", extra=fields(error=str(error) or type(error).__name__)
-                )
-            return False
-        if not self._healthy:
-            self._healthy = True
-            log.info("cluster.store_back", extra=fields(links=len(links)))
+
+        try:
+            await self._store.run(publish)
+        except StoreUnavailable:
+            return False  # the store logs its outages; its return (or the next heartbeat) retries
         self._published_links, self._published_owners = links, owners
         return True
 
     async def withdraw(self) -> None:
         """Remove this replica's entries (it is stopping)."""
-        pipe = self._redis.pipeline(transaction=False)
-        if self._published_links:
-            pipe.delete(*self._published_links)
-        for owner in self._published_owners:
-            pipe.zrem(self.owner_key(owner), self.advertise)
-        with contextlib.suppress(RedisError, OSError):
+        links, owners = self._published_links, self._published_owners
+
+        async def withdraw(redis: aioredis.Redis) -> None:
+            pipe = redis.pipeline(transaction=False)
+            if links:
+                pipe.delete(*links)
+            for owner in owners:
+                pipe.zrem(self.owner_key(owner), self.advertise)
             await pipe.execute()
+
+        with contextlib.suppress(StoreUnavailable):  # they expire within the TTL anyway
+            await self._store.run(withdraw)
         self._published_links, self._published_owners = set(), set()
 
     async def where(self, username: str) -> str | None:
         """The replica holding a link (None: no such link in the cluster)."""
-        value = await self._ask(self._redis.get(self.link_key(username)))
+        key = self.link_key(username)
+        value = await self._ask(lambda redis: redis.get(key))
         return value.decode() if isinstance(value, bytes) else value
 
     async def owner_replicas(self, owner: str) -> list[str]:
         """The other replicas holding shared sessions of ``owner`` (live entries only)."""
-        found = await self._ask(self._redis.zrangebyscore(self.owner_key(owner), time.time(), "+inf"))
+        key = self.owner_key(owner)
+        found = await self._ask(lambda redis: redis.zrangebyscore(key, time.time(), "+inf"))
         names = [item.decode() if isinstance(item, bytes) else str(item) for item in found]
         return sorted(name for name in names if name != self.advertise)
 
-    async def _ask(self, call: Any) -> Any:
+    async def _ask(self, call: Callable[[aioredis.Redis], Awaitable[Any]]) -> Any:
         try:
-            return await call
-        except (RedisError, OSError) as error:
-            raise ClusterUnavailable(f"cluster store: {error or type(error).__name__}") from None
+            return await self._store.run(call)
+        except StoreUnavailable as error:
+            raise ClusterUnavailable(f"cluster store: {error}") from None

@@ -21,6 +21,7 @@ from pairpod.admin import Operations
 from pairpod.auth import Authenticator
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
+from pairpod.cluster import ClusterStore, RedisKeyCache, RedisLocks
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
@@ -28,7 +29,7 @@ from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder
-from pairpod.replicas import Cluster
+from pairpod.replicas import Replicas
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
@@ -46,12 +47,20 @@ class Gateway:
         self.config = config
         self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
+        # Several replicas: the one Redis client of this process (None: a single replica).
+        self.cluster = ClusterStore(config.cluster) if config.cluster.redis else None
         self.ops = Operations(self)
-        self.authenticator = Authenticator(config, observer=self.ops.auth_decision)
+        self.authenticator = Authenticator(
+            config,
+            observer=self.ops.auth_decision,
+            # Several replicas: lockout and key pages shared through Redis.
+            shared_locks=RedisLocks(self.cluster, config.auth.lockout) if self.cluster else None,
+            shared_keys=RedisKeyCache(self.cluster) if self.cluster else None,
+        )
         self.sharing = SharingService(config)
         # With cluster.redis: joins and +ctl from any replica (see pairpod.replicas).
-        self.cluster = Cluster(config, self.sharing) if config.cluster.redis else None
-        self.sharing.elsewhere = self.cluster
+        self.replicas = Replicas(config, self.sharing, self.cluster) if self.cluster else None
+        self.sharing.elsewhere = self.replicas
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
@@ -115,11 +124,15 @@ class Gateway:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
         try:
-            await self.ops.start()
             if self.cluster is not None:
-                await self.cluster.start()
+                await self.cluster.start()  # returns at once: a Redis down at start is logged, not fatal
+            await self.ops.start()
+            if self.replicas is not None:
+                await self.replicas.start()
         except BaseException:
             self._server.close()
+            if self.cluster is not None:
+                await self.cluster.aclose()
             await self.backend.stop()
             raise
         log.info(
@@ -178,5 +191,3 @@ class Gateway:
         if self._server is not None:
             self._server.close()
         await drain(self, hurry or asyncio.Event())
-        if self.cluster is not None:
-            await self.cluster.stop()
