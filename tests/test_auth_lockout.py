@@ -86,3 +86,38 @@ def test_memory_stays_bounded() -> None:
     for i in range(500):
         lockout.record_failure(f"10.0.{i // 256}.{i % 256}", f"user{i}", guessable=True)
     assert len(lockout) <= 50
+
+
+class SharedState:
+    """What the other replicas know, in memory: a ``SharedLocks``."""
+
+    def __init__(self) -> None:
+        self.locks: dict[tuple[str, str], float] = {}
+        self.failures: list[tuple[str, str]] = []
+
+    def locked_for(self, kind: str, subject: str) -> float:
+        return self.locks.get((kind, subject), 0.0)
+
+    def failed(self, kind: str, subject: str) -> None:
+        self.failures.append((kind, subject))
+
+
+def test_a_lock_from_another_replica_refuses_and_failures_are_told_to_the_others() -> None:
+    shared = SharedState()
+    lockout = Lockout(LockoutSettings(failures=3, window=60, duration=300), Clock(), shared=shared)
+    # Failures here are counted here and told to the cluster (an IPv6 client as its /64)...
+    lockout.record_failure("2001:db8::1", "alice", guessable=True)
+    assert shared.failures == [("address", "2001:db8::/64"), ("username", "alice")]
+    assert lockout.check("2001:db8::1", "alice", guessable=True) is None
+    # ...and a lock tripped elsewhere refuses here, for what it covers only.
+    shared.locks[("username", "alice")] = 120.0
+    lock = lockout.check("10.0.0.9", "alice", guessable=True)
+    assert lock is not None and (lock.kind, lock.subject, lock.remaining) == ("username", "alice", 120.0)
+    assert lockout.check("10.0.0.9", "alice", guessable=False) is None  # keys are not guessable
+    assert lockout.reserve("10.0.0.9", "alice", guessable=True) is not None
+    # Once locked here, further failures are not told again (they would not extend the lock).
+    for _ in range(3):
+        lockout.record_failure("10.0.0.2", "bob", guessable=False)
+    told = len(shared.failures)
+    lockout.record_failure("10.0.0.2", "bob", guessable=False)
+    assert len(shared.failures) == told

@@ -14,7 +14,7 @@ import aiohttp
 import asyncssh
 import pytest
 
-from pairpod.auth.remote_keys import RemoteKeySource
+from pairpod.auth.remote_keys import RemoteKeySource, SharedPage
 from pairpod.config import KeySourceSettings
 from tests.support.http_peers import KeySourcePeer, refusing_port
 
@@ -280,3 +280,50 @@ async def test_a_static_file_server_key_list_is_accepted_and_html_still_refused(
     assert mallory.status == "unavailable" and "HTML" in (mallory.problem or "")
     blob = await src.lookup("blob")
     assert blob.status == "unavailable" and "no readable key" in (blob.problem or "")
+
+
+class SharedPages:
+    """Pages other replicas fetched, in memory on the test's clock: a ``SharedKeyCache``."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pages: dict[tuple[str, str], tuple[str, float]] = {}
+        self.stored: list[tuple[str, str, str]] = []
+
+    def fetched(self, login: str, text: str, ago: float) -> None:
+        """Another replica fetched ``login``'s page ``ago`` seconds ago."""
+        self.pages[("github", login)] = (text, self.clock() - ago)
+
+    async def get(self, source: str, login: str, ttl: float, wait: float) -> SharedPage | None:
+        page = self.pages.get((source, login))
+        return SharedPage(page[0], self.clock() - page[1]) if page else None
+
+    def put(self, source: str, login: str, text: str, keep: float) -> None:
+        self.stored.append((source, login, text))
+        self.pages[(source, login)] = (text, self.clock())
+
+
+async def test_pages_other_replicas_fetched_are_used_fresh_then_as_the_stale_fallback(
+    peer: KeySourcePeer, http: aiohttp.ClientSession, keys: list[asyncssh.SSHKey]
+) -> None:
+    clock = Clock()
+    shared = SharedPages(clock)
+    src = RemoteKeySource(
+        "github", KeySourceSettings(url=peer.url, ttl=600), lambda: http, clock=clock, shared=shared
+    )
+    # Another replica's page within the ttl: used as is, the source not asked.
+    shared.fetched("carol", _pub(keys[0]) + "\n", ago=590)
+    lookup = await src.lookup("carol")
+    assert (lookup.status, [e.blob for e in lookup.entries]) == ("fresh", [keys[0].public_data])
+    assert peer.counts["carol"] == 0
+    # Its ttl runs out 10 s later here too: now the source is asked, and its page shared.
+    clock.now += 11
+    peer.keys["carol"] = _pub(keys[1]) + "\n"
+    lookup = await src.lookup("carol")
+    assert [e.blob for e in lookup.entries] == [keys[1].public_data] and peer.counts["carol"] == 1
+    assert shared.stored == [("github", "carol", _pub(keys[1]) + "\n")]
+    # A source failing: a page another replica fetched an hour ago is the fallback.
+    shared.fetched("dave", _pub(keys[0]) + "\n", ago=3600)
+    peer.modes["dave"] = "500"
+    lookup = await src.lookup("dave")
+    assert (lookup.status, [e.blob for e in lookup.entries]) == ("stale", [keys[0].public_data])

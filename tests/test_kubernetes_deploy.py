@@ -6,6 +6,7 @@ requests a real backend session made.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from pairpod.config import parse_listen, validate_config
+from pairpod.config import cluster_env, merge, parse_listen, validate_config
 from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from testing.kube_apiserver.kubetools import KUBECTL
 from tests.support.docker_backend import eventually, run
@@ -23,15 +24,23 @@ from tests.support.kube_env import kubernetes_config, running_backend
 __all__ = ["kube_apiserver", "kube_namespace"]
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+CLUSTER = DEPLOY / "cluster"
 
 
-def _objects() -> dict[str, dict[str, Any]]:
-    found = {}
-    for path in sorted(DEPLOY.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                found[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
-    return found
+def _objects(kustomization: Path = DEPLOY) -> dict[str, dict[str, Any]]:
+    """The objects ``kubectl apply -k`` would send, by ``Kind/name``."""
+    built = subprocess.run(
+        [KUBECTL, "kustomize", str(kustomization)], capture_output=True, text=True, timeout=60
+    )
+    assert built.returncode == 0, built.stderr
+    return {
+        f"{doc['kind']}/{doc['metadata']['name']}": doc for doc in yaml.safe_load_all(built.stdout) if doc
+    }
+
+
+def _manifests() -> list[Path]:
+    """Every manifest file of the base and the overlays (not the kustomizations)."""
+    return [p for p in sorted(DEPLOY.rglob("*.yaml")) if p.name != "kustomization.yaml"]
 
 
 def _kubectl(server: KubeApiServerThread, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -59,21 +68,41 @@ def test_kubectl_accepts_the_manifests_client_side_and_server_side(
     kube_apiserver: KubeApiServerThread, tmp_path: Path
 ) -> None:
     assert set(_objects()) == EXPECTED
-    client = _kubectl(kube_apiserver, tmp_path, "apply", "--dry-run=client", "-f", str(DEPLOY))
-    assert client.returncode == 0, client.stderr
-    assert client.stdout.count("(dry run)") == len(EXPECTED)
+    assert set(_objects(CLUSTER)) == EXPECTED | CLUSTER_ADDS
+    for kustomization, count in ((DEPLOY, len(EXPECTED)), (CLUSTER, len(EXPECTED | CLUSTER_ADDS))):
+        client = _kubectl(kube_apiserver, tmp_path, "apply", "--dry-run=client", "-k", str(kustomization))
+        assert client.returncode == 0, client.stderr
+        assert client.stdout.count("(dry run)") == count
     # Server side, namespaced objects need their namespace to exist (as on a cluster).
-    created = _kubectl(kube_apiserver, tmp_path, "apply", "-f", str(DEPLOY / "00-namespace.yaml"))
+    created = _kubectl(kube_apiserver, tmp_path, "apply", "-f", str(DEPLOY / "base" / "00-namespace.yaml"))
     assert created.returncode == 0, created.stderr
     try:
-        server = _kubectl(
-            kube_apiserver, tmp_path, "apply", "--dry-run=server", "--validate=strict", "-f", str(DEPLOY)
-        )
-        assert server.returncode == 0, server.stderr
-        assert server.stdout.count("(server dry run)") == len(EXPECTED)
-        assert "Warning" not in server.stderr, server.stderr
+        for kustomization, count in ((DEPLOY, len(EXPECTED)), (CLUSTER, len(EXPECTED | CLUSTER_ADDS))):
+            server = _kubectl(
+                kube_apiserver,
+                tmp_path,
+                "apply",
+                "--dry-run=server",
+                "--validate=strict",
+                "-k",
+                str(kustomization),
+            )
+            assert server.returncode == 0, server.stderr
+            assert server.stdout.count("(server dry run)") == count
+            assert "Warning" not in server.stderr, server.stderr
     finally:
         kube_apiserver.delete_namespace("pairpod")
+
+
+CLUSTER_ADDS = {
+    "Service/pairpod-replicas",
+    "Service/pairpod-redis",
+    "StatefulSet/pairpod-redis",
+    "PodDisruptionBudget/pairpod-gateway",
+    "Secret/pairpod-cluster",
+    "NetworkPolicy/pairpod-redis",
+    "NetworkPolicy/pairpod-gateway",
+}
 
 
 def test_the_pieces_fit_together() -> None:
@@ -140,6 +169,91 @@ def test_the_pieces_fit_together() -> None:
     assert "data" not in secret and "stringData" not in secret
 
 
+def _started_env(container: dict[str, Any], secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's environment as the kubelet gives it in a pod at 10.1.2.3.
+
+    ``$(NAME)`` in a value is expanded from the entries before it, as Kubernetes does.
+    """
+    fields = {"status.podIP": "10.1.2.3", "metadata.name": "pod-a", "metadata.namespace": "pairpod"}
+    env: dict[str, str] = {}
+    for entry in container["env"]:
+        source = entry.get("valueFrom", {})
+        if "value" in entry:
+            env[entry["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], entry["value"])
+        elif "secretKeyRef" in source:
+            ref = source["secretKeyRef"]
+            env[entry["name"]] = secrets[ref["name"]][ref["key"]]
+        elif "fieldRef" in source:
+            env[entry["name"]] = fields.get(source["fieldRef"]["fieldPath"], "x")
+    return env
+
+
+def test_the_cluster_overlay_fits_together() -> None:
+    objects = _objects(CLUSTER)
+    deployment = objects["Deployment/pairpod-gateway"]["spec"]
+    pod = deployment["template"]
+    labels = pod["metadata"]["labels"]
+    gateway = pod["spec"]["containers"][0]
+    assert deployment["replicas"] == 3
+    # Spread over nodes and zones; at most one replica away at a time.
+    spread = pod["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["labelSelector"]["matchLabels"] == labels and c["maxSkew"] == 1 for c in spread)
+    pdb = objects["PodDisruptionBudget/pairpod-gateway"]["spec"]
+    assert pdb == {"maxUnavailable": 1, "selector": {"matchLabels": labels}}
+
+    # The config a replica runs with: the ConfigMap's file and the cluster keys of its environment.
+    passwords = {"pairpod-cluster": {"secret": "s" * 64, "redis-password": "p" * 64}}
+    assert "data" not in objects["Secret/pairpod-cluster"]  # a placeholder never clobbers the real one
+    env = _started_env(gateway, passwords)
+    file = yaml.safe_load(objects["ConfigMap/pairpod-config"]["data"]["pairpod.yaml"])
+    config = validate_config(merge(file, cluster_env(env)), "overlay")
+    assert config.cluster.secret == "s" * 64
+    advertised_host, advertised_port = parse_listen(config.cluster.advertise or "")
+    assert advertised_host == "10.1.2.3"
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert advertised_port == ports["replica"] != ports["ssh"]
+    # The replica port: in the headless Service of the replicas, never in the users' one.
+    replicas = objects["Service/pairpod-replicas"]["spec"]
+    assert replicas["clusterIP"] == "None" and replicas["selector"] == labels
+    assert replicas["ports"] == [
+        {"name": "replica", "port": advertised_port, "targetPort": "replica", "protocol": "TCP"}
+    ]
+    assert [p["targetPort"] for p in objects["Service/pairpod"]["spec"]["ports"]] == ["ssh"]
+
+    # Redis: the URL names its Service and port, with the password Redis is started with.
+    url = urlsplit(config.cluster.redis or "")
+    redis_service = objects["Service/pairpod-redis"]["spec"]
+    redis_set = objects["StatefulSet/pairpod-redis"]["spec"]
+    redis_pod = redis_set["template"]
+    assert (url.hostname, url.port) == ("pairpod-redis", redis_service["ports"][0]["port"])
+    assert redis_set["serviceName"] == "pairpod-redis" and redis_set["replicas"] == 1
+    assert (
+        redis_service["selector"] == redis_pod["metadata"]["labels"] == redis_set["selector"]["matchLabels"]
+    )
+    assert redis_service["selector"] != labels
+    redis = redis_pod["spec"]["containers"][0]
+    args = [
+        re.sub(r"\$\((\w+)\)", lambda m: _started_env(redis, passwords)[m.group(1)], a) for a in redis["args"]
+    ]
+    assert args[args.index("--requirepass") + 1] == url.password == "p" * 64
+    assert redis["securityContext"]["readOnlyRootFilesystem"] is True
+    # Users' pods (same namespace) reach neither Redis nor the replica port.
+    from_gateways = [{"podSelector": {"matchLabels": labels}}]
+    redis_policy = objects["NetworkPolicy/pairpod-redis"]["spec"]
+    assert redis_policy["podSelector"]["matchLabels"] == redis_service["selector"]
+    assert redis_policy["ingress"] == [
+        {"from": from_gateways, "ports": [{"port": "redis", "protocol": "TCP"}]}
+    ]
+    gateway_policy = objects["NetworkPolicy/pairpod-gateway"]["spec"]
+    assert gateway_policy["podSelector"]["matchLabels"] == labels
+    open_to_all = [rule for rule in gateway_policy["ingress"] if "from" not in rule]
+    assert {p["port"] for rule in open_to_all for p in rule["ports"]} == {"ssh", "admin"}
+    assert {"from": from_gateways, "ports": [{"port": "replica", "protocol": "TCP"}]} in gateway_policy[
+        "ingress"
+    ]
+
+
 def _authorisation(method: str, path_qs: str, namespace: str) -> tuple[str, str] | None:
     """(resource, verb) as the API server's authoriser sees a request; None outside the namespace."""
     url = urlsplit(path_qs)
@@ -195,5 +309,5 @@ async def test_the_role_grants_exactly_what_the_backend_uses(
 
 def test_the_walkthrough_names_every_manifest() -> None:
     text = (DEPLOY / "README.md").read_text()
-    for path in DEPLOY.glob("*.yaml"):
-        assert path.name in text, path.name
+    for path in _manifests():
+        assert str(path.relative_to(DEPLOY)) in text, path.name

@@ -8,8 +8,10 @@ key path and the problem.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -589,12 +591,30 @@ class ClusterSettings(Section):
     @model_validator(mode="after")
     def _complete(self) -> ClusterSettings:
         if self.redis is not None and (self.advertise is None or not self.secret):
-            raise ValueError("cluster.redis needs cluster.advertise and cluster.secret")
+            raise ValueError(
+                "cluster.redis needs cluster.advertise and cluster.secret "
+                "(in the file, or PAIRPOD_CLUSTER_ADVERTISE and PAIRPOD_CLUSTER_SECRET)"
+            )
         if self.secret is not None and len(self.secret) < 16:
             raise ValueError("cluster.secret must be at least 16 characters")
         if self.ttl <= self.heartbeat:
             raise ValueError("cluster.ttl must be longer than cluster.heartbeat")
         return self
+
+
+#: Environment variables that set a cluster key over the file: what differs per
+#: replica (its own address) or is kept in a Secret comes from the pod's env.
+CLUSTER_ENV = {
+    "PAIRPOD_CLUSTER_REDIS": "redis",
+    "PAIRPOD_CLUSTER_ADVERTISE": "advertise",
+    "PAIRPOD_CLUSTER_SECRET": "secret",
+}
+
+
+def cluster_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The cluster keys set by :data:`CLUSTER_ENV` variables in ``environ`` (empty ones ignored)."""
+    keys = {key: environ[name] for name, key in CLUSTER_ENV.items() if environ.get(name)}
+    return {"cluster": keys} if keys else {}
 
 
 class AuditSettings(Section):
@@ -744,14 +764,15 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load the config file (if any) and apply command-line overrides over it."""
+    """Load the config file (if any), then the cluster's environment variables and
+    command-line overrides over it."""
     data: Any = load_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of settings at the top level")
-    return validate_config(merge(data, overrides or {}), source)
+    return validate_config(merge(merge(data, cluster_env(os.environ)), overrides or {}), source)
 
 
 def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Config:
@@ -760,6 +781,24 @@ def with_overrides(config: Config, overrides: dict[str, Any], source: str) -> Co
     return validate_config(merge(base, overrides), source)
 
 
+#: What ``check-config`` prints for a secret that is set.
+HIDDEN = "(hidden)"
+
+
 def dump_config(config: Config) -> str:
-    """The effective config as YAML (what ``check-config`` prints)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The effective config as YAML (what ``check-config`` prints), the cluster's secrets hidden."""
+    data = config.model_dump(mode="json")
+    cluster = data["cluster"]
+    if cluster["secret"]:
+        cluster["secret"] = HIDDEN
+    if cluster["redis"]:
+        cluster["redis"] = url_without_password(cluster["redis"])
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def url_without_password(url: str) -> str:
+    """``url`` with its user information hidden (``redis://:secret@host`` → ``redis://***@host``)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return f"{scheme}{sep}{rest}"

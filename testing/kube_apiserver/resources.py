@@ -90,6 +90,24 @@ RESOURCES: tuple[ResourceType, ...] = (
         ("all",),
         subresources=("status", "scale"),
     ),
+    # Stored only (nothing runs them): what the deploy overlays apply.
+    ResourceType(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        "statefulset",
+        True,
+        ("sts",),
+        ("all",),
+        subresources=("status", "scale"),
+    ),
+    ResourceType(
+        "policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", "poddisruptionbudget", True, ("pdb",)
+    ),
+    ResourceType(
+        "networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", "networkpolicy", True, ("netpol",)
+    ),
     ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", "role", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", "rolebinding", True),
     ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", "clusterrole", False),
@@ -113,6 +131,10 @@ _SUBRESOURCE_SHAPES: dict[tuple[str, str], Subresource] = {
     ("nodes", "status"): Subresource("nodes/status", "Node", ("get", "patch", "update")),
     ("services", "status"): Subresource("services/status", "Service", ("get", "patch", "update")),
     ("deployments", "status"): Subresource("deployments/status", "Deployment", ("get", "patch", "update")),
+    ("statefulsets", "status"): Subresource("statefulsets/status", "StatefulSet", ("get", "patch", "update")),
+    ("statefulsets", "scale"): Subresource(
+        "statefulsets/scale", "Scale", ("get", "patch", "update"), group="autoscaling", version="v1"
+    ),
     ("deployments", "scale"): Subresource(
         "deployments/scale", "Scale", ("get", "patch", "update"), group="autoscaling", version="v1"
     ),

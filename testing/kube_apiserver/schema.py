@@ -1,4 +1,4 @@
-"""Known fields of Pods and Deployments, for the API server's field validation.
+"""Known fields of Pods, Deployments and StatefulSets, for the API server's field validation.
 
 A real server decodes into Go structs: unknown fields are dropped, and with
 ``fieldValidation=Strict`` (kubectl's default) they are a 400, with ``Warn``
@@ -154,29 +154,32 @@ _POD_SPEC: Node = {
     "securityContext": _POD_SECURITY_CONTEXT,
 }
 
-SCHEMAS: dict[str, Node] = {
-    "Pod": {"apiVersion": None, "kind": None, "metadata": _META, "spec": _POD_SPEC, "status": None},
-    "Deployment": {
+
+def _workload(*fields: str) -> Node:
+    """A kind that runs pods from a template (Deployment, StatefulSet) with its own spec fields."""
+    return {
         "apiVersion": None,
         "kind": None,
         "metadata": _META,
         "status": None,
         "spec": {
-            **{
-                k: None
-                for k in (
-                    "replicas",
-                    "selector",
-                    "strategy",
-                    "minReadySeconds",
-                    "revisionHistoryLimit",
-                    "paused",
-                    "progressDeadlineSeconds",
-                )
-            },
+            **{k: None for k in ("replicas", "selector", "minReadySeconds", "revisionHistoryLimit", *fields)},
             "template": {"metadata": _META, "spec": _POD_SPEC},
         },
-    },
+    }
+
+
+SCHEMAS: dict[str, Node] = {
+    "Pod": {"apiVersion": None, "kind": None, "metadata": _META, "spec": _POD_SPEC, "status": None},
+    "Deployment": _workload("strategy", "paused", "progressDeadlineSeconds"),
+    "StatefulSet": _workload(
+        "serviceName",
+        "volumeClaimTemplates",
+        "podManagementPolicy",
+        "updateStrategy",
+        "persistentVolumeClaimRetentionPolicy",
+        "ordinals",
+    ),
 }
 
 

@@ -33,6 +33,7 @@ class Peer:
         self.requests: list[tuple[str, Any]] = []
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.port = 0
 
     @property
@@ -42,6 +43,7 @@ class Peer:
 
     async def start(self) -> Peer:
         """Listen on a free loopback port."""
+        self._loop = asyncio.get_running_loop()
         self._runner = web.AppRunner(self.app, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -57,6 +59,11 @@ class Peer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def release_from_thread(self) -> None:
+        """Let slow handlers answer, from a thread other than the peer's (``served_in_thread``)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.release.set)
 
     async def note(self, path: str, body: Any) -> None:
         """Record a request and wake ``wait_requests``."""

@@ -163,7 +163,12 @@ class RemoteKeySource:
     async def _refresh(self, login: str) -> KeyLookup:
         page = await self._shared_page(login)
         if page is not None and page.age < self.settings.ttl:
-            return KeyLookup(login, self._cache[login].entries, "fresh")
+            entries = self._cache[login].entries
+            log.info(
+                "keys.shared",
+                extra=fields(source=self.name, login=login, keys=len(entries), age=round(page.age, 1)),
+            )
+            return KeyLookup(login, entries, "fresh")
         try:
             text = await self._fetch(login)
             entries = self._parse(login, text)

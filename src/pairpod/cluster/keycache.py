@@ -70,8 +70,8 @@ class RedisKeyCache:
     def __init__(self, store: ClusterStore) -> None:
         self._store = store
         self._channel = store.key("keys")
-        self._get_or_claim = store.redis.register_script(_GET_OR_CLAIM)
-        self._put = store.redis.register_script(_PUT)
+        self._get_or_claim = store.script(_GET_OR_CLAIM)
+        self._put = store.script(_PUT)
         self._waiting: dict[str, asyncio.Event] = {}
         store.subscribe(self._channel, self._published)
 
@@ -80,17 +80,19 @@ class RedisKeyCache:
         name = self._name(source, login)
         if not self._store.up:
             return None
-        try:
-            page, claimed = await self._store.run(
-                lambda redis: self._read(redis, name, ttl, claim_for=wait + self._store.timeout)
-            )
-        except StoreUnavailable:
-            return None
-        if claimed or (page is not None and page.age < ttl):
-            return page
-        # Another replica is fetching this page now: wait for its answer, not the source.
+        # Listening before the read: a page published right after it is not missed.
         event = self._waiting.setdefault(name, asyncio.Event())
         try:
+            try:
+                page, claimed = await self._store.run(
+                    lambda redis: self._read(redis, name, ttl, claim_for=wait + self._store.timeout)
+                )
+            except StoreUnavailable:
+                return None
+            if claimed or (page is not None and page.age < ttl):
+                return page
+            # Another replica is fetching this page now: wait for its answer, not the source.
+            log.debug("keys.shared_wait", extra=fields(key=name, wait=wait))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await event.wait()
@@ -111,9 +113,7 @@ class RedisKeyCache:
         self._store.spawn(
             self._store.run(
                 lambda redis: self._put(
-                    keys=[name, name + ":claim"],
-                    args=[text, int(keep * 1000), self._channel, name],
-                    client=redis,
+                    redis, [name, name + ":claim"], [text, int(keep * 1000), self._channel, name]
                 )
             )
         )
@@ -122,9 +122,7 @@ class RedisKeyCache:
         self, redis: aioredis.Redis, name: str, ttl: float, *, claim_for: float
     ) -> tuple[SharedPage | None, bool]:
         at, text, now, claimed = await self._get_or_claim(
-            keys=[name, name + ":claim"],
-            args=[int(ttl * 1000), int(claim_for * 1000)],
-            client=redis,
+            redis, [name, name + ":claim"], [int(ttl * 1000), int(claim_for * 1000)]
         )
         page = None
         if at is not None and text is not None:

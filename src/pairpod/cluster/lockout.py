@@ -15,9 +15,10 @@
   counted during the outage is lost.
 
 Keys: ``pairpod:lockout:fail:<kind>:<digest>`` (sorted set),
-``pairpod:lockout:lock:<kind>:<digest>`` (JSON ``{kind, subject, ms}``);
-channel ``pairpod:lockout``. Subjects are hashed into key names (a username
-is whatever a client sent); the subject itself is in the lock's value.
+``pairpod:lockout:lock:<kind>:<digest>`` (JSON ``{kind, digest, subject, ms}``);
+channel ``pairpod:lockout``. A subject is known by its digest (a username is
+whatever a client sent, of any length); its first ``SHOWN`` characters are
+kept for the log.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from functools import partial
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from pairpod.cluster.store import ClusterStore, StoreUnavailable
 from pairpod.config import LockoutSettings
@@ -46,9 +48,11 @@ MAX_BACKLOG = 10_000
 BATCH = 256
 #: Keys read per SCAN page when the locks are loaded again.
 SCAN_COUNT = 500
+#: Characters of a subject kept for the log (the digest names it).
+SHOWN = 64
 
 # KEYS: failures set, lock key. ARGV: age ms, window ms, failures, duration ms,
-# unique member, channel, kind, subject. Returns the ms of the lock it set, or 0.
+# unique member, channel, kind, digest, subject as shown. Returns the ms of the lock it set, or 0.
 _FAILED = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local t = redis.call('TIME')
@@ -63,7 +67,7 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[1])
 local left = at + tonumber(ARGV[4]) - now
 if left <= 0 then return 0 end
-local entry = cjson.encode({kind = ARGV[7], subject = ARGV[8], ms = left})
+local entry = cjson.encode({kind = ARGV[7], digest = ARGV[8], subject = ARGV[9], ms = left})
 redis.call('SET', KEYS[2], entry, 'PX', left)
 redis.call('PUBLISH', ARGV[6], entry)
 return left
@@ -73,8 +77,17 @@ return left
 @dataclass(frozen=True)
 class _Failure:
     kind: str
-    subject: str
+    digest: str
+    shown: str  # the subject's start, for the log
     at: float  # this replica's monotonic clock
+
+
+@dataclass(frozen=True)
+class _Lock:
+    kind: str
+    digest: str
+    shown: str
+    ms: int
 
 
 class RedisLocks:
@@ -93,11 +106,11 @@ class RedisLocks:
         self._clock = clock
         self._max_entries = max_entries
         self._channel = store.key("lockout")
-        self._locks: dict[tuple[str, str], float] = {}  # (kind, subject) -> until, on our clock
+        self._locks: dict[tuple[str, str], float] = {}  # (kind, digest) -> until, on our clock
         self._backlog: deque[_Failure] = deque()
         self._dropped = 0
         self._writer: Any = None
-        self._script = store.redis.register_script(_FAILED)
+        self._script = store.script(_FAILED)
         store.subscribe(self._channel, self._announced)
         store.on_up(self._resync)
 
@@ -105,18 +118,21 @@ class RedisLocks:
 
     def locked_for(self, kind: str, subject: str) -> float:
         """Seconds left of a lock tripped on any replica (0: none known)."""
-        until = self._locks.get((kind, subject))
+        if not self._locks:
+            return 0.0
+        key = (kind, _digest(subject))
+        until = self._locks.get(key)
         if until is None:
             return 0.0
         left = until - self._clock()
         if left <= 0:
-            del self._locks[(kind, subject)]
+            del self._locks[key]
             return 0.0
         return left
 
     def failed(self, kind: str, subject: str) -> None:
         """Queue one failure for Redis (written in the background)."""
-        self._backlog.append(_Failure(kind, subject, self._clock()))
+        self._backlog.append(_Failure(kind, _digest(subject), subject[:SHOWN], self._clock()))
         if len(self._backlog) > MAX_BACKLOG:
             self._backlog.popleft()
             self._dropped += 1
@@ -142,35 +158,45 @@ class RedisLocks:
                 return
             for failure, left in zip(batch, results, strict=True):
                 if left:
-                    self._learn(failure.kind, failure.subject, int(left))
+                    self._learn(_Lock(failure.kind, failure.digest, failure.shown, int(left)))
         if self._dropped:
             log.warning("cluster.lockout_backlog_dropped", extra=fields(failures=self._dropped))
             self._dropped = 0
 
     async def _send(self, redis: aioredis.Redis, *, batch: list[_Failure]) -> list[Any]:
-        now = self._clock()
-        window_ms, duration_ms = int(self._settings.window * 1000), int(self._settings.duration * 1000)
-        async with redis.pipeline(transaction=False) as pipe:
-            for failure in batch:
-                digest = _digest(failure.subject)
-                await self._script(
-                    keys=[
-                        self._store.key("lockout", "fail", failure.kind, digest),
-                        self._store.key("lockout", "lock", failure.kind, digest),
-                    ],
-                    args=[
-                        int((now - failure.at) * 1000),
-                        window_ms,
-                        self._settings.failures,
-                        duration_ms,
-                        secrets.token_hex(8),
-                        self._channel,
-                        failure.kind,
-                        failure.subject,
-                    ],
-                    client=pipe,
-                )
-            return list(await pipe.execute())
+        """One round trip for the batch: EVALSHA each, loading the script only when Redis lacks it.
+
+        (redis-py's script objects would ask ``SCRIPT EXISTS`` before every pipeline.)
+        """
+        for first_try in (True, False):
+            async with redis.pipeline(transaction=False) as pipe:
+                for failure in batch:
+                    pipe.evalsha(self._script.sha, *self._call(failure))
+                try:
+                    return list(await pipe.execute())
+                except NoScriptError:
+                    if not first_try:
+                        raise
+            # A Redis restarted empty: no failure of the batch was counted.
+            await redis.script_load(self._script.text)
+        raise AssertionError("unreachable")
+
+    def _call(self, failure: _Failure) -> list[Any]:
+        """The script's key count, keys and arguments for one failure."""
+        return [
+            2,
+            self._store.key("lockout", "fail", failure.kind, failure.digest),
+            self._store.key("lockout", "lock", failure.kind, failure.digest),
+            int((self._clock() - failure.at) * 1000),
+            int(self._settings.window * 1000),
+            self._settings.failures,
+            int(self._settings.duration * 1000),
+            secrets.token_hex(8),
+            self._channel,
+            failure.kind,
+            failure.digest,
+            failure.shown,
+        ]
 
     async def _resync(self) -> None:
         """After (re)connecting: write what was counted meanwhile, then load the locks in force."""
@@ -192,32 +218,32 @@ class RedisLocks:
                         pipe.pttl(name)
                     answers = await pipe.execute()
                 for value, left in zip(answers[::2], answers[1::2], strict=True):
-                    entry = _entry(value)
-                    if entry is not None and left > 0:
-                        self._remember(entry[0], entry[1], left)
+                    lock = _entry(value)
+                    if lock is not None and left > 0:
+                        self._remember(lock, left)
                         loaded += 1
             if cursor == 0 or loaded >= self._max_entries:
                 return loaded
 
     def _announced(self, data: bytes) -> None:
         """A lock tripped on some replica (this one included)."""
-        entry = _entry(data)
-        if entry is None:
+        lock = _entry(data)
+        if lock is None:
             log.warning("cluster.lockout_bad_message", extra=fields(size=len(data)))
             return
-        self._learn(*entry)
+        self._learn(lock)
 
-    def _learn(self, kind: str, subject: str, left_ms: int) -> None:
-        known = self._locks.get((kind, subject))
-        self._remember(kind, subject, left_ms)
+    def _learn(self, lock: _Lock) -> None:
+        known = self._locks.get((lock.kind, lock.digest))
+        self._remember(lock, lock.ms)
         if known is None or known <= self._clock():
             log.info(
                 "cluster.lockout",
-                extra=fields(kind=kind, subject=subject, duration=round(left_ms / 1000)),
+                extra=fields(kind=lock.kind, subject=lock.shown, duration=round(lock.ms / 1000)),
             )
 
-    def _remember(self, kind: str, subject: str, left_ms: int) -> None:
-        key = (kind, subject)
+    def _remember(self, lock: _Lock, left_ms: int) -> None:
+        key = (lock.kind, lock.digest)
         self._locks.pop(key, None)
         self._locks[key] = self._clock() + left_ms / 1000
         if len(self._locks) > self._max_entries:
@@ -232,12 +258,12 @@ def _digest(subject: str) -> str:
     return hashlib.sha256(subject.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _entry(data: bytes | str | None) -> tuple[str, str, int] | None:
-    """``(kind, subject, ms)`` of a lock's JSON, or None if it is not one."""
+def _entry(data: bytes | str | None) -> _Lock | None:
+    """A lock's JSON read, or None if it is not one."""
     if data is None:
         return None
     try:
         value = json.loads(data)
-        return str(value["kind"]), str(value["subject"]), int(value["ms"])
+        return _Lock(str(value["kind"]), str(value["digest"]), str(value["subject"]), int(value["ms"]))
     except (ValueError, KeyError, TypeError):
         return None

@@ -27,15 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable
+import hashlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
-from pairpod.config import ClusterSettings
+from pairpod.config import ClusterSettings, url_without_password
 from pairpod.log import fields, get_logger
 from pairpod.tasks import TaskGroup
 
@@ -67,6 +68,28 @@ class StoreUnavailable(Exception):
     """Redis cannot be used now (down, slow, or the store is closed): use local state."""
 
 
+class LuaScript:
+    """A Lua script run by its SHA-1 (``EVALSHA``): one round trip, the text never resent.
+
+    Made by :meth:`ClusterStore.script`, which loads it into Redis at every
+    (re)connection; a Redis that lost it meanwhile (restarted between two
+    health checks) answers NOSCRIPT, and it is loaded again there and then.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        # How Redis names a script (an identifier, not a protection).
+        self.sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, redis: aioredis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """Run it with ``keys`` and ``args``."""
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await redis.script_load(self.text)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+
 class ClusterStore:
     """The Redis client of one replica (see the module docstring).
 
@@ -87,9 +110,9 @@ class ClusterStore:
             max_connections=MAX_CONNECTIONS,
         )
         self.state = StoreState.CONNECTING
-        self._changed = asyncio.Event()
         self._handlers: dict[str, Handler] = {}
         self._hooks: list[Hook] = []
+        self._scripts: list[LuaScript] = []
         self._tasks = TaskGroup()
         self._pubsub_task: asyncio.Task[None] | None = None
 
@@ -103,6 +126,12 @@ class ClusterStore:
     def key(self, *parts: str) -> str:
         """A namespaced key or channel name: ``pairpod:<part>:<part>...``."""
         return PREFIX + ":".join(parts)
+
+    def script(self, text: str) -> LuaScript:
+        """A Lua script for :meth:`run`, loaded into Redis whenever the store connects."""
+        script = LuaScript(text)
+        self._scripts.append(script)
+        return script
 
     def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler(data)`` for each message published on ``channel``.
@@ -144,12 +173,6 @@ class ClusterStore:
 
         return self._tasks.spawn(wrapped())
 
-    async def wait_up(self) -> None:
-        """Wait until the store is up (bound it with ``asyncio.timeout``)."""
-        while not self.up:
-            self._changed.clear()
-            await self._changed.wait()
-
     async def start(self) -> None:
         """Start the monitor (returns at once: a Redis down at start is not an error)."""
         self._tasks.spawn(self._monitor())
@@ -188,6 +211,17 @@ class ClusterStore:
             if task.done() or not ready.done():
                 await self._stop_pubsub()
                 return  # the monitor tries again
+        if self._scripts:
+            # Loaded now, so no login pays for it later.
+            try:
+                async with asyncio.timeout(self.timeout), self.redis.pipeline(transaction=False) as pipe:
+                    for script in self._scripts:
+                        pipe.script_load(script.text)
+                    await pipe.execute()
+            except (RedisError, OSError, TimeoutError) as error:
+                self._went_down(error)
+                await self._stop_pubsub()
+                return
         self._set_state(StoreState.UP)
         log.info("cluster.redis_up", extra=fields(url=_safe_url(self.settings.redis)))
         for hook in self._hooks:
@@ -206,13 +240,12 @@ class ClusterStore:
             extra=fields(
                 url=_safe_url(self.settings.redis),
                 error=_describe(error, self.timeout),
-                fallback="lockout and key cache are local to this replica until redis is back",
+                fallback="this replica works alone (lockout, key cache) until redis is back",
             ),
         )
 
     def _set_state(self, state: StoreState) -> None:
         self.state = state
-        self._changed.set()
 
     async def _run_hook(self, hook: Hook) -> None:
         try:
@@ -277,9 +310,4 @@ def _describe(error: BaseException, timeout: float) -> str:
 
 def _safe_url(url: str | None) -> str:
     """The Redis URL without its password (URLs may carry ``redis://:secret@host``)."""
-    if url is None:
-        return ""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
+    return url_without_password(url) if url else ""
