@@ -154,7 +154,7 @@ class ServingSide:
             if found is None:
                 raise PairpodError("link gone", user_message="the shared session has ended")
             sink = LinkSink(served.link, stream, lambda s: self._forget(served, s))
-            cols, rows = int(request["cols"]), int(request["rows"])
+            cols, rows = self._bounded(int(request["cols"]), int(request["rows"]))
             attaching = found.attach(sink, name=str(request["name"]), cols=cols, rows=rows)
         except (KeyError, ValueError, TypeError):
             raise ProtocolError("JOIN: bad request") from None
@@ -185,6 +185,11 @@ class ServingSide:
 
     # --- a joiner's events -----------------------------------------------------------
 
+    def _bounded(self, cols: int, rows: int) -> tuple[int, int]:
+        # The joiner's replica bounded them already; this one's limits hold here all the same.
+        limit = self._service.config.ssh.max_pty
+        return max(1, min(cols, limit.cols)), max(1, min(rows, limit.rows))
+
     def _input(self, served: _Served, frame: Frame) -> None:
         joiner = served.joiners.get(frame.id)
         if joiner is None:
@@ -195,7 +200,7 @@ class ServingSide:
         joiner.input.put_nowait(frame.payload)
 
     def _resize(self, served: _Served, frame: Frame) -> None:
-        cols, rows = frame.size()
+        cols, rows = self._bounded(*frame.size())
         joiner = served.joiners.get(frame.id)
         if joiner is not None and joiner.seat is not None:
             joiner.seat.resize(cols, rows)

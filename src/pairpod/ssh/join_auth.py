@@ -74,6 +74,10 @@ class JoinAuth:
         self._username = ""
         self._counted: set[str] = set()
         self._told = False
+        # The session last found, by link: a client's key query and its signed
+        # request ask twice, and the second must not cost another look-up
+        # (through the store and another replica, for a session elsewhere).
+        self._found: tuple[str, Joinable] | None = None
         self.admitted: Admitted | None = None
 
     def begin(self, username: str) -> None:
@@ -86,7 +90,12 @@ class JoinAuth:
         address is locked out. Raises ClusterUnavailable."""
         if self._lockout.check(self._address, "", guessable=False) is not None:
             return None
-        return await self._service.find(self._username)
+        if self._found is not None and self._found[0] == self._username:
+            return self._found[1]
+        found = await self._service.find(self._username)
+        if found is not None:
+            self._found = (self._username, found)
+        return found
 
     async def _unavailable(self, error: ClusterUnavailable) -> None:
         # Not the link's fault, and no answer about it either: said plainly,
