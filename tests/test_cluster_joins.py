@@ -55,7 +55,8 @@ class Cluster:
         directory.mkdir()
         port = free_port()
         overrides: dict[str, Any] = {
-            "sharing": {"open": True},
+            # C's shared sessions admit only the people named (A's: anyone with a link).
+            "sharing": {"open": directory.name != "C"},
             # A login shell's start-up files are not what is tested here.
             "local": {"shell": ["/bin/bash", "--noprofile", "--norc"]},
             "cluster": {
@@ -204,3 +205,19 @@ def test_owner_replica_lost(cluster: Cluster, owner: tuple[Tmux, str, str]) -> N
         timeout=TTL + 2,
         message="A's entries gone",
     )
+
+
+def test_a_restricted_session_asks_for_the_key_on_the_joiners_replica(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    owner = cluster.terms.start("owner-on-c", cluster.replicas["C"].ssh_argv(options=SHARE))
+    ro, _ = links(owner)
+    owner.type("echo restricted-$((2*21))\n")
+    owner.wait_for("restricted-42")
+    stranger = ClientKey.create(tmp_path / "stranger")
+    refused = cluster.replicas["B"].ssh(user=ro, key=stranger, options=["-tt", "-o", "LogLevel=INFO"])
+    assert refused.returncode != 0
+    assert b"pairpod: invalid or expired session" in refused.stderr
+    # The owner's own key proves user:alice on B, as it would on C.
+    cluster.join("owner-through-b", "B", ro).wait_for("restricted-42")
+    owner.wait_for(r"user:alice joined \(read-only\)")
