@@ -91,9 +91,10 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         # Attaching may ask another replica: the channel's events meanwhile are
         # kept (input queued, the latest size) and applied once seated.
         assert self._size is not None
+        size = self._size
         try:
             sink = ChannelSink(chan, self._context.traffic)
-            viewer = await self._session.attach(sink, name=self._name, cols=self._size[0], rows=self._size[1])
+            viewer = await self._session.attach(sink, name=self._name, cols=size[0], rows=size[1])
         except PairpodError as error:
             chan.write_stderr(f"pairpod: {error.user_message}\r\n".encode())
             exit_channel(chan, 1)
@@ -102,6 +103,8 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
             viewer.leave()
             return
         self._viewer = viewer
+        if self._size != size:
+            viewer.resize(*self._size)
         if self._paused:
             viewer.pause_writing()
         self._sharing_event("join", name=self._name, access=self._access.value)
