@@ -136,12 +136,15 @@ class Frame:
     id: int
     payload: bytes
 
-    def json(self) -> Any:
-        """The payload as JSON (a ProtocolError if it is not)."""
+    def json(self) -> dict[str, Any]:
+        """The payload as a JSON object (a ProtocolError if it is not)."""
         try:
-            return json.loads(self.payload)
+            value = json.loads(self.payload)
         except ValueError:
             raise ProtocolError(f"{self.kind.name}: payload is not JSON") from None
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{self.kind.name}: payload is not a JSON object")
+        return value
 
     def size(self) -> tuple[int, int]:
         """A RESIZE frame's (cols, rows)."""
