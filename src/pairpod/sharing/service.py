@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
+from pairpod.sharing.joinable import Elsewhere, Joinable, local_joinable
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import (
     Access,
@@ -85,6 +86,12 @@ class SharingService:
         self.hosted: HostedSessions | None = None
         #: The port actually listened on, once known (``listen`` may ask for port 0).
         self.bound_port: int | None = None
+        #: The other replicas of a cluster (None: this process is the only one).
+        self.elsewhere: Elsewhere | None = None
+
+    def _changed(self) -> None:
+        if self.elsewhere is not None:
+            self.elsewhere.changed()
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -152,6 +159,7 @@ class SharingService:
             self.registry.mint(session, access, tokens(access))
             for access in (Access.READ_ONLY, Access.READ_WRITE)
         ]
+        self._changed()
         log.info(
             "sharing.open",
             extra=fields(
@@ -214,6 +222,7 @@ class SharingService:
     def close_session(self, session: SharedSession[Terminal]) -> None:
         """The owner's program ended: forget the session and its links."""
         self.registry.close_session(session)
+        self._changed()
         log.info("sharing.closed", extra=fields(session=session.session_id))
 
     def public_address(self, config: Config) -> tuple[str, int]:
@@ -235,7 +244,32 @@ class SharingService:
             return None
         return link.access, session
 
+    def joinable(self, username: str) -> Joinable | None:
+        """The live session of this process a join username names, as joiners attach to it."""
+        found = self.lookup(username)
+        if found is None:
+            return None
+        access, session = found
+        return local_joinable(session, access, self.config.sharing.max_participants)
+
+    async def find(self, username: str) -> Joinable | None:
+        """The live session a join username names, here or on another replica.
+
+        Raises :class:`~pairpod.sharing.joinable.ClusterUnavailable` when the
+        link is not here and the other replicas cannot be asked.
+        """
+        here = self.joinable(username)
+        if here is not None or self.elsewhere is None:
+            return here
+        return await self.elsewhere.find(username)
+
     # --- the owner's control interface -------------------------------------------
+
+    async def control_anywhere(self, owner: str, command_line: str) -> str:
+        """:meth:`control` on whichever replicas hold ``owner``'s sessions. Raises ControlError."""
+        if self.elsewhere is None:
+            return self.control(owner, command_line)
+        return await self.elsewhere.control(owner, command_line)
 
     def control(self, owner: str, command_line: str) -> str:
         """Run one control command for ``owner``; the text to show. Raises ControlError."""
@@ -303,6 +337,7 @@ class SharingService:
             web_link = self.mint_web(session, access)
             return f"link {web_link.link_id}: {self.web_url(web_link)}\n"
         link = self.registry.mint(session, access)
+        self._changed()
         host, port = self.public_address(self.config)
         log.info(
             "sharing.mint", extra=fields(session=session.session_id, link=link.link_id, access=access.value)
@@ -312,6 +347,7 @@ class SharingService:
     def _revoke(self, session: SharedSession[Terminal], link_id: str) -> str:
         if not self.registry.revoke(session, link_id):
             raise ControlError(f"no active link {link_id!r} in session {session.session_id}")
+        self._changed()
         log.info("sharing.revoke", extra=fields(session=session.session_id, link=link_id))
         return f"link {link_id} revoked\n"
 

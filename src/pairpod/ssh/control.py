@@ -71,9 +71,12 @@ class ControlSession(LineSession):
         self._sharing_event = sharing_event
 
     def session_started(self) -> None:
-        """Run the command and end."""
+        """Run the command (here, or where the owner's sessions are) and end."""
+        self._context.tasks.spawn(self._run())
+
+    async def _run(self) -> None:
         try:
-            output = self._service.control(self._owner, self._command or "help")
+            output = await self._service.control_anywhere(self._owner, self._command or "help")
         except ControlError as error:
             self._say(f"pairpod: {error}\n", 2)
             return

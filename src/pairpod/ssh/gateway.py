@@ -13,15 +13,16 @@ import asyncio
 import os
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from pairpod.admin import Operations
 from pairpod.auth import Authenticator
+from pairpod.auth.lockout import SharedLocks
+from pairpod.auth.remote_keys import SharedKeyCache
 from pairpod.backends import Backend, Environment, Identity, StatusCallback, create_backend
 from pairpod.backends.files import place_files
-from pairpod.cluster import ClusterStore, RedisKeyCache, RedisLocks
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError
@@ -39,6 +40,10 @@ from pairpod.ssh.shutdown import drain
 from pairpod.tasks import TaskGroup
 from pairpod.web import WebJoiners
 
+if TYPE_CHECKING:
+    from pairpod.cluster import ClusterStore
+    from pairpod.replicas import Replicas
+
 log = get_logger("server")
 
 
@@ -52,17 +57,31 @@ class Gateway:
         self.instance_id = config.effective_instance_id
         self.backend: Backend = create_backend(config, self.instance_id)
         # Several replicas: the one Redis client of this process (None: a single replica).
-        self.cluster = ClusterStore(config.cluster) if config.cluster.redis else None
+        self.cluster: ClusterStore | None = None
+        shared_locks: SharedLocks | None = None
+        shared_keys: SharedKeyCache | None = None
+        if config.cluster.redis:
+            # Imported only by a replica of a cluster: a single gateway never loads
+            # the Redis client (a lighter start, and nothing it needs at import).
+            from pairpod.cluster import ClusterStore, RedisKeyCache, RedisLocks
+
+            self.cluster = ClusterStore(config.cluster)
+            # Lockout and key pages shared through Redis.
+            shared_locks = RedisLocks(self.cluster, config.auth.lockout)
+            shared_keys = RedisKeyCache(self.cluster)
         self.ops = Operations(self)
         self.authenticator = Authenticator(
-            config,
-            observer=self.ops.auth_decision,
-            # Several replicas: lockout and key pages shared through Redis.
-            shared_locks=RedisLocks(self.cluster, config.auth.lockout) if self.cluster else None,
-            shared_keys=RedisKeyCache(self.cluster) if self.cluster else None,
+            config, observer=self.ops.auth_decision, shared_locks=shared_locks, shared_keys=shared_keys
         )
         self.sharing = SharingService(config)
         self.sharing.hosted = HostedSessions(self.sharing, self.spawn)
+        # With cluster.redis: joins and +ctl from any replica (see pairpod.replicas).
+        self.replicas: Replicas | None = None
+        if self.cluster is not None:
+            from pairpod.replicas import Replicas
+
+            self.replicas = Replicas(config, self.sharing, self.cluster)
+        self.sharing.elsewhere = self.replicas
         self.admission = Admission(config.ssh)
         self.connections: set[Connection] = set()
         self.environment_limits = EnvironmentLimits(config.limits)
@@ -137,6 +156,8 @@ class Gateway:
             if self.cluster is not None:
                 await self.cluster.start()  # returns at once: a Redis down at start is logged, not fatal
             await self.ops.start()
+            if self.replicas is not None:
+                await self.replicas.start()
         except BaseException:
             self._server.close()
             if self.cluster is not None:

@@ -67,8 +67,7 @@ class JoinPurpose(Purpose):
             return super().open_session()
         return ViewerSession(
             self._connection.channel_context(),
-            self._admitted.session.terminal,
-            self._admitted.access,
+            self._admitted.session,
             self._admitted.name or "guest",
             self._connection.sharing_event,
         )

@@ -34,14 +34,9 @@ import asyncssh
 from pairpod.auth import Authenticator
 from pairpod.auth.keys import find_key
 from pairpod.log import get_logger
+from pairpod.sharing.joinable import ClusterUnavailable, Joinable
 from pairpod.sharing.service import SharingService
-from pairpod.sharing.terminal import Terminal
-from pairpod.sharing.tokens import (
-    INVALID_SESSION_MESSAGE,
-    Access,
-    SharedSession,
-    rejection_delay,
-)
+from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Access, rejection_delay
 
 log = get_logger("sharing")
 
@@ -51,10 +46,11 @@ NO_PROMPT: tuple[str, str, str, list[tuple[str, bool]]] = ("", "", "", [])
 
 @dataclass(frozen=True)
 class Admitted:
-    """A joiner let in: through which link's access, to which session, as whom."""
+    """A joiner let in: through which link's access, to which session (here or
+    on another replica), as whom."""
 
     access: Access
-    session: SharedSession[Terminal]
+    session: Joinable
     name: str
 
 
@@ -78,6 +74,10 @@ class JoinAuth:
         self._username = ""
         self._counted: set[str] = set()
         self._told = False
+        # The session last found, by link: a client's key query and its signed
+        # request ask twice, and the second must not cost another look-up
+        # (through the store and another replica, for a session elsewhere).
+        self._found: tuple[str, Joinable] | None = None
         self.admitted: Admitted | None = None
 
     def begin(self, username: str) -> None:
@@ -85,30 +85,51 @@ class JoinAuth:
         self._username = username
         self.admitted = None
 
-    def _live(self) -> tuple[Access, SharedSession[Terminal]] | None:
-        """The session the link names now, unless the address is locked out."""
+    async def _live(self) -> Joinable | None:
+        """The session the link names now (here or on another replica), unless the
+        address is locked out. Raises ClusterUnavailable."""
         if self._lockout.check(self._address, "", guessable=False) is not None:
             return None
-        return self._service.lookup(self._username)
+        if self._found is not None and self._found[0] == self._username:
+            return self._found[1]
+        found = await self._service.find(self._username)
+        if found is not None:
+            self._found = (self._username, found)
+        return found
+
+    async def _unavailable(self, error: ClusterUnavailable) -> None:
+        # Not the link's fault, and no answer about it either: said plainly,
+        # not counted towards the lockout, still after the usual pause.
+        log.warning("sharing.join_unavailable", extra=self._log_fields(error=error.operator_message))
+        await asyncio.sleep(rejection_delay())
+        if not self._told:
+            self._told = True
+            self._send_banner(f"pairpod: {error.user_message}\n")
 
     def _guest(self) -> str:
         return f"guest@{self._address}"
 
-    def _admit(self, access: Access, session: SharedSession[Terminal], name: str) -> bool:
-        self.admitted = Admitted(access, session, name)
+    def _admit(self, session: Joinable, name: str) -> bool:
+        self.admitted = Admitted(session.access, session, name)
         log.info(
             "sharing.join_admitted",
-            extra=self._log_fields(session=session.session_id, identity=name, access=access.value),
+            extra=self._log_fields(
+                session=session.session_id, identity=name, access=session.access.value, where=session.where
+            ),
         )
         return True
 
     async def validate_public_key(self, key: asyncssh.SSHKey) -> bool:
         """Admit a key that proves a named identity (any key, for an open session)."""
-        found = self._live()
+        try:
+            found = await self._live()
+        except ClusterUnavailable as error:
+            await self._unavailable(error)
+            return False
         if found is not None:
-            access, session = found
+            session = found
             if session.open:  # the link alone admits: no key looked up, as with tmate
-                return self._admit(access, session, self._guest())
+                return self._admit(session, self._guest())
             identities = await self._proven(session, key)
             log.info(
                 "sharing.joiner_key",
@@ -119,13 +140,13 @@ class JoinAuth:
                 ),
             )
             if identities:
-                return self._admit(access, session, identities[0])
+                return self._admit(session, identities[0])
         await self._refuse("publickey", known=found is not None)
         return False
 
-    async def _proven(self, session: SharedSession[Terminal], key: asyncssh.SSHKey) -> list[str]:
+    async def _proven(self, session: Joinable, key: asyncssh.SSHKey) -> list[str]:
         """The identities the session admits that ``key`` proves."""
-        candidates = session.may_join_as()
+        candidates = list(session.may_join_as)
         found = await asyncio.gather(*(self._proves(identity, key) for identity in candidates))
         return [identity for identity, ok in zip(candidates, found, strict=True) if ok]
 
@@ -139,9 +160,13 @@ class JoinAuth:
 
     async def validate_kbdint(self, responses: Sequence[str]) -> bool:
         """Admit the holder of an open session's link; refuse anything else."""
-        found = self._live()
-        if found is not None and found[1].open and not responses:
-            return self._admit(found[0], found[1], self._guest())
+        try:
+            found = await self._live()
+        except ClusterUnavailable as error:
+            await self._unavailable(error)
+            return False
+        if found is not None and found.open and not responses:
+            return self._admit(found, self._guest())
         await self._refuse("keyboard-interactive", known=found is not None)
         return False
 

@@ -1,4 +1,9 @@
-"""A joiner's SSH channel, attached to a live shared Terminal (no backend)."""
+"""A joiner's SSH channel, attached to a live shared Terminal (no backend).
+
+The Terminal may run in this process or on another replica: the channel sees
+a :class:`~pairpod.sharing.joinable.Joinable` and, once attached, a
+:class:`~pairpod.sharing.joinable.Seat` either way.
+"""
 
 from __future__ import annotations
 
@@ -8,32 +13,33 @@ from collections.abc import Callable
 import asyncssh
 from asyncssh.misc import TermModes
 
-from pairpod.sharing.terminal import Participant, Terminal, TerminalEnded
-from pairpod.sharing.tokens import Access
+from pairpod.errors import PairpodError
+from pairpod.sharing.joinable import Joinable, Seat
 from pairpod.ssh.context import ChannelContext
 from pairpod.ssh.request_limits import bounded_size, pty_refusal
 from pairpod.ssh.sink import ChannelSink, exit_channel
 
 
 class ViewerSession(asyncssh.SSHServerSession[bytes]):
-    """A joiner's channel attached to a shared Terminal."""
+    """A joiner's channel attached to a shared Terminal (here or on another replica)."""
 
     def __init__(
         self,
         context: ChannelContext,
-        terminal: Terminal,
-        access: Access,
+        session: Joinable,
         name: str,
         sharing_event: Callable[..., None],
     ) -> None:
         self._context = context
         self._sharing_event = sharing_event
-        self._terminal = terminal
-        self._access = access
+        self._session = session
+        self._access = session.access
         self._name = name
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._size: tuple[int, int] | None = None
-        self._viewer: Participant | None = None
+        self._viewer: Seat | None = None
+        self._paused = False
+        self._closed = False
         self._input: asyncio.Queue[bytes] = asyncio.Queue()
         self._refusal: str | None = None
 
@@ -75,30 +81,36 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         assert self._chan is not None
         if self._refusal is None and self._size is None:
             self._refusal = "joining needs a terminal: use ssh -t"
-        cap = self._context.config.sharing.max_participants
-        if self._refusal is None and sum(not p.owner for p in self._terminal.participants()) >= cap:
-            self._refusal = f"this shared session is full (max {cap} participants)"
         if self._refusal is not None:
             self._chan.write_stderr(f"pairpod: {self._refusal}\r\n".encode())
             exit_channel(self._chan, 1)
             return
-        assert self._size is not None
-        try:
-            self._viewer = self._terminal.join(
-                ChannelSink(self._chan, self._context.traffic),
-                name=self._name,
-                access=self._access,
-                cols=self._size[0],
-                rows=self._size[1],
-            )
-        except TerminalEnded as error:
-            self._chan.write_stderr(f"pairpod: {error.user_message}\r\n".encode())
-            exit_channel(self._chan, 1)
-            return
-        self._sharing_event("join", name=self._name, access=self._access.value)
-        self._context.tasks.spawn(self._pump_input(self._viewer))
+        self._context.tasks.spawn(self._attach(self._chan))
 
-    async def _pump_input(self, viewer: Participant) -> None:
+    async def _attach(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        # Attaching may ask another replica: the channel's events meanwhile are
+        # kept (input queued, the latest size) and applied once seated.
+        assert self._size is not None
+        size = self._size
+        try:
+            sink = ChannelSink(chan, self._context.traffic)
+            viewer = await self._session.attach(sink, name=self._name, cols=size[0], rows=size[1])
+        except PairpodError as error:
+            chan.write_stderr(f"pairpod: {error.user_message}\r\n".encode())
+            exit_channel(chan, 1)
+            return
+        if self._closed:  # the joiner hung up while being seated
+            viewer.leave()
+            return
+        self._viewer = viewer
+        if self._size != size:
+            viewer.resize(*self._size)
+        if self._paused:
+            viewer.pause_writing()
+        self._sharing_event("join", name=self._name, access=self._access.value)
+        await self._pump_input(viewer)
+
+    async def _pump_input(self, viewer: Seat) -> None:
         while True:
             data = await self._input.get()
             await viewer.send_input(data)
@@ -114,22 +126,26 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         """The joiner's window changed (clamped to ``ssh.max_pty``)."""
+        size = bounded_size(width, height, 0, 0, self._context.config.ssh.max_pty)
+        self._size = (size.cols, size.rows)
         if self._viewer is not None:
-            size = bounded_size(width, height, 0, 0, self._context.config.ssh.max_pty)
             self._viewer.resize(size.cols, size.rows)
 
     def pause_writing(self) -> None:
         """The joiner is not reading: the Terminal queues, then resyncs."""
+        self._paused = True
         if self._viewer is not None:
             self._viewer.pause_writing()
 
     def resume_writing(self) -> None:
         """The joiner caught up."""
+        self._paused = False
         if self._viewer is not None:
             self._viewer.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The joiner left."""
+        self._closed = True
         self._context.closed(self)
         if self._viewer is not None:
             self._viewer.leave()

@@ -14,15 +14,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Collection
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pairpod.admin import Operations
 from pairpod.auth import Authenticator
 from pairpod.backends import Backend
-from pairpod.cluster import ClusterStore
 from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
 from pairpod.recording import Recorder
+
+if TYPE_CHECKING:  # a single gateway never loads the cluster's modules (see gateway.py)
+    from pairpod.cluster import ClusterStore
+    from pairpod.replicas import Replicas
 
 log = get_logger("shutdown")
 
@@ -57,6 +60,7 @@ class Drained(Protocol):
     backend: Backend
     authenticator: Authenticator
     cluster: ClusterStore | None
+    replicas: Replicas | None
     ops: Operations
     recorder: Recorder
 
@@ -113,6 +117,8 @@ async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
     backend_done = await _bounded(gateway.backend.stop(), time.monotonic() + BACKEND_TIMEOUT)
     with contextlib.suppress(Exception):
         await _bounded(gateway.authenticator.aclose(), time.monotonic() + END_TIMEOUT)
+    if gateway.replicas is not None:  # its entries withdrawn while the store is still there
+        await _bounded(gateway.replicas.stop(), time.monotonic() + END_TIMEOUT)
     if gateway.cluster is not None:
         await _bounded(gateway.cluster.aclose(), time.monotonic() + END_TIMEOUT)
     # The admin listener and audit log last: the steps above are audited too.
