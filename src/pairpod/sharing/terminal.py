@@ -506,6 +506,11 @@ class Terminal:
             if not data:
                 return
         async with self._input_lock:
+            # A worker applies window changes: keys typed after one reach the
+            # program once the PTY has that size, as through a single terminal.
+            await self._size_settled.wait()
+            if self._ended.is_set():
+                return
             self._typed = True  # before the write: the echo may come back while it drains
             await self._process.write(data)
 
