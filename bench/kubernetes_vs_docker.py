@@ -298,7 +298,7 @@ def throughput_section(
                 statistics.median(figures["kube"]),
                 statistics.median(figures["docker"]),
                 "MB/s",
-                ">= 0.3",
+                ">= 0.9",
             )
     finally:
         for master in masters:

@@ -1,4 +1,4 @@
-"""Where the CPU goes on a bulk transfer through the Docker backend, without a TTY.
+"""Where the CPU goes on a bulk transfer into a container, without a TTY.
 
 Runs one large download (``head -c N /dev/zero``) and one large upload
 (``cat > /dev/null``) through ``pairpod serve`` into one container, and for
@@ -14,9 +14,12 @@ each:
   own code and the event loop.
 
 The same transfers through the ``docker exec`` CLI are counted alike, as the
-reference.
+reference. ``--backend kubernetes`` runs the gateway's Kubernetes backend on
+the API test server instead (whose pods are containers on the same engine),
+and counts that server's CPU as well.
 
     python bench/profile_docker.py [--megabytes 1000] [--out DIR] [--rate 250]
+                                   [--backend docker|kubernetes]
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from tests.support.images import debian_image  # noqa: E402
 
 from common import Workdir, machine, ssh_argv, start_pairpod  # noqa: E402
 from docker_bench import docker_overrides  # noqa: E402
+from kubernetes_vs_docker import KubeApiServer, kubernetes_overrides  # noqa: E402
 
 # Summary buckets, first match wins: (name, test on a frame "function (file:line)").
 BUCKETS: tuple[tuple[str, Callable[[str], bool]], ...] = (
@@ -47,6 +51,8 @@ BUCKETS: tuple[tuple[str, Callable[[str], bool]], ...] = (
         "socket send/recv (system calls)",
         lambda f: f.startswith(("send ", "recv ", "_write_ready", "_read_ready")),
     ),
+    ("TLS to the API server (asyncio's ssl layer)", lambda f: "sslproto" in f or "ssl.py" in f),
+    ("WebSocket framing (aiohttp)", lambda f: "aiohttp/" in f),
     ("pairpod backend (engine stream, demux, output pipe)", lambda f: "pairpod/backends" in f),
     ("pairpod ssh (channel relay, transport tuning)", lambda f: "pairpod/ssh" in f),
     ("AsyncSSH packet and channel handling", lambda f: "asyncssh" in f),
@@ -81,8 +87,10 @@ class CpuMeter:
 
     ENGINE = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2")
 
-    def __init__(self, gateway: int | None) -> None:
+    def __init__(self, gateway: int | None, api_server: int | None = None) -> None:
         self._fixed = {"gateway": [gateway] if gateway else [], "engine": pids_named(*self.ENGINE)}
+        if api_server is not None:
+            self._fixed["API test server"] = [api_server]
         self._before = {name: sum(map(cpu_seconds, pids)) for name, pids in self._fixed.items()}
 
     def done(self, children: float) -> dict[str, float]:
@@ -99,10 +107,10 @@ def children_cpu() -> float:
 
 
 def run_measured(
-    argv: Sequence[str], stdin: Path | None, gateway: int | None
+    argv: Sequence[str], stdin: Path | None, gateway: int | None, api_server: int | None = None
 ) -> tuple[float, dict[str, float]]:
     """Run a transfer; its wall time and CPU seconds per part."""
-    meter = CpuMeter(gateway)
+    meter = CpuMeter(gateway, api_server)
     before = children_cpu()
     handle = stdin.open("rb") if stdin else None
     started = time.perf_counter()
@@ -179,12 +187,22 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=1000)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--out", type=Path, default=Path("profile-docker"))
+    parser.add_argument(
+        "--backend",
+        choices=["docker", "kubernetes"],
+        default="docker",
+        help="kubernetes: the Kubernetes backend on the API test server (counted too)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     size = args.megabytes * 1_000_000
     image = debian_image()
     work = Workdir()
-    gateway = start_pairpod(work, docker_overrides(image))
+    server_work = Workdir()
+    server = KubeApiServer(server_work) if args.backend == "kubernetes" else None
+    api_server = server.proc.pid if server is not None else None
+    overrides = kubernetes_overrides(server, image) if server is not None else docker_overrides(image)
+    gateway = start_pairpod(work, overrides)
     name = f"pairpod-profile-{os.getpid()}"
     subprocess.run(
         ["docker", "run", "-d", "--network", "none", "--name", name, image, "sleep", "100000"],
@@ -216,12 +234,12 @@ def main() -> None:
         for label, (command, reference, stdin) in cases.items():
             # The client of a shared connection is the master: count its CPU too.
             ours = ssh_argv(work, gateway.port, command, extra=control)
-            wall, cpu = run_measured(reference, stdin, None)
+            wall, cpu = run_measured(reference, stdin, None, api_server)
             report_run(f"{label}, `docker exec`", args.megabytes, wall, cpu)
             master_before = cpu_seconds(master.pid)
-            wall, cpu = run_measured(ours, stdin, gateway.proc.pid)
+            wall, cpu = run_measured(ours, stdin, gateway.proc.pid, api_server)
             cpu["client and program"] += cpu_seconds(master.pid) - master_before
-            report_run(f"{label}, pairpod", args.megabytes, wall, cpu)
+            report_run(f"{label}, pairpod ({args.backend} backend)", args.megabytes, wall, cpu)
             raw = args.out / f"{label}.txt"
             svg = args.out / f"{label}.svg"
             for fmt, path in (("raw", raw), ("flamegraph", svg)):
@@ -244,6 +262,9 @@ def main() -> None:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True)
         gateway.stop()
         work.cleanup()
+        if server is not None:
+            server.stop()
+        server_work.cleanup()
 
 
 if __name__ == "__main__":
