@@ -17,10 +17,6 @@ from collections.abc import Callable
 # which reading resumes.
 HIGH_WATER = 1 << 20
 LOW_WATER = 256 * 1024
-# Small chunks waiting together are joined into reads of up to this much: an
-# SSH data packet's usual size (OpenSSH's 32 KiB). A joined read saves relay
-# rounds and short packets, and costs a copy, worth it only for small chunks.
-JOIN_LIMIT = 32 * 1024
 
 
 class FlowControl:
@@ -117,15 +113,12 @@ class OutputPipe:
             self.chunks.popleft()
             self.offset = 0
             data = chunk[start:] if start else chunk
-            limit = min(size, JOIN_LIMIT)
-            if self.chunks and len(data) + len(self.chunks[0]) <= limit:
+            if self.chunks and len(data) + len(self.chunks[0]) <= size:
                 # Several small chunks waiting: one larger read costs one copy
                 # here but saves a relay round (and its packets) per chunk.
-                # Chunks of a packet's size or more go on their own, uncopied:
-                # joining them would save no packet.
                 parts = [data]
                 total = len(data)
-                while self.chunks and total + len(self.chunks[0]) <= limit:
+                while self.chunks and total + len(self.chunks[0]) <= size:
                     part = self.chunks.popleft()
                     parts.append(part)
                     total += len(part)
