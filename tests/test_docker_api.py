@@ -112,3 +112,43 @@ async def test_stdin_arrives_whole_and_then_ends(socket_path: Path):
     finally:
         server.close()
         await engine.close()
+
+
+def test_a_stream_works_the_same_on_uvloop(socket_path: Path):
+    # uvloop's transports are not subclasses of asyncio's: the stream must take
+    # them as they are (an isinstance check once failed every exec there).
+    uvloop = pytest.importorskip("uvloop")
+    payload = os.urandom(3_000_000)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):  # until the client half-closes
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def main() -> bytes:
+        server = await _fake_engine(socket_path, echo)
+        engine = Engine(f"unix://{socket_path}")
+        try:
+            stream = await engine.start_exec("x", tty=False)
+            received = bytearray()
+            done = asyncio.get_running_loop().create_future()
+
+            def on_data(data: bytes) -> None:
+                received.extend(data)
+                # Flow control reaches uvloop's transport too.
+                stream.pause_reading()
+                asyncio.get_running_loop().call_soon(stream.resume_reading)
+
+            stream.set_consumer(on_data, lambda _: done.done() or done.set_result(None))
+            for start in range(0, len(payload), 32_768):
+                await stream.write(payload[start : start + 32_768])
+            stream.write_eof()
+            await asyncio.wait_for(done, 30)
+            stream.close()
+            return bytes(received)
+        finally:
+            server.close()
+            await engine.close()
+
+    assert uvloop.run(main()) == payload

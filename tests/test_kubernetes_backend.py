@@ -11,6 +11,7 @@ import pytest
 from pairpod.backends.base import ProcessSpec, PtySpec, Stream
 from pairpod.backends.kubernetes import KubernetesConnectionEnvironment, KubernetesProcess
 from pairpod.backends.kubernetes.stream import V4_PROTOCOL
+from pairpod.backends.output import HIGH_WATER
 from pairpod.errors import SubsystemUnavailable
 from testing.kube_apiserver.fixture import KubeApiServerThread, kube_apiserver, kube_namespace
 from tests.support.docker_backend import eventually, read_all, read_until, run
@@ -249,3 +250,27 @@ async def test_warm_pool_hands_out_a_running_pod_and_refills(
         env2 = await backend.open(identity(other))
         assert backend.pool_size() == 1
         await asyncio.gather(env.close(), env2.close())
+
+
+async def test_output_nobody_reads_pauses_the_exec_stream_and_loses_nothing(
+    kube_apiserver: KubeApiServerThread, kube_namespace: str
+) -> None:
+    config = kubernetes_config(kube_apiserver, kube_namespace, image="busybox")
+    size = 16 * HIGH_WATER
+    async with running_backend(config) as backend:
+        env = await backend.open(identity(config))
+        try:
+            process = await env.start(ProcessSpec(command=f"head -c {size} /dev/zero"))
+            assert isinstance(process, KubernetesProcess)
+            # Nobody reads: the gateway stops taking frames off the WebSocket
+            # (the server's sends then wait) instead of buffering the output.
+            await eventually(lambda: process._flow.paused, "reading the exec stream paused")
+            assert HIGH_WATER < process._flow.buffered < 2 * HIGH_WATER
+            total = 0
+            while data := await process.read(Stream.STDOUT, 1 << 18):
+                assert not data.strip(b"\0")
+                total += len(data)
+            assert total == size
+            assert (await process.wait()).code == 0
+        finally:
+            await env.close()

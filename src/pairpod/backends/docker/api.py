@@ -24,7 +24,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
@@ -475,7 +475,9 @@ class HijackedStream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
-        assert isinstance(transport, asyncio.Transport)
+        # Duck-typed: uvloop's transports offer the same calls without being
+        # subclasses of asyncio's (an isinstance check failed every exec there).
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         # asyncio's default (64 KiB) stalls stdin every few SSH packets.
         transport.set_write_buffer_limits(high=STREAM_HIGH_WATER, low=STREAM_LOW_WATER)

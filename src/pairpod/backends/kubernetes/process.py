@@ -161,7 +161,8 @@ class KubernetesProcess(ContainerProcess):
         # A closed stream means the program has ended (or is ending): drop the input.
         with contextlib.suppress(ConnectionError):
             for start in range(0, len(view), _STDIN_FRAME):
-                await self._stream.send_stdin(bytes(view[start : start + _STDIN_FRAME]))
+                # A view, not a copy: the frame is made by one copy in the codec.
+                await self._stream.send_stdin(view[start : start + _STDIN_FRAME])
 
     async def _close_stdin(self) -> None:
         # On a v4 server stdin cannot be closed: logged, and the program keeps

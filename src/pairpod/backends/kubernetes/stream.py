@@ -52,6 +52,7 @@ STDERR = 2
 STATUS = 3
 RESIZE = 4
 CLOSE = 255
+_STDIN_BYTE = bytes((STDIN,))
 
 # Largest message accepted from the server (output chunks are far smaller).
 _MAX_MESSAGE = 16 * 1024 * 1024
@@ -156,11 +157,11 @@ class ExecCodec:
 
     # client -> server
 
-    def stdin(self, data: bytes) -> bytes:
+    def stdin(self, data: bytes | memoryview) -> bytes:
         """A stdin frame (empty data gives an empty frame, which servers ignore)."""
         if self._stdin_closed:
             raise ExecProtocolError("stdin is closed")
-        return bytes((STDIN,)) + data
+        return _STDIN_BYTE + data  # one copy, from bytes or a view alike
 
     def close_stdin(self) -> bytes | None:
         """The v5 close frame for stdin; None where the protocol cannot close it (v4)."""
@@ -364,7 +365,7 @@ class ExecStream:
         except (aiohttp.ClientError, RuntimeError) as error:
             raise ConnectionResetError(f"the exec session has closed: {error}") from None
 
-    async def send_stdin(self, data: bytes) -> None:
+    async def send_stdin(self, data: bytes | memoryview) -> None:
         """Send input (waits while the connection's buffers are full).
 
         Raises ConnectionError once the session has closed.
