@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairpod.backends.container.wrapper import Preamble, PreambleReader, parse_preamble
+from pairpod.backends.container.wrapper import Preamble, PreambleReader, parse_preamble, wrapper_failure
 from pairpod.backends.docker.stream import (
     STDERR,
     STDIN,
@@ -16,6 +16,7 @@ from pairpod.backends.docker.stream import (
     StreamProtocolError,
     encode_frame,
 )
+from pairpod.errors import CommandNotFound
 
 frames_strategy = st.lists(st.tuples(st.sampled_from([STDOUT, STDERR]), st.binary(max_size=300)), max_size=30)
 
@@ -168,3 +169,19 @@ def test_preamble_reader_gives_up_on_an_overlong_line():
     reader = PreambleReader()
     preamble, _ = reader.feed(b"pairpod:" + b"x" * 300)
     assert preamble is not None and preamble.garbage.startswith(b"pairpod:")
+
+
+def test_a_container_dying_during_an_exec_is_not_a_missing_program():
+    # The runtime's words when the container's main process ended as the exec
+    # started: the caller then reports the container's exit (code, logs).
+    gone = Preamble(
+        garbage=b"OCI runtime exec failed: exec failed: unable to create new parent process: "
+        b"namespace path: lstat /proc/1915/ns/ipc: no such file or directory: unknown"
+    )
+    assert "namespace path" in wrapper_failure(gone, b"", "img")
+    missing = Preamble(
+        garbage=b'OCI runtime exec failed: exec failed: unable to start container process: exec: "/bin/sh": '
+        b"stat /bin/sh: no such file or directory: unknown"
+    )
+    with pytest.raises(CommandNotFound):
+        wrapper_failure(missing, b"", "img")

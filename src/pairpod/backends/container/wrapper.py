@@ -161,6 +161,10 @@ exit 0
 
 # The engine's, the kubelet's or the shell's words for "no such program".
 MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not found|not found", re.IGNORECASE)
+#: The runtime could not enter the container: its process ended while the exec
+#: started (``namespace path: lstat /proc/N/ns/ipc: no such file or directory``).
+#: The container is going away; no program is missing.
+CONTAINER_GONE = re.compile(r"namespace path|/proc/\d+/ns/|is not running", re.IGNORECASE)
 
 
 def wrapper_failure(preamble: Preamble, output: bytes, image: str) -> str:
@@ -177,7 +181,7 @@ def wrapper_failure(preamble: Preamble, output: bytes, image: str) -> str:
             user_message="sftp is not available: no sftp-server in this environment",
         )
     text = (preamble.garbage + output).decode(errors="replace").strip()
-    if MISSING_PROGRAM.search(text):
+    if MISSING_PROGRAM.search(text) and not CONTAINER_GONE.search(text):
         raise CommandNotFound(
             f"cannot start a process in image {image} (it needs {FALLBACK_SHELL}): {text}",
             user_message="cannot start a process in this environment",
