@@ -77,12 +77,12 @@ class Joinable:
     where: str
     _attach: Attach
     #: Who shares it (``user:alice``): a web page's status line says so.
-    owner: str = ""
+    owner: str
     #: The public id of the link that named it (logs, audit).
-    link_id: str = ""
+    link_id: str
     #: The PTY size when it was found, ``(cols, rows)``: a web joiner joins at
     #: it (and so changes no size) until its page says its own.
-    size: tuple[int, int] = (80, 24)
+    size: tuple[int, int]
 
     async def attach(self, sink: Sink, *, name: str, cols: int, rows: int) -> Seat:
         """Join: ``sink`` gets the current screen at once, then live output.
