@@ -1,28 +1,36 @@
 """Three real ``pairpod serve`` replicas and a real redis-server: joins from any replica.
 
 The owner shares a shell on replica A; joiners come in through B and C with
-the real OpenSSH client in tmux, and see and type as if they were on A. The
-tests run in order on one cluster (each step builds on the last, and the
-last kills A).
+the real OpenSSH client in tmux, or as web pages (aiohttp WebSockets on B's
+and C's web listeners), and see and type as if they were on A. The tests run
+in order on one cluster (each step builds on the last, and the last kills A).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from pairpod.replicas.joining import REPLICA_LOST
 from pairpod.replicas.wire import CLIENT_HELLO_SIZE, ClientHandshake, cluster_key
+from pairpod.sharing.joinable import ClusterUnavailable
 from tests.support.gateway import ClientKey, GatewayProcess, Tmux, base_config, wait_until, write_config
 from tests.support.redis_server import RedisServer
 from tests.support.sshd import free_port
+from tests.support.web import share_options, web_links
 from tests.test_sharing_ssh import SHARE, Terminals, links
+from tests.test_web_http import messages_until, origin_of
 
 SECRET = "a-cluster-secret-for-tests-only"
 HEARTBEAT, TTL = 1.0, 3.0
@@ -34,9 +42,14 @@ def stored(redis: RedisServer, pattern: str) -> list[str]:
 
 
 class Replica(GatewayProcess):
-    """One ``pairpod serve`` of the cluster and its replica listener's port."""
+    """One ``pairpod serve`` of the cluster, its replica listener's and its web listener's ports."""
 
     peer_port: int
+    web_port: int
+
+    def page(self, url: str) -> str:
+        """A web link's page (printed with another replica's address) on this replica's web listener."""
+        return f"http://127.0.0.1:{self.web_port}/s/{url.rsplit('/s/', 1)[1]}"
 
 
 class Cluster:
@@ -46,6 +59,8 @@ class Cluster:
         self.redis = RedisServer(tmp).start()
         self.terms = Terminals(tmp)
         self.joiners: dict[str, Tmux] = {}
+        #: The owner's web links, as printed on A (see the ``owner`` fixture).
+        self.web: dict[str, str] = {}
         # Started side by side: each spends most of its start-up importing.
         with ThreadPoolExecutor(3) as pool:
             started = pool.map(lambda name: self._replica(tmp / name, key), "ABC")
@@ -53,10 +68,10 @@ class Cluster:
 
     def _replica(self, directory: Path, key: ClientKey) -> Replica:
         directory.mkdir()
-        port = free_port()
+        port, web_port = free_port(), free_port()
         overrides: dict[str, Any] = {
             # C's shared sessions admit only the people named (A's: anyone with a link).
-            "sharing": {"open": directory.name != "C"},
+            "sharing": {"open": directory.name != "C", "web": {"listen": f"127.0.0.1:{web_port}"}},
             # A login shell's start-up files are not what is tested here.
             "local": {"shell": ["/bin/bash", "--noprofile", "--norc"]},
             "cluster": {
@@ -70,7 +85,7 @@ class Cluster:
         }
         config = base_config(directory, key, overrides).model_dump(mode="json")
         replica = Replica(write_config(directory / "pairpod.yaml", config), key=key)
-        replica.peer_port = port
+        replica.peer_port, replica.web_port = port, web_port
         return replica.start()
 
     def join(self, name: str, via: str, link: str) -> Tmux:
@@ -102,12 +117,45 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
 
 @pytest.fixture(scope="module")
 def owner(cluster: Cluster) -> tuple[Tmux, str, str]:
-    """The owner's shared shell on A, with something on screen already; its two links."""
-    term = cluster.terms.start("owner", cluster.replicas["A"].ssh_argv(options=SHARE))
+    """The owner's shared shell on A, with something on screen already; its two SSH links.
+
+    It has a read-only and a read-write web link as well (:func:`web`)."""
+    term = cluster.terms.start("owner", cluster.replicas["A"].ssh_argv(options=share_options("rw")))
     ro, rw = links(term)
+    cluster.web = web_links(term)  # read now: the joiners' screens may draw over the notice later
     term.type("echo before-$((6*7))\n")
     term.wait_for("before-42")
     return term, ro, rw
+
+
+@pytest.fixture(scope="module")
+def web(cluster: Cluster, owner: tuple[Tmux, str, str]) -> dict[str, str]:
+    """The owner's web links, as printed on A: ``{"ro": URL, "rw": URL}``."""
+    return cluster.web
+
+
+async def open_page(
+    http: aiohttp.ClientSession, url: str, attempts: int = 1
+) -> tuple[aiohttp.ClientWebSocketResponse, dict[str, Any]]:
+    """A web link's terminal stream and its first message (tried again while it says the
+    other replicas cannot be reached: a replica learns that the store is back within its
+    own retry interval, and a person would try again)."""
+    for _ in range(attempts):
+        socket = await http.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)})
+        first = json.loads((await socket.receive(timeout=20)).data)
+        if first.get("reason") != ClusterUnavailable.user_message:
+            break
+        await socket.close()
+    return socket, first
+
+
+def fetch(url: str) -> tuple[int, str]:
+    """A page's status and text."""
+    try:
+        with urllib.request.urlopen(url, timeout=20) as answer:  # noqa: S310 - a loopback http URL
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def _peer_says(port: int, hello: bytes) -> bytes:
@@ -159,21 +207,58 @@ def test_kick_through_another_replica(cluster: Cluster, owner: tuple[Tmux, str, 
     assert not re.search(r"participant \d+\s+\S+\s+read-write", cluster.control("C", "list"))
 
 
-def test_store_down_and_back(cluster: Cluster, owner: tuple[Tmux, str, str]) -> None:
+async def test_web_joiners_through_other_replicas(
+    cluster: Cluster, owner: tuple[Tmux, str, str], web: dict[str, str]
+) -> None:
+    term = owner[0]
+    b, c = cluster.replicas["B"], cluster.replicas["C"]
+    async with aiohttp.ClientSession() as http:
+        viewer, hello = await open_page(http, b.page(web["ro"]))
+        # The page's hello (who shares, the PTY's size) comes from A through B.
+        assert hello == {**hello, "type": "hello", "owner": "user:alice", "access": "read-only", "cols": 100}
+        await messages_until(viewer, b"before-42")  # the current screen
+        await viewer.send_bytes(b"echo ro-web-$((2+2))\r")
+        await messages_until(viewer, "read-only: your keystrokes are not sent")
+        writer, _ = await open_page(http, c.page(web["rw"]))
+        term.wait_for(r"web viewer joined \(read-write\)")
+        # A read-write page's size counts on A; the page on B is told A's new size.
+        await writer.send_str('{"type": "resize", "cols": 70, "rows": 20}')
+        await writer.send_bytes(b"echo web-c-$(stty size | tr ' ' x)\r")
+        term.wait_for("web-c-20x70")
+        await messages_until(viewer, '"type": "size", "cols": 70, "rows": 20')
+        await messages_until(viewer, b"web-c-20x70")
+        assert "ro-web-4" not in term.screen()
+        kicked = re.search(r"participant (\d+)\s+web viewer\s+read-write", cluster.control("B", "list"))
+        assert kicked is not None
+        cluster.control("B", "kick", kicked.group(1))
+        ended = await messages_until(writer, '"type": "end"')
+        assert "removed from the session by its owner" in str(ended[-1])
+        await writer.close()
+        await viewer.close()
+    # Both pages have left A's Terminal; the owner's window sizes it again.
+    wait_until(lambda: "web viewer" not in cluster.control("A", "list"), message="web viewers gone")
+
+
+def test_store_down_and_back(cluster: Cluster, owner: tuple[Tmux, str, str], web: dict[str, str]) -> None:
     term, ro, rw = owner
     viewer = cluster.joiners["ro-on-b"]  # joined before the store went down
     cluster.redis.stop()
     refused = cluster.replicas["C"].ssh(user=rw, options=["-tt", "-o", "LogLevel=INFO"])
     assert refused.returncode != 0
     assert b"pairpod: shared sessions on other gateway replicas cannot be reached now" in refused.stderr
+    # A web page through another replica says the same, and so does its stream.
+    status, page = fetch(cluster.replicas["C"].page(web["ro"]))
+    assert status == 503
+    assert f"pairpod: {ClusterUnavailable.user_message}" in page
     local = cluster.join("ro-on-a", "A", ro)  # the owner's own replica needs no store
-    local.wait_for("from-c-101")
+    local.wait_for("web-c-20x70")  # the screen as the web joiners left it
     term.type("echo during-$((3*3))-outage\n")
     viewer.wait_for("during-9-outage")  # joiners already relayed are not affected
     cluster.redis.start()
     # A's heartbeat publishes its links again into the empty store.
+    # Its two SSH and two web links.
     wait_until(
-        lambda: len(stored(cluster.redis, "pairpod:link:*")) == 2, timeout=5 * TTL, message="links back"
+        lambda: len(stored(cluster.redis, "pairpod:link:*")) == 4, timeout=5 * TTL, message="links back"
     )
     # C learns that the store is back within its own retry interval: a joiner
     # meanwhile is refused and tries again, as a person would.
@@ -185,15 +270,23 @@ def test_store_down_and_back(cluster: Cluster, owner: tuple[Tmux, str, str]) -> 
     again.wait_for("during-9-outage")
 
 
-def test_owner_replica_lost(cluster: Cluster, owner: tuple[Tmux, str, str]) -> None:
+async def test_owner_replica_lost(
+    cluster: Cluster, owner: tuple[Tmux, str, str], web: dict[str, str]
+) -> None:
     joiners = [cluster.joiners["ro-on-b"], cluster.joiners["rw-on-c-again"]]
     replica = cluster.replicas["A"]
     assert replica.proc is not None
     assert stored(cluster.redis, "pairpod:owner:*") == ["pairpod:owner:user:alice"]
-    assert len(stored(cluster.redis, "pairpod:link:*")) == 2
-    # Frozen first, as a node lost without a word (no FIN): the links to it
-    # fall silent and are dropped after the TTL (checked every heartbeat).
-    replica.proc.send_signal(signal.SIGSTOP)
+    assert len(stored(cluster.redis, "pairpod:link:*")) == 4
+    async with aiohttp.ClientSession() as http:
+        page, hello = await open_page(http, cluster.replicas["B"].page(web["ro"]), attempts=10)
+        assert hello["type"] == "hello", hello
+        await messages_until(page, b"during-9-outage")
+        # Frozen first, as a node lost without a word (no FIN): the links to it
+        # fall silent and are dropped after the TTL (checked every heartbeat).
+        replica.proc.send_signal(signal.SIGSTOP)
+        ended = await messages_until(page, '"type": "end"')
+        assert json.loads(str(ended[-1]))["reason"] == REPLICA_LOST
     for joiner in joiners:
         joiner.wait_for(
             r"shared session has ended \(its gateway replica is gone\)", timeout=TTL + HEARTBEAT + 2

@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any, cast
 
-from pairpod.sharing.terminal import Participant
+from pairpod.sharing.joinable import Seat
 from pairpod.web.sink import WebSink
 
 
@@ -40,14 +40,13 @@ class Flow:
 
 
 async def test_output_status_and_end_arrive_in_order() -> None:
-    size = (80, 24)
-    sink = WebSink(lambda: size, sent_size=(80, 24))
+    sink = WebSink(sent_size=(80, 24))
     socket = Socket()
     pump = asyncio.create_task(sink.pump(socket))
     sink.write(b"one ")
     sink.write(b"two")  # consecutive output: one message
     sink.notify("pairpod: hello")
-    size = (60, 20)
+    sink.resized(60, 20)
     sink.write(b"three")
     sink.close("kicked")
     await asyncio.wait_for(pump, 5)  # the pump ends with the end message
@@ -62,9 +61,9 @@ async def test_output_status_and_end_arrive_in_order() -> None:
 
 
 async def test_a_peer_that_does_not_read_pauses_the_participant_until_it_drains() -> None:
-    sink = WebSink(lambda: (80, 24), sent_size=(80, 24), high=1000, low=100)
+    sink = WebSink(sent_size=(80, 24), high=1000, low=100)
     flow = Flow()
-    sink.attach(cast(Participant, flow))
+    sink.attach(cast(Seat, flow))
     socket = Socket()
     socket.gate.clear()
     pump = asyncio.create_task(sink.pump(socket))

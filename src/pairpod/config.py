@@ -197,6 +197,10 @@ class PtyLimit(Section):
     cols: int = Field(1000, ge=80, le=65535)
     rows: int = Field(1000, ge=24, le=65535)
 
+    def bound(self, cols: int, rows: int) -> tuple[int, int]:
+        """``(cols, rows)`` within 1 and this limit."""
+        return max(1, min(cols, self.cols)), max(1, min(rows, self.rows))
+
 
 class SSHSettings(Section):
     """Protocol-level settings of the SSH server."""

@@ -28,7 +28,7 @@ from pairpod.replicas.wire import Kind, cluster_key
 from pairpod.sharing.joinable import ClusterUnavailable, Joinable, Seat
 from pairpod.sharing.service import ControlError, SharingService
 from pairpod.sharing.terminal import Sink
-from pairpod.sharing.tokens import Access
+from pairpod.sharing.tokens import Access, Medium
 
 log = get_logger("cluster")
 
@@ -57,7 +57,7 @@ class Replicas:
         self.directory = LinkDirectory(
             store, self._key, cluster.advertise, service, cluster.heartbeat, cluster.ttl
         )
-        self.peers = Peers(self._key, cluster.heartbeat, cluster.ttl)
+        self.peers = Peers(self._key, cluster.heartbeat, cluster.ttl, config.ssh.max_pty)
         self._serving = ServingSide(service)
         self._server: asyncio.Server | None = None
         self._publisher: asyncio.Task[None] | None = None
@@ -107,12 +107,13 @@ class Replicas:
         """Publish this replica's links now."""
         self.directory.changed()
 
-    async def find(self, username: str) -> Joinable | None:
+    async def find(self, username: str, medium: Medium = Medium.SSH) -> Joinable | None:
         """The session a link names on another replica. Raises ClusterUnavailable."""
-        address = await self.directory.where(username)
+        address = await self.directory.where(username, medium)
         if address is None or address == self.advertise:
             return None
-        answer = await self.peers.request(address, Kind.LOOKUP, {"username": username})
+        request = {"username": username, "medium": medium.value}
+        answer = await self.peers.request(address, Kind.LOOKUP, request)
         if not answer.get("found"):
             return None
         try:
@@ -122,13 +123,25 @@ class Replicas:
                 open=bool(answer["open"]),
                 may_join_as=tuple(str(name) for name in answer["may_join_as"]),
                 where=address,
-                _attach=partial(self._attach, address, username),
+                _attach=partial(self._attach, address, username, medium),
+                owner=str(answer.get("owner", "")),
+                link_id=str(answer.get("link", "")),
+                size=self._size(answer),
             )
         except (KeyError, ValueError, TypeError):
             raise ClusterUnavailable(f"{address}: a malformed lookup answer") from None
 
-    async def _attach(self, address: str, username: str, sink: Sink, name: str, cols: int, rows: int) -> Seat:
-        return await self.peers.attach(address, username, sink, name, cols, rows)
+    def _size(self, answer: dict[str, object]) -> tuple[int, int]:
+        """A lookup answer's PTY size, bounded as a client's would be (80x24 when it gave none)."""
+        cols, rows = answer.get("cols", 80), answer.get("rows", 24)
+        if type(cols) is not int or type(rows) is not int:
+            raise ValueError("size")
+        return self._config.ssh.max_pty.bound(cols, rows)
+
+    async def _attach(
+        self, address: str, username: str, medium: Medium, sink: Sink, name: str, cols: int, rows: int
+    ) -> Seat:
+        return await self.peers.attach(address, username, medium, sink, name, cols, rows)
 
     async def control(self, owner: str, command_line: str) -> str:
         """Run an owner's control command where their sessions are. Raises ControlError."""

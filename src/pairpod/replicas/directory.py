@@ -4,9 +4,11 @@ Keys (every one with the TTL ``cluster.ttl``, renewed every
 ``cluster.heartbeat`` while its replica lives):
 
 * ``pairpod:link:<hash>`` -> the owning replica's ``cluster.advertise``.
-  ``<hash>`` is an HMAC of the join username under a key derived from
-  ``cluster.secret``: the store never holds a token, and whoever reads it
-  cannot tell which link a key stands for.
+  ``<hash>`` is an HMAC of the link (an SSH join username, or a web link's
+  text) under a key derived from ``cluster.secret`` and the link's medium:
+  the store never holds a token, whoever reads it cannot tell which link a
+  key stands for, and a web link's text is never found as an SSH login (nor
+  the other way round).
 * ``pairpod:owner:<identity>``: a sorted set of the replicas holding that
   owner's shared sessions, each scored with the time its entry expires (for
   ``+ctl`` from any replica).
@@ -37,6 +39,9 @@ from pairpod.sharing.joinable import ClusterUnavailable
 from pairpod.sharing.service import SharingService
 from pairpod.sharing.tokens import Medium
 
+#: What each medium's link key is derived with (the SSH one as before web links were published).
+_MEDIUM_CONTEXT = {Medium.SSH: b"link directory", Medium.WEB: b"link directory: web links"}
+
 
 class LinkDirectory:
     """This replica's entries in the cluster's link directory, and lookups of others'."""
@@ -51,7 +56,10 @@ class LinkDirectory:
         ttl: float,
     ) -> None:
         self._store = store
-        self._key = hmac.new(key, b"link directory", hashlib.sha256).digest()
+        self._keys = {
+            medium: hmac.new(key, context, hashlib.sha256).digest()
+            for medium, context in _MEDIUM_CONTEXT.items()
+        }
         self.advertise = advertise
         self._service = service
         self._heartbeat = heartbeat
@@ -61,9 +69,10 @@ class LinkDirectory:
         self._changed = asyncio.Event()
         store.on_up(self._store_back)
 
-    def link_key(self, username: str) -> str:
-        """The store key of a join link (a keyed hash, never the token)."""
-        digest = hmac.new(self._key, username.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    def link_key(self, username: str, medium: Medium = Medium.SSH) -> str:
+        """The store key of a link (a keyed hash, never the token; each medium its own key)."""
+        text = username.encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._keys[medium], text, hashlib.sha256).hexdigest()
         return self._store.key("link", digest)
 
     def owner_key(self, owner: str) -> str:
@@ -92,10 +101,7 @@ class LinkDirectory:
         owners: set[str] = set()
         for session in self._service.registry:
             owners.add(session.owner)
-            # Web links are not joined through another replica (yet): only SSH links are found here.
-            links.update(
-                self.link_key(link.username) for link in session.active_links() if link.medium is Medium.SSH
-            )
+            links.update(self.link_key(link.username, link.medium) for link in session.active_links())
         gone_links = self._published_links - links
         gone_owners = self._published_owners - owners
 
@@ -138,9 +144,9 @@ class LinkDirectory:
             await self._store.run(withdraw)
         self._published_links, self._published_owners = set(), set()
 
-    async def where(self, username: str) -> str | None:
+    async def where(self, username: str, medium: Medium = Medium.SSH) -> str | None:
         """The replica holding a link (None: no such link in the cluster)."""
-        key = self.link_key(username)
+        key = self.link_key(username, medium)
         value = await self._ask(lambda redis: redis.get(key))
         return value.decode() if isinstance(value, bytes) else value
 

@@ -14,12 +14,13 @@ import asyncio
 import itertools
 from typing import Any
 
-from pairpod.config import parse_listen
+from pairpod.config import PtyLimit, parse_listen
 from pairpod.log import fields, get_logger
 from pairpod.replicas.link import PeerLink
 from pairpod.replicas.wire import Frame, Kind, ProtocolError, json_payload, size_payload
 from pairpod.sharing.joinable import ClusterUnavailable, JoinRefused
 from pairpod.sharing.terminal import Sink
+from pairpod.sharing.tokens import Medium
 
 log = get_logger("cluster")
 
@@ -40,9 +41,10 @@ class Unreachable(ClusterUnavailable):
 class _Streams:
     """One link's requests and relayed joiners (a :class:`~pairpod.replicas.link.LinkHandler`)."""
 
-    def __init__(self, address: str, forget: Any) -> None:
+    def __init__(self, address: str, forget: Any, limit: PtyLimit) -> None:
         self.address = address
         self._forget = forget
+        self._limit = limit
         self._ids = itertools.count(1)
         self.replies: dict[int, asyncio.Future[Any]] = {}
         self.sinks: dict[int, Sink] = {}
@@ -63,6 +65,10 @@ class _Streams:
         elif frame.kind is Kind.NOTICE:
             if sink is not None:
                 sink.notify(frame.payload.decode(errors="replace"))
+        elif frame.kind is Kind.SIZE:
+            size = self._limit.bound(*frame.size())  # bounded as a client's size would be
+            if sink is not None:
+                sink.resized(*size)
         elif frame.kind is Kind.CLOSE:
             self.sinks.pop(frame.id, None)
             if sink is not None:
@@ -94,6 +100,8 @@ class RelayedSeat:
         self._link = link
         self._streams = streams
         self._stream = stream
+        #: The joiner's number in the owner's listing (from the owner's replica once seated).
+        self.id = 0
 
     async def send_input(self, data: bytes) -> None:
         """Keystrokes, to the owner's replica (waits while the link is backed up)."""
@@ -129,10 +137,11 @@ def _up(pending: asyncio.Future[tuple[PeerLink, _Streams]]) -> PeerLink | None:
 class Peers:
     """Links to the other replicas, made on demand."""
 
-    def __init__(self, key: bytes, heartbeat: float, ttl: float) -> None:
+    def __init__(self, key: bytes, heartbeat: float, ttl: float, limit: PtyLimit) -> None:
         self._key = key
         self._heartbeat = heartbeat
         self._ttl = ttl
+        self._limit = limit
         self._links: dict[str, asyncio.Future[tuple[PeerLink, _Streams]]] = {}
 
     async def _link(self, address: str) -> tuple[PeerLink, _Streams]:
@@ -148,7 +157,7 @@ class Peers:
 
     async def _connect(self, address: str) -> tuple[PeerLink, _Streams]:
         host, port = parse_listen(address)
-        streams = _Streams(address, self._forget)
+        streams = _Streams(address, self._forget, self._limit)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -183,16 +192,15 @@ class Peers:
             raise Unreachable(f"{address}: no answer within {REQUEST_TIMEOUT:g}s") from None
 
     async def attach(
-        self, address: str, username: str, sink: Sink, name: str, cols: int, rows: int
+        self, address: str, username: str, medium: Medium, sink: Sink, name: str, cols: int, rows: int
     ) -> RelayedSeat:
-        """Join a session on another replica; ``sink`` gets its screen and output."""
+        """Join a session on another replica; ``sink`` gets its screen, output and PTY sizes."""
         link, streams = await self._link(address)
         stream = streams.next_id()
         streams.sinks[stream] = sink  # output may come before the JOINED answer
         waiter = streams.replies[stream] = asyncio.get_running_loop().create_future()
-        link.send(
-            Kind.JOIN, stream, json_payload({"username": username, "name": name, "cols": cols, "rows": rows})
-        )
+        request = {"username": username, "medium": medium.value, "name": name, "cols": cols, "rows": rows}
+        link.send(Kind.JOIN, stream, json_payload({**request, "sizes": True}))
         seat = RelayedSeat(link, streams, stream)
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -205,6 +213,8 @@ class Peers:
         if not answer.get("ok"):
             streams.sinks.pop(stream, None)
             raise JoinRefused("refused by the owner's replica", user_message=str(answer.get("message")))
+        participant = answer.get("participant")
+        seat.id = participant if type(participant) is int else 0
         return seat
 
     def close(self) -> None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from pairpod.errors import PairpodError
 from pairpod.log import fields, get_logger
 from pairpod.replicas.link import PeerLink
-from pairpod.replicas.wire import Frame, Kind, ProtocolError, json_payload
-from pairpod.sharing.joinable import Seat
+from pairpod.replicas.wire import Frame, Kind, ProtocolError, json_payload, size_payload
+from pairpod.sharing.joinable import Joinable, Seat
 from pairpod.sharing.service import ControlError, SharingService
 from pairpod.sharing.terminal import Sink
+from pairpod.sharing.tokens import Medium
 from pairpod.tasks import TaskGroup
 
 log = get_logger("cluster")
@@ -31,10 +33,17 @@ _MAX_QUEUED_INPUT = 1 << 20
 class LinkSink(Sink):
     """A relayed joiner's output: frames on the link to their replica."""
 
-    def __init__(self, link: PeerLink, stream: int, forget: Callable[[int], None]) -> None:
+    def __init__(self, link: PeerLink, stream: int, forget: Callable[[int], None], *, sizes: bool) -> None:
         self._link = link
         self._stream = stream
         self._forget = forget
+        # Whether their replica asked for the PTY's size (a web page draws at it).
+        self._sizes = sizes
+
+    def resized(self, cols: int, rows: int) -> None:
+        """The PTY's size, before output drawn for it: to their replica, if it asked."""
+        if self._sizes:
+            self._link.send(Kind.SIZE, self._stream, size_payload(cols, rows))
 
     def write(self, data: bytes) -> None:
         """Terminal output for the joiner."""
@@ -120,9 +129,16 @@ class ServingSide:
 
     # --- requests ------------------------------------------------------------------
 
+    def _joinable(self, request: dict[str, Any]) -> Joinable | None:
+        """The session a request's link names here (an SSH link unless it says otherwise)."""
+        try:
+            medium = Medium(request.get("medium", Medium.SSH.value))
+        except ValueError:
+            raise ProtocolError(f"unknown medium {str(request.get('medium'))[:20]!r}") from None
+        return self._service.joinable(str(request.get("username", "")), medium)
+
     def _lookup(self, served: _Served, frame: Frame) -> None:
-        username = str(frame.json().get("username", ""))
-        found = self._service.joinable(username)
+        found = self._joinable(frame.json())
         answer: dict[str, object] = {"found": False}
         if found is not None:
             answer = {
@@ -131,6 +147,10 @@ class ServingSide:
                 "access": found.access.value,
                 "open": found.open,
                 "may_join_as": list(found.may_join_as),
+                "owner": found.owner,
+                "link": found.link_id,
+                "cols": found.size[0],
+                "rows": found.size[1],
             }
         served.link.send(Kind.REPLY, frame.id, json_payload(answer))
 
@@ -149,11 +169,12 @@ class ServingSide:
         if stream in served.joiners:
             raise ProtocolError(f"stream {stream} joined twice")
         joiner = served.joiners[stream] = _Relayed()
-        found = self._service.joinable(str(request.get("username", "")))
+        found = self._joinable(request)
         try:
             if found is None:
                 raise PairpodError("link gone", user_message="the shared session has ended")
-            sink = LinkSink(served.link, stream, lambda s: self._forget(served, s))
+            sizes = request.get("sizes") is True
+            sink = LinkSink(served.link, stream, lambda s: self._forget(served, s), sizes=sizes)
             cols, rows = self._bounded(int(request["cols"]), int(request["rows"]))
             attaching = found.attach(sink, name=str(request["name"]), cols=cols, rows=rows)
         except (KeyError, ValueError, TypeError):
@@ -175,7 +196,7 @@ class ServingSide:
             seat.leave()
             return
         joiner.seat = seat
-        served.link.send(Kind.JOINED, stream, json_payload({"ok": True}))
+        served.link.send(Kind.JOINED, stream, json_payload({"ok": True, "participant": seat.id}))
         log.info("cluster.joiner_attached", extra=fields(peer=served.link.peer, stream=stream))
         self._apply_pause(served, joiner)
         while True:
@@ -187,8 +208,7 @@ class ServingSide:
 
     def _bounded(self, cols: int, rows: int) -> tuple[int, int]:
         # The joiner's replica bounded them already; this one's limits hold here all the same.
-        limit = self._service.config.ssh.max_pty
-        return max(1, min(cols, limit.cols)), max(1, min(rows, limit.rows))
+        return self._service.config.ssh.max_pty.bound(cols, rows)
 
     def _input(self, served: _Served, frame: Frame) -> None:
         joiner = served.joiners.get(frame.id)

@@ -57,8 +57,8 @@ class Kind(enum.IntEnum):
 
     PING = 0
     # From the replica a user landed on, to the replica owning the session.
-    LOOKUP = 1  # id: request; JSON {username}
-    JOIN = 2  # id: stream; JSON {username, name, cols, rows}
+    LOOKUP = 1  # id: request; JSON {username, medium}
+    JOIN = 2  # id: stream; JSON {username, medium, name, cols, rows, sizes}
     INPUT = 3  # id: stream; bytes
     RESIZE = 4  # id: stream; cols, rows (u32 each)
     PAUSE = 5  # id: stream
@@ -67,10 +67,11 @@ class Kind(enum.IntEnum):
     CONTROL = 8  # id: request; JSON {owner, command}
     # Back.
     REPLY = 20  # id: request; JSON
-    JOINED = 21  # id: stream; JSON {ok, message}
+    JOINED = 21  # id: stream; JSON {ok, message, participant}
     OUTPUT = 22  # id: stream; bytes
     NOTICE = 23  # id: stream; UTF-8 text
     CLOSE = 24  # id: stream; UTF-8 reason
+    SIZE = 25  # id: stream; the PTY's cols, rows (u32 each), only to a JOIN that asked for sizes
 
 
 def cluster_key(secret: str) -> bytes:
@@ -147,15 +148,15 @@ class Frame:
         return value
 
     def size(self) -> tuple[int, int]:
-        """A RESIZE frame's (cols, rows)."""
+        """A RESIZE or SIZE frame's (cols, rows)."""
         if len(self.payload) != _SIZE.size:
-            raise ProtocolError("RESIZE: bad payload")
+            raise ProtocolError(f"{self.kind.name}: bad payload")
         cols, rows = _SIZE.unpack(self.payload)
         return cols, rows
 
 
 def size_payload(cols: int, rows: int) -> bytes:
-    """The payload of a RESIZE frame."""
+    """The payload of a RESIZE or SIZE frame."""
     return _SIZE.pack(cols, rows)
 
 

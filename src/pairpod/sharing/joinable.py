@@ -23,7 +23,7 @@ from typing import Protocol
 
 from pairpod.errors import PairpodError
 from pairpod.sharing.terminal import Participant, Sink, Terminal
-from pairpod.sharing.tokens import Access, SharedSession
+from pairpod.sharing.tokens import Access, Medium, SharedSession, ShareLink
 
 
 class JoinRefused(PairpodError):
@@ -40,6 +40,9 @@ class ClusterUnavailable(PairpodError):
 
 class Seat(Protocol):
     """A joiner's place at a shared terminal, as the joiner's channel drives it."""
+
+    #: The joiner's number in the owner's listing (what ``+ctl kick`` takes).
+    id: int
 
     async def send_input(self, data: bytes) -> None:
         """Keystrokes (dropped by the Terminal for read-only joiners)."""
@@ -73,9 +76,19 @@ class Joinable:
     #: ``local``, or the address of the replica the session runs on (for logs).
     where: str
     _attach: Attach
+    #: Who shares it (``user:alice``): a web page's status line says so.
+    owner: str
+    #: The public id of the link that named it (logs, audit).
+    link_id: str
+    #: The PTY size when it was found, ``(cols, rows)``: a web joiner joins at
+    #: it (and so changes no size) until its page says its own.
+    size: tuple[int, int]
 
     async def attach(self, sink: Sink, *, name: str, cols: int, rows: int) -> Seat:
         """Join: ``sink`` gets the current screen at once, then live output.
+
+        ``sink.resized`` is told the PTY's size before the first output and
+        before any output drawn for a new size.
 
         Raises :class:`JoinRefused` (full, ended, replica lost).
         """
@@ -97,11 +110,38 @@ def seat_viewer(
             "shared session full",
             user_message=f"this shared session is full (max {max_participants} participants)",
         )
-    return terminal.join(sink, name=name, access=access, cols=cols, rows=rows)
+    return terminal.join(_SizeTelling(sink, terminal), name=name, access=access, cols=cols, rows=rows)
 
 
-def local_joinable(session: SharedSession[Terminal], access: Access, max_participants: int) -> Joinable:
-    """The Joinable of a session in this process."""
+class _SizeTelling(Sink):
+    """A joiner's sink, told the PTY size whenever output comes for a size it was not told.
+
+    The Terminal draws for its current size; checking it per write (a tuple
+    comparison) keeps the Terminal free of any notion of who wants sizes.
+    """
+
+    def __init__(self, sink: Sink, terminal: Terminal) -> None:
+        self._sink = sink
+        self._terminal = terminal
+        self._told: tuple[int, int] | None = None
+
+    def write(self, data: bytes) -> None:
+        size = self._terminal.size
+        if size != self._told:
+            self._told = size
+            self._sink.resized(*size)
+        self._sink.write(data)
+
+    def notify(self, text: str) -> None:
+        self._sink.notify(text)
+
+    def close(self, reason: str) -> None:
+        self._sink.close(reason)
+
+
+def local_joinable(session: SharedSession[Terminal], link: ShareLink, max_participants: int) -> Joinable:
+    """The Joinable of a session in this process, as ``link`` names it."""
+    access = link.access
 
     async def attach(sink: Sink, name: str, cols: int, rows: int) -> Seat:
         return seat_viewer(
@@ -115,14 +155,18 @@ def local_joinable(session: SharedSession[Terminal], access: Access, max_partici
         may_join_as=() if session.open else tuple(session.may_join_as()),
         where="local",
         _attach=attach,
+        owner=session.owner,
+        link_id=link.link_id,
+        size=session.terminal.size,
     )
 
 
 class Elsewhere(Protocol):
     """The other replicas of a cluster, as the sharing service asks them."""
 
-    async def find(self, username: str) -> Joinable | None:
-        """The session a link names on another replica (None: unknown there).
+    async def find(self, username: str, medium: Medium = Medium.SSH) -> Joinable | None:
+        """The session a link (an SSH username, or a web link's text) names on another
+        replica (None: unknown there).
 
         Raises :class:`ClusterUnavailable` when they cannot be asked.
         """

@@ -201,6 +201,7 @@ class SharingService:
                 "read-write web links are only for open sessions: a browser proves no identity"
             )
         link = self.registry.mint(session, access, medium=Medium.WEB)
+        self._changed()
         log.info(
             "sharing.mint",
             extra=fields(session=session.session_id, link=link.link_id, access=access.value, medium="web"),
@@ -211,13 +212,6 @@ class SharingService:
         """The address of a web link's page."""
         assert self.web_base is not None
         return web_url(self.web_base, link)
-
-    def lookup_web(self, link_text: str) -> tuple[ShareLink, SharedSession[Terminal]] | None:
-        """The live session a web link names (None: unknown, revoked or ended)."""
-        found = self.registry.lookup(link_text, Medium.WEB)
-        if found is None or found[1].terminal.ended:
-            return None
-        return found
 
     def close_session(self, session: SharedSession[Terminal]) -> None:
         """The owner's program ended: forget the session and its links."""
@@ -234,34 +228,25 @@ class SharingService:
 
     # --- the joiner's side --------------------------------------------------------
 
-    def lookup(self, username: str) -> tuple[Access, SharedSession[Terminal]] | None:
-        """The live session a join username names (None: unknown, revoked or ended)."""
-        found = self.registry.lookup(username)
-        if found is None:
+    def joinable(self, username: str, medium: Medium = Medium.SSH) -> Joinable | None:
+        """The live session of this process a link names (a join username, or a web
+        link's text), as joiners attach to it."""
+        found = self.registry.lookup(username, medium)
+        if found is None or found[1].terminal.ended:
             return None
         link, session = found
-        if session.terminal.ended:
-            return None
-        return link.access, session
+        return local_joinable(session, link, self.config.sharing.max_participants)
 
-    def joinable(self, username: str) -> Joinable | None:
-        """The live session of this process a join username names, as joiners attach to it."""
-        found = self.lookup(username)
-        if found is None:
-            return None
-        access, session = found
-        return local_joinable(session, access, self.config.sharing.max_participants)
-
-    async def find(self, username: str) -> Joinable | None:
-        """The live session a join username names, here or on another replica.
+    async def find(self, username: str, medium: Medium = Medium.SSH) -> Joinable | None:
+        """The live session a link names, here or on another replica.
 
         Raises :class:`~pairpod.sharing.joinable.ClusterUnavailable` when the
         link is not here and the other replicas cannot be asked.
         """
-        here = self.joinable(username)
+        here = self.joinable(username, medium)
         if here is not None or self.elsewhere is None:
             return here
-        return await self.elsewhere.find(username)
+        return await self.elsewhere.find(username, medium)
 
     # --- the owner's control interface -------------------------------------------
 

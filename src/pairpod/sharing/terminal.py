@@ -122,6 +122,10 @@ class Sink(ABC):
     def notify(self, text: str) -> None:  # noqa: B027 - optional hook
         """A notice for this participant (already shown on screen; log it or ignore it)."""
 
+    def resized(self, cols: int, rows: int) -> None:  # noqa: B027 - optional hook
+        """The shared PTY's size, told before the output drawn for it (a web page's terminal
+        follows it; an SSH client draws into its own window and ignores it)."""
+
     @abstractmethod
     def close(self, reason: str) -> None:
         """The Terminal is done with this participant (kicked, or the session ended).

@@ -12,6 +12,12 @@ is locked out, is answered only after the random pause of
 the address's lockout, and is logged like a refused SSH link (the link's
 text never: it is the secret). The WebSocket must come from the page's own
 origin (``Origin`` checked). There is no access log: it would hold tokens.
+
+A link may name a session on another replica of a cluster: it is found and
+joined through the same path as an SSH link (:meth:`SharingService.find`
+with the web medium). When the other replicas cannot be asked (their store
+is down), the page says so as an SSH joiner is told, after the same pause,
+and the address is not counted towards a lockout: it is not the link's fault.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ from pairpod.auth.lockout import Lockout
 from pairpod.config import Config, parse_listen
 from pairpod.errors import ConfigError
 from pairpod.log import fields, get_logger
+from pairpod.sharing.joinable import ClusterUnavailable, Joinable
 from pairpod.sharing.service import SharingService
-from pairpod.sharing.terminal import Terminal
-from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, SharedSession, ShareLink, rejection_delay
+from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Medium, rejection_delay
 from pairpod.web.addresses import ClientAddresses
 from pairpod.web.page import FILES, SECURITY_HEADERS, TERMINAL_PAGE, message_page, missing_assets
 from pairpod.web.sink import message
@@ -119,14 +125,21 @@ class WebJoiners:
 
     # --- requests ----------------------------------------------------------------------
 
-    async def _find(
-        self, request: web.Request
-    ) -> tuple[str, tuple[ShareLink, SharedSession[Terminal]] | None]:
-        """The client's address and the live session the link names (None: refused, after a pause)."""
+    async def _find(self, request: web.Request) -> tuple[str, Joinable | str]:
+        """The client's address and the live session the link names, here or on another
+        replica; or, after a pause, the line to show instead."""
         address = self._addresses.client(request.remote, request.headers.get("X-Forwarded-For"))
         found = None
         if self._lockout.check(address, "", guessable=False) is None:
-            found = self._sharing.lookup_web(request.match_info["link"])
+            try:
+                found = await self._sharing.find(request.match_info["link"], Medium.WEB)
+            except ClusterUnavailable as error:
+                log.warning(
+                    "sharing.join_unavailable",
+                    extra=fields(addr=address, method="web", error=error.operator_message),
+                )
+                await asyncio.sleep(rejection_delay())
+                return address, error.user_message
         if found is None:
             for lock in self._lockout.record_failure(address, "", guessable=False):
                 log.warning(
@@ -141,12 +154,13 @@ class WebJoiners:
                 )
             log.info("sharing.join_refused", extra=fields(addr=address, method="web", reason="invalid link"))
             await asyncio.sleep(rejection_delay())
+            return address, INVALID_SESSION_MESSAGE
         return address, found
 
     async def _page(self, request: web.Request) -> web.Response:
         _, found = await self._find(request)
-        if found is None:
-            return _html(message_page(INVALID_SESSION_MESSAGE), 404)
+        if isinstance(found, str):
+            return _html(message_page(found), 404 if found == INVALID_SESSION_MESSAGE else 503)
         if self._missing:
             return _html(message_page(ASSETS_MISSING), 503)
         return _html(TERMINAL_PAGE, 200)
@@ -176,18 +190,11 @@ class WebJoiners:
         await socket.prepare(request)
         self._sockets.add(socket)
         try:
-            if found is None:
-                await socket.send_str(message("end", reason=INVALID_SESSION_MESSAGE))
+            if isinstance(found, str):
+                await socket.send_str(message("end", reason=found))
             else:
-                link, session = found
                 await serve_viewer(
-                    socket,
-                    link,
-                    session,
-                    address=address,
-                    audit=self._audit,
-                    max_participants=self._config.sharing.max_participants,
-                    limit=self._config.ssh.max_pty,
+                    socket, found, address=address, audit=self._audit, limit=self._config.ssh.max_pty
                 )
         finally:
             self._sockets.discard(socket)

@@ -1,5 +1,9 @@
 """A browser's WebSocket as a shared Terminal's participant sees it (its Sink).
 
+It works the same whether the Terminal is in this process or on another
+replica: the PTY's size, which the page draws at, comes through
+:meth:`WebSink.resized` before the output drawn for it.
+
 The Terminal's ``write`` must not block, and a WebSocket send is a
 coroutine: the sink queues what the Terminal gives it, in order with the
 status messages, and one task (:meth:`WebSink.pump`) sends it. The queue
@@ -15,10 +19,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from pairpod.sharing.terminal import Participant, Sink
+from pairpod.sharing.joinable import Seat
+from pairpod.sharing.terminal import Sink
 
 #: Queued bytes past which the participant is paused, and where it resumes.
 HIGH_WATER = 1 << 18
@@ -47,14 +51,14 @@ class WebSink(Sink):
 
     def __init__(
         self,
-        size: Callable[[], tuple[int, int]],
         *,
         sent_size: tuple[int, int] | None = None,
         high: int = HIGH_WATER,
         low: int = LOW_WATER,
     ) -> None:
-        self._size = size
-        # The PTY size the page was last told (in the hello, then with output).
+        # The PTY size as last told to this sink, and as the page was last told it
+        # (in the hello, then with output).
+        self._size = sent_size
         self._sent_size = sent_size
         self._high = high
         self._low = low
@@ -62,19 +66,23 @@ class WebSink(Sink):
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._paused = False
-        self.participant: Participant | None = None
+        self.participant: Seat | None = None
         #: Why the Terminal let go of this viewer (None while it is attached).
         self.ended: str | None = None
 
-    def attach(self, participant: Participant) -> None:
-        """The participant this sink feeds (known once ``Terminal.join`` returns)."""
+    def attach(self, participant: Seat) -> None:
+        """The seat this sink feeds (known once the join returns)."""
         self.participant = participant
         self._check_pressure()
 
+    def resized(self, cols: int, rows: int) -> None:
+        """The PTY's size: the page is told with the next output."""
+        self._size = (cols, rows)
+
     def write(self, data: bytes) -> None:
         """Terminal output: queued, preceded by the PTY size when it changed."""
-        size = self._size()
-        if size != self._sent_size:
+        size = self._size
+        if size is not None and size != self._sent_size:
             self._sent_size = size
             self._items.append(message("size", cols=size[0], rows=size[1]))
         self._items.append(data)

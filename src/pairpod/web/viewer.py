@@ -1,6 +1,8 @@
 """One browser joined to a shared Terminal through its link's WebSocket.
 
-The browser is one more participant of the Terminal (a :class:`WebSink`),
+The Terminal may be in this process or on another replica (a
+:class:`~pairpod.sharing.joinable.Joinable` either way). The browser is one
+more participant of it (a :class:`WebSink`),
 named ``web viewer`` so the owner's notices say "web viewer joined". It
 gets a ``hello`` (who shares, its access, the PTY size), the current screen,
 then live output. A read-write page's binary messages are keystrokes and its
@@ -19,9 +21,10 @@ from collections.abc import Callable
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pairpod.config import PtyLimit
+from pairpod.errors import PairpodError
 from pairpod.log import fields, get_logger
-from pairpod.sharing.terminal import Participant, Terminal, TerminalEnded
-from pairpod.sharing.tokens import Access, SharedSession, ShareLink
+from pairpod.sharing.joinable import Joinable, Seat
+from pairpod.sharing.tokens import Access
 from pairpod.web.sink import WebSink, message
 
 log = get_logger("web")
@@ -41,68 +44,65 @@ def parse_resize(text: str, limit: PtyLimit) -> tuple[int, int] | None:
     cols, rows = data.get("cols"), data.get("rows")
     if type(cols) is not int or type(rows) is not int:
         return None
-    return min(max(cols, 1), limit.cols), min(max(rows, 1), limit.rows)
+    return limit.bound(cols, rows)
 
 
-async def _read(socket: web.WebSocketResponse, participant: Participant, limit: PtyLimit) -> None:
+async def _read(socket: web.WebSocketResponse, seat: Seat, access: Access, limit: PtyLimit) -> None:
     """The browser's messages until it goes: keystrokes and window sizes."""
     async for msg in socket:
         if msg.type is WSMsgType.BINARY:
-            await participant.send_input(msg.data)
+            await seat.send_input(msg.data)
         elif msg.type is WSMsgType.TEXT:
             size = parse_resize(msg.data, limit)
             if size is None:
                 await socket.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"unknown message")
                 return
-            if participant.access is Access.READ_WRITE:
-                participant.resize(*size)
+            if access is Access.READ_WRITE:
+                seat.resize(*size)
         else:  # an error (a message past sharing.web.max_message): the socket is closing
             return
 
 
 async def serve_viewer(
     socket: web.WebSocketResponse,
-    link: ShareLink,
-    session: SharedSession[Terminal],
+    session: Joinable,
     *,
     address: str,
     audit: Callable[..., None],
-    max_participants: int,
     limit: PtyLimit,
 ) -> None:
-    """Attach the browser on ``socket`` to the session until either side goes."""
-    terminal = session.terminal
-    if sum(not p.owner for p in terminal.participants()) >= max_participants:
-        await socket.send_str(
-            message("end", reason=f"this shared session is full (max {max_participants} participants)")
-        )
-        return
-    cols, rows = terminal.size
-    await socket.send_str(
-        message("hello", owner=session.owner, access=link.access.label, cols=cols, rows=rows)
-    )
-    sink = WebSink(lambda: terminal.size, sent_size=(cols, rows))
+    """Attach the browser on ``socket`` to the session (here or on another replica) until either side goes."""
+    # Joined at the PTY's size: a read-write page changes nothing until it says its own.
+    cols, rows = session.size
+    sink = WebSink(sent_size=(cols, rows))
     try:
-        participant = terminal.join(sink, name=WEB_VIEWER, access=link.access, cols=cols, rows=rows)
-    except TerminalEnded as error:
+        seat = await session.attach(sink, name=WEB_VIEWER, cols=cols, rows=rows)
+    except PairpodError as error:  # full, ended, its replica lost
         await socket.send_str(message("end", reason=error.user_message))
         return
-    sink.attach(participant)
+    sink.attach(seat)
     details = {
         "session": session.session_id,
-        "link": link.link_id,
-        "participant": participant.id,
+        "link": session.link_id,
+        "participant": seat.id,
         "addr": address,
     }
-    log.info("web.join", extra=fields(**details, access=link.access.value))
-    audit("join", **details, name=WEB_VIEWER, access=link.access.value)
-    pump = asyncio.create_task(sink.pump(socket))
-    reader = asyncio.create_task(_read(socket, participant, limit))
+    log.info("web.join", extra=fields(**details, access=session.access.value, where=session.where))
+    audit("join", **details, name=WEB_VIEWER, access=session.access.value)
+    pump = reader = None
     try:
+        # The hello goes first; the screen and anything since wait in the sink's queue.
+        await socket.send_str(
+            message("hello", owner=session.owner, access=session.access.label, cols=cols, rows=rows)
+        )
+        pump = asyncio.create_task(sink.pump(socket))
+        reader = asyncio.create_task(_read(socket, seat, session.access, limit))
         await asyncio.wait({pump, reader}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        participant.leave()
+        seat.leave()
         for task in (pump, reader):
+            if task is None:
+                continue
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
