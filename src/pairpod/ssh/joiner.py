@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import asyncssh
@@ -11,6 +10,7 @@ from asyncssh.misc import TermModes
 from pairpod.sharing.terminal import Participant, Terminal, TerminalEnded
 from pairpod.sharing.tokens import Access
 from pairpod.ssh.context import ChannelContext
+from pairpod.ssh.input import InputQueue
 from pairpod.ssh.request_limits import bounded_size, pty_refusal
 from pairpod.ssh.sink import ChannelSink, exit_channel
 
@@ -34,7 +34,9 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._size: tuple[int, int] | None = None
         self._viewer: Participant | None = None
-        self._input: asyncio.Queue[bytes] = asyncio.Queue()
+        # Bounded like a login channel's input: past its high mark the joiner is paused
+        # (the SSH window closes), so a program that reads nothing costs no memory here.
+        self._input = InputQueue(self._pause_reading, self._resume_reading)
         self._refusal: str | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
@@ -100,8 +102,18 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
 
     async def _pump_input(self, viewer: Participant) -> None:
         while True:
-            data = await self._input.get()
-            await viewer.send_input(data)
+            data = await self._input.next()
+            if isinstance(data, bytes):  # only data is queued here
+                await viewer.send_input(data)
+                self._input.taken(len(data))
+
+    def _pause_reading(self) -> None:
+        if self._chan is not None:
+            self._chan.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._chan is not None:
+            self._chan.resume_reading()
 
     def eof_received(self) -> bool:
         """A joiner's EOF does not end the shared program, nor the joiner's view."""
@@ -110,7 +122,7 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Keystrokes: the Terminal merges read-write input and drops read-only input."""
         self._context.traffic.received += len(data)
-        self._input.put_nowait(data)
+        self._input.data(data)
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         """The joiner's window changed (clamped to ``ssh.max_pty``)."""
