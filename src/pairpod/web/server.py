@@ -12,11 +12,13 @@ is locked out, is answered only after the random pause of
 the address's lockout, and is logged like a refused SSH link (the link's
 text never: it is the secret). The WebSocket must come from the page's own
 origin (``Origin`` checked). There is no access log: it would hold tokens.
+One address holds only so many connections (:mod:`pairpod.web.connections`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -32,6 +34,7 @@ from pairpod.sharing.service import SharingService
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, SharedSession, ShareLink, rejection_delay
 from pairpod.web.addresses import ClientAddresses
+from pairpod.web.connections import ConnectionLimit, LimitedSite
 from pairpod.web.page import FILES, SECURITY_HEADERS, TERMINAL_PAGE, message_page, missing_assets
 from pairpod.web.sink import message
 from pairpod.web.viewer import serve_viewer
@@ -79,7 +82,9 @@ class WebJoiners:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/favicon.ico", _no_content)  # browsers ask; nothing to log as missing
         app.on_response_prepare.append(_security_headers)
-        self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls)
+        # One address may hold only so many connections (see web.connections).
+        site = functools.partial(LimitedSite, limit=ConnectionLimit(self._addresses.trusted))
+        self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls, site)
         host = parse_listen(self._listen)[0]
         self.base_url = self._settings.public_url or _default_base(
             host, self.port, self._config, tls is not None
