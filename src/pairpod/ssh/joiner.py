@@ -34,15 +34,16 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         self._chan: asyncssh.SSHServerChannel[bytes] | None = None
         self._size: tuple[int, int] | None = None
         self._viewer: Participant | None = None
-        # Bounded like a login channel's input: past its high mark the joiner is paused
-        # (the SSH window closes), so a program that reads nothing costs no memory here.
-        self._input = InputQueue(self._pause_reading, self._resume_reading)
+        self._input: InputQueue | None = None
         self._refusal: str | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         """Remember the channel and bound its write buffer."""
         self._chan = chan
         chan.set_write_buffer_limits(high=1 << 18, low=1 << 16)
+        # Bounded like a login channel's input: past its high mark the joiner is paused
+        # (the SSH window closes), so a program that reads nothing costs no memory here.
+        self._input = InputQueue(chan.pause_reading, chan.resume_reading)
 
     def pty_requested(
         self, term_type: str, term_size: tuple[int, int, int, int], term_modes: TermModes
@@ -101,19 +102,12 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         self._context.tasks.spawn(self._pump_input(self._viewer))
 
     async def _pump_input(self, viewer: Participant) -> None:
+        assert self._input is not None
         while True:
             data = await self._input.next()
             if isinstance(data, bytes):  # only data is queued here
                 await viewer.send_input(data)
                 self._input.taken(len(data))
-
-    def _pause_reading(self) -> None:
-        if self._chan is not None:
-            self._chan.pause_reading()
-
-    def _resume_reading(self) -> None:
-        if self._chan is not None:
-            self._chan.resume_reading()
 
     def eof_received(self) -> bool:
         """A joiner's EOF does not end the shared program, nor the joiner's view."""
@@ -122,6 +116,7 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Keystrokes: the Terminal merges read-write input and drops read-only input."""
         self._context.traffic.received += len(data)
+        assert self._input is not None  # made with the channel, before any data
         self._input.data(data)
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
