@@ -71,6 +71,10 @@ def test_a_hello_is_checked_and_its_size_bounded() -> None:
     ):
         with pytest.raises(HostRefused, match=message):
             Hello.parse(bad, 500, 200)
+    for revoked in ("rw", ["rw", "admin"], [["rw"]]):
+        with pytest.raises(ProtocolError, match="revoked must be a list of ro and rw"):
+            Hello.parse({"v": 1, "key": key, "revoked": revoked}, 500, 200)
+    assert Hello.parse({"v": 1, "key": key, "revoked": ["rw", "rw"]}, 500, 200).revoked == ("rw",)
 
 
 class Link:

@@ -85,6 +85,8 @@ class SharingService:
         self.hosted: HostedSessions | None = None
         #: The port actually listened on, once known (``listen`` may ask for port 0).
         self.bound_port: int | None = None
+        #: Called with (session, link id) after an owner revokes a link.
+        self.revoke_hooks: list[Callable[[SharedSession[Terminal], str], None]] = []
 
     # --- the owner's side ---------------------------------------------------------
 
@@ -313,6 +315,8 @@ class SharingService:
         if not self.registry.revoke(session, link_id):
             raise ControlError(f"no active link {link_id!r} in session {session.session_id}")
         log.info("sharing.revoke", extra=fields(session=session.session_id, link=link_id))
+        for hook in self.revoke_hooks:
+            hook(session, link_id)
         return f"link {link_id} revoked\n"
 
     def _kick(self, session: SharedSession[Terminal], participant: str) -> str:
