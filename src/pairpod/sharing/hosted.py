@@ -112,6 +112,8 @@ class HostProcess(Process):
         self._writable = asyncio.Event()
         self._writable.set()
         self.size = (cols, rows)
+        # A size not yet sent because the host's channel is full (only the latest counts).
+        self._size_waiting = False
         self._status: ExitStatus | None = None
         self._ended = asyncio.Event()
 
@@ -124,6 +126,7 @@ class HostProcess(Process):
         """The host's (new) channel; returns the one it replaces, if any."""
         old, self._link = self._link, link
         self._writable.set()
+        self._size_waiting = False  # the WELCOME the host gets now has the size
         if self._flow.paused:
             link.pause_reading()
         return old if old is not link else None
@@ -152,6 +155,8 @@ class HostProcess(Process):
     def resume_writing(self) -> None:
         """The host's channel drained."""
         self._writable.set()
+        if self._size_waiting:
+            self._send_size()
 
     def finish(self, status: ExitStatus) -> None:
         """The shell ended (or the session did): the output ends after what is buffered."""
@@ -190,8 +195,14 @@ class HostProcess(Process):
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """The size the Terminal wants: sent now, and again to a host that comes back."""
         self.size = (cols, rows)
-        if self._link is not None:
-            self._link.send(encode_resize(cols, rows))
+        self._send_size()
+
+    def _send_size(self) -> None:
+        # While the host is not reading, sizes are not queued on its channel (joiners
+        # resizing in a loop would grow it without end): the latest goes when it drains.
+        self._size_waiting = self._link is not None and not self._writable.is_set()
+        if self._link is not None and not self._size_waiting:
+            self._link.send(encode_resize(*self.size))
 
     async def signal(self, name: str) -> None:
         """Joiners send no signals; the host's own terminal does."""
