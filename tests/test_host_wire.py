@@ -71,6 +71,10 @@ def test_a_hello_is_checked_and_its_size_bounded() -> None:
     ):
         with pytest.raises(HostRefused, match=message):
             Hello.parse(bad, 500, 200)
+    for revoked in ("rw", ["rw", "admin"], [["rw"]]):
+        with pytest.raises(ProtocolError, match="revoked must be a list of ro and rw"):
+            Hello.parse({"v": 1, "key": key, "revoked": revoked}, 500, 200)
+    assert Hello.parse({"v": 1, "key": key, "revoked": ["rw", "rw"]}, 500, 200).revoked == ("rw",)
 
 
 class Link:
@@ -168,3 +172,20 @@ def test_a_peers_text_is_printed_without_escape_sequences() -> None:
         == "the shell exited]0;pwned[2J (status 3)"
     )
     assert printable(None) == "" and len(printable("x" * 1000)) == 200
+
+
+async def test_sizes_for_a_host_that_is_not_reading_are_kept_to_the_latest() -> None:
+    tasks: list[asyncio.Future[None]] = []
+    link = Link()
+    session, _ = _gateway(link_key([b"k"]), tasks).register(
+        _config(), "alice", Hello("aa" * 32, (), 80, 24), link
+    )
+    session.process.pause_writing()  # the host's channel is full: it is not reading
+    for cols in range(20, 1020):  # joiners resizing their windows in a loop
+        await session.process.resize(cols, 40)
+    assert link.sent == []
+    session.process.resume_writing()
+    frames = FrameDecoder().feed(b"".join(link.sent))
+    assert [(f.kind, f.size()) for f in frames] == [(Kind.RESIZE, (1019, 40))]
+    session.end("bye")
+    await asyncio.gather(*tasks)

@@ -163,3 +163,26 @@ def test_a_named_container_keeps_its_commands_and_the_given_password(
         assert len(commands) == 4 and commands[:2] == commands[2:]
     finally:
         container.remove()
+
+
+def test_a_password_of_several_lines_is_refused_before_it_reaches_chpasswd(
+    tmp_path: Path, key_source: KeySourcePeer, people: dict[str, ClientKey]
+) -> None:
+    # chpasswd reads user:password lines: the second line would set root's password.
+    options = ["-e", "USER_PASSWORD=secret\nroot:owned-by-a-newline"]
+    container = PairContainer(
+        tmp_path, pair_image(), key_source.url, "alice", key=people["alice"], options=options
+    )
+    try:
+        subprocess.run(container.argv, check=True, capture_output=True, timeout=60)
+        assert container.wait() == 2
+        logs = subprocess.run(["docker", "logs", container.name], capture_output=True, text=True, timeout=30)
+        assert "USER_PASSWORD must be one line of printable characters" in logs.stderr
+        assert "read-write:" not in logs.stdout
+        shadow = subprocess.run(
+            ["docker", "cp", f"{container.name}:/etc/shadow", "-"], capture_output=True, timeout=30
+        )
+        assert shadow.returncode == 0 and b"root:" in shadow.stdout
+        assert b"root:$" not in shadow.stdout  # root's password was never set
+    finally:
+        container.remove()

@@ -236,3 +236,37 @@ def test_the_shell_exiting_ends_the_session_for_everyone(
     writer.wait_for(r"pairpod: the shell exited \(status 3\); the shared session has ended")
     writer.wait_for("PANE-EXIT=")
     assert host.proc.wait(10) == 3
+
+
+def test_a_revoked_link_stays_revoked_after_a_gateway_restart(
+    site: Site, terms: Terminals, hosts: list[Host]
+) -> None:
+    # A hosted session's links are derived from the host's session key, so a restarted
+    # gateway makes the same ones again: a revocation must come back with them.
+    host = Host(site, "-l", "alice", "--accept-new-host-key", "bob", name="revokes")
+    hosts.append(host)
+    ro, rw = host.links()
+    listing = site.gateway.ssh("list", user="alice+ctl", key=site.alice).stdout.decode()
+    block = next(b for b in re.split(r"(?m)^(?=session )", listing) if b.strip() and "participant" not in b)
+    session = block.split()[1]
+    link = re.search(r"link (\w+)\s+read-write", block)
+    assert link, listing
+    revoked = site.gateway.ssh("revoke", session, link.group(1), user="alice+ctl", key=site.alice)
+    assert revoked.returncode == 0, revoked.stderr
+    assert site.gateway.ssh(user=rw, key=site.bob, options=["-tt"]).returncode != 0
+
+    assert site.gateway.proc is not None
+    site.gateway.proc.send_signal(signal.SIGKILL)
+    site.gateway.proc.wait(10)
+    site.start()
+    wait_until(
+        lambda: "reconnected to" in host.stdout() or host.stdout().count("sharing through") == 2,
+        message="the host back",
+    )
+    late = site.gateway.ssh(user=rw, key=site.bob, options=["-tt"], timeout=20)  # admitted: it stays
+    assert late.returncode != 0
+    assert "Permission denied" in late.stderr.decode()
+    join(site, terms, "ro-after", ro).wait_for(r"(?m)\$ *$")  # the read-only link still works
+    # The host printed its commands again: the read-only one alone.
+    again = host.stdout().split("sharing through")[-1]
+    assert "read-only:" in again and "read-write:" not in again

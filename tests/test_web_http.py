@@ -6,6 +6,7 @@ The owner is the real OpenSSH client in tmux; the gateway of the module has
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ from pairpod.errors import ConfigError
 from pairpod.log import JsonFormatter, TextFormatter
 from pairpod.web import page
 from pairpod.web.addresses import ClientAddresses
+from pairpod.web.connections import PER_SOURCE
 from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
 from tests.support.web import control, share_options, wait_for_participants, web_gateway, web_links
@@ -303,3 +305,38 @@ async def test_missing_xterm_files_leave_the_gateway_up_and_the_page_says_so(
 def test_config_errors_name_the_key(web: dict[str, object], key: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
         validate_config({"sharing": {"web": web}}, "test")
+
+
+async def ended(reader: asyncio.StreamReader) -> bool:
+    """Whether the peer closed the connection (at once: nothing is answered before)."""
+    try:
+        return await reader.read() == b""
+    except ConnectionResetError:
+        return True
+
+
+async def test_one_address_cannot_hold_the_listeners_connections(gw: GatewayThread) -> None:
+    assert gw.gateway.web is not None
+    port = gw.gateway.web.port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(PER_SOURCE * 3)]
+    try:
+        for _, writer in held:
+            writer.write(b"GET /s/")  # half a request line, never finished (slowloris)
+        reads = [asyncio.ensure_future(ended(reader)) for reader, _ in held]
+        # Past the cap the gateway closes them at once; the others it keeps waiting.
+        waiting = set(reads)
+        async with asyncio.timeout(20):
+            while len(reads) - len(waiting) < PER_SOURCE * 2:
+                _, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        assert all(read.result() for read in reads if read.done())
+        assert sum(not read.done() for read in reads) == PER_SOURCE
+        # Someone at another address is served meanwhile.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(f"http://127.0.0.1:{port}/static/pairpod.js") as answer,
+        ):
+            assert answer.status == 200
+    finally:
+        for _, writer in held:
+            writer.close()

@@ -75,3 +75,27 @@ async def test_a_peer_that_does_not_read_pauses_the_participant_until_it_drains(
     await asyncio.wait_for(pump, 5)
     assert flow.calls == ["pause", "resume"]
     assert sum(len(m) for m in socket.sent if isinstance(m, bytes)) == 2000
+
+
+class StalledSocket(Socket):
+    """A peer that reads nothing at all while ``gate`` is cleared (status messages neither)."""
+
+    async def send_str(self, data: str) -> None:
+        await self.gate.wait()
+        await super().send_str(data)
+
+
+async def test_notices_to_a_page_that_does_not_read_are_kept_to_the_latest() -> None:
+    # In a standing session every join and leave is a notice to everyone: a browser
+    # that stops reading while someone joins and leaves in a loop must not queue them all.
+    sink = WebSink(lambda: (80, 24), sent_size=(80, 24))
+    socket = StalledSocket()
+    socket.gate.clear()
+    pump = asyncio.create_task(sink.pump(socket))
+    for count in range(10_000):
+        sink.notify(f"pairpod: web viewer joined (read-only); {count} viewers now")
+    socket.gate.set()
+    sink.close("done")
+    await asyncio.wait_for(pump, 5)
+    notices = [m["text"] for m in socket.sent if isinstance(m, dict) and m["type"] == "notice"]
+    assert notices == ["pairpod: web viewer joined (read-only); 9999 viewers now"]

@@ -27,17 +27,22 @@ READY_TIMEOUT = 3.0
 
 
 async def start_site(
-    app: web.Application, listen: str, key: str, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    listen: str,
+    key: str,
+    ssl_context: ssl.SSLContext | None = None,
+    site: Callable[..., web.TCPSite] = web.TCPSite,
 ) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``listen`` (``HOST:PORT``), without an access log; the runner and
     the port listened on (the real one for port 0). A busy or invalid address is a
-    ConfigError naming the config ``key``."""
+    ConfigError naming the config ``key``. ``site`` makes the listening site (a
+    ``TCPSite`` with its connections limited, say)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = parse_listen(listen)
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+    listener = site(runner, host, port, ssl_context=ssl_context, reuse_address=True)
     try:
-        await site.start()
+        await listener.start()
     except OSError as error:
         await runner.cleanup()
         raise ConfigError(f"{key}: cannot listen on {listen}: {error.strerror or error}") from None

@@ -92,12 +92,17 @@ def prepare_user(env: Mapping[str, str] = os.environ) -> ShellUser:
         # A service account's nologin or false is no shell to share: the system's instead.
         usable = entry.pw_shell and not entry.pw_shell.endswith(("nologin", "false"))
         return ShellUser(entry.pw_name, entry.pw_shell if usable else _login_shell(), entry.pw_dir)
+    given = env.get(PASSWORD_ENV)
+    if given and not given.isprintable():
+        # chpasswd reads user:password lines: a newline in it would start another
+        # user's line (root's), and a trailing one would make the printed password wrong.
+        raise ConfigError(f"pair: {PASSWORD_ENV} must be one line of printable characters")
     try:
         entry = pwd.getpwnam(PAIR_USER)
     except KeyError:
         _create(PAIR_USER, _login_shell())
         entry = pwd.getpwnam(PAIR_USER)
-    password = env.get(PASSWORD_ENV) or new_password()
+    password = given or new_password()
     _run(["chpasswd"], stdin=f"{PAIR_USER}:{password}\n")
     sudo = _grant_sudo(PAIR_USER)
     shell = entry.pw_shell if entry.pw_shell and os.access(entry.pw_shell, os.X_OK) else _login_shell()

@@ -57,6 +57,7 @@ from pairpod.sharing.hostwire import (
     encode_chunks,
     encode_json,
     printable,
+    revoked_links,
 )
 from pairpod.sharing.terminal import Participant, Sink, Terminal, TerminalEnded
 from pairpod.sharing.tokens import Access, normalize_identity
@@ -239,11 +240,16 @@ class HostChannelSession(asyncssh.SSHClientSession[bytes]):
     """The host's end of its channel: frames from the gateway to the standing Terminal."""
 
     def __init__(
-        self, terminal: Terminal, welcome: Callable[[dict[str, Any]], None], status: Callable[[], Any]
+        self,
+        terminal: Terminal,
+        welcome: Callable[[dict[str, Any]], None],
+        status: Callable[[], Any],
+        revoked: Callable[[dict[str, Any]], None],
     ) -> None:
         self._terminal = terminal
         self.status = status
         self._welcome = welcome
+        self._revoked = revoked
         self._decoder = FrameDecoder()
         self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.participant: Participant | None = None
@@ -287,6 +293,8 @@ class HostChannelSession(asyncssh.SSHClientSession[bytes]):
                 self._chan.pause_reading()
         elif frame.kind is Kind.RESIZE:
             self.participant.resize(*frame.size())
+        elif frame.kind is Kind.REVOKED:
+            self._revoked(frame.json())
         else:
             raise ProtocolError(f"unexpected {frame.kind.name}")
 
@@ -341,6 +349,10 @@ class HostLink:
         self._user = user
         self._out = out
         self._session_key = secrets.token_hex(32)
+        # The session's own links its owner revoked: the gateway is told again in every
+        # HELLO (its links are derived from the session key, so a restarted gateway
+        # would otherwise let a revoked link in again).
+        self._revoked: list[str] = []
         self._commands: dict[str, str] | None = None
         self._grace = 0.0
         self._channel: HostChannelSession | None = None
@@ -350,7 +362,11 @@ class HostLink:
         self._out.write(f"pairpod: {text}\n")
         self._out.flush()
 
+    def _keep_revoked(self, value: dict[str, Any]) -> None:
+        self._revoked = sorted({*revoked_links(value), *self._revoked})
+
     def _welcome(self, welcome: dict[str, Any]) -> None:
+        self._keep_revoked(welcome)
         commands = welcome.get("commands")
         grace = welcome.get("grace")
         if not isinstance(commands, dict) or not all(isinstance(c, str) for c in commands.values()):
@@ -400,7 +416,9 @@ class HostLink:
         began = time.monotonic()
         try:
             terminal = self._standing.terminal
-            channel = HostChannelSession(terminal, self._welcome, lambda: self._standing.shell.status)
+            channel = HostChannelSession(
+                terminal, self._welcome, lambda: self._standing.shell.status, self._keep_revoked
+            )
             self._channel = channel
             chan, _ = await conn.create_session(lambda: channel, subsystem=SUBSYSTEM, encoding=None)
             cols, rows = terminal.size
@@ -409,6 +427,7 @@ class HostLink:
                 {
                     "v": VERSION,
                     "key": self._session_key,
+                    "revoked": self._revoked,
                     "share_with": list(self._options.share_with),
                     "cols": cols,
                     "rows": rows,
@@ -419,10 +438,14 @@ class HostLink:
                 chan.write(hello)
             await channel.closed.wait()
             if channel.participant is None:
-                line = channel.stderr.decode(errors="replace").strip() or "the gateway closed the channel"
+                # The gateway's words reach this terminal: no control characters in them.
+                line = (
+                    printable(channel.stderr.decode(errors="replace").strip())
+                    or "the gateway closed the channel"
+                )
                 if channel.exit_status == Refusal.EXPIRED:
                     self._say(f"{line.removeprefix('pairpod: ')}; registering a new session")
-                    self._session_key = secrets.token_hex(32)
+                    self._session_key, self._revoked = secrets.token_hex(32), []
                     return 0.0
                 raise GatewayRefused(line.removeprefix("pairpod: "))
             return time.monotonic() - began
@@ -462,7 +485,7 @@ class HostLink:
                 away_since = now
             if self._grace and away_since is not None and now - away_since > self._grace:
                 # The gateway has ended the session by now: new links, printed when we are back.
-                self._session_key = secrets.token_hex(32)
+                self._session_key, self._revoked = secrets.token_hex(32), []
                 away_since = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF[1])

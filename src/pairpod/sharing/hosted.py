@@ -20,7 +20,9 @@ from its host keys, see :func:`link_key`), of the host's login and a session
 key the host chose and keeps. After a restart the host presents the same
 session key and gets the same links back; another login presenting it gets
 other links (the login is part of the HMAC), so nobody can claim a host's
-links but that host's login.
+links but that host's login. Revoking one of these two links is told to the
+host (a REVOKED frame), which names it in every later HELLO, so a restarted
+gateway revokes it again rather than letting it in.
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ from pairpod.backends.base import ExitStatus, Process, Stream
 from pairpod.backends.output import FlowControl, OutputPipe
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
-from pairpod.sharing.hostwire import VERSION, Kind, Refusal, encode_chunks, encode_resize
+from pairpod.sharing.hostwire import (
+    VERSION,
+    Kind,
+    Refusal,
+    encode_chunks,
+    encode_json,
+    encode_resize,
+    revoked_links,
+)
 from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import SharedSession, join_command, token_from_digest
@@ -102,6 +112,8 @@ class HostProcess(Process):
         self._writable = asyncio.Event()
         self._writable.set()
         self.size = (cols, rows)
+        # A size not yet sent because the host's channel is full (only the latest counts).
+        self._size_waiting = False
         self._status: ExitStatus | None = None
         self._ended = asyncio.Event()
 
@@ -114,6 +126,7 @@ class HostProcess(Process):
         """The host's (new) channel; returns the one it replaces, if any."""
         old, self._link = self._link, link
         self._writable.set()
+        self._size_waiting = False  # the WELCOME the host gets now has the size
         if self._flow.paused:
             link.pause_reading()
         return old if old is not link else None
@@ -130,6 +143,11 @@ class HostProcess(Process):
         """Output from the host."""
         self._pipe.feed(data)
 
+    def send(self, frame: bytes) -> None:
+        """A frame to the host, when it is connected."""
+        if self._link is not None:
+            self._link.send(frame)
+
     def pause_writing(self) -> None:
         """The host's channel is full: input waits."""
         self._writable.clear()
@@ -137,6 +155,8 @@ class HostProcess(Process):
     def resume_writing(self) -> None:
         """The host's channel drained."""
         self._writable.set()
+        if self._size_waiting:
+            self._send_size()
 
     def finish(self, status: ExitStatus) -> None:
         """The shell ended (or the session did): the output ends after what is buffered."""
@@ -175,8 +195,14 @@ class HostProcess(Process):
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """The size the Terminal wants: sent now, and again to a host that comes back."""
         self.size = (cols, rows)
-        if self._link is not None:
-            self._link.send(encode_resize(cols, rows))
+        self._send_size()
+
+    def _send_size(self) -> None:
+        # While the host is not reading, sizes are not queued on its channel (joiners
+        # resizing in a loop would grow it without end): the latest goes when it drains.
+        self._size_waiting = self._link is not None and not self._writable.is_set()
+        if self._link is not None and not self._size_waiting:
+            self._link.send(encode_resize(*self.size))
 
     async def signal(self, name: str) -> None:
         """Joiners send no signals; the host's own terminal does."""
@@ -203,6 +229,8 @@ class Hello:
     share_with: tuple[str, ...]
     cols: int
     rows: int
+    #: The session's own links (``ro``, ``rw``) revoked before (see :class:`HostedSessions`).
+    revoked: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, value: dict[str, Any], max_cols: int, max_rows: int) -> Hello:
@@ -220,7 +248,8 @@ class Hello:
         cols, rows = value.get("cols", 80), value.get("rows", 24)
         if not isinstance(cols, int) or not isinstance(rows, int):
             raise HostRefused("cols and rows must be numbers")
-        return cls(key, tuple(named), min(max(cols, 1), max_cols), min(max(rows, 1), max_rows))
+        size = min(max(cols, 1), max_cols), min(max(rows, 1), max_rows)
+        return cls(key, tuple(named), *size, tuple(revoked_links(value)))
 
 
 class HostedSession:
@@ -241,6 +270,9 @@ class HostedSession:
         self.terminal = terminal
         self.shared = shared
         self.commands = commands
+        #: The session's own (derived) links by id, and which of them are revoked.
+        self.own_links: dict[str, str] = {}
+        self.revoked: set[str] = set()
         self._grace: asyncio.TimerHandle | None = None
 
     def attach(self, link: HostLink) -> None:
@@ -284,6 +316,7 @@ class HostedSessions:
         self.key = b""
         self._live: dict[bytes, HostedSession] = {}
         self._expired: OrderedDict[bytes, None] = OrderedDict()
+        service.revoke_hooks.append(self._revoked)
 
     def _digest(self, login: str, session_key: str, what: str) -> bytes:
         assert self.key, "the gateway sets the link key before it listens"
@@ -344,9 +377,20 @@ class HostedSessions:
             open=config.sharing.open,
             tokens=lambda access: token_from_digest(self._digest(login, hello.session_key, access.value)),
         )
+        # Its links are derived, so they come back with the session after a restart of
+        # the gateway: the revocations the host kept for it are made again.
+        for link in links:
+            if link.access.value in hello.revoked:
+                self._service.registry.revoke(shared, link.link_id)
         host, port = self._service.public_address(config)
-        commands = {link.access.value: join_command(link.username, host, port) for link in links}
+        commands = {
+            link.access.value: join_command(link.username, host, port)
+            for link in links
+            if link.access.value not in hello.revoked
+        }
         session = HostedSession(digest, login, process, terminal, shared, commands)
+        session.own_links = {link.link_id: link.access.value for link in links}
+        session.revoked = set(hello.revoked)
         self._live[digest] = session
         log.info("host.open", extra=fields(session=shared.session_id, host=login))
         self._spawn(self._run(session))
@@ -362,6 +406,16 @@ class HostedSessions:
                 self._expired.popitem(last=False)
             self._service.close_session(session.shared)
             await session.process.kill()
+
+    def _revoked(self, shared: SharedSession[Terminal], link_id: str) -> None:
+        """An owner revoked a link: one of a hosted session's own is told to its host to keep."""
+        session = next((s for s in self._live.values() if s.shared is shared), None)
+        access = session.own_links.get(link_id) if session is not None else None
+        if session is None or access is None:
+            return
+        session.revoked.add(access)
+        session.commands.pop(access, None)
+        session.process.send(encode_json(Kind.REVOKED, {"revoked": sorted(session.revoked)}))
 
     def end_all(self, reason: str) -> None:
         """End every hosted session now (the gateway stops; hosts come back to its successor)."""

@@ -13,6 +13,8 @@ kind          direction        payload
 ``INPUT``     gateway → host   read-write participants' keystrokes (bytes)
 ``RESIZE``    gateway → host   ``cols: u16, rows: u16``: the size the PTY must take
 ``END``       host → gateway   JSON: why the shared session ended (shell exit, stop)
+``REVOKED``   gateway → host   JSON: which of the session's own links (ro, rw) are
+                               revoked; the host sends them back in every HELLO
 ============  ===============  =================================================
 
 A refusal is not a frame: the gateway writes one ``pairpod: ...`` line on the
@@ -58,6 +60,7 @@ class Kind(enum.IntEnum):
     INPUT = 4
     RESIZE = 5
     END = 6
+    REVOKED = 7
 
 
 class Refusal(enum.IntEnum):
@@ -129,6 +132,14 @@ def printable(text: object, limit: int = 200) -> str:
     return "".join(c for c in text[:limit] if c.isprintable())
 
 
+def revoked_links(value: dict[str, Any]) -> list[str]:
+    """The ``revoked`` of a HELLO, WELCOME or REVOKED payload: which of ``ro``, ``rw``."""
+    revoked = value.get("revoked", [])
+    if not isinstance(revoked, list) or not all(a in ("ro", "rw") for a in revoked):
+        raise ProtocolError("revoked must be a list of ro and rw")
+    return sorted(set(revoked))
+
+
 class FrameDecoder:
     """Bytes in, frames out; a bad header raises :class:`ProtocolError`."""
 
@@ -147,7 +158,7 @@ class FrameDecoder:
                 kind = Kind(kind_value)
             except ValueError:
                 raise ProtocolError(f"unknown frame kind {kind_value}") from None
-            limit = MAX_JSON if kind in (Kind.HELLO, Kind.WELCOME, Kind.END) else MAX_PAYLOAD
+            limit = MAX_JSON if kind in (Kind.HELLO, Kind.WELCOME, Kind.END, Kind.REVOKED) else MAX_PAYLOAD
             if length > limit:
                 raise ProtocolError(f"{kind.name} frame of {length} bytes (at most {limit})")
             end = offset + _HEADER.size + length

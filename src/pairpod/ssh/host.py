@@ -146,6 +146,7 @@ class HostChannel(LineSession):
                     "rows": rows,
                     "grace": self._context.config.sharing.host_grace,
                     "resumed": resumed,
+                    "revoked": sorted(session.revoked),
                 },
             )
         )

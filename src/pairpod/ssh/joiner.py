@@ -7,7 +7,6 @@ a :class:`~pairpod.sharing.joinable.Joinable` and, once attached, a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 import asyncssh
@@ -16,6 +15,7 @@ from asyncssh.misc import TermModes
 from pairpod.errors import PairpodError
 from pairpod.sharing.joinable import Joinable, Seat
 from pairpod.ssh.context import ChannelContext
+from pairpod.ssh.input import InputQueue
 from pairpod.ssh.request_limits import bounded_size, pty_refusal
 from pairpod.ssh.sink import ChannelSink, exit_channel
 
@@ -40,13 +40,16 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         self._viewer: Seat | None = None
         self._paused = False
         self._closed = False
-        self._input: asyncio.Queue[bytes] = asyncio.Queue()
+        self._input: InputQueue | None = None
         self._refusal: str | None = None
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         """Remember the channel and bound its write buffer."""
         self._chan = chan
         chan.set_write_buffer_limits(high=1 << 18, low=1 << 16)
+        # Bounded like a login channel's input: past its high mark the joiner is paused
+        # (the SSH window closes), so a program that reads nothing costs no memory here.
+        self._input = InputQueue(chan.pause_reading, chan.resume_reading)
 
     def pty_requested(
         self, term_type: str, term_size: tuple[int, int, int, int], term_modes: TermModes
@@ -111,9 +114,12 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
         await self._pump_input(viewer)
 
     async def _pump_input(self, viewer: Seat) -> None:
+        assert self._input is not None
         while True:
-            data = await self._input.get()
-            await viewer.send_input(data)
+            data = await self._input.next()
+            if isinstance(data, bytes):  # only data is queued here
+                await viewer.send_input(data)
+                self._input.taken(len(data))
 
     def eof_received(self) -> bool:
         """A joiner's EOF does not end the shared program, nor the joiner's view."""
@@ -122,7 +128,8 @@ class ViewerSession(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         """Keystrokes: the Terminal merges read-write input and drops read-only input."""
         self._context.traffic.received += len(data)
-        self._input.put_nowait(data)
+        assert self._input is not None  # made with the channel, before any data
+        self._input.data(data)
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         """The joiner's window changed (clamped to ``ssh.max_pty``)."""

@@ -25,6 +25,10 @@ class ClientAddresses:
     def _is_trusted(self, ip: IPAddress | None) -> bool:
         return ip is not None and any(ip.version == net.version and ip in net for net in self._trusted)
 
+    def trusted(self, peer: str) -> bool:
+        """Whether ``peer`` (a connection's address) is one of the trusted proxies."""
+        return self._is_trusted(parse_ip(peer))
+
     def client(self, peer: str | None, forwarded_for: str | None) -> str:
         """The client's address: the peer's, or from ``X-Forwarded-For`` when the peer is trusted."""
         peer_ip = parse_ip(peer or "")

@@ -18,11 +18,14 @@ joined through the same path as an SSH link (:meth:`SharingService.find`
 with the web medium). When the other replicas cannot be asked (their store
 is down), the page says so as an SSH joiner is told, after the same pause,
 and the address is not counted towards a lockout: it is not the link's fault.
+
+One address holds only so many connections (:mod:`pairpod.web.connections`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -38,6 +41,7 @@ from pairpod.sharing.joinable import ClusterUnavailable, Joinable
 from pairpod.sharing.service import SharingService
 from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Medium, rejection_delay
 from pairpod.web.addresses import ClientAddresses
+from pairpod.web.connections import ConnectionLimit, LimitedSite
 from pairpod.web.page import FILES, SECURITY_HEADERS, TERMINAL_PAGE, message_page, missing_assets
 from pairpod.web.sink import message
 from pairpod.web.viewer import serve_viewer
@@ -85,7 +89,9 @@ class WebJoiners:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/favicon.ico", _no_content)  # browsers ask; nothing to log as missing
         app.on_response_prepare.append(_security_headers)
-        self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls)
+        # One address may hold only so many connections (see web.connections).
+        site = functools.partial(LimitedSite, limit=ConnectionLimit(self._addresses.trusted))
+        self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls, site)
         host = parse_listen(self._listen)[0]
         self.base_url = self._settings.public_url or _default_base(
             host, self.port, self._config, tls is not None

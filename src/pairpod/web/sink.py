@@ -29,6 +29,8 @@ HIGH_WATER = 1 << 18
 LOW_WATER = 1 << 16
 # Consecutive output chunks are sent as one WebSocket message up to this size.
 _MESSAGE_BYTES = 1 << 16
+# Where the latest notice goes in the queue.
+_NOTICE = object()
 
 
 class Socket(Protocol):
@@ -62,7 +64,10 @@ class WebSink(Sink):
         self._sent_size = sent_size
         self._high = high
         self._low = low
-        self._items: deque[bytes | str] = deque()
+        self._items: deque[bytes | str | object] = deque()
+        # The latest notice, sent where _NOTICE stands in the queue (see notify).
+        self._notice = ""
+        self._notice_queued = False
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._paused = False
@@ -91,9 +96,17 @@ class WebSink(Sink):
         self._check_pressure()
 
     def notify(self, text: str) -> None:
-        """A notice (already drawn in the terminal): the page shows it in its status line."""
-        self._items.append(message("notice", text=text))
-        self._wakeup.set()
+        """A notice (already drawn in the terminal): the page shows it in its status line.
+
+        The page shows only the latest notice, so one waits here at a time and a
+        newer one replaces its text: a browser that stops reading while others
+        join and leave (each a notice) costs no more memory than one.
+        """
+        self._notice = text
+        if not self._notice_queued:
+            self._notice_queued = True
+            self._items.append(_NOTICE)
+            self._wakeup.set()
 
     def close(self, reason: str) -> None:
         """Kicked, or the session ended: the page is told, then the socket closes."""
@@ -113,11 +126,15 @@ class WebSink(Sink):
                 self._wakeup.clear()
                 await self._wakeup.wait()
             item = self._items.popleft()
+            if item is _NOTICE:
+                self._notice_queued = False
+                item = message("notice", text=self._notice)
             if isinstance(item, str):
                 await socket.send_str(item)
                 if self.ended is not None and not self._items:
                     return
                 continue
+            assert isinstance(item, bytes)
             parts = [item]
             size = len(item)
             while self._items and isinstance(self._items[0], bytes) and size < _MESSAGE_BYTES:
