@@ -88,7 +88,7 @@ class StalledSocket(Socket):
 async def test_notices_to_a_page_that_does_not_read_are_kept_to_the_latest() -> None:
     # In a standing session every join and leave is a notice to everyone: a browser
     # that stops reading while someone joins and leaves in a loop must not queue them all.
-    sink = WebSink(lambda: (80, 24), sent_size=(80, 24))
+    sink = WebSink(sent_size=(80, 24))
     socket = StalledSocket()
     socket.gate.clear()
     pump = asyncio.create_task(sink.pump(socket))
