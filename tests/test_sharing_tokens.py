@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 from pairpod.sharing import tokens
 from pairpod.sharing.tokens import (
     ALPHABET,
+    MAX_LINKS,
     TOKEN_BITS,
     TOKEN_LENGTH,
     Access,
     ShareRegistry,
+    TooManyLinks,
     join_command,
     looks_like_join_username,
     new_token,
@@ -108,6 +110,23 @@ def test_unknown_revoked_and_closed_links_are_all_invalid() -> None:
     assert len(registry) == 0 and registry.get(session.session_id) is None
     with pytest.raises(KeyError):
         registry.mint(session, Access.READ_ONLY)
+
+
+def test_links_of_a_session_are_bounded_live_and_revoked() -> None:
+    # An owner minting (and revoking) in a loop costs the gateway a bounded amount.
+    registry: ShareRegistry[str] = ShareRegistry()
+    session = registry.create_session(owner="user:alice", terminal="T")
+    live = [registry.mint(session, Access.READ_ONLY) for _ in range(MAX_LINKS)]
+    with pytest.raises(TooManyLinks):
+        registry.mint(session, Access.READ_WRITE)
+    for link in live:
+        assert registry.revoke(session, link.link_id)
+    for _ in range(3 * MAX_LINKS):
+        assert registry.revoke(session, registry.mint(session, Access.READ_ONLY).link_id)
+    newest = registry.mint(session, Access.READ_WRITE)
+    assert len(session.links) == MAX_LINKS + 1
+    assert registry.lookup(newest.username) is not None
+    assert all(registry.lookup(link.username) is None for link in live)
 
 
 def test_lookup_compares_digests_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from pairpod.sharing.tokens import (
     SharedSession,
     ShareLink,
     ShareRegistry,
+    TooManyLinks,
     join_command,
     parse_share_with,
     share_banner,
@@ -202,7 +203,10 @@ class SharingService:
             raise ControlError(
                 "read-write web links are only for open sessions: a browser proves no identity"
             )
-        link = self.registry.mint(session, access, medium=Medium.WEB)
+        try:
+            link = self.registry.mint(session, access, medium=Medium.WEB)
+        except TooManyLinks as error:
+            raise ControlError(str(error)) from None
         self._changed()
         log.info(
             "sharing.mint",
@@ -323,7 +327,10 @@ class SharingService:
         if access_text.startswith("web-"):
             web_link = self.mint_web(session, access)
             return f"link {web_link.link_id}: {self.web_url(web_link)}\n"
-        link = self.registry.mint(session, access)
+        try:
+            link = self.registry.mint(session, access)
+        except TooManyLinks as error:
+            raise ControlError(str(error)) from None
         self._changed()
         host, port = self.public_address(self.config)
         log.info(

@@ -71,6 +71,17 @@ _NAME_RE = {
 assert TOKEN_BITS >= 128  # a guard on the constants above
 
 
+#: Links one session may hold: live ones (each a secret someone may hold; a
+#: mint past this is refused) and, apart, revoked ones kept for ``list`` (the
+#: oldest are forgotten past this), so an owner minting and revoking in a loop
+#: costs the gateway a bounded amount.
+MAX_LINKS = 100
+
+
+class TooManyLinks(ValueError):
+    """A session already has :data:`MAX_LINKS` live links."""
+
+
 class Access(enum.Enum):
     """What a link lets its holder do."""
 
@@ -296,6 +307,8 @@ class ShareRegistry(Generic[_T]):
         """
         if self._sessions.get(session.session_id) is not session:
             raise KeyError(f"session {session.session_id} is not registered")
+        if len(session.active_links()) >= MAX_LINKS:
+            raise TooManyLinks(f"this session has {MAX_LINKS} live links already: revoke some first")
         if token is not None:
             username = access.prefix + token
             digest = self._digest(username, medium)
@@ -353,6 +366,9 @@ class ShareRegistry(Generic[_T]):
             return False
         link.revoked = True
         self._by_digest.pop(self._digest(link.username, link.medium), None)
+        revoked = [old.link_id for old in session.links.values() if old.revoked]
+        for old_id in revoked[: max(0, len(revoked) - MAX_LINKS)]:  # minted first, forgotten first
+            del session.links[old_id]
         return True
 
     def close_session(self, session: SharedSession[_T]) -> None:
