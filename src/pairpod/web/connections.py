@@ -7,7 +7,9 @@ then nobody could log in over SSH either (one process serves both). A
 source (an IPv4 address or an IPv6 /64, as for the lockout) may hold at most
 :data:`PER_SOURCE` web connections at once; more are closed as soon as they
 are accepted. A trusted reverse proxy (``sharing.web.trusted_proxies``)
-carries everyone's connections and is not capped.
+carries everyone's connections and is not capped by source; all sources
+together hold at most :data:`TOTAL`, well below the descriptors the process
+may open, so many addresses together cannot take them from SSH either.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = get_logger("web")
 
 #: Web connections one source may hold at once (a browser opens a handful per page).
 PER_SOURCE = 32
+#: Web connections of all sources at once (the SSH listener keeps the rest of the
+#: process's descriptors, which ``pairpod serve`` raises to the hard limit).
+TOTAL = 1024
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -33,10 +38,14 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 class ConnectionLimit:
     """Counts open connections per source and turns away those past :data:`PER_SOURCE`."""
 
-    def __init__(self, exempt: Callable[[str], bool], per_source: int = PER_SOURCE) -> None:
-        """``exempt(address)``: True for a peer that is not capped (a trusted proxy)."""
+    def __init__(
+        self, exempt: Callable[[str], bool], per_source: int = PER_SOURCE, total: int = TOTAL
+    ) -> None:
+        """``exempt(address)``: True for a peer not capped by source (a trusted proxy)."""
         self._exempt = exempt
         self._per_source = per_source
+        self._total = total
+        self._all = 0
         self._open: Counter[str] = Counter()
 
     def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
@@ -44,16 +53,19 @@ class ConnectionLimit:
         return lambda: _Counted(self, factory())
 
     def _enter(self, address: str) -> str | None:
-        """The source to count ``address`` under; None when it holds too many already."""
-        if self._exempt(address):
-            return ""
-        source = lockout_key(address)
-        if self._open[source] >= self._per_source:
+        """The source to count ``address`` under; None when it (or everyone) holds too many already."""
+        if self._all >= self._total:
             return None
-        self._open[source] += 1
+        source = "" if self._exempt(address) else lockout_key(address)
+        if source and self._open[source] >= self._per_source:
+            return None
+        self._all += 1
+        if source:
+            self._open[source] += 1
         return source
 
     def _leave(self, source: str) -> None:
+        self._all -= 1
         if not source:
             return
         self._open[source] -= 1
@@ -74,7 +86,10 @@ class _Counted(asyncio.Protocol):
         address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._source = self._limit._enter(address)
         if self._source is None:
-            log.warning("web.too_many_connections", extra=fields(addr=address, limit=self._limit._per_source))
+            log.warning(
+                "web.too_many_connections",
+                extra=fields(addr=address, per_source=self._limit._per_source, total=self._limit._total),
+            )
             transport.close()  # nothing was read or written: closing is immediate
             return
         self._inner.connection_made(transport)
