@@ -17,6 +17,7 @@ import signal
 import struct
 import termios
 from collections.abc import Mapping
+from typing import cast
 
 from pairpod.backends.base import (
     Backend,
@@ -203,8 +204,9 @@ class OutputReader(asyncio.Protocol):
         self._transport: asyncio.ReadTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.ReadTransport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's pipe transports have the
+        # same methods but do not derive from asyncio's transport classes.
+        self._transport = cast(asyncio.ReadTransport, transport)
 
     def _pause(self) -> None:
         if self._transport is not None:
@@ -249,35 +251,45 @@ async def _read_output(fd: int) -> OutputReader:
     return reader
 
 
+async def _write_input(fd: int) -> asyncio.StreamWriter:
+    """A writer of ``fd`` (which it now owns) in the event loop."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
 async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> LocalProcess:
-    # Output pipes of our own, so their read ends get OutputReaders (not StreamReaders).
+    # Pipes of our own on all three: the read ends get OutputReaders (not
+    # StreamReaders), and stdin is a pipe on every event loop, as sshd makes it.
+    # (uvloop makes stdin=PIPE a socket pair, and bash reads ~/.bashrc when its
+    # stdin is a socket, as if run by rshd: every command paid for the profile.)
+    stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     try:
-        for fd in (stdout_r, stderr_r):
+        for fd in (stdin_w, stdout_r, stderr_r):
             _grow_pipe(fd)
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=stdin_r,
             stdout=stdout_w,
             stderr=stderr_w,
             **kwargs,  # type: ignore[arg-type]
         )
     except BaseException:
-        for fd in (stdout_r, stderr_r):
+        for fd in (stdin_w, stdout_r, stderr_r):
             os.close(fd)
         raise
     finally:
         # The child has its copies; the program's exit must be the pipes' end.
-        os.close(stdout_w)
-        os.close(stderr_w)
-    assert proc.stdin
-    stdin_pipe = proc.stdin.get_extra_info("pipe")
-    if stdin_pipe is not None and not stdin_pipe.closed:
-        _grow_pipe(stdin_pipe.fileno())
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+    stdin = await _write_input(stdin_w)
     stdout = await _read_output(stdout_r)
     stderr = await _read_output(stderr_r)
-    return LocalProcess(proc, stdout, stderr, proc.stdin, pty_fd=None)
+    return LocalProcess(proc, stdout, stderr, stdin, pty_fd=None)
 
 
 async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[str, object]) -> LocalProcess:
@@ -300,14 +312,10 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
         raise
     finally:
         os.close(slave)
-    loop = asyncio.get_running_loop()
     # A second descriptor for writing: one transport per fd keeps close() simple.
-    write_transport, write_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(master), "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    writer = await _write_input(os.dup(master))
     reader = await _read_output(master)
-    return LocalProcess(proc, reader, None, writer, pty_fd=write_transport.get_extra_info("pipe").fileno())
+    return LocalProcess(proc, reader, None, writer, pty_fd=writer.transport.get_extra_info("pipe").fileno())
 
 
 class LocalProcess(Process):
