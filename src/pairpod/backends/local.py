@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import pwd
 import signal
@@ -65,9 +66,18 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
-def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child
-    # The child is a new session leader (start_new_session); stdin is the PTY.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _take_controlling_tty(slave_path: str) -> None:  # pragma: no cover - runs in the child
+    # Works wherever the loop runs this: asyncio runs it after start_new_session's
+    # setsid() with the PTY already on stdin; uvloop runs it first thing after
+    # fork, before its own setsid() (which then fails harmlessly) and before
+    # stdio is set up, so this opens the terminal by name rather than using fd 0.
+    with contextlib.suppress(PermissionError):  # already a session leader
+        os.setsid()
+    fd = os.open(slave_path, os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+    finally:
+        os.close(fd)
 
 
 class LocalBackend(Backend):
@@ -298,13 +308,14 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
     try:
         set_winsize(slave, spec.pty.rows, spec.pty.cols, spec.pty.pixel_width, spec.pty.pixel_height)
         apply_modes(slave, spec.pty.modes)
-        env = {**kwargs["env"], "SSH_TTY": os.ttyname(slave)}  # type: ignore[dict-item]
+        slave_path = os.ttyname(slave)
+        env = {**kwargs["env"], "SSH_TTY": slave_path}  # type: ignore[dict-item]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            preexec_fn=_take_controlling_tty,
+            preexec_fn=functools.partial(_take_controlling_tty, slave_path),
             **{**kwargs, "env": env},  # type: ignore[arg-type]
         )
     except BaseException:
