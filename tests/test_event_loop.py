@@ -115,6 +115,14 @@ async def test_a_client_that_stops_reading_stops_the_program(
         assert (await process.wait(timeout=60)).exit_status == 0
 
 
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+async def test_a_terminal_programs_output_arrives_whole(make_gateway: MakeGateway, loop: str) -> None:
+    gateway = make_gateway({"event_loop": loop})
+    async with await connect(gateway) as conn:
+        result = await conn.run("seq 1 100000", term_type="xterm", timeout=60)
+    assert str(result.stdout).split() == [str(n) for n in range(1, 100001)]
+
+
 def test_default_serve_runs_on_uvloop_and_programs_get_no_descriptor_of_the_gateway(
     tmp_path: Path, client_key: ClientKey
 ) -> None:

@@ -31,6 +31,7 @@ from pairpod.backends.base import (
     Stream,
 )
 from pairpod.backends.output import FlowControl, OutputPipe
+from pairpod.backends.ptywriter import PtyWriter
 from pairpod.backends.termmodes import apply_modes
 from pairpod.config import LocalSettings
 from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
@@ -323,10 +324,10 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
         raise
     finally:
         os.close(slave)
-    # A second descriptor for writing: one transport per fd keeps close() simple.
-    writer = await _write_input(os.dup(master))
+    # A second descriptor for writing, written directly (see ptywriter): one owner per fd.
+    writer = PtyWriter(os.dup(master))
     reader = await _read_output(master)
-    return LocalProcess(proc, reader, None, writer, pty_fd=writer.transport.get_extra_info("pipe").fileno())
+    return LocalProcess(proc, reader, None, writer, pty_fd=writer.fd)
 
 
 class LocalProcess(Process):
@@ -337,7 +338,7 @@ class LocalProcess(Process):
         proc: asyncio.subprocess.Process,
         stdout: OutputReader,
         stderr: OutputReader | None,
-        stdin: asyncio.StreamWriter,
+        stdin: asyncio.StreamWriter | PtyWriter,
         pty_fd: int | None,
     ) -> None:
         self._proc = proc
