@@ -147,7 +147,8 @@ def main() -> None:
                 f"| {figures['rss_per_conn_kib']:.1f} KiB | {figures['p50'] * 1000:.0f} ms "
                 f"| {figures['p99'] * 1000:.0f} ms | {figures['max'] * 1000:.0f} ms "
                 f"| {figures['opened_in']:.1f} s "
-                f"| <= {GOAL_RSS_KIB} KiB, p99 <= {GOAL_P99_S * 1000:.0f} ms ({'met' if met else 'NOT met'}) |",
+                f"| <= {GOAL_RSS_KIB} KiB, p99 <= {GOAL_P99_S * 1000:.0f} ms "
+                f"({'met' if met else 'NOT met'}) |",
                 flush=True,
             )
     finally:
