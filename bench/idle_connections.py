@@ -12,7 +12,7 @@ benchmark raises them for its loopback load (one source address, a thousand
 environments). The shell is ``/bin/sh``: the user's login profile is not what
 is measured.
 
-    python bench/idle_connections.py [--connections 1000] [--parallel 8] [--loops auto]
+    python bench/idle_connections.py [--connections 1000] [--parallel 1] [--loops auto]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
     """Run the benchmark and print its report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--connections", type=int, default=1000)
-    parser.add_argument("--parallel", type=int, default=8, help="connections being opened at once")
+    parser.add_argument("--parallel", type=int, default=1, help="connections being opened at once")
     parser.add_argument("--loops", default="auto", help="comma-separated: auto, asyncio, uvloop")
     args = parser.parse_args()
     work = Workdir()
