@@ -15,6 +15,8 @@ import yaml
 from pairpod import __version__
 from pairpod.config import Config, dump_config, load_config, parse_listen
 from pairpod.errors import ConfigError, PairpodError
+from pairpod.eventloop import LOOP_CHOICES, close_on_exec_above_stdio, loop_name
+from pairpod.eventloop import run as run_on_loop
 from pairpod.log import fields, get_logger, setup_logging
 
 log = get_logger("cli")
@@ -27,8 +29,10 @@ def _fail(message: str, code: int = EXIT_CONFIG) -> None:
     sys.exit(code)
 
 
-def _cli_overrides(listen: str | None, backend: str | None) -> dict[str, Any]:
+def _cli_overrides(listen: str | None, backend: str | None, event_loop: str | None = None) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
+    if event_loop is not None:
+        overrides["event_loop"] = event_loop
     if listen is not None:
         try:
             parse_listen(listen)
@@ -59,16 +63,21 @@ def main() -> None:
     type=click.Choice(["local", "docker", "kubernetes"]),
     help="Backend to use (overrides the config).",
 )
-def serve(config_path: Path | None, listen: str | None, backend: str | None) -> None:
+@click.option(
+    "--event-loop",
+    type=click.Choice(list(LOOP_CHOICES)),
+    help="asyncio's own loop or uvloop (overrides the config's event_loop).",
+)
+def serve(config_path: Path | None, listen: str | None, backend: str | None, event_loop: str | None) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     try:
-        config = load_config(config_path, _cli_overrides(listen, backend))
+        config = load_config(config_path, _cli_overrides(listen, backend, event_loop))
     except ConfigError as error:
         _fail(str(error))
         return
     setup_logging(config.log.level, config.log.format)
     try:
-        asyncio.run(_serve(config))
+        run_on_loop(_serve(config), config.event_loop)
     except ConfigError as error:
         _fail(str(error))
 
@@ -78,6 +87,10 @@ async def _serve(config: Config) -> None:
 
     before, after = raise_open_files_limit()
     log.info("gateway.open_files_limit", extra=fields(soft=after, was=before))
+    log.info(
+        "gateway.event_loop",
+        extra=fields(loop=loop_name(asyncio.get_running_loop()), sealed=close_on_exec_above_stdio()),
+    )
     gateway = Gateway(config)
     await gateway.start()
     # The first SIGTERM (or SIGINT) drains; the next one ends the sessions at once.

@@ -699,6 +699,9 @@ class Config(Section):
         default_factory=lambda: [Path("/var/lib/pairpod/ssh_host_ed25519_key")], min_length=1
     )
     banner: str = ""
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto", description="auto: uvloop when installed (pairpod[fast]), else asyncio's own"
+    )
     ssh: SSHSettings = Field(default_factory=SSHSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     backend: Literal["local", "docker", "kubernetes"] = "local"

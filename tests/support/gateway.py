@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from pairpod.config import Config, merge, validate_config
+from pairpod.eventloop import new_event_loop
 from pairpod.ssh import Gateway
 
 DEFAULT_WAIT = 20.0
@@ -168,7 +169,7 @@ class GatewayThread(OpenSSHClient):
     def __init__(self, config: Config, key: ClientKey) -> None:
         self.config = config
         self.key = key
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop(config.event_loop)  # the config's choice: the default, as served
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.gateway = Gateway(config)
         self.port = 0
@@ -218,9 +219,12 @@ class GatewayProcess(OpenSSHClient):
     ``key`` (when given) is the client key its ``ssh*`` helpers log in with.
     """
 
-    def __init__(self, config_path: Path, *args: str, key: ClientKey | None = None) -> None:
+    def __init__(
+        self, config_path: Path, *args: str, key: ClientKey | None = None, pass_fds: Sequence[int] = ()
+    ) -> None:
         if key is not None:
             self.key = key
+        self.pass_fds = tuple(pass_fds)  # descriptors the gateway inherits, as from its launcher
         self.config_path = config_path
         self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
@@ -234,6 +238,7 @@ class GatewayProcess(OpenSSHClient):
             [sys.executable, "-m", "pairpod.cli", "serve", "--config", str(self.config_path), *self.args],
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            pass_fds=self.pass_fds,
         )
         match = wait_until(lambda: self._listening() or self._exited(), message="gateway start")
         if isinstance(match, str):

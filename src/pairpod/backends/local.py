@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import pwd
 import signal
 import struct
 import termios
 from collections.abc import Mapping
+from typing import cast
 
 from pairpod.backends.base import (
     Backend,
@@ -29,6 +31,7 @@ from pairpod.backends.base import (
     Stream,
 )
 from pairpod.backends.output import FlowControl, OutputPipe
+from pairpod.backends.ptywriter import PtyWriter
 from pairpod.backends.termmodes import apply_modes
 from pairpod.config import LocalSettings
 from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
@@ -64,9 +67,18 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
-def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child
-    # The child is a new session leader (start_new_session); stdin is the PTY.
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+def _take_controlling_tty(slave_path: str) -> None:  # pragma: no cover - runs in the child
+    # Works wherever the loop runs this: asyncio runs it after start_new_session's
+    # setsid() with the PTY already on stdin; uvloop runs it first thing after
+    # fork, before its own setsid() (which then fails harmlessly) and before
+    # stdio is set up, so this opens the terminal by name rather than using fd 0.
+    with contextlib.suppress(PermissionError):  # already a session leader
+        os.setsid()
+    fd = os.open(slave_path, os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+    finally:
+        os.close(fd)
 
 
 class LocalBackend(Backend):
@@ -203,8 +215,9 @@ class OutputReader(asyncio.Protocol):
         self._transport: asyncio.ReadTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.ReadTransport)
-        self._transport = transport
+        # A cast, not an isinstance check: uvloop's pipe transports have the
+        # same methods but do not derive from asyncio's transport classes.
+        self._transport = cast(asyncio.ReadTransport, transport)
 
     def _pause(self) -> None:
         if self._transport is not None:
@@ -249,35 +262,45 @@ async def _read_output(fd: int) -> OutputReader:
     return reader
 
 
+async def _write_input(fd: int) -> asyncio.StreamWriter:
+    """A writer of ``fd`` (which it now owns) in the event loop."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0)
+    )
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
 async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> LocalProcess:
-    # Output pipes of our own, so their read ends get OutputReaders (not StreamReaders).
+    # Pipes of our own on all three: the read ends get OutputReaders (not
+    # StreamReaders), and stdin is a pipe on every event loop, as sshd makes it.
+    # (uvloop makes stdin=PIPE a socket pair, and bash reads ~/.bashrc when its
+    # stdin is a socket, as if run by rshd: every command paid for the profile.)
+    stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     try:
-        for fd in (stdout_r, stderr_r):
+        for fd in (stdin_w, stdout_r, stderr_r):
             _grow_pipe(fd)
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.PIPE,
+            stdin=stdin_r,
             stdout=stdout_w,
             stderr=stderr_w,
             **kwargs,  # type: ignore[arg-type]
         )
     except BaseException:
-        for fd in (stdout_r, stderr_r):
+        for fd in (stdin_w, stdout_r, stderr_r):
             os.close(fd)
         raise
     finally:
         # The child has its copies; the program's exit must be the pipes' end.
-        os.close(stdout_w)
-        os.close(stderr_w)
-    assert proc.stdin
-    stdin_pipe = proc.stdin.get_extra_info("pipe")
-    if stdin_pipe is not None and not stdin_pipe.closed:
-        _grow_pipe(stdin_pipe.fileno())
+        for fd in (stdin_r, stdout_w, stderr_w):
+            os.close(fd)
+    stdin = await _write_input(stdin_w)
     stdout = await _read_output(stdout_r)
     stderr = await _read_output(stderr_r)
-    return LocalProcess(proc, stdout, stderr, proc.stdin, pty_fd=None)
+    return LocalProcess(proc, stdout, stderr, stdin, pty_fd=None)
 
 
 async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[str, object]) -> LocalProcess:
@@ -286,13 +309,14 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
     try:
         set_winsize(slave, spec.pty.rows, spec.pty.cols, spec.pty.pixel_width, spec.pty.pixel_height)
         apply_modes(slave, spec.pty.modes)
-        env = {**kwargs["env"], "SSH_TTY": os.ttyname(slave)}  # type: ignore[dict-item]
+        slave_path = os.ttyname(slave)
+        env = {**kwargs["env"], "SSH_TTY": slave_path}  # type: ignore[dict-item]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            preexec_fn=_take_controlling_tty,
+            preexec_fn=functools.partial(_take_controlling_tty, slave_path),
             **{**kwargs, "env": env},  # type: ignore[arg-type]
         )
     except BaseException:
@@ -300,14 +324,10 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
         raise
     finally:
         os.close(slave)
-    loop = asyncio.get_running_loop()
-    # A second descriptor for writing: one transport per fd keeps close() simple.
-    write_transport, write_protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(master), "wb", buffering=0)
-    )
-    writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+    # A second descriptor for writing, written directly (see ptywriter): one owner per fd.
+    writer = PtyWriter(os.dup(master))
     reader = await _read_output(master)
-    return LocalProcess(proc, reader, None, writer, pty_fd=write_transport.get_extra_info("pipe").fileno())
+    return LocalProcess(proc, reader, None, writer, pty_fd=writer.fd)
 
 
 class LocalProcess(Process):
@@ -318,7 +338,7 @@ class LocalProcess(Process):
         proc: asyncio.subprocess.Process,
         stdout: OutputReader,
         stderr: OutputReader | None,
-        stdin: asyncio.StreamWriter,
+        stdin: asyncio.StreamWriter | PtyWriter,
         pty_fd: int | None,
     ) -> None:
         self._proc = proc

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from pairpod.log import fields, get_logger
 from pairpod.proxy.codec import Address, ProxyHeaderError, could_be_header, parse
@@ -71,8 +71,8 @@ class ProxyGate(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Decide whether this peer must send a header."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A cast: uvloop's transports do not derive from asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
         self._peer = transport.get_extra_info("peername")
         self._trusted = is_trusted(self._peer, self._networks)
         if self._trusted:
