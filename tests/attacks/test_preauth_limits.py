@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
 from tests.support.gateway import GatewayProcess, wait_until
 
@@ -112,18 +114,25 @@ def test_serve_raises_its_open_files_limit_to_the_hard_limit(serve: ServeGateway
     assert soft == hard == str(resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
 
-def test_out_of_file_descriptors_pauses_accepting_and_logs_a_summary(serve: ServeGateway) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_out_of_file_descriptors_pauses_accepting_and_logs_a_summary(serve: ServeGateway, loop: str) -> None:
     gateway = serve(
-        {"ssh": {"max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None}}
+        {
+            "event_loop": loop,
+            "ssh": {"max_startups": "1000", "per_source_max_startups": None, "per_source_rate": None},
+        }
     )
     assert gateway.proc is not None
     subprocess.run(["prlimit", f"--pid={gateway.proc.pid}", "--nofile=64:64"], check=True)
     with silent_connections(gateway, ["127.0.0.7"] * 150):
-        # Past 64 descriptors accept() fails with EMFILE: asyncio stops accepting for a
-        # second each time, and the error is logged at most 10 times per 10 s.
-        wait_until(lambda: "out of system resource" in gateway.log(), message="EMFILE hit")
-        time.sleep(3)  # let the listener retry a few times while nothing is freed
-        errors = gateway.log().count("out of system resource")
-        assert 1 <= errors <= 10, errors
+        if loop == "asyncio":
+            # Past 64 descriptors accept() fails with EMFILE: asyncio stops accepting for a
+            # second each time, and the error is logged at most 10 times per 10 s.
+            wait_until(lambda: "out of system resource" in gateway.log(), message="EMFILE hit")
+            time.sleep(3)  # let the listener retry a few times while nothing is freed
+            errors = gateway.log().count("out of system resource")
+            assert 1 <= errors <= 10, errors
+        # (uvloop's listener, libuv's, sheds connections past the limit with a
+        # descriptor it keeps in reserve: nothing to log, nothing spins.)
     # The connections are gone: descriptors are free and logins work again.
     assert_probe_login_prompt(gateway)

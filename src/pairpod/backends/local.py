@@ -310,6 +310,12 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
         set_winsize(slave, spec.pty.rows, spec.pty.cols, spec.pty.pixel_width, spec.pty.pixel_height)
         apply_modes(slave, spec.pty.modes)
         slave_path = os.ttyname(slave)
+        uid = kwargs.get("user")
+        if isinstance(uid, int) and uid != os.geteuid():
+            # The user's own terminal, as sshd makes it: the child opens it by name
+            # after it has taken the user's identity (see _take_controlling_tty).
+            os.fchown(slave, uid, -1)
+            os.fchmod(slave, 0o620)
         env = {**kwargs["env"], "SSH_TTY": slave_path}  # type: ignore[dict-item]
         proc = await asyncio.create_subprocess_exec(
             *argv,

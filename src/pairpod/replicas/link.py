@@ -12,7 +12,7 @@ FIN (a node gone) is noticed within the TTL.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Protocol, cast
 
 from pairpod.log import fields, get_logger
 from pairpod.replicas.wire import (
@@ -83,8 +83,9 @@ class PeerLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake (speak first when connecting; else wait, bounded)."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport, but not asyncio's own class on uvloop: no isinstance check.
+        self._transport = cast(asyncio.Transport, transport)
+        transport = self._transport
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"
