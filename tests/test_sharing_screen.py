@@ -355,6 +355,23 @@ def test_state_in_dropped_output_is_kept() -> None:
     assert "last line" in "".join(screen.display)
 
 
+def test_a_line_after_dropped_output_starts_where_the_owner_sees_it() -> None:
+    # A flood that ends mid-row (``cat`` of a file without a final newline,
+    # then the shell's next line): the model had parsed up to some column, the
+    # rest of the flood and its "\r" were dropped, and the line after it must
+    # still start a row of its own, not wrap from that stale column.
+    model = ScreenModel(COLS, ROWS, max_pending=4096)
+    flood = b"x" * (COLS * 3 + COLS - 3)
+    model.feed(flood)
+    assert model.cursor() == (COLS - 3, 3)  # parsed (a viewer's redraw) near the row's end
+    rest = b"x" * 100_000 + b"\r\nflood-42\r\n$ "
+    model.feed(rest)
+    assert b"flood-42" in model.snapshot() and model.dropped_bytes > 0
+    rows = [row.rstrip() for row in model.screen.display]
+    assert rows[4:6] == ["flood-42", "$"]  # the rows after the last one parsed
+    assert model.cursor() == (2, 5)
+
+
 def test_escape_tracker() -> None:
     tracker = EscapeTracker()
     assert tracker.at_ground and tracker.tail() == b""

@@ -1102,18 +1102,24 @@ class ScreenModel:
 
     def _skip_to_boundary(self, piece: bytes) -> bytes:
         # After a drop the bytes may start inside a sequence or a character:
-        # resume at the next escape sequence or line, with a fresh parser.
+        # resume at the next escape sequence or line break, with a fresh parser.
         esc = piece.find(b"\x1b")
         newline = piece.find(b"\n")
-        starts = [i for i in (esc, newline + 1 if newline >= 0 else -1) if i >= 0]
-        if not starts:
+        if esc < 0 and newline < 0:
             self.dropped_bytes += len(piece)
             self._apply_sticky(piece)
             return b""
-        start = min(starts)
+        at_line = newline >= 0 and (esc < 0 or newline < esc)
+        start = newline if at_line else esc
         self.dropped_bytes += start
         self._need_boundary = False
         self._stream = ModelStream(self._screen)
+        if at_line:
+            # The cursor is wherever the last parsed bytes left it, and the "\r"
+            # before this "\n" was dropped or skipped with the rest: the line
+            # after it starts at the left margin of the next row, as on the
+            # owner's terminal, not from that stale column (wrapping there).
+            self._screen.carriage_return()
         return piece[start:]
 
     def _drop(self, excess: int) -> None:
