@@ -258,7 +258,9 @@ def main() -> None:
             "sharing": {
                 "open": True,
                 "max_participants": args.viewers,
-                "web": {"listen": f"127.0.0.1:{web_port}"},
+                # Every viewer comes from 127.0.0.1, which holds at most 32 web connections
+                # unless, as a reverse proxy would be, it is trusted (then only the total caps it).
+                "web": {"listen": f"127.0.0.1:{web_port}", "trusted_proxies": ["127.0.0.1/32"]},
             },
             "local": {"shell": ["/bin/sh"]},
         },
