@@ -231,6 +231,36 @@ def test_trusted_proxies_alone_set_the_client_address() -> None:
     assert addresses.client("::ffff:10.1.2.3", None) == "10.1.2.3"
 
 
+async def test_one_address_may_join_only_so_often(
+    tmp_path: Path, client_key: ClientKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A join draws a snapshot and tells everyone: a link holder reconnecting in a loop
+    # gets 429 once the address's tokens are spent; another address joins meanwhile.
+    limits = {"ssh": {"per_source_rate": 0.001, "per_source_burst": 3}}
+    with web_gateway(tmp_path / "gw", client_key, {"sharing": {"open": True}, **limits}) as gateway:
+        owner = Tmux("owner", tmp_path).start(gateway.ssh_argv(options=share_options()), 90, 25)
+        try:
+            url = web_links(owner)["ro"]
+            statuses = []
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):  # the burst: joined, then left
+                    async with session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as ws:
+                        await messages_until(ws, '"type": "hello"')
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)})
+                statuses.append(refused.value.status)
+            elsewhere = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+            async with (
+                aiohttp.ClientSession(connector=elsewhere) as session,
+                session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as ws,
+            ):
+                await messages_until(ws, '"type": "hello"')
+            assert statuses == [429]
+            assert [r for r in caplog.records if r.getMessage() == "web.join_rate"]
+        finally:
+            owner.close()
+
+
 def test_restricted_sessions_get_no_read_write_web_link(tmp_path: Path, client_key: ClientKey) -> None:
     with web_gateway(tmp_path / "gw", client_key, {"sharing": {"web": {"auto": True}}}) as gateway:
         plain = Tmux("plain", tmp_path).start(gateway.ssh_argv(options=share_options("rw")), 100, 25)

@@ -26,15 +26,13 @@ import contextlib
 import resource
 import secrets
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pairpod.auth.addresses import lockout_key
 from pairpod.config import SSHSettings
-
-# Sources whose token bucket is remembered; the least recently seen go first.
-_MAX_BUCKETS = 100_000
+from pairpod.rates import SourceRates
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,8 @@ class Admission:
         self._draw = draw or (lambda: secrets.randbelow(1_000_000) / 1_000_000)
         self._unauthenticated = 0
         self._per_source: Counter[str] = Counter()
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        rate = settings.per_source_rate
+        self._rates = SourceRates(rate, settings.per_source_burst, clock=clock) if rate is not None else None
 
     @property
     def unauthenticated(self) -> int:
@@ -116,23 +115,12 @@ class Admission:
         cap = settings.per_source_max_startups
         if cap is not None and self._per_source[source] >= cap:
             return Refusal(f"per_source_max_startups: {cap} unauthenticated connections from {source}")
-        rate = settings.per_source_rate
-        if rate is None:
+        if self._rates is None or self._rates.allow(source):
             return None
-        now = self._clock()
-        burst = float(settings.per_source_burst)
-        tokens, last = self._buckets.pop(source, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
-        refused = tokens < 1.0
-        self._buckets[source] = (tokens if refused else tokens - 1.0, now)
-        while len(self._buckets) > _MAX_BUCKETS:
-            self._buckets.popitem(last=False)
-        if refused:
-            return Refusal(
-                f"per_source_rate: more than {rate:g} new connections/s "
-                f"(burst {settings.per_source_burst}) from {source}"
-            )
-        return None
+        return Refusal(
+            f"per_source_rate: more than {self._rates.rate:g} new connections/s "
+            f"(burst {self._rates.burst}) from {source}"
+        )
 
     def _leave(self, source: str) -> None:
         self._unauthenticated -= 1

@@ -33,10 +33,12 @@ from urllib.parse import urlsplit
 from aiohttp import WSCloseCode, web
 
 from pairpod.admin.http import start_site
+from pairpod.auth.addresses import lockout_key
 from pairpod.auth.lockout import Lockout
 from pairpod.config import Config, parse_listen
 from pairpod.errors import ConfigError
 from pairpod.log import fields, get_logger
+from pairpod.rates import SourceRates
 from pairpod.sharing.joinable import ClusterUnavailable, Joinable
 from pairpod.sharing.service import SharingService
 from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Medium, rejection_delay
@@ -72,6 +74,10 @@ class WebJoiners:
         self._lockout = lockout
         self._audit = audit
         self._addresses = ClientAddresses(settings.trusted_proxies)
+        # A join draws a screen snapshot and tells everyone: one address may start
+        # them only as often as it may open SSH connections (ssh.per_source_rate).
+        rate = config.ssh.per_source_rate
+        self._join_rates = SourceRates(rate, config.ssh.per_source_burst) if rate is not None else None
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._missing: list[str] = []
@@ -187,6 +193,10 @@ class WebJoiners:
                 extra=fields(addr=request.remote, origin=request.headers.get("Origin", "")[:200] or None),
             )
             return web.Response(status=403, text="pairpod: this page's origin may not open the terminal\n")
+        client = self._addresses.client(request.remote, request.headers.get("X-Forwarded-For"))
+        if self._join_rates is not None and not self._join_rates.allow(lockout_key(client)):
+            log.warning("web.join_rate", extra=fields(addr=client, rate=self._join_rates.rate))
+            return web.Response(status=429, text="pairpod: too many joins from this address, try later\n")
         address, found = await self._find(request)
         # No per-message deflate: with many viewers, compressing every frame for each
         # of them would cost the gateway more CPU than everything else on this path.
