@@ -69,11 +69,16 @@ def test_one_address_holds_at_most_per_source_max_startups(serve: ServeGateway) 
 def test_max_startups_drops_between_start_and_full(serve: ServeGateway) -> None:
     gateway = serve({"ssh": {"max_startups": "4:50:8", "per_source_max_startups": None}})
     with silent_connections(gateway, [f"127.0.3.{n}" for n in range(1, 41)]) as open_:
-        assert 4 <= sum(open_) <= 8
+        held = sum(open_)
+        assert 4 <= held <= 8
     # Once they are gone, everyone gets in again.
     assert_probe_login_prompt(gateway)
     log = gateway.log()
-    assert "max_startups:" in log and "random early drop" in log
+    assert "max_startups:" in log
+    if held < 8:
+        # Never full: every connection turned away was a random early drop. (At 8,
+        # the four admitted past start may all have won their draws, about 1 in 170.)
+        assert "random early drop" in log and "(full 8)" not in log
 
 
 def test_new_connections_per_source_are_rate_limited(serve: ServeGateway) -> None:
