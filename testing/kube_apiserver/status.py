@@ -64,30 +64,29 @@ class ApiError(Exception):
 # messages clients show to users unchanged.
 
 
-def not_found(resource: str, name: str, group: str = "") -> ApiError:
-    """404 NotFound: ``pods "x" not found``."""
-    qualified = f"{resource}.{group}" if group else resource
+def _named(resource: str, name: str, group: str) -> tuple[str, dict[str, Any]]:
+    """How an error names the object: ``resource[.group]`` and its ``details``."""
     details: dict[str, Any] = {"name": name, "kind": resource}
     if group:
         details["group"] = group
+    return (f"{resource}.{group}" if group else resource), details
+
+
+def not_found(resource: str, name: str, group: str = "") -> ApiError:
+    """404 NotFound: ``pods "x" not found``."""
+    qualified, details = _named(resource, name, group)
     return ApiError(404, "NotFound", f'{qualified} "{name}" not found', details)
 
 
 def already_exists(resource: str, name: str, group: str = "") -> ApiError:
     """409 AlreadyExists: ``pods "x" already exists``."""
-    qualified = f"{resource}.{group}" if group else resource
-    details: dict[str, Any] = {"name": name, "kind": resource}
-    if group:
-        details["group"] = group
+    qualified, details = _named(resource, name, group)
     return ApiError(409, "AlreadyExists", f'{qualified} "{name}" already exists', details)
 
 
 def conflict(resource: str, name: str, group: str = "") -> ApiError:
     """409 Conflict: a write based on a stale resourceVersion."""
-    qualified = f"{resource}.{group}" if group else resource
-    details: dict[str, Any] = {"name": name, "kind": resource}
-    if group:
-        details["group"] = group
+    qualified, details = _named(resource, name, group)
     return ApiError(
         409,
         "Conflict",
