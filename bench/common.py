@@ -215,3 +215,11 @@ def start_pairpod(work: Workdir, overrides: dict[str, object] | None = None, nam
     return Peer(
         [sys.executable, "-m", "pairpod.cli", "serve", "--config", str(path)], port, work.path / f"{name}.log"
     )
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")

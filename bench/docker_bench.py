@@ -35,15 +35,7 @@ sys.path.insert(0, str(ROOT.parent))
 import asyncssh  # noqa: E402
 from tests.support.images import busybox_image, debian_image  # noqa: E402
 
-from common import Report, Workdir, machine, ssh_argv, start_pairpod, timed  # noqa: E402
-
-
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+from common import Report, Workdir, machine, rss_kib, ssh_argv, start_pairpod, timed  # noqa: E402
 
 
 def docker_overrides(image: str, **docker: object) -> dict[str, object]:

@@ -28,19 +28,11 @@ import asyncssh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import CIPHER, Peer, Workdir, machine, start_pairpod
+from common import CIPHER, Peer, Workdir, machine, rss_kib, start_pairpod
 
 GOAL_RSS_KIB = 64
 GOAL_P99_S = 0.2
 MARKER = "READY-42"
-
-
-def rss_kib(pid: int) -> int:
-    """A process's resident set size, KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 async def open_shell(port: int, work: Workdir) -> tuple[float, asyncssh.SSHClientConnection, object]:

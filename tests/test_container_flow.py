@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.client import connect
 from tests.support.docker_env import docker_overrides
-from tests.support.gateway import ClientKey, GatewayProcess, base_config, write_config
+from tests.support.gateway import ClientKey, GatewayProcess, base_config, rss, write_config
 
 MIB = 1 << 20
 # What may sit between a program and a client that stopped reading: the
@@ -42,14 +42,6 @@ def gateway(tmp_path: Path, client_key: ClientKey) -> Iterator[GatewayProcess]:
         yield gateway
     finally:
         gateway.terminate()
-
-
-def rss(pid: int) -> int:
-    """Resident memory of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 async def written(conn: asyncssh.SSHClientConnection) -> int:

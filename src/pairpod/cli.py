@@ -87,10 +87,9 @@ async def _serve(config: Config) -> None:
 
     before, after = raise_open_files_limit()
     log.info("gateway.open_files_limit", extra=fields(soft=after, was=before))
-    log.info(
-        "gateway.event_loop",
-        extra=fields(loop=loop_name(asyncio.get_running_loop()), sealed=close_on_exec_above_stdio()),
-    )
+    # Before anything is spawned: uvloop ignores close_fds (see pairpod.eventloop).
+    sealed = close_on_exec_above_stdio()
+    log.info("gateway.event_loop", extra=fields(loop=loop_name(asyncio.get_running_loop()), sealed=sealed))
     gateway = Gateway(config)
     await gateway.start()
     # The first SIGTERM (or SIGINT) drains; the next one ends the sessions at once.

@@ -30,6 +30,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pairpod.errors import ConfigError
+from pairpod.eventloop import LoopChoice
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -699,7 +700,7 @@ class Config(Section):
         default_factory=lambda: [Path("/var/lib/pairpod/ssh_host_ed25519_key")], min_length=1
     )
     banner: str = ""
-    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+    event_loop: LoopChoice = Field(
         "auto", description="auto: uvloop when installed (pairpod[fast]), else asyncio's own"
     )
     ssh: SSHSettings = Field(default_factory=SSHSettings)

@@ -15,12 +15,12 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from pairpod.errors import ConfigError
 
 LoopChoice = Literal["auto", "asyncio", "uvloop"]
-LOOP_CHOICES: tuple[LoopChoice, ...] = ("auto", "asyncio", "uvloop")
+LOOP_CHOICES: tuple[LoopChoice, ...] = get_args(LoopChoice)
 
 T = TypeVar("T")
 

@@ -43,3 +43,10 @@ class SourceRates:
         while len(self._buckets) > self._max_sources:
             self._buckets.popitem(last=False)
         return allowed
+
+
+def per_source(
+    rate: float | None, burst: int, *, clock: Callable[[], float] = time.monotonic
+) -> SourceRates | None:
+    """Buckets for ``rate`` a second per source (None: no limit), as ``ssh.per_source_rate`` says."""
+    return SourceRates(rate, burst, clock=clock) if rate is not None else None

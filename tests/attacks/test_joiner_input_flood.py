@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 
 import pytest
 
 from tests.attacks.conftest import ServeGateway, assert_probe_login_prompt
 from tests.attacks.sharing_clients import drain, share
 from tests.support.client import connect
-from tests.support.gateway import GatewayProcess
+from tests.support.gateway import rss
 
 FLOOD = 64 << 20
-
-
-def resident(gateway: GatewayProcess) -> int:
-    """The gateway's resident memory in bytes."""
-    for line in Path(f"/proc/{gateway.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_a_joiners_input_to_a_program_that_does_not_read_stays_with_the_joiner(
@@ -37,7 +28,7 @@ async def test_a_joiners_input_to_a_program_that_does_not_read_stays_with_the_jo
         attacker = await connect(gateway, user=links["rw"])
         async with attacker:
             joiner = await attacker.create_process(term_type="xterm", term_size=(80, 24), encoding=None)
-            before = resident(gateway)
+            before = rss(gateway.proc.pid)
             chunk = b"a" * (1 << 20)
             for _ in range(FLOOD // len(chunk)):
                 joiner.stdin.write(chunk)
@@ -46,7 +37,7 @@ async def test_a_joiners_input_to_a_program_that_does_not_read_stays_with_the_jo
             with pytest.raises(TimeoutError):
                 await asyncio.wait_for(joiner.stdin.drain(), 3)
             held = joiner.stdin.channel.get_write_buffer_size()
-            grown = resident(gateway) - before
+            grown = rss(gateway.proc.pid) - before
             print(f"held by the joiner: {held >> 20} MiB; gateway grew {grown >> 20} MiB")
             assert held > FLOOD - (16 << 20)
             assert grown < 16 << 20

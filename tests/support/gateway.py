@@ -395,3 +395,11 @@ def iter_lines(path: Path) -> Iterator[str]:
     """Lines of a text file, or none if it does not exist."""
     if path.exists():
         yield from path.read_text().splitlines()
+
+
+def rss(pid: int) -> int:
+    """Resident memory of a process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")

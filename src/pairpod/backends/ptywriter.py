@@ -39,6 +39,7 @@ class PtyWriter:
         """Write now as much as the terminal takes; queue the rest."""
         if self._closed or not data:
             return
+        view = memoryview(data)
         if not self._pending:
             try:
                 written = os.write(self.fd, data)
@@ -49,10 +50,10 @@ class PtyWriter:
                 return
             if written == len(data):
                 return
-            data = data[written:]
+            view = view[written:]  # no copy of what is left
             self._loop.add_writer(self.fd, self._flush)
-        self._pending.append(memoryview(data))
-        self._size += len(data)
+        self._pending.append(view)
+        self._size += len(view)
 
     def _flush(self) -> None:
         while self._pending:
@@ -79,8 +80,10 @@ class PtyWriter:
     async def drain(self) -> None:
         """Wait while more than the high-water mark waits for the terminal."""
         while self._size > _HIGH_WATER and not self._closed:
-            self._drained = self._loop.create_future()
-            await self._drained
+            # One future for every waiter; shielded, so one waiter cancelled cancels no other.
+            if self._drained is None or self._drained.done():
+                self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
 
     def close(self) -> None:
         """Drop what waits and close the descriptor."""

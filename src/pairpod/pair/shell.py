@@ -46,8 +46,6 @@ class StandingShell(Process):
         self._reapers: set[asyncio.Task[Any]] = set()
         #: How the last shell ended (None while the first runs).
         self.status: ExitStatus | None = None
-        #: How many fresh shells were started after the first.
-        self.respawns = 0
         self._ended = asyncio.Event()
 
     @classmethod
@@ -112,7 +110,6 @@ class StandingShell(Process):
                 self._ended.set()
                 return b""
             await self._start_one()
-            self.respawns += 1
             return (
                 f"\r\npairpod: the shell exited ({describe_status(self.status)}); a fresh one starts\r\n"
             ).encode()

@@ -25,9 +25,8 @@ from pairpod.replicas.joining import Peers
 from pairpod.replicas.link import PeerLink
 from pairpod.replicas.serving import ServingSide
 from pairpod.replicas.wire import Kind, cluster_key
-from pairpod.sharing.joinable import ClusterUnavailable, Joinable, Seat
+from pairpod.sharing.joinable import ClusterUnavailable, Joinable
 from pairpod.sharing.service import ControlError, SharingService
-from pairpod.sharing.terminal import Sink
 from pairpod.sharing.tokens import Access, Medium
 
 log = get_logger("cluster")
@@ -123,7 +122,7 @@ class Replicas:
                 open=bool(answer["open"]),
                 may_join_as=tuple(str(name) for name in answer["may_join_as"]),
                 where=address,
-                _attach=partial(self._attach, address, username, medium),
+                _attach=partial(self.peers.attach, address, username, medium),
                 owner=str(answer.get("owner", "")),
                 link_id=str(answer.get("link", "")),
                 size=self._size(answer),
@@ -137,11 +136,6 @@ class Replicas:
         if type(cols) is not int or type(rows) is not int:
             raise ValueError("size")
         return self._config.ssh.max_pty.bound(cols, rows)
-
-    async def _attach(
-        self, address: str, username: str, medium: Medium, sink: Sink, name: str, cols: int, rows: int
-    ) -> Seat:
-        return await self.peers.attach(address, username, medium, sink, name, cols, rows)
 
     async def control(self, owner: str, command_line: str) -> str:
         """Run an owner's control command where their sessions are. Raises ControlError."""

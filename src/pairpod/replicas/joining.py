@@ -19,7 +19,7 @@ from pairpod.log import fields, get_logger
 from pairpod.replicas.link import PeerLink
 from pairpod.replicas.wire import Frame, Kind, ProtocolError, json_payload, size_payload
 from pairpod.sharing.joinable import ClusterUnavailable, JoinRefused
-from pairpod.sharing.terminal import Sink
+from pairpod.sharing.terminal import RELEASE, Sink
 from pairpod.sharing.tokens import Medium
 
 log = get_logger("cluster")
@@ -28,8 +28,6 @@ log = get_logger("cluster")
 REQUEST_TIMEOUT = 5.0
 #: What a relayed joiner is told when the owner's replica is lost.
 REPLICA_LOST = "the shared session has ended (its gateway replica is gone)"
-# Leaves the terminal in a sane state (as the Terminal's own farewell does).
-_RESET = "\x18\x1b\\\x1b[0m\x1b[r\x1b[?1000;1002;1003;1006;2004l\x1b>\x1b(B\x0f\x1b[?25h"
 
 
 class Unreachable(ClusterUnavailable):
@@ -88,7 +86,8 @@ class _Streams:
         self.replies.clear()
         sinks, self.sinks = self.sinks, {}
         for sink in sinks.values():
-            sink.write(f"{_RESET}\r\npairpod: {REPLICA_LOST}\r\n".encode())
+            # The Terminal's own farewell: leaves the terminal in a sane state.
+            sink.write(f"{RELEASE}\r\npairpod: {REPLICA_LOST}\r\n".encode())
             sink.notify(f"pairpod: {REPLICA_LOST}")
             sink.close(REPLICA_LOST)
 

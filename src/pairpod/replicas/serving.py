@@ -123,8 +123,9 @@ class ServingSide:
         for joiner in served.joiners.values():
             if joiner.seat is not None:
                 joiner.seat.leave()
+            if joiner.task is not None:
+                joiner.task.cancel()
         served.joiners.clear()
-        asyncio.get_running_loop().create_task(served.tasks.cancel_all())
         log.info("cluster.peer_lost", extra=fields(peer=link.peer, reason=reason))
 
     # --- requests ------------------------------------------------------------------

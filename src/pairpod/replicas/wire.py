@@ -197,7 +197,7 @@ class FrameCodec:
                 raise ProtocolError(f"frame length {length} out of bounds")
             if len(self._buffer) < _LENGTH.size + length:
                 break
-            sealed = bytes(self._buffer[_LENGTH.size : _LENGTH.size + length])
+            sealed = self._buffer[_LENGTH.size : _LENGTH.size + length]  # one copy: AESGCM takes any buffer
             del self._buffer[: _LENGTH.size + length]
             try:
                 plain = self._receive.decrypt(self._nonce(self._received), sealed, None)

@@ -117,11 +117,6 @@ class HostProcess(Process):
         self._status: ExitStatus | None = None
         self._ended = asyncio.Event()
 
-    @property
-    def attached(self) -> bool:
-        """Whether the host's channel is here now."""
-        return self._link is not None
-
     def attach(self, link: HostLink) -> HostLink | None:
         """The host's (new) channel; returns the one it replaces, if any."""
         old, self._link = self._link, link

@@ -152,21 +152,25 @@ class FrameDecoder:
         buffer = self._buffer
         frames = []
         offset = 0
-        while len(buffer) - offset >= _HEADER.size:
-            kind_value, length = _HEADER.unpack_from(buffer, offset)
-            try:
-                kind = Kind(kind_value)
-            except ValueError:
-                raise ProtocolError(f"unknown frame kind {kind_value}") from None
-            limit = MAX_JSON if kind in (Kind.HELLO, Kind.WELCOME, Kind.END, Kind.REVOKED) else MAX_PAYLOAD
-            if length > limit:
-                raise ProtocolError(f"{kind.name} frame of {length} bytes (at most {limit})")
-            end = offset + _HEADER.size + length
-            if len(buffer) < end:
-                break
-            frames.append(Frame(kind, bytes(buffer[offset + _HEADER.size : end])))
-            offset = end
-        del buffer[:offset]  # once per feed, not once per frame
+        # A view: each payload is copied once, straight into its frame.
+        with memoryview(buffer) as view:
+            while len(buffer) - offset >= _HEADER.size:
+                kind_value, length = _HEADER.unpack_from(buffer, offset)
+                try:
+                    kind = Kind(kind_value)
+                except ValueError:
+                    raise ProtocolError(f"unknown frame kind {kind_value}") from None
+                limit = (
+                    MAX_JSON if kind in (Kind.HELLO, Kind.WELCOME, Kind.END, Kind.REVOKED) else MAX_PAYLOAD
+                )
+                if length > limit:
+                    raise ProtocolError(f"{kind.name} frame of {length} bytes (at most {limit})")
+                end = offset + _HEADER.size + length
+                if len(buffer) < end:
+                    break
+                frames.append(Frame(kind, bytes(view[offset + _HEADER.size : end])))
+                offset = end
+        del buffer[:offset]  # once per feed, not once per frame (the view is released)
         return frames
 
     @property

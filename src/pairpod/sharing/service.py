@@ -67,10 +67,10 @@ class ShareRequest:
     web: Access | None = None
 
 
-def split_control_username(username: str) -> str | None:
-    """``alice+ctl`` -> ``alice``; None for any other username."""
-    if username.endswith(CONTROL_SUFFIX) and len(username) > len(CONTROL_SUFFIX):
-        return username[: -len(CONTROL_SUFFIX)]
+def split_suffixed(username: str, suffix: str) -> str | None:
+    """``alice+ctl`` -> ``alice`` (for ``suffix`` ``+ctl``); None for any other username."""
+    if username.endswith(suffix) and len(username) > len(suffix):
+        return username[: -len(suffix)]
     return None
 
 
@@ -123,7 +123,7 @@ class SharingService:
         web_text = client_env.get(SHARE_WEB_ENV, "").strip().lower()
         if web_text not in {"", "ro", "rw"}:
             raise ValueError(f"{SHARE_WEB_ENV}: expected ro or rw, got {web_text!r}")
-        web = {"ro": Access.READ_ONLY, "rw": Access.READ_WRITE}.get(web_text)
+        web = Access(web_text) if web_text else None
         if web is None and config.sharing.web.auto:
             web = Access.READ_ONLY
         return ShareRequest(frozenset(share_with), web)
@@ -203,14 +203,20 @@ class SharingService:
             raise ControlError(
                 "read-write web links are only for open sessions: a browser proves no identity"
             )
+        return self._new_link(session, access, Medium.WEB)
+
+    def _new_link(self, session: SharedSession[Terminal], access: Access, medium: Medium) -> ShareLink:
+        """Mint a link the owner asked for (ControlError past the session's bound)."""
         try:
-            link = self.registry.mint(session, access, medium=Medium.WEB)
+            link = self.registry.mint(session, access, medium=medium)
         except TooManyLinks as error:
             raise ControlError(str(error)) from None
         self._changed()
         log.info(
             "sharing.mint",
-            extra=fields(session=session.session_id, link=link.link_id, access=access.value, medium="web"),
+            extra=fields(
+                session=session.session_id, link=link.link_id, access=access.value, medium=medium.value
+            ),
         )
         return link
 
@@ -321,21 +327,15 @@ class SharingService:
         return "\n".join(lines) + "\n" if lines else "no shared sessions\n"
 
     def _mint(self, session: SharedSession[Terminal], access_text: str) -> str:
-        access = {"ro": Access.READ_ONLY, "rw": Access.READ_WRITE}.get(access_text.removeprefix("web-"))
-        if access is None:
-            raise ControlError(f"expected ro, rw, web-ro or web-rw, got {access_text!r}")
+        try:
+            access = Access(access_text.removeprefix("web-"))
+        except ValueError:
+            raise ControlError(f"expected ro, rw, web-ro or web-rw, got {access_text!r}") from None
         if access_text.startswith("web-"):
             web_link = self.mint_web(session, access)
             return f"link {web_link.link_id}: {self.web_url(web_link)}\n"
-        try:
-            link = self.registry.mint(session, access)
-        except TooManyLinks as error:
-            raise ControlError(str(error)) from None
-        self._changed()
+        link = self._new_link(session, access, Medium.SSH)
         host, port = self.public_address(self.config)
-        log.info(
-            "sharing.mint", extra=fields(session=session.session_id, link=link.link_id, access=access.value)
-        )
         return f"link {link.link_id}: {join_command(link.username, host, port)}\n"
 
     def _revoke(self, session: SharedSession[Terminal], link_id: str) -> str:

@@ -75,7 +75,7 @@ _IDLE_PARSE_DELAY = 0.05
 # was in the middle of. Resetting the scroll region homes the cursor, so it is
 # saved and restored around it (the program is done with that slot): the
 # farewell then follows the last output instead of overwriting the second row.
-_RELEASE = (
+RELEASE = (
     "\x18\x1b\\\x1b[0m\x1b7\x1b[r\x1b8"
     "\x1b[?1;1000;1001;1002;1003;1004;1005;1006;1015;1016;2004l"
     "\x1b>\x1b(B\x0f\x1b[?25h"
@@ -845,7 +845,7 @@ class Terminal:
         in_alt = self._tracker.in_alt
         leave_alt = "\x1b[?1049l" if in_alt else ""
         newline = "\r\n" if in_alt or not self._tracker.at_line_start else ""
-        farewell = f"{_RELEASE}{leave_alt}{newline}pairpod: {reason}\r\n".encode()
+        farewell = f"{RELEASE}{leave_alt}{newline}pairpod: {reason}\r\n".encode()
         with contextlib.suppress(Exception):
             participant.sink.write(farewell)
         with contextlib.suppress(Exception):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from pairpod.auth.addresses import lockout_key
 from pairpod.config import SSHSettings
-from pairpod.rates import SourceRates
+from pairpod.rates import per_source
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ class Admission:
         self._draw = draw or (lambda: secrets.randbelow(1_000_000) / 1_000_000)
         self._unauthenticated = 0
         self._per_source: Counter[str] = Counter()
-        rate = settings.per_source_rate
-        self._rates = SourceRates(rate, settings.per_source_burst, clock=clock) if rate is not None else None
+        self._rates = per_source(settings.per_source_rate, settings.per_source_burst, clock=clock)
 
     @property
     def unauthenticated(self) -> int:

@@ -39,13 +39,6 @@ from pairpod.ssh.sink import exit_channel
 log = get_logger("sharing")
 
 
-def split_host_username(username: str) -> str | None:
-    """``alice+host`` -> ``alice``; None for any other username."""
-    if username.endswith(HOST_SUFFIX) and len(username) > len(HOST_SUFFIX):
-        return username[: -len(HOST_SUFFIX)]
-    return None
-
-
 class HostPurpose(ChainPurpose):
     """``alice+host``: authenticates as ``alice``; its channels host a shared shell."""
 

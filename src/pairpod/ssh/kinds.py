@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from pairpod.auth import Authenticator
-from pairpod.sharing.service import SharingService, split_control_username
+from pairpod.sharing.hostwire import HOST_SUFFIX
+from pairpod.sharing.service import CONTROL_SUFFIX, SharingService, split_suffixed
 from pairpod.sharing.tokens import looks_like_join_username
-from pairpod.ssh.host import HostPurpose, split_host_username
+from pairpod.ssh.host import HostPurpose
 from pairpod.ssh.join import JoinPurpose
 from pairpod.ssh.login import ControlPurpose, LoginPurpose
 from pairpod.ssh.purpose import ConnectionSide, Purpose
@@ -37,10 +38,10 @@ def choose_purpose(
     """The purpose ``username`` asks for: a join link, the owner's controls, a host, or a login."""
     if looks_like_join_username(username):
         return JoinPurpose(connection, sharing, authenticator)
-    owner = split_control_username(username)
+    owner = split_suffixed(username, CONTROL_SUFFIX)
     if owner is not None:
         return ControlPurpose(connection, sharing, owner)
-    host = split_host_username(username)
+    host = split_suffixed(username, HOST_SUFFIX)
     if host is not None and sharing.hosted is not None:
         return HostPurpose(connection, sharing.hosted, host)
     return LoginPurpose(connection, sharing)

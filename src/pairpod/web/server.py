@@ -38,7 +38,7 @@ from pairpod.auth.lockout import Lockout
 from pairpod.config import Config, parse_listen
 from pairpod.errors import ConfigError
 from pairpod.log import fields, get_logger
-from pairpod.rates import SourceRates
+from pairpod.rates import per_source
 from pairpod.sharing.joinable import ClusterUnavailable, Joinable
 from pairpod.sharing.service import SharingService
 from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Medium, rejection_delay
@@ -76,8 +76,7 @@ class WebJoiners:
         self._addresses = ClientAddresses(settings.trusted_proxies)
         # A join draws a screen snapshot and tells everyone: one address may start
         # them only as often as it may open SSH connections (ssh.per_source_rate).
-        rate = config.ssh.per_source_rate
-        self._join_rates = SourceRates(rate, config.ssh.per_source_burst) if rate is not None else None
+        self._join_rates = per_source(config.ssh.per_source_rate, config.ssh.per_source_burst)
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._missing: list[str] = []
@@ -137,10 +136,13 @@ class WebJoiners:
 
     # --- requests ----------------------------------------------------------------------
 
-    async def _find(self, request: web.Request) -> tuple[str, Joinable | str]:
-        """The client's address and the live session the link names, here or on another
-        replica; or, after a pause, the line to show instead."""
-        address = self._addresses.client(request.remote, request.headers.get("X-Forwarded-For"))
+    def _client(self, request: web.Request) -> str:
+        """The client's address (``X-Forwarded-For`` believed from trusted proxies only)."""
+        return self._addresses.client(request.remote, request.headers.get("X-Forwarded-For"))
+
+    async def _find(self, request: web.Request, address: str) -> Joinable | str:
+        """The live session the link names, here or on another replica; or, after
+        a pause, the line to show instead."""
         found = None
         if self._lockout.check(address, "", guessable=False) is None:
             try:
@@ -151,7 +153,7 @@ class WebJoiners:
                     extra=fields(addr=address, method="web", error=error.operator_message),
                 )
                 await asyncio.sleep(rejection_delay())
-                return address, error.user_message
+                return error.user_message
         if found is None:
             for lock in self._lockout.record_failure(address, "", guessable=False):
                 log.warning(
@@ -166,11 +168,11 @@ class WebJoiners:
                 )
             log.info("sharing.join_refused", extra=fields(addr=address, method="web", reason="invalid link"))
             await asyncio.sleep(rejection_delay())
-            return address, INVALID_SESSION_MESSAGE
-        return address, found
+            return INVALID_SESSION_MESSAGE
+        return found
 
     async def _page(self, request: web.Request) -> web.Response:
-        _, found = await self._find(request)
+        found = await self._find(request, self._client(request))
         if isinstance(found, str):
             return _html(message_page(found), 404 if found == INVALID_SESSION_MESSAGE else 503)
         if self._missing:
@@ -187,17 +189,17 @@ class WebJoiners:
         return origin in allowed
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
+        address = self._client(request)
         if not self._origin_allowed(request):
             log.warning(
                 "web.origin_refused",
-                extra=fields(addr=request.remote, origin=request.headers.get("Origin", "")[:200] or None),
+                extra=fields(addr=address, origin=request.headers.get("Origin", "")[:200] or None),
             )
             return web.Response(status=403, text="pairpod: this page's origin may not open the terminal\n")
-        client = self._addresses.client(request.remote, request.headers.get("X-Forwarded-For"))
-        if self._join_rates is not None and not self._join_rates.allow(lockout_key(client)):
-            log.warning("web.join_rate", extra=fields(addr=client, rate=self._join_rates.rate))
+        if self._join_rates is not None and not self._join_rates.allow(lockout_key(address)):
+            log.warning("web.join_rate", extra=fields(addr=address, rate=self._join_rates.rate))
             return web.Response(status=429, text="pairpod: too many joins from this address, try later\n")
-        address, found = await self._find(request)
+        found = await self._find(request, address)
         # No per-message deflate: with many viewers, compressing every frame for each
         # of them would cost the gateway more CPU than everything else on this path.
         socket = web.WebSocketResponse(

@@ -164,7 +164,7 @@ MISSING_PROGRAM = re.compile(r"no such file or directory|executable file not fou
 #: The runtime could not enter the container: its process ended while the exec
 #: started (``namespace path: lstat /proc/N/ns/ipc: no such file or directory``).
 #: The container is going away; no program is missing.
-CONTAINER_GONE = re.compile(r"namespace path|/proc/\d+/ns/|is not running", re.IGNORECASE)
+CONTAINER_GONE = re.compile(r"namespace path|/proc/\d+/ns/", re.IGNORECASE)
 
 
 def wrapper_failure(preamble: Preamble, output: bytes, image: str) -> str:
