@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
+import importlib.util
+import os
+
+import pytest
 
 from pairpod.backends.base import Identity, ProcessSpec, Stream
-from pairpod.backends.local import LocalBackend, LocalProcess
+from pairpod.backends.fdwriter import FdWriter
+from pairpod.backends.local import LocalBackend, LocalProcess, OutputReader
 from pairpod.backends.output import HIGH_WATER, OutputPipe
 from pairpod.config import Config
+from pairpod.eventloop import LoopChoice, run
 from tests.support.docker_backend import eventually
 
 
@@ -52,3 +60,64 @@ async def test_a_program_writing_faster_than_anyone_reads_is_held_back() -> None
         assert (await process.wait()).code == 0
     finally:
         await environment.close()
+
+
+LOOPS: list[LoopChoice] = ["asyncio", "uvloop"] if importlib.util.find_spec("uvloop") else ["asyncio"]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_input_written_before_its_end_all_reaches_the_reader_then_the_end(loop: LoopChoice) -> None:
+    # More than the pipe holds: most of it still waits in the writer when the end comes.
+    payload = os.urandom(3 << 20)
+    received = bytearray()
+
+    async def main() -> None:
+        r, w = os.pipe()
+        writer = FdWriter(w)
+        writer.write(payload)
+        writer.finish()
+        assert writer.is_closing()
+        writer.write(b"after the end")  # dropped, not sent
+        while chunk := await asyncio.get_running_loop().run_in_executor(None, os.read, r, 1 << 16):
+            received.extend(chunk)
+        os.close(r)
+
+    run(main(), loop)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_closing_a_programs_pipes_closes_each_descriptor_once(loop: LoopChoice) -> None:
+    # A descriptor closed twice closes whatever another thread opened under the
+    # same number in between (a listener, a Redis connection): after close()
+    # the number is free, and what takes it next stays open.
+    async def main() -> None:
+        out_r, out_w = os.pipe()
+        in_r, in_w = os.pipe()
+        reader = OutputReader(out_r)
+        writer = FdWriter(in_w)
+        os.write(out_w, b"output")
+        assert await reader.read(100) == b"output"
+        writer.write(b"input")
+        reader.close()
+        writer.close()
+        assert not _is_open(out_r) and not _is_open(in_w)
+        sentinel = os.open(os.devnull, os.O_RDONLY)
+        taken = [os.dup2(sentinel, fd) for fd in (out_r, in_w)]
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()
+        assert all(_is_open(fd) for fd in taken)
+        assert await reader.read(100) == b""  # the output's end, after its close
+        for fd in {*taken, sentinel, out_w, in_r}:  # the sentinel may hold one of the numbers
+            os.close(fd)
+
+    run(main(), loop)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import fcntl
 import functools
@@ -18,7 +19,6 @@ import signal
 import struct
 import termios
 from collections.abc import Mapping
-from typing import cast
 
 from pairpod.backends.base import (
     Backend,
@@ -30,8 +30,8 @@ from pairpod.backends.base import (
     StatusCallback,
     Stream,
 )
+from pairpod.backends.fdwriter import FdWriter
 from pairpod.backends.output import FlowControl, OutputPipe
-from pairpod.backends.ptywriter import PtyWriter
 from pairpod.backends.termmodes import apply_modes
 from pairpod.config import LocalSettings
 from pairpod.errors import BackendError, CommandNotFound, SubsystemUnavailable
@@ -49,6 +49,8 @@ FALLBACK_SHELL = "/bin/sh"
 # How long a hung-up process group may take to exit before it is killed.
 _HANGUP_GRACE = 2.0
 _PIPE_SIZE = 1 << 20
+# One read's most (as asyncio's own transports read).
+_READ_SIZE = 256 * 1024
 
 
 def find_sftp_server() -> str | None:
@@ -197,51 +199,74 @@ class LocalEnvironment(Environment):
         await asyncio.gather(*(p.kill() for p in list(self._processes)))
 
 
-class OutputReader(asyncio.Protocol):
+class _Reading(enum.Enum):
+    """Where an :class:`OutputReader`'s descriptor is."""
+
+    WATCHED = "watched"  # the loop calls back when there is output
+    PAUSED = "paused"  # too much waits for the channel: the program is held back
+    ENDED = "ended"  # end of output (or a read error); the descriptor is still open
+    CLOSED = "closed"  # the descriptor is closed
+
+
+class OutputReader:
     """A program's output pipe (or PTY master), read into an :class:`OutputPipe`.
 
-    Reads are handed out as the chunks the kernel gave, without the copies a
-    StreamReader's buffer makes (two per chunk: about a tenth of the gateway's
-    CPU on a bulk download). Reading the descriptor pauses while the pipe's
-    :class:`FlowControl` says too much waits for the channel, so a slow client
-    holds back the program, not the gateway's memory. Any end of the descriptor, EIO from
-    a PTY whose last slave closed included, is the end of the output: what was
-    read before it is still handed out.
+    The reader owns its descriptor and reads it with the loop's ``add_reader``
+    (asyncio and uvloop both offer it), not with a read-pipe transport:
+    uvloop's closes its descriptor twice (see fdwriter). Reads are handed out
+    as the chunks the kernel gave, without the copies a StreamReader's buffer
+    makes (two per chunk: about a tenth of the gateway's CPU on a bulk
+    download). Reading pauses while the pipe's :class:`FlowControl` says too
+    much waits for the channel, so a slow client holds back the program, not
+    the gateway's memory. Any end of the descriptor, EIO from a PTY whose last
+    slave closed included, is the end of the output: what was read before it
+    is still handed out.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self._fd = fd
+        self._loop = asyncio.get_running_loop()
         self.flow = FlowControl(self._pause, self._resume)
         self.pipe = OutputPipe(self.flow)
-        self._transport: asyncio.ReadTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A cast, not an isinstance check: uvloop's pipe transports have the
-        # same methods but do not derive from asyncio's transport classes.
-        self._transport = cast(asyncio.ReadTransport, transport)
+        self._state = _Reading.WATCHED
+        self._loop.add_reader(fd, self._read_ready)
 
     def _pause(self) -> None:
-        if self._transport is not None:
-            self._transport.pause_reading()
+        if self._state is _Reading.WATCHED:
+            self._loop.remove_reader(self._fd)
+            self._state = _Reading.PAUSED
 
     def _resume(self) -> None:
-        if self._transport is not None:
-            self._transport.resume_reading()
+        if self._state is _Reading.PAUSED:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._state = _Reading.WATCHED
 
-    def data_received(self, data: bytes) -> None:
-        self.pipe.feed(data)
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                log.warning("local.output_read_failed", extra=fields(error=str(exc)))
+            data = b""
+        if data:
+            self.pipe.feed(data)  # may pause reading
+        else:
+            self._end(_Reading.ENDED)
 
-    def eof_received(self) -> None:
-        self.pipe.end()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and not (isinstance(exc, OSError) and exc.errno == errno.EIO):
-            log.warning("local.output_read_failed", extra=fields(error=str(exc)))
+    def _end(self, state: _Reading) -> None:
+        if self._state is _Reading.WATCHED:
+            self._loop.remove_reader(self._fd)
+        self._state = state
         self.pipe.end()
 
     def close(self) -> None:
-        """Stop reading (what is buffered stays readable)."""
-        if self._transport is not None:
-            self._transport.close()
+        """Stop reading and close the descriptor (what is buffered stays readable)."""
+        if self._state is not _Reading.CLOSED:
+            self._end(_Reading.CLOSED)
+            os.close(self._fd)
 
     def discard(self, *, close: bool) -> None:
         """Drop what is buffered and all that follows (reading resumes, to drop it too);
@@ -253,22 +278,6 @@ class OutputReader(asyncio.Protocol):
     async def read(self, size: int) -> bytes:
         """Up to ``size`` bytes; ``b""`` at the end of the output."""
         return await self.pipe.read(size)
-
-
-async def _read_output(fd: int) -> OutputReader:
-    """Start reading ``fd`` (which the reader now owns) in the event loop."""
-    reader = OutputReader()
-    await asyncio.get_running_loop().connect_read_pipe(lambda: reader, os.fdopen(fd, "rb", buffering=0))
-    return reader
-
-
-async def _write_input(fd: int) -> asyncio.StreamWriter:
-    """A writer of ``fd`` (which it now owns) in the event loop."""
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(fd, "wb", buffering=0)
-    )
-    return asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> LocalProcess:
@@ -297,10 +306,7 @@ async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> Lo
         # The child has its copies; the program's exit must be the pipes' end.
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
-    stdin = await _write_input(stdin_w)
-    stdout = await _read_output(stdout_r)
-    stderr = await _read_output(stderr_r)
-    return LocalProcess(proc, stdout, stderr, stdin, pty_fd=None)
+    return LocalProcess(proc, OutputReader(stdout_r), OutputReader(stderr_r), FdWriter(stdin_w), pty_fd=None)
 
 
 async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[str, object]) -> LocalProcess:
@@ -330,10 +336,9 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
         raise
     finally:
         os.close(slave)
-    # A second descriptor for writing, written directly (see ptywriter): one owner per fd.
-    writer = PtyWriter(os.dup(master))
-    reader = await _read_output(master)
-    return LocalProcess(proc, reader, None, writer, pty_fd=writer.fd)
+    # A second descriptor for writing, written directly (see fdwriter): one owner per fd.
+    writer = FdWriter(os.dup(master))
+    return LocalProcess(proc, OutputReader(master), None, writer, pty_fd=writer.fd)
 
 
 class LocalProcess(Process):
@@ -344,7 +349,7 @@ class LocalProcess(Process):
         proc: asyncio.subprocess.Process,
         stdout: OutputReader,
         stderr: OutputReader | None,
-        stdin: asyncio.StreamWriter | PtyWriter,
+        stdin: FdWriter,
         pty_fd: int | None,
     ) -> None:
         self._proc = proc
@@ -392,8 +397,7 @@ class LocalProcess(Process):
                 eof_char = termios.tcgetattr(self._pty_fd)[6][termios.VEOF]
                 await self.write(eof_char if isinstance(eof_char, bytes) else bytes([eof_char]))
             return
-        if not self._stdin.is_closing():
-            self._stdin.close()
+        self._stdin.finish()
 
     async def close_output(self) -> None:
         """Close our (the only) read end of stdout: the program's next write gets SIGPIPE.

@@ -1,26 +1,38 @@
-"""Writing a PTY master without a pipe transport (which uvloop would make read it too).
+"""Writing a program's input (a pipe or a PTY master) without a pipe transport.
 
-uvloop's write-pipe transport reads its descriptor to notice the far end
-closing, and drops what it reads: on a PTY master that is the program's
-output, so a shell's answer went missing at random. This writer only writes,
-with the loop's ``add_writer`` (asyncio and uvloop both offer it) while the
-terminal's input queue is full.
+Two faults of uvloop's write-pipe transport make the gateway write the
+descriptor itself. It reads its descriptor to notice the far end closing and
+drops what it reads: on a PTY master that is the program's output, so a
+shell's answer went missing at random. And closing it closes the descriptor
+twice (libuv's handle, then the file object): when another thread opened
+something in between, that thread lost its descriptor. This writer owns its
+descriptor, closes it once, and only writes, with the loop's ``add_writer``
+(asyncio and uvloop both offer it) while the reader's side is full.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import os
 from collections import deque
 
-# Input waiting for a full terminal before ``drain`` holds its writer back (as
+# Input waiting for a full pipe or terminal before ``drain`` holds its writer back (as
 # a transport's default high-water mark).
 _HIGH_WATER = 64 * 1024
 
 
-class PtyWriter:
-    """Writes to a non-blocking descriptor it owns: ``write``, ``drain``, ``close``."""
+class _Writing(enum.Enum):
+    """Where an :class:`FdWriter`'s descriptor is."""
+
+    OPEN = "open"
+    FINISHING = "finishing"  # no more writes; closed once what waits is written
+    CLOSED = "closed"
+
+
+class FdWriter:
+    """Writes to a non-blocking descriptor it owns: ``write``, ``drain``, ``finish``, ``close``."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
@@ -28,16 +40,16 @@ class PtyWriter:
         self._loop = asyncio.get_running_loop()
         self._pending: deque[memoryview] = deque()
         self._size = 0
-        self._closed = False
+        self._state = _Writing.OPEN
         self._drained: asyncio.Future[None] | None = None
 
     def is_closing(self) -> bool:
-        """Whether :meth:`close` was called (or the descriptor failed)."""
-        return self._closed
+        """Whether writing has ended: :meth:`finish` or :meth:`close` was called, or the descriptor failed."""
+        return self._state is not _Writing.OPEN
 
     def write(self, data: bytes) -> None:
-        """Write now as much as the terminal takes; queue the rest."""
-        if self._closed or not data:
+        """Write now as much as the descriptor takes; queue the rest."""
+        if self._state is not _Writing.OPEN or not data:
             return
         view = memoryview(data)
         if not self._pending:
@@ -71,6 +83,8 @@ class PtyWriter:
                 return
             self._pending.popleft()
         self._loop.remove_writer(self.fd)
+        if self._state is _Writing.FINISHING:
+            self.close()
         self._wake()
 
     def _wake(self) -> None:
@@ -78,18 +92,26 @@ class PtyWriter:
             self._drained.set_result(None)
 
     async def drain(self) -> None:
-        """Wait while more than the high-water mark waits for the terminal."""
-        while self._size > _HIGH_WATER and not self._closed:
+        """Wait while more than the high-water mark waits for the reader."""
+        while self._size > _HIGH_WATER and self._state is not _Writing.CLOSED:
             # One future for every waiter; shielded, so one waiter cancelled cancels no other.
             if self._drained is None or self._drained.done():
                 self._drained = self._loop.create_future()
             await asyncio.shield(self._drained)
 
+    def finish(self) -> None:
+        """Accept no more writes; close the descriptor (the end of input) once what waits is written."""
+        if self._state is not _Writing.OPEN:
+            return
+        self._state = _Writing.FINISHING
+        if not self._pending:
+            self.close()
+
     def close(self) -> None:
         """Drop what waits and close the descriptor."""
-        if self._closed:
+        if self._state is _Writing.CLOSED:
             return
-        self._closed = True
+        self._state = _Writing.CLOSED
         if self._pending:
             self._loop.remove_writer(self.fd)
             self._pending.clear()
