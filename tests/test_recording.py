@@ -69,7 +69,7 @@ def test_pty_session_replays_with_asciinema(
         term.type("printf 'rec-%s\\n' $((6*7)); seq 1 300 | tail -n 3\n")
         term.wait_for(r"rec-42\s+298\s+299\s+300")
         term.resize(120, 40)
-        term.type("stty size\n")
+        term.type_once_width(120, "stty size\n")
         term.wait_for(r"40 120")
         term.type("exit\n")
         term.wait_for("PANE-EXIT=0")

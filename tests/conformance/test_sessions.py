@@ -77,7 +77,7 @@ def test_interactive_shell_sees_size_and_resize(gw: GatewayThread, tmp_path: Pat
         assert cols == 90
         assert rows in (24, 25)  # tmux may keep a status line
         term.resize(70, 18)
-        term.type("clear; stty size; echo MARK-$((2+1))\n")
+        term.type_once_width(70, "clear; stty size; echo MARK-$((2+1))\n")
         match = term.wait_for(r"(\d+) (\d+)\s*\n.*MARK-3")
         assert int(match.group(2)) == 70
         assert int(match.group(1)) in (17, 18)

@@ -331,6 +331,15 @@ class Tmux:
         """Resize the terminal window (the client sends window-change)."""
         self._tmux("resize-window", "-t", self.name, "-x", str(width), "-y", str(height))
 
+    def type_once_width(self, width: int, text: str) -> None:
+        """Type a shell command line that runs ``text`` once the remote terminal is ``width`` wide.
+
+        After :meth:`resize`, keys typed at once may reach the server before the
+        window change: OpenSSH's client sends what it read from the terminal
+        before the window change it noticed in the same round of its loop.
+        """
+        self.type(f"until stty size | grep -q ' {width}$'; do :; done; {text}")
+
     def close(self) -> None:
         """Kill the tmux server."""
         self._tmux("kill-server", check=False)
