@@ -490,6 +490,9 @@ class SecuritySettings(Section):
     force_command: str | None = None
     strict_modes: bool = True
     max_env_value: int = Field(64 * 1024, ge=1, description="bytes")
+    max_env_vars: int = Field(
+        128, ge=0, le=1024, description="client variables kept per session channel (as sshd: 128)"
+    )
     max_command: int = Field(64 * 1024, ge=1, le=128 * 1024 - 1, description="bytes")
 
 

@@ -40,6 +40,8 @@ SHARE_ENV = "PAIRPOD_SHARE"
 SHARE_WITH_ENV = "PAIRPOD_SHARE_WITH"
 #: ``ro`` or ``rw``: also print a web link (needs ``sharing.web``; rw only for open sessions).
 SHARE_WEB_ENV = "PAIRPOD_SHARE_WEB"
+#: The variables above: kept from the client's env requests whatever ``security.env_allow`` says.
+REQUEST_ENV = frozenset({SHARE_ENV, SHARE_WITH_ENV, SHARE_WEB_ENV})
 #: ``alice+ctl@gw``: the owner's control interface, never the container.
 CONTROL_SUFFIX = "+ctl"
 

@@ -28,6 +28,7 @@ from pairpod.recording import Recorder, SessionInfo
 from pairpod.session_limits import ActivityClock, SessionLimits, enforce
 from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission, Refusal, Ticket
+from pairpod.ssh.channel import open_session_channel
 from pairpod.ssh.context import ChannelContext, RelayFactory, SessionContext, StatusWriter
 from pairpod.ssh.kinds import PurposeChooser
 from pairpod.ssh.purpose import Purpose
@@ -388,8 +389,14 @@ class Connection(asyncssh.SSHServer):
 
     # --- channels -----------------------------------------------------------------
 
-    def session_requested(self) -> asyncssh.SSHServerSession[bytes]:
-        """A new session channel, up to ``ssh.max_sessions`` at once (joiners' too)."""
+    def session_requested(
+        self,
+    ) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
+        """A new session channel, up to ``ssh.max_sessions`` at once (joiners' too).
+
+        Every kind's channel keeps only the env requests the config allows (see
+        :mod:`pairpod.ssh.channel`).
+        """
         self._had_channel = True
         if len(self._channels) >= self.config.ssh.max_sessions:
             log.info(
@@ -401,8 +408,10 @@ class Connection(asyncssh.SSHServer):
                 f"too many sessions on this connection (max {self.config.ssh.max_sessions})",
             )
         session = self.purpose.open_session()
+        assert self._conn is not None
+        chan = open_session_channel(self._conn, self.config.security, self.log_fields)
         self._channels.add(session)
-        return session
+        return chan, session
 
     def channel_closed(self, session: asyncssh.SSHServerSession[bytes]) -> None:
         """Forget a closed channel (its slot is free again)."""

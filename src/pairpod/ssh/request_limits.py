@@ -14,7 +14,9 @@ The limits and why:
 * exec command: ``security.max_command`` bytes (default 64 KiB, at most
   128 KiB - 1: Linux refuses a longer single argument to ``sh -c``).
 * environment value: ``security.max_env_value`` bytes (default 64 KiB), for
-  the variables that ``security.env_allow`` lets through.
+  the variables that ``security.env_allow`` lets through; a variable's name:
+  256 bytes. How many variables a channel keeps (``security.max_env_vars``)
+  is decided as each request arrives (:mod:`pairpod.ssh.channel`).
 * terminal type and subsystem name: 256 and 64 bytes (fixed: real ones are
   a few bytes).
 """
@@ -29,6 +31,7 @@ from pairpod.config import PtyLimit, SecuritySettings
 _WINSIZE_MAX = 65535
 MAX_TERM_TYPE = 256
 MAX_SUBSYSTEM = 64
+MAX_ENV_NAME = 256
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,11 @@ def subsystem_refusal(name: str) -> str | None:
     return too_long("subsystem name", size, MAX_SUBSYSTEM) if size > MAX_SUBSYSTEM else None
 
 
-def env_refusal(env: dict[str, str], security: SecuritySettings) -> str | None:
-    """Why the (already filtered) client environment is refused (None: it is not)."""
-    for name, value in env.items():
-        size = len(value.encode("utf-8", "surrogatepass"))
-        if size > security.max_env_value:
-            return too_long(f"environment variable {name}", size, security.max_env_value)
+def env_refusal(name: bytes, value: bytes, security: SecuritySettings) -> str | None:
+    """Why a client's environment variable is refused for its length (None: it is not)."""
+    if len(name) > MAX_ENV_NAME:
+        return too_long("environment variable name", len(name), MAX_ENV_NAME)
+    if len(value) > security.max_env_value:
+        shown = name.decode("utf-8", "replace")
+        return too_long(f"environment variable {shown}", len(value), security.max_env_value)
     return None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -21,13 +20,13 @@ from asyncssh.misc import TermModes
 from pairpod.backends.base import SSH_SIGNALS, ExitStatus, Process, ProcessSpec, PtySpec
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
+from pairpod.ssh.channel import env_name_passes, env_refusal_of
 from pairpod.ssh.context import SessionContext
 from pairpod.ssh.input import InputQueue, WindowSize
 from pairpod.ssh.relay import Relay
 from pairpod.ssh.request_limits import (
     bounded_size,
     command_refusal,
-    env_refusal,
     pty_refusal,
     subsystem_refusal,
 )
@@ -42,12 +41,7 @@ _DRAIN_AFTER_EXIT = 2.0
 
 def filter_env(requested: dict[str, str], allow: list[str], deny: list[str] | None = None) -> dict[str, str]:
     """Keep the variables whose names match an ``allow`` glob and no ``deny`` glob."""
-    return {
-        name: value
-        for name, value in requested.items()
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
-        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in deny or ())
-    }
+    return {name: value for name, value in requested.items() if env_name_passes(name, allow, deny or ())}
 
 
 def _plain_ip(host: object) -> str:
@@ -207,9 +201,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         chan = self._chan
         assert chan is not None
         if self._denied is None:
-            self._denied = env_refusal(
-                filter_env(self._client_env(), self._security.env_allow), self._security
-            )
+            self._denied = env_refusal_of(chan)
         if self._denied is not None:
             self._finish_with_error(self._denied, 1)
             return
