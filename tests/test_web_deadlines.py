@@ -3,8 +3,8 @@
 A client that opens connections and never finishes a request (slowloris, or
 nothing at all) must not keep an address's (or everyone's) connection slots;
 a WebSocket viewer, once open, is not under that deadline. The gateway of the
-module has ``sharing.web.header_timeout`` at 2s (short, but with room for the
-test to fill an address's slots before the first ones expire).
+module has ``sharing.web.header_timeout`` and ``send_timeout`` at 2s (short,
+but with room for a test to fill an address's slots before the first expire).
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -23,15 +25,15 @@ from pairpod.config import validate_config
 from pairpod.errors import ConfigError
 from pairpod.web.connections import PER_SOURCE
 from testing.kube_apiserver.tls import self_signed
-from tests.support.gateway import ClientKey, GatewayThread, Tmux
-from tests.support.web import share_options, web_gateway, web_links
+from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
+from tests.support.web import share_options, wait_for_participants, web_gateway, web_links
 from tests.test_web_http import ended, messages_until, origin_of
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> Iterator[GatewayThread]:
     directory = tmp_path_factory.mktemp("web-deadlines")
-    overrides = {"sharing": {"open": True, "web": {"header_timeout": "2s"}}}
+    overrides = {"sharing": {"open": True, "web": {"header_timeout": "2s", "send_timeout": "2s"}}}
     with web_gateway(directory / "gw", client_key, overrides) as gateway:
         yield gateway
 
@@ -77,6 +79,40 @@ async def test_unfinished_requests_are_cut_and_free_the_address_but_a_viewer_sta
         for _, writer in held:
             writer.close()
     finally:
+        owner.close()
+
+
+async def test_a_browser_that_takes_nothing_is_cut_after_the_send_timeout(
+    gw: GatewayThread, port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without it such a socket would be held for ever: closing a transport waits
+    # until what is queued has been sent, and this client takes nothing.
+    caplog.set_level(logging.INFO, logger="pairpod")
+    owner = Tmux("owner", tmp_path).start(gw.ssh_argv(options=share_options()), 90, 25)
+    stalled = socket.socket()
+    try:
+        url = web_links(owner)["ro"]
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window soon shut
+        stalled.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(stalled, ("127.0.0.1", port))
+        handshake = (
+            f"GET {urlsplit(url).path}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: {origin_of(url)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(stalled, handshake.encode())
+        wait_for_participants(gw, 1)
+        owner.type("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo flood-$((7*6))\n")
+        wait_until(
+            lambda: any(r.getMessage() == "web.send_timeout" for r in caplog.records),
+            timeout=30,
+            message="the stalled browser cut",
+        )
+        wait_for_participants(gw, 0)
+        owner.wait_for("flood-42", timeout=60)  # the owner was never held
+    finally:
+        stalled.close()
         owner.close()
 
 

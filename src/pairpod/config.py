@@ -531,6 +531,9 @@ class WebSettings(Section):
     header_timeout: Duration = Field(
         10.0, ge=1, le=300, description="a request's headers must arrive within this (then: closed)"
     )
+    send_timeout: Duration = Field(
+        60.0, ge=1, le=3600, description="a client that takes nothing sent to it for this long is cut"
+    )
 
     @field_validator("public_url")
     @classmethod

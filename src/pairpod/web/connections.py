@@ -24,11 +24,19 @@ hours is never cut by it. Later requests of a kept-alive connection are
 bounded by aiohttp's ``keepalive_timeout``, which the listener sets to the
 same value: that timer waits for a whole head, so trickled bytes do not
 renew it.
+
+A client that reads nothing of an answer (a script file requested with its
+receive window closed) would hold its connection as long; the kernel cuts a
+connection whose data stays unacknowledged for ``sharing.web.send_timeout``
+(``TCP_USER_TIMEOUT``, also when the window stays shut), which finds a
+vanished browser too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -58,13 +66,16 @@ class ConnectionLimit:
         exempt: Callable[[str], bool],
         *,
         header_timeout: float,
+        send_timeout: float,
         per_source: int = PER_SOURCE,
         total: int = TOTAL,
     ) -> None:
         """``exempt(address)``: True for a peer not capped by source (a trusted proxy);
-        ``header_timeout``: seconds from accept to the first request's head."""
+        ``header_timeout``: seconds from accept to the first request's head;
+        ``send_timeout``: seconds sent data may wait for the client to take it."""
         self._exempt = exempt
         self.header_timeout = header_timeout
+        self._send_timeout_ms = round(send_timeout * 1000)
         self._per_source = per_source
         self._total = total
         self._all = 0
@@ -129,6 +140,7 @@ class _Counted(asyncio.Protocol):
             transport.close()  # nothing was read or written: closing is immediate
             return
         self._transport = cast(asyncio.Transport, transport)  # a stream server's
+        _send_timeout(transport, self._limit._send_timeout_ms)
         self._deadline = asyncio.get_running_loop().call_later(self._limit.header_timeout, self._expire)
         self._limit._waiting[self._inner] = self
         self._inner.connection_made(transport)
@@ -150,6 +162,8 @@ class _Counted(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._source is None:
             return
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            log.info("web.send_timeout", extra=fields(addr=self._address))
         self.head_read()
         self._limit._waiting.pop(self._inner, None)
         self._limit._leave(self._source)
@@ -167,6 +181,14 @@ class _Counted(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+def _send_timeout(transport: asyncio.BaseTransport, milliseconds: int) -> None:
+    """Have the kernel cut the connection when what it sends waits this long (Linux only)."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
 
 class LimitedSite(web.TCPSite):

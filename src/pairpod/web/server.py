@@ -111,7 +111,9 @@ class WebJoiners:
         timeout = self._settings.header_timeout
         # One address may hold only so many connections, each until its first head
         # only so long (see web.connections); the middleware lifts that deadline.
-        limit = ConnectionLimit(self._addresses.trusted, header_timeout=timeout)
+        limit = ConnectionLimit(
+            self._addresses.trusted, header_timeout=timeout, send_timeout=self._settings.send_timeout
+        )
         app = web.Application(
             client_max_size=MAX_BODY,
             middlewares=[limit.head_read],
