@@ -25,16 +25,17 @@ bounded by aiohttp's ``keepalive_timeout``, which the listener sets to the
 same value: that timer waits for a whole head, so trickled bytes do not
 renew it.
 
-A client that reads nothing of an answer (a script file requested with its
-receive window closed) would hold its connection as long; the kernel cuts a
-connection whose data stays unacknowledged for ``sharing.web.send_timeout``
-(``TCP_USER_TIMEOUT``, also when the window stays shut), which finds a
-vanished browser too.
+A browser that takes nothing of what it is sent (it stopped reading, or
+vanished) would hold its connection for ever too: the WebSocket's heartbeat
+notices, but closing a transport waits until its queue has been sent. So the
+kernel cuts a connection whose data stays unacknowledged, or waits behind a
+shut window, for ``sharing.web.send_timeout`` (``TCP_USER_TIMEOUT``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import socket
 from collections import Counter
@@ -59,7 +60,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ConnectionLimit:
-    """Counts open connections per source and turns away those past :data:`PER_SOURCE`."""
+    """Counts open connections per source and turns away those past :data:`PER_SOURCE`;
+    gives each its deadlines (a first request head in time, sent data taken in time)."""
 
     def __init__(
         self,
@@ -140,9 +142,9 @@ class _Counted(asyncio.Protocol):
             transport.close()  # nothing was read or written: closing is immediate
             return
         self._transport = cast(asyncio.Transport, transport)  # a stream server's
-        _send_timeout(transport, self._limit._send_timeout_ms)
         self._deadline = asyncio.get_running_loop().call_later(self._limit.header_timeout, self._expire)
         self._limit._waiting[self._inner] = self
+        _send_timeout(transport, self._limit._send_timeout_ms)
         self._inner.connection_made(transport)
 
     def head_read(self) -> None:
@@ -188,7 +190,9 @@ def _send_timeout(transport: asyncio.BaseTransport, milliseconds: int) -> None:
     sock = transport.get_extra_info("socket")
     option = getattr(socket, "TCP_USER_TIMEOUT", None)
     if sock is not None and option is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
+        # A peer already gone fails here; its connection_lost follows anyway.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
 
 class LimitedSite(web.TCPSite):
