@@ -22,7 +22,9 @@ async def _admitted(port: int, source: str) -> tuple[bool, asyncio.StreamWriter]
 
 async def test_all_sources_together_hold_at_most_the_total() -> None:
     # Many addresses together must not take the process's descriptors either.
-    limit = ConnectionLimit(lambda address: address == "127.0.0.9", per_source=32, total=4)
+    limit = ConnectionLimit(
+        lambda address: address == "127.0.0.9", header_timeout=300, send_timeout=300, per_source=32, total=4
+    )
     server = await asyncio.get_running_loop().create_server(limit.wrap(_Greeting), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     writers: list[asyncio.StreamWriter] = []

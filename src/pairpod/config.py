@@ -531,6 +531,12 @@ class WebSettings(Section):
     tls_key: Path | None = None
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For counts")
     max_message: int = Field(64 * 1024, ge=1024, le=1 << 20, description="bytes per WebSocket message")
+    header_timeout: Duration = Field(
+        10.0, ge=1, le=300, description="a request's headers must arrive within this (then: closed)"
+    )
+    send_timeout: Duration = Field(
+        60.0, ge=1, le=3600, description="a client that takes nothing sent to it for this long is cut"
+    )
 
     @field_validator("public_url")
     @classmethod

@@ -10,14 +10,37 @@ are accepted. A trusted reverse proxy (``sharing.web.trusted_proxies``)
 carries everyone's connections and is not capped by source; all sources
 together hold at most :data:`TOTAL`, well below the descriptors the process
 may open, so many addresses together cannot take them from SSH either.
+
+A connection must also finish its first request's head within
+``sharing.web.header_timeout`` of being accepted, else it is closed and
+leaves the counts: without that, 32 connections that trickle header bytes (or
+send nothing) would shut one address's browsers out for ever, and 1024
+everyone's. aiohttp has no such deadline: its ``keepalive_timeout`` timer
+runs between requests, and before the first one only in its newest releases
+(this project accepts aiohttp from 3.9). So the deadline lives here, around
+aiohttp's protocol, and the application's :meth:`ConnectionLimit.head_read`
+middleware lifts it as a request reaches the handlers: a WebSocket open for
+hours is never cut by it. Later requests of a kept-alive connection are
+bounded by aiohttp's ``keepalive_timeout``, which the listener sets to the
+same value: that timer waits for a whole head, so trickled bytes do not
+renew it.
+
+A browser that takes nothing of what it is sent (it stopped reading, or
+vanished) would hold its connection for ever too: the WebSocket's heartbeat
+notices, but closing a transport waits until its queue has been sent. So the
+kernel cuts a connection whose data stays unacknowledged, or waits behind a
+shut window, for ``sharing.web.send_timeout`` (``TCP_USER_TIMEOUT``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import socket
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -33,24 +56,47 @@ PER_SOURCE = 32
 TOTAL = 1024
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class ConnectionLimit:
-    """Counts open connections per source and turns away those past :data:`PER_SOURCE`."""
+    """Counts open connections per source and turns away those past :data:`PER_SOURCE`;
+    gives each its deadlines (a first request head in time, sent data taken in time)."""
 
     def __init__(
-        self, exempt: Callable[[str], bool], per_source: int = PER_SOURCE, total: int = TOTAL
+        self,
+        exempt: Callable[[str], bool],
+        *,
+        header_timeout: float,
+        send_timeout: float,
+        per_source: int = PER_SOURCE,
+        total: int = TOTAL,
     ) -> None:
-        """``exempt(address)``: True for a peer not capped by source (a trusted proxy)."""
+        """``exempt(address)``: True for a peer not capped by source (a trusted proxy);
+        ``header_timeout``: seconds from accept to the first request's head;
+        ``send_timeout``: seconds sent data may wait for the client to take it."""
         self._exempt = exempt
+        self.header_timeout = header_timeout
+        self._send_timeout_ms = round(send_timeout * 1000)
         self._per_source = per_source
         self._total = total
         self._all = 0
         self._open: Counter[str] = Counter()
+        # Connections still waiting for their first head, by the listener's protocol
+        # (what a request knows as ``request.protocol``).
+        self._waiting: dict[asyncio.BaseProtocol, _Counted] = {}
 
     def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
         """A protocol factory whose connections are counted (the listener's own inside)."""
         return lambda: _Counted(self, factory())
+
+    @web.middleware
+    async def head_read(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Middleware: a request reached the application, so its connection met the deadline."""
+        counted = self._waiting.pop(request.protocol, None)
+        if counted is not None:
+            counted.head_read()
+        return await handler(request)
 
     def _enter(self, address: str) -> str | None:
         """The source to count ``address`` under; None when it (or everyone) holds too many already."""
@@ -80,10 +126,13 @@ class _Counted(asyncio.Protocol):
         self._limit = limit
         self._inner = inner
         self._source: str | None = None
+        self._address = ""
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
-        address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        self._address = address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._source = self._limit._enter(address)
         if self._source is None:
             log.warning(
@@ -92,11 +141,33 @@ class _Counted(asyncio.Protocol):
             )
             transport.close()  # nothing was read or written: closing is immediate
             return
+        self._transport = cast(asyncio.Transport, transport)  # a stream server's
+        self._deadline = asyncio.get_running_loop().call_later(self._limit.header_timeout, self._expire)
+        self._limit._waiting[self._inner] = self
+        _send_timeout(transport, self._limit._send_timeout_ms)
         self._inner.connection_made(transport)
+
+    def head_read(self) -> None:
+        """The first request's head arrived in time: no deadline from here on."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        log.info("web.header_timeout", extra=fields(addr=self._address, timeout=self._limit.header_timeout))
+        # Abort, not close: nothing was answered yet, and a TLS close would wait for the
+        # peer's close_notify, holding the slot longer still.
+        assert self._transport is not None
+        self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._source is None:
             return
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            log.info("web.send_timeout", extra=fields(addr=self._address))
+        self.head_read()
+        self._limit._waiting.pop(self._inner, None)
         self._limit._leave(self._source)
         self._inner.connection_lost(exc)
 
@@ -112,6 +183,16 @@ class _Counted(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._inner.resume_writing()
+
+
+def _send_timeout(transport: asyncio.BaseTransport, milliseconds: int) -> None:
+    """Have the kernel cut the connection when what it sends waits this long (Linux only)."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is not None and option is not None:
+        # A peer already gone fails here; its connection_lost follows anyway.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, milliseconds)
 
 
 class LimitedSite(web.TCPSite):
@@ -131,6 +212,8 @@ class LimitedSite(web.TCPSite):
             self._host,
             self._port,
             ssl=self._ssl_context,
+            # A TLS handshake never finished holds a descriptor outside the counts.
+            ssl_handshake_timeout=self._limit.header_timeout if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,

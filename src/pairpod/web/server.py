@@ -19,7 +19,11 @@ with the web medium). When the other replicas cannot be asked (their store
 is down), the page says so as an SSH joiner is told, after the same pause,
 and the address is not counted towards a lockout: it is not the link's fault.
 
-One address holds only so many connections (:mod:`pairpod.web.connections`).
+One address holds only so many connections, and a connection must send its
+request's head within ``sharing.web.header_timeout`` (:mod:`pairpod.web.connections`).
+A WebSocket's opening handshake is its upgrade request, under that deadline;
+once open it has none (a viewer stays for hours), but a ping every
+:data:`WS_HEARTBEAT` seconds finds a browser that is gone.
 """
 
 from __future__ import annotations
@@ -52,6 +56,22 @@ log = get_logger("web")
 
 ASSETS_MISSING = "this gateway's web terminal files (xterm.js) are missing; its operator can fetch them"
 _CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css"}
+
+# What one request may send. A page, a script and a WebSocket upgrade are GETs
+# whose request line holds a link of a few dozen characters and which carry no
+# body; a browser sends about twenty headers and a reverse proxy adds a few. A
+# header line may still be long (the Cookie of another site on the same host), so
+# only the count and the request line are tighter than aiohttp's defaults: one
+# head then holds at most about MAX_HEADERS * MAX_FIELD bytes while it is read.
+MAX_REQUEST_LINE = 2048
+MAX_HEADERS = 48
+MAX_FIELD = 8190
+MAX_BODY = 4096
+# The browser's answer to a closing WebSocket (its close frame) is awaited this long.
+WS_CLOSE_TIMEOUT = 5.0
+# A ping this often; a browser that does not answer within half of it is gone
+# (a laptop closed, a network lost) and its socket is closed.
+WS_HEARTBEAT = 30.0
 
 
 class WebJoiners:
@@ -88,14 +108,31 @@ class WebJoiners:
     async def start(self) -> None:
         """Listen; a busy address or unusable TLS files are a ConfigError naming the key."""
         tls = self._tls_context()
-        app = web.Application(client_max_size=4096)
+        timeout = self._settings.header_timeout
+        # One address may hold only so many connections, each until its first head
+        # only so long (see web.connections); the middleware lifts that deadline.
+        limit = ConnectionLimit(
+            self._addresses.trusted, header_timeout=timeout, send_timeout=self._settings.send_timeout
+        )
+        app = web.Application(
+            client_max_size=MAX_BODY,
+            middlewares=[limit.head_read],
+            handler_args={
+                # The wait for the next head of a kept-alive connection.
+                "keepalive_timeout": timeout,
+                "max_line_size": MAX_REQUEST_LINE,
+                "max_headers": MAX_HEADERS,
+                "max_field_size": MAX_FIELD,
+                # No request here has a body to drain: close instead of reading one.
+                "lingering_time": 0,
+            },
+        )
         app.router.add_get("/s/{link}", self._page)
         app.router.add_get("/s/{link}/ws", self._socket)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/favicon.ico", _no_content)  # browsers ask; nothing to log as missing
         app.on_response_prepare.append(_security_headers)
-        # One address may hold only so many connections (see web.connections).
-        site = functools.partial(LimitedSite, limit=ConnectionLimit(self._addresses.trusted))
+        site = functools.partial(LimitedSite, limit=limit)
         self._runner, self.port = await start_site(app, self._listen, "sharing.web.listen", tls, site)
         host = parse_listen(self._listen)[0]
         self.base_url = self._settings.public_url or _default_base(
@@ -203,7 +240,10 @@ class WebJoiners:
         # No per-message deflate: with many viewers, compressing every frame for each
         # of them would cost the gateway more CPU than everything else on this path.
         socket = web.WebSocketResponse(
-            max_msg_size=self._settings.max_message, heartbeat=30.0, compress=False
+            max_msg_size=self._settings.max_message,
+            heartbeat=WS_HEARTBEAT,
+            timeout=WS_CLOSE_TIMEOUT,
+            compress=False,
         )
         await socket.prepare(request)
         self._sockets.add(socket)

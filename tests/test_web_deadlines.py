@@ -1,0 +1,175 @@
+"""The web listener's deadlines and request limits, on a real gateway over raw sockets.
+
+A client that opens connections and never finishes a request (slowloris, or
+nothing at all) must not keep an address's (or everyone's) connection slots;
+a WebSocket viewer, once open, is not under that deadline. The gateway of the
+module has ``sharing.web.header_timeout`` and ``send_timeout`` at 2s (short,
+but with room for a test to fill an address's slots before the first expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from pairpod.config import validate_config
+from pairpod.errors import ConfigError
+from pairpod.web.connections import PER_SOURCE
+from testing.kube_apiserver.tls import self_signed
+from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
+from tests.support.web import share_options, wait_for_participants, web_gateway, web_links
+from tests.test_web_http import ended, messages_until, origin_of
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> Iterator[GatewayThread]:
+    directory = tmp_path_factory.mktemp("web-deadlines")
+    overrides = {"sharing": {"open": True, "web": {"header_timeout": "2s", "send_timeout": "2s"}}}
+    with web_gateway(directory / "gw", client_key, overrides) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def port(gw: GatewayThread) -> int:
+    assert gw.gateway.web is not None
+    return gw.gateway.web.port
+
+
+async def test_unfinished_requests_are_cut_and_free_the_address_but_a_viewer_stays(
+    gw: GatewayThread, port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pairpod")
+    owner = Tmux("owner", tmp_path).start(gw.ssh_argv(options=share_options()), 90, 25)
+    try:
+        url = web_links(owner)["ro"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as viewer,
+        ):
+            await messages_until(viewer, '"type": "hello"')
+            # The viewer holds one of the address's slots; half request lines hold the rest.
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(PER_SOURCE - 1)]
+            for _, writer in held:
+                writer.write(b"GET /s/")
+            # The address is full: its next browser is turned away while they are held.
+            with pytest.raises(aiohttp.ClientConnectionError):
+                async with session.get(url):
+                    pass
+            # At the deadline each is closed, counted as such, and leaves the count.
+            async with asyncio.timeout(30):
+                assert all(await asyncio.gather(*(ended(reader) for reader, _ in held)))
+            cut = [r for r in caplog.records if r.getMessage() == "web.header_timeout"]
+            assert len(cut) == PER_SOURCE - 1
+            assert {getattr(r, "pairpod_fields", {})["addr"] for r in cut} == {"127.0.0.1"}
+            # A browser at the same address joins again.
+            async with session.ws_connect(f"{url}/ws", headers={"Origin": origin_of(url)}) as again:
+                await messages_until(again, '"type": "hello"')
+            # The viewer, open for longer than the deadline, still gets live output.
+            owner.type("echo still-here-$((6*7))\n")
+            await messages_until(viewer, b"still-here-42")
+        for _, writer in held:
+            writer.close()
+    finally:
+        owner.close()
+
+
+async def test_a_browser_that_takes_nothing_is_cut_after_the_send_timeout(
+    gw: GatewayThread, port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without it such a socket would be held for ever: closing a transport waits
+    # until what is queued has been sent, and this client takes nothing.
+    caplog.set_level(logging.INFO, logger="pairpod")
+    owner = Tmux("owner", tmp_path).start(gw.ssh_argv(options=share_options()), 90, 25)
+    stalled = socket.socket()
+    try:
+        url = web_links(owner)["ro"]
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window soon shut
+        stalled.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(stalled, ("127.0.0.1", port))
+        handshake = (
+            f"GET {urlsplit(url).path}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: {origin_of(url)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(stalled, handshake.encode())
+        wait_for_participants(gw, 1)
+        owner.type("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo flood-$((7*6))\n")
+        wait_until(
+            lambda: any(r.getMessage() == "web.send_timeout" for r in caplog.records),
+            timeout=30,
+            message="the stalled browser cut",
+        )
+        wait_for_participants(gw, 0)
+        owner.wait_for("flood-42", timeout=60)  # the owner was never held
+    finally:
+        stalled.close()
+        owner.close()
+
+
+async def test_a_kept_alive_connection_waits_for_its_next_request_only_so_long(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /favicon.ico HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        assert head.startswith(b"HTTP/1.1 204")
+        assert b"connection: close" not in head.lower()  # kept alive
+        writer.write(b"GET /s/")  # the next request, never finished
+        async with asyncio.timeout(30):
+            assert await ended(reader)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /s/" + b"x" * 4000 + b" HTTP/1.1\r\nHost: h\r\n\r\n",  # a request line past 2 KiB
+        b"GET /s/x HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: y\r\n" % n for n in range(60)) + b"\r\n",
+        b"GET /s/x HTTP/1.1\r\nHost: h\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n",  # one header past 8 KiB
+    ],
+    ids=["request-line", "header-count", "header-size"],
+)
+async def test_oversized_request_heads_are_refused(port: int, request_head: bytes) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_head)
+        async with asyncio.timeout(20):
+            answer = await reader.read()
+        assert re.match(rb"HTTP/1\.[01] 4\d\d ", answer), answer[:100]
+    finally:
+        writer.close()
+
+
+async def test_tls_connections_that_never_handshake_or_never_ask_are_cut(
+    tmp_path: Path, client_key: ClientKey
+) -> None:
+    serving = self_signed()
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    cert.write_bytes(serving.cert_pem)
+    key.write_bytes(serving.key_pem)
+    web = {"tls_cert": str(cert), "tls_key": str(key), "header_timeout": "1s"}
+    with web_gateway(tmp_path / "gw", client_key, {"sharing": {"web": web}}) as gateway:
+        assert gateway.gateway.web is not None
+        port = gateway.gateway.web.port
+        trust = ssl.create_default_context(cafile=str(cert))
+        silent, _ = await asyncio.open_connection("127.0.0.1", port)  # no TLS handshake at all
+        idle, _ = await asyncio.open_connection("127.0.0.1", port, ssl=trust, server_hostname="127.0.0.1")
+        async with asyncio.timeout(30):
+            assert await ended(silent)
+            assert await ended(idle)
+
+
+@pytest.mark.parametrize("value", ["0", "500ms", "10m", "soon", -1])
+def test_a_bad_header_timeout_names_the_key(value: object) -> None:
+    with pytest.raises(ConfigError, match=re.escape("sharing.web.header_timeout")):
+        validate_config({"sharing": {"web": {"header_timeout": value}}}, "test")
