@@ -14,18 +14,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Collection
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from pairpod.admin import Operations
-from pairpod.auth import Authenticator
-from pairpod.backends import Backend
 from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
-from pairpod.recording import Recorder
-
-if TYPE_CHECKING:  # a single gateway never loads the cluster's modules (see gateway.py)
-    from pairpod.cluster import ClusterStore
-    from pairpod.replicas import Replicas
+from pairpod.ssh.parts import StartedParts
 
 log = get_logger("shutdown")
 
@@ -57,12 +51,9 @@ class Drained(Protocol):
     """What the drain stops (:class:`pairpod.ssh.gateway.Gateway`)."""
 
     config: Config
-    backend: Backend
-    authenticator: Authenticator
-    cluster: ClusterStore | None
-    replicas: Replicas | None
     ops: Operations
-    recorder: Recorder
+    #: What the gateway started; stopped once its sessions are ended.
+    parts: StartedParts
 
     @property
     def connections(self) -> Collection[Draining]:
@@ -82,7 +73,7 @@ _POLL = 0.2
 
 
 async def drain(gateway: Drained, hurry: asyncio.Event) -> None:
-    """Drain ``gateway`` and stop its backend. Never raises."""
+    """Drain ``gateway`` and stop the parts it started. Never raises."""
     try:
         await _drain(gateway, hurry)
     except Exception:
@@ -114,20 +105,8 @@ async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
         for c in remaining + connections
         if not c.cleaned_up and c.has_environment
     ]
-    backend_done = await _bounded(gateway.backend.stop(), time.monotonic() + BACKEND_TIMEOUT)
-    with contextlib.suppress(Exception):
-        await _bounded(gateway.authenticator.aclose(), time.monotonic() + END_TIMEOUT)
-    if gateway.replicas is not None:  # its entries withdrawn while the store is still there
-        await _bounded(gateway.replicas.stop(), time.monotonic() + END_TIMEOUT)
-    if gateway.cluster is not None:
-        await _bounded(gateway.cluster.aclose(), time.monotonic() + END_TIMEOUT)
-    # The admin listener and audit log last: the steps above are audited too.
-    await _bounded(gateway.ops.stop(), time.monotonic() + END_TIMEOUT)
-    if not await asyncio.to_thread(gateway.recorder.close, END_TIMEOUT):
-        log.warning(
-            "gateway.recordings_unfinished",
-            extra=fields(reason="the disk did not take the last events in time"),
-        )
+    # Then every part the gateway started, in reverse (see Gateway.start for the order).
+    backend_done = "backend" not in await gateway.parts.stop_all()
     if left or not backend_done:
         log.warning(
             "gateway.left_behind",
