@@ -37,11 +37,6 @@ class StartedParts:
     def __init__(self) -> None:
         self._parts: list[_Part] = []
 
-    @property
-    def names(self) -> list[str]:
-        """The parts started so far, in start order."""
-        return [part.name for part in self._parts]
-
     async def start(
         self, name: str, start: Step | None, stop: Step, *, stop_timeout: float | None = STOP_TIMEOUT
     ) -> None:
@@ -62,19 +57,22 @@ class StartedParts:
         unfinished = []
         while self._parts:
             part = self._parts.pop()
-            if not await _bounded(part):
+            if not await bounded(part.name, part.stop(), part.timeout):
                 unfinished.append(part.name)
         return unfinished
 
 
-async def _bounded(part: _Part) -> bool:
-    """Run ``part.stop`` within its bound; ``False`` if it failed or had to be abandoned."""
+async def bounded(step: str, work: Awaitable[Any], seconds: float | None) -> bool:
+    """Await ``work`` (a shutdown ``step``) for up to ``seconds`` (None: no bound).
+
+    ``False``, logged, if it failed or had to be abandoned; never raises.
+    """
     try:
-        await asyncio.wait_for(part.stop(), part.timeout)
+        await asyncio.wait_for(work, seconds)
     except TimeoutError:
-        log.warning("gateway.stop_step_timeout", extra=fields(part=part.name, timeout=part.timeout))
+        log.warning("gateway.stop_step_timeout", extra=fields(step=step, seconds=seconds))
         return False
     except Exception:
-        log.warning("gateway.stop_step_failed", extra=fields(part=part.name), exc_info=True)
+        log.warning("gateway.stop_step_failed", extra=fields(step=step), exc_info=True)
         return False
     return True

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Collection
-from typing import Any, Protocol
+from collections.abc import Collection
+from typing import Protocol
 
 from pairpod.admin import Operations
 from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
-from pairpod.ssh.parts import StartedParts
+from pairpod.ssh.parts import StartedParts, bounded
 
 log = get_logger("shutdown")
 
@@ -95,11 +95,13 @@ async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
         log.info("gateway.ending_sessions", extra=fields(connections=len(remaining), hurried=hurry.is_set()))
     deadline = time.monotonic() + END_TIMEOUT
     message = "the gateway is restarting, disconnecting"
-    await _bounded(
-        asyncio.gather(*(c.shutdown(message) for c in remaining), return_exceptions=True), deadline
+    await bounded(
+        "sessions",
+        asyncio.gather(*(c.shutdown(message) for c in remaining), return_exceptions=True),
+        deadline - time.monotonic(),
     )
     # Cleanups of connections that ended by themselves run as gateway tasks.
-    await _bounded(gateway.wait_tasks(), deadline)
+    await bounded("cleanups", gateway.wait_tasks(), max(deadline - time.monotonic(), 0.0))
     left = [
         c.environment_description() or c.conn_id
         for c in remaining + connections
@@ -127,15 +129,3 @@ async def _until_gone(gateway: Drained, grace: float, hurry: asyncio.Event) -> N
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hurry.wait(), min(left, _POLL))
-
-
-async def _bounded(work: Awaitable[Any], deadline: float) -> bool:
-    """Await ``work`` until ``deadline``; ``False`` if it had to be abandoned or failed."""
-    try:
-        await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        return False
-    except Exception:
-        log.warning("gateway.stop_step_failed", exc_info=True)
-        return False
-    return True
