@@ -7,6 +7,7 @@ per test: each process start costs seconds, as it would for a team.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.gateway import ClientKey, wait_until
+from tests.support.gateway import ClientKey, wait_until, write_config
 from tests.support.http_peers import KeySourcePeer
 from tests.support.pair import PairProcess, key_source, people, shared_dir
 from tests.test_sharing_ssh import Terminals, terms
@@ -46,6 +47,18 @@ def test_refuses_to_start_without_anyone_named() -> None:
     named_open = run("--open", "--name", "team")
     assert named_open.returncode == 2
     assert "--name cannot be used with --open" in named_open.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the shell user and its password are set up as root only")
+def test_pair_and_pair_via_report_a_bad_shell_user_password_alike(tmp_path: Path) -> None:
+    # chpasswd reads lines: a newline in the password is refused before anything runs.
+    config = write_config(tmp_path / "pairpod.yaml", {"log": {"level": "warning"}})
+    env = {**os.environ, "USER_PASSWORD": "one\ntwo"}
+    for where in (["--listen", "127.0.0.1:0"], ["--via", "127.0.0.1:1"]):
+        argv = [sys.executable, "-m", "pairpod.cli", "pair", "--config", str(config), *where, "alice"]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == "pairpod: USER_PASSWORD must be one line of printable characters\n"
 
 
 def test_a_standing_shell_shared_with_the_people_named(

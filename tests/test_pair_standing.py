@@ -18,7 +18,7 @@ from tests.test_sharing_terminal import Changes, TermSink
 
 def _me() -> ShellUser:
     entry = pwd.getpwuid(os.getuid())
-    return ShellUser(entry.pw_name, "/bin/sh", entry.pw_dir)
+    return ShellUser(entry.pw_name, "/bin/sh")
 
 
 async def test_joiners_share_the_shell_until_it_exits_with_its_status() -> None:

@@ -43,6 +43,7 @@ async def test_output_status_and_end_arrive_in_order() -> None:
     sink = WebSink(sent_size=(80, 24))
     socket = Socket()
     pump = asyncio.create_task(sink.pump(socket))
+    sink.resized(80, 24)  # the size the page was given: nothing to tell it
     sink.write(b"one ")
     sink.write(b"two")  # consecutive output: one message
     sink.notify("pairpod: hello")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import signal
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -147,29 +149,27 @@ def pair(
     from pairpod.pair.links import audience
     from pairpod.pair.serve import PairOptions, run_pair
 
-    if via is not None:
-        from pairpod.pair.via import run_via, via_options
+    run: Callable[[], Coroutine[Any, Any, int]]
+    try:
+        if via is not None:
+            from pairpod.pair.via import run_via, via_options
 
-        try:
             options = via_options(
                 via, login=login, key_path=key_path, accept_new_host_key=accept_new_host_key,
                 github=github, gitlab=gitlab, respawn=respawn, served_here=bool(name or open_ or listen),
             )  # fmt: skip
             config = load_config(config_path)
-        except ConfigError as error:
-            _fail(str(error))
-            return
-        setup_logging(config.log.level, config.log.format)
-        sys.exit(asyncio.run(run_via(config, options)))
-    try:
-        people = audience(github, gitlab, open=open_, name=name)
-        config = load_config(config_path, _cli_overrides(listen, None))
+            run = functools.partial(run_via, config, options)
+        else:
+            people = audience(github, gitlab, open=open_, name=name)
+            config = load_config(config_path, _cli_overrides(listen, None))
+            run = functools.partial(run_pair, config, PairOptions(people, respawn=respawn))
     except ConfigError as error:
         _fail(str(error).removeprefix("pair: "))
         return
     setup_logging(config.log.level, config.log.format)
     try:
-        code = asyncio.run(run_pair(config, PairOptions(people, respawn=respawn)))
+        code = asyncio.run(run())
     except ConfigError as error:
         _fail(str(error).removeprefix("pair: "))
         return

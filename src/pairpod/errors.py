@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class PairpodError(Exception):
     """Base of pairpod's errors.
@@ -27,6 +29,13 @@ class ConfigError(PairpodError):
     """The configuration is invalid; the message names the key path and the problem."""
 
     user_message = "gateway configuration error"
+
+
+def cannot_listen(key: str, address: str, error: OSError) -> ConfigError:
+    """The error for a listener (config ``key``) that could not listen on ``address``."""
+    # The system's short reason ("Address already in use"), not the event loop's wrapping sentence.
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return ConfigError(f"{key}: cannot listen on {address}: {reason}")
 
 
 class BackendError(PairpodError):

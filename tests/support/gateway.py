@@ -9,6 +9,7 @@ the gateway (its tasks, its connections). ``GatewayProcess`` runs
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
 import secrets
@@ -179,10 +180,14 @@ class GatewayThread(OpenSSHClient):
         """Run a coroutine on the gateway's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def begin(self) -> concurrent.futures.Future[Any]:
+        """Start the loop and the gateway's start, without waiting for it."""
+        self._thread.start()
+        return asyncio.run_coroutine_threadsafe(self.gateway.start(), self.loop)
+
     def start(self) -> GatewayThread:
         """Start the loop and the gateway."""
-        self._thread.start()
-        self.call(self.gateway.start())
+        self.begin().result(60)
         self.port = self.gateway.port
         self.baseline_tasks = self.task_count()
         return self
@@ -192,9 +197,13 @@ class GatewayThread(OpenSSHClient):
         try:
             self.call(self.gateway.stop())
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-            self.loop.close()
+            self.close_loop()
+
+    def close_loop(self) -> None:
+        """Stop and close the loop (after a gateway that failed to start, or stopped)."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
 
     def task_count(self) -> int:
         """How many asyncio tasks exist on the gateway's loop (not counting the asker)."""

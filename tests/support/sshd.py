@@ -26,7 +26,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _accepts(port: int) -> bool:
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
@@ -66,7 +67,7 @@ class OpenSSHServer(OpenSSHClient):
         )
         log.close()
         wait_until(
-            lambda: _accepts(self.port) or self.proc.poll() is not None,  # type: ignore[union-attr]
+            lambda: accepts(self.port) or self.proc.poll() is not None,  # type: ignore[union-attr]
             message="sshd listening",
         )
         if self.proc.poll() is not None:

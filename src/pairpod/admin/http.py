@@ -16,7 +16,7 @@ from aiohttp import web
 
 from pairpod.admin.metrics import Metrics
 from pairpod.config import parse_listen
-from pairpod.errors import ConfigError, PairpodError
+from pairpod.errors import PairpodError, cannot_listen
 from pairpod.log import fields, get_logger
 
 log = get_logger("admin")
@@ -45,7 +45,7 @@ async def start_site(
         await listener.start()
     except OSError as error:
         await runner.cleanup()
-        raise ConfigError(f"{key}: cannot listen on {listen}: {error.strerror or error}") from None
+        raise cannot_listen(key, listen, error) from None
     return runner, runner.addresses[0][1]
 
 
@@ -58,6 +58,8 @@ class AdminHTTP:
         self._check = check
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # Ready only once the gateway listens for SSH (it starts this listener first).
+        self.serving = False
         # Set once the gateway drains at SIGTERM: not ready for new users from then on,
         # so a load balancer that probes stops sending them here while sessions finish.
         self.draining = False
@@ -86,6 +88,8 @@ class AdminHTTP:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
+        if not self.serving:
+            return _not_ready("the gateway is starting")
         if self.draining:
             return _not_ready("the gateway is draining (shutting down)")
         try:

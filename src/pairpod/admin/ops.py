@@ -67,6 +67,11 @@ class Operations:
                 await part.stop()
             raise
 
+    def serving(self) -> None:
+        """The gateway listens for SSH: ``/readyz`` may answer ready from now on."""
+        if self.http is not None:
+            self.http.serving = True
+
     def draining(self) -> None:
         """The gateway stopped accepting at SIGTERM: ``/readyz`` answers 503 from now on."""
         if self.http is not None:

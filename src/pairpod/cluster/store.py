@@ -206,8 +206,9 @@ class ClusterStore:
             # nothing published from then on is missed.
             ready = asyncio.get_running_loop().create_future()
             task = self._pubsub_task = asyncio.ensure_future(self._listen(ready))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(ready), self.timeout)
+            # Not wait_for: on Python 3.11 it swallows a cancellation (aclose) that
+            # comes as ``ready`` completes, and the monitor would outlive the store.
+            await asyncio.wait([ready], timeout=self.timeout)
             if task.done() or not ready.done():
                 await self._stop_pubsub()
                 return  # the monitor tries again
@@ -245,6 +246,8 @@ class ClusterStore:
         )
 
     def _set_state(self, state: StoreState) -> None:
+        if self.state is StoreState.CLOSED:
+            return  # final: a recovery that ends after aclose() must not revive the store
         self.state = state
 
     async def _run_hook(self, hook: Hook) -> None:

@@ -46,15 +46,26 @@ class Audience:
         return ", ".join(sorted(self.identities))
 
 
-def audience(github: Iterable[str], gitlab: Iterable[str], *, open: bool, name: str | None) -> Audience:
-    """Check the command line's people; ConfigError says what is wrong with it."""
+def named_people(github: Iterable[str], gitlab: Iterable[str]) -> frozenset[str]:
+    """The GitHub and GitLab logins named on the command line, as identities
+    (``pair`` and ``pair --via`` alike); ConfigError names a malformed one."""
     try:
-        identities = frozenset(
+        return frozenset(
             [normalize_identity(f"github:{login}") for login in github]
             + [normalize_identity(f"gitlab:{login}") for login in gitlab]
         )
     except ValueError as error:
         raise ConfigError(f"pair: {error}") from None
+
+
+def command_line(access: Access, command: str) -> str:
+    """A join command as printed: ``read-write:  ssh ...`` (after ``pairpod: ``)."""
+    return f"{access.label + ':':<12}{command}"
+
+
+def audience(github: Iterable[str], gitlab: Iterable[str], *, open: bool, name: str | None) -> Audience:
+    """Check the command line's people; ConfigError says what is wrong with it."""
+    identities = named_people(github, gitlab)
     if name is not None and not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"pair: --name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-', "

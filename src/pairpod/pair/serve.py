@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
 from pairpod.pair.control import CONTROL_ENV, PairControl
-from pairpod.pair.links import Audience, share_standing
+from pairpod.pair.links import Audience, command_line, share_standing
 from pairpod.pair.standing import Standing
 from pairpod.pair.user import ShellUser, prepare_user
 from pairpod.sharing.tokens import ShareLink, join_command
@@ -37,13 +37,9 @@ class PairOptions:
 
 def announcement(people: Audience, user: ShellUser, links: list[ShareLink], host: str, port: int) -> str:
     """The lines printed on stdout once the session is ready."""
-    lines = [f"pairpod: sharing with {people.describe()}", "pairpod: user to share session:"]
-    lines.append(f"   username: '{user.name}'")
-    if user.password is not None:
-        lines.append(f"   password: '{user.password}'")
+    lines = [f"pairpod: sharing with {people.describe()}", f"pairpod: {user.announcement()}"]
     for link in links:
-        label = f"{link.access.label}:"
-        lines.append(f"pairpod: {label:<12}{join_command(link.username, host, port)}")
+        lines.append(f"pairpod: {command_line(link.access, join_command(link.username, host, port))}")
     lines.append(
         "pairpod: controls (in the shared shell, or with "
         f"{CONTROL_ENV} set): pairpod ctl list | mint ro|rw | revoke LINK | kick ID"

@@ -39,9 +39,14 @@ class ShellUser:
 
     name: str
     shell: str
-    home: str
     password: str | None = field(default=None, repr=False)
-    sudo: bool = False
+
+    def announcement(self) -> str:
+        """The printed lines (after ``pairpod: ``) that tell joiners whom the shell runs as."""
+        lines = ["user to share session:", f"   username: '{self.name}'"]
+        if self.password is not None:
+            lines.append(f"   password: '{self.password}'")
+        return "\n".join(lines)
 
 
 def _login_shell() -> str:
@@ -73,14 +78,14 @@ def _create(name: str, shell: str) -> None:
     log.info("pair.user_created", extra=fields(user=name, shell=shell))
 
 
-def _grant_sudo(name: str) -> bool:
+def _grant_sudo(name: str) -> None:
     """Let ``name`` sudo to root with its password, where sudo is installed."""
     if shutil.which("sudo") is None or not _SUDOERS.is_dir():
-        return False
+        log.info("pair.no_sudo", extra=fields(user=name, reason=f"no sudo command or no {_SUDOERS}"))
+        return
     rule = _SUDOERS / name
     rule.write_text(f"{name} ALL=(ALL:ALL) ALL\n")
     rule.chmod(0o440)
-    return True
 
 
 def prepare_user(env: Mapping[str, str] = os.environ) -> ShellUser:
@@ -91,7 +96,7 @@ def prepare_user(env: Mapping[str, str] = os.environ) -> ShellUser:
             log.info("pair.password_ignored", extra=fields(reason="not root: the shell is your own"))
         # A service account's nologin or false is no shell to share: the system's instead.
         usable = entry.pw_shell and not entry.pw_shell.endswith(("nologin", "false"))
-        return ShellUser(entry.pw_name, entry.pw_shell if usable else _login_shell(), entry.pw_dir)
+        return ShellUser(entry.pw_name, entry.pw_shell if usable else _login_shell())
     given = env.get(PASSWORD_ENV)
     if given and not given.isprintable():
         # chpasswd reads user:password lines: a newline in it would start another
@@ -104,6 +109,6 @@ def prepare_user(env: Mapping[str, str] = os.environ) -> ShellUser:
         entry = pwd.getpwnam(PAIR_USER)
     password = given or new_password()
     _run(["chpasswd"], stdin=f"{PAIR_USER}:{password}\n")
-    sudo = _grant_sudo(PAIR_USER)
+    _grant_sudo(PAIR_USER)
     shell = entry.pw_shell if entry.pw_shell and os.access(entry.pw_shell, os.X_OK) else _login_shell()
-    return ShellUser(PAIR_USER, shell, entry.pw_dir, password, sudo)
+    return ShellUser(PAIR_USER, shell, password)

@@ -43,6 +43,7 @@ from pairpod.backends.base import ExitStatus
 from pairpod.config import Config
 from pairpod.errors import ConfigError
 from pairpod.log import fields, get_logger
+from pairpod.pair.links import command_line, named_people
 from pairpod.pair.standing import Standing
 from pairpod.pair.user import ShellUser, prepare_user
 from pairpod.sharing.hostwire import (
@@ -58,9 +59,10 @@ from pairpod.sharing.hostwire import (
     encode_json,
     printable,
     revoked_links,
+    window_size,
 )
 from pairpod.sharing.terminal import Participant, Sink, Terminal, TerminalEnded
-from pairpod.sharing.tokens import Access, normalize_identity
+from pairpod.sharing.tokens import Access
 
 log = get_logger("pair")
 
@@ -132,16 +134,11 @@ def via_options(
     host, port = parse_gateway(gateway)
     if key_path is not None and not key_path.is_file():
         raise ConfigError(f"-i: no such key file: {key_path}")
-    try:
-        named = [normalize_identity(f"github:{n}") for n in github]
-        named += [normalize_identity(f"gitlab:{n}") for n in gitlab]
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     return ViaOptions(
         host,
         port,
         login or getpass.getuser(),
-        tuple(named),
+        tuple(sorted(named_people(github, gitlab))),
         key_path,
         accept_new_host_key,
         Path("~/.ssh/known_hosts").expanduser(),
@@ -300,11 +297,10 @@ class HostChannelSession(asyncssh.SSHClientSession[bytes]):
 
     def _join(self, welcome: dict[str, Any]) -> None:
         assert self._chan is not None
-        cols, rows = welcome.get("cols", 80), welcome.get("rows", 24)
-        if not isinstance(cols, int) or not isinstance(rows, int):
-            raise ProtocolError("WELCOME: cols and rows must be numbers")
-        # What a terminal size can hold (as a RESIZE frame's): bounded whatever the gateway says.
-        cols, rows = min(max(cols, 1), 0xFFFF), min(max(rows, 1), 0xFFFF)
+        try:
+            cols, rows = window_size(welcome)
+        except ProtocolError as error:
+            raise ProtocolError(f"WELCOME: {error}") from None
         self._welcome(welcome)
         self.sink = GatewaySink(self._chan, self._terminal, self.status)
         # Joining sends the current screen first: after a restart the gateway starts from it.
@@ -378,12 +374,10 @@ class HostLink:
             return
         self._commands = commands
         self._say(f"sharing through {self._options.address} with {printable(welcome.get('who')) or '?'}")
-        user = self._user
-        password = f"\n   password: '{user.password}'" if user.password is not None else ""
-        self._say(f"user to share session:\n   username: '{user.name}'{password}")
+        self._say(self._user.announcement())
         for access in Access:
             if access.value in commands:
-                self._say(f"{access.label + ':':<12}{commands[access.value]}")
+                self._say(command_line(access, commands[access.value]))
 
     async def _connect(self) -> asyncssh.SSHClientConnection:
         options = self._options

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shlex
 from functools import partial
 
 from pairpod.cluster import ClusterStore
 from pairpod.config import Config, parse_listen, same_address
-from pairpod.errors import ConfigError
+from pairpod.errors import ConfigError, cannot_listen
 from pairpod.log import fields, get_logger
 from pairpod.replicas.directory import LinkDirectory
 from pairpod.replicas.joining import Peers
@@ -83,8 +82,7 @@ class Replicas:
                 reuse_address=True,
             )
         except OSError as error:
-            reason = os.strerror(error.errno) if error.errno else str(error)
-            raise ConfigError(f"cluster.listen: cannot listen on {host}:{port}: {reason}") from None
+            raise cannot_listen("cluster.listen", f"{host}:{port}", error) from None
         self._publisher = loop.create_task(self.directory.run())
         log.info("cluster.listening", extra=fields(address=f"{host}:{port}", advertise=self.advertise))
 

@@ -43,11 +43,13 @@ from pairpod.log import fields, get_logger
 from pairpod.sharing.hostwire import (
     VERSION,
     Kind,
+    ProtocolError,
     Refusal,
     encode_chunks,
     encode_json,
     encode_resize,
     revoked_links,
+    window_size,
 )
 from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
 from pairpod.sharing.terminal import Terminal
@@ -73,6 +75,13 @@ class HostRefused(Exception):
     def __init__(self, message: str, refusal: Refusal = Refusal.REFUSED) -> None:
         super().__init__(message)
         self.refusal = refusal
+
+
+def host_refusal(config: Config, login: str) -> HostRefused | None:
+    """Why ``login`` may not host shared sessions here (None: it may, by ``sharing.hosts``)."""
+    if login in config.sharing.hosts:
+        return None
+    return HostRefused(f"{login} may not host shared sessions on this gateway (sharing.hosts)")
 
 
 class HostLink(Protocol):
@@ -240,10 +249,10 @@ class Hello:
             raise HostRefused("share_with must be a list of identities")
         if len(named) > _MAX_NAMED:
             raise HostRefused(f"at most {_MAX_NAMED} people may be named")
-        cols, rows = value.get("cols", 80), value.get("rows", 24)
-        if not isinstance(cols, int) or not isinstance(rows, int):
-            raise HostRefused("cols and rows must be numbers")
-        size = min(max(cols, 1), max_cols), min(max(rows, 1), max_rows)
+        try:
+            size = window_size(value, max_cols, max_rows)
+        except ProtocolError as error:
+            raise HostRefused(str(error)) from None
         return cls(key, tuple(named), *size, tuple(revoked_links(value)))
 
 
@@ -329,8 +338,8 @@ class HostedSessions:
 
         Raises HostRefused with the line to show the host.
         """
-        if login not in config.sharing.hosts:
-            raise HostRefused(f"{login} may not host shared sessions on this gateway (sharing.hosts)")
+        if (refusal := host_refusal(config, login)) is not None:
+            raise refusal
         digest = self._digest(login, hello.session_key, "session")
         session = self._live.get(digest)
         if session is not None:

@@ -46,6 +46,8 @@ VERSION = 1
 MAX_PAYLOAD = 256 * 1024
 #: The largest HELLO/WELCOME/END payload (JSON): small, bounded separately.
 MAX_JSON = 16 * 1024
+#: The largest terminal dimension a RESIZE frame carries (two bytes each).
+MAX_DIMENSION = 0xFFFF
 
 _HEADER = struct.Struct(">BI")
 _SIZE = struct.Struct(">HH")
@@ -121,7 +123,25 @@ def encode_chunks(kind: Kind, data: bytes) -> Iterator[bytes]:
 
 def encode_resize(cols: int, rows: int) -> bytes:
     """A RESIZE frame (each dimension clamped to 1..65535)."""
-    return encode(Kind.RESIZE, _SIZE.pack(min(max(cols, 1), 0xFFFF), min(max(rows, 1), 0xFFFF)))
+    return encode(Kind.RESIZE, _SIZE.pack(*bounded_size(cols, rows)))
+
+
+def bounded_size(
+    cols: int, rows: int, max_cols: int = MAX_DIMENSION, max_rows: int = MAX_DIMENSION
+) -> tuple[int, int]:
+    """``cols`` x ``rows`` within 1..``max_cols`` and 1..``max_rows``."""
+    return min(max(cols, 1), max_cols), min(max(rows, 1), max_rows)
+
+
+def window_size(
+    value: dict[str, Any], max_cols: int = MAX_DIMENSION, max_rows: int = MAX_DIMENSION
+) -> tuple[int, int]:
+    """The terminal size a HELLO or WELCOME gives (80x24 when absent), bounded
+    whatever the peer says; ProtocolError when it is not two numbers."""
+    cols, rows = value.get("cols", 80), value.get("rows", 24)
+    if not isinstance(cols, int) or not isinstance(rows, int):
+        raise ProtocolError("cols and rows must be numbers")
+    return bounded_size(cols, rows, max_cols, max_rows)
 
 
 def printable(text: object, limit: int = 200) -> str:

@@ -10,7 +10,6 @@ admin sees it only through the read-only protocols of
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from pairpod.backends import Backend, Environment, Identity, StatusCallback, cre
 from pairpod.backends.files import place_files
 from pairpod.config import Config
 from pairpod.env_limits import EnvironmentLimits
-from pairpod.errors import BackendError, ConfigError, PairpodError
+from pairpod.errors import BackendError, ConfigError, PairpodError, cannot_listen
 from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
 from pairpod.proxy import ProxyProtocolListener
@@ -35,8 +34,9 @@ from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
 from pairpod.ssh.kinds import PurposeChooser, choose_purpose
+from pairpod.ssh.parts import StartedParts
 from pairpod.ssh.requests import SERVER_VERSION
-from pairpod.ssh.shutdown import drain
+from pairpod.ssh.shutdown import BACKEND_TIMEOUT, END_TIMEOUT, drain
 from pairpod.tasks import TaskGroup
 from pairpod.web import WebJoiners
 
@@ -94,6 +94,8 @@ class Gateway:
         )
         self._tasks = TaskGroup()
         self._server: asyncssh.SSHAcceptor | None = None
+        #: What start() started, stopped in reverse by a failed start or the drain.
+        self.parts = StartedParts()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run a gateway-level task (cleanups that must finish before shutdown)."""
@@ -110,18 +112,50 @@ class Gateway:
         return self._server.get_port()
 
     async def start(self) -> None:
-        """Load host keys, start the backend, listen."""
-        ssh = self.config.ssh
+        """Load host keys, start the parts, listen; a failure stops what was started."""
         keys = load_host_keys(self.config.host_keys, strict_modes=self.config.security.strict_modes)
-        host_keys = restrict_algorithms(keys, ssh.host_key_algorithms)
+        host_keys = restrict_algorithms(keys, self.config.ssh.host_key_algorithms)
         # Hosted sessions' links are derived under a key from the host keys: the same after a restart.
         assert self.sharing.hosted is not None
         self.sharing.hosted.key = link_key([key.export_private_key("pkcs8-der") for key in keys])
         refused = self.authenticator.static.refused_files()
         if refused:
             raise ConfigError("authorized_keys refused: " + "; ".join(refused))
+        # Shutdown is this order reversed: the SSH listener first, the sessions'
+        # backend next, the replica's directory entries while its Redis client is
+        # still there, the admin listener and audit log last (the steps before are
+        # audited too), then the recordings.
+        parts = self.parts
+        try:
+            await parts.start("recorder", None, self._close_recorder, stop_timeout=None)
+            await parts.start("admin", self.ops.start, self.ops.stop)
+            if self.cluster is not None:
+                # Returns at once: a Redis down at start is logged, not fatal.
+                await parts.start("cluster", self.cluster.start, self.cluster.aclose)
+            if self.replicas is not None:
+                await parts.start("replicas", self.replicas.start, self.replicas.stop)
+            await parts.start("authenticator", None, self.authenticator.aclose)
+            await parts.start("backend", self.backend.start, self.backend.stop, stop_timeout=BACKEND_TIMEOUT)
+            await parts.start("listener", lambda: self._listen(host_keys), self._close_listener)
+            if self.web is not None:
+                await parts.start("web", self.web.start, self.web.stop)
+        except BaseException:
+            await parts.stop_all()
+            raise
+        self.ops.serving()
+        log.info(
+            "gateway.listening",
+            extra=fields(
+                address=f"{self.config.listen_address[0]}:{self.port}",
+                backend=self.backend.name,
+                instance=self.instance_id,
+            ),
+        )
+
+    async def _listen(self, host_keys: list[asyncssh.SSHKeyPair]) -> None:
+        """Listen for SSH with AsyncSSH's options; a busy address is a ConfigError naming it."""
+        ssh = self.config.ssh
         host, port = self.config.listen_address
-        await self.backend.start()
         proxy = self.config.proxy_protocol
         # With PROXY protocol on, a listener of ours reads the header before AsyncSSH.
         listener: Any = ProxyProtocolListener(proxy.trusted, proxy.timeout) if proxy.trusted else ()
@@ -148,34 +182,21 @@ class Gateway:
                 tunnel=listener,
             )
         except OSError as error:
-            await self.backend.stop()
-            reason = os.strerror(error.errno) if error.errno else str(error)
-            raise ConfigError(f"listen: cannot listen on {host}:{port}: {reason}") from None
+            raise cannot_listen("listen", f"{host}:{port}", error) from None
         self.sharing.bound_port = self.port
-        try:
-            if self.cluster is not None:
-                await self.cluster.start()  # returns at once: a Redis down at start is logged, not fatal
-            await self.ops.start()
-            if self.replicas is not None:
-                await self.replicas.start()
-        except BaseException:
+
+    async def _close_listener(self) -> None:
+        """Stop accepting SSH connections (those open stay; the drain ends them)."""
+        if self._server is not None:
             self._server.close()
-            if self.cluster is not None:
-                await self.cluster.aclose()
-            await self.backend.stop()
-            raise
-        if self.web is not None:
-            try:
-                await self.web.start()
-            except BaseException:
-                self._server.close()
-                await self.ops.stop()
-                await self.backend.stop()
-                raise
-        log.info(
-            "gateway.listening",
-            extra=fields(address=f"{host}:{self.port}", backend=self.backend.name, instance=self.instance_id),
-        )
+
+    async def _close_recorder(self) -> None:
+        """Write the recordings' last events (the writer bounds its own wait)."""
+        if not await asyncio.to_thread(self.recorder.close, END_TIMEOUT):
+            log.warning(
+                "gateway.recordings_unfinished",
+                extra=fields(reason="the disk did not take the last events in time"),
+            )
 
     async def open_environment(
         self, identity: Identity, *, status: StatusCallback | None = None
@@ -221,14 +242,11 @@ class Gateway:
         return environment
 
     async def stop(self, *, hurry: asyncio.Event | None = None) -> None:
-        """Drain and stop; never raises (see :func:`pairpod.ssh.shutdown.drain`).
+        """Drain and stop every part started; never raises (see :func:`pairpod.ssh.shutdown.drain`).
 
         Setting ``hurry`` (a second SIGTERM) ends the sessions at once.
         """
-        if self._server is not None:
-            self._server.close()
+        await self._close_listener()
         if self.sharing.hosted is not None:
             self.sharing.hosted.end_all(GATEWAY_STOPPING)
         await drain(self, hurry or asyncio.Event())
-        if self.web is not None:
-            await self.web.stop()

@@ -19,7 +19,7 @@ import asyncssh
 from pairpod.auth import AuthResult
 from pairpod.backends.base import ExitStatus
 from pairpod.log import fields, get_logger
-from pairpod.sharing.hosted import Hello, HostedSession, HostedSessions, HostRefused
+from pairpod.sharing.hosted import Hello, HostedSession, HostedSessions, HostRefused, host_refusal
 from pairpod.sharing.hostwire import (
     HOST_SUFFIX,
     SUBSYSTEM,
@@ -84,10 +84,8 @@ class HostChannel(LineSession):
             self._refuse(
                 HostRefused(f"{self._login}{HOST_SUFFIX} is for sharing a shell: pairpod pair --via HOST")
             )
-        elif self._login not in self._context.config.sharing.hosts:
-            self._refuse(
-                HostRefused(f"{self._login} may not host shared sessions on this gateway (sharing.hosts)")
-            )
+        elif (refusal := host_refusal(self._context.config, self._login)) is not None:
+            self._refuse(refusal)
 
     def _refuse(self, refusal: HostRefused) -> None:
         log.info("host.refused", extra=self._context.log_fields(reason=str(refusal)))

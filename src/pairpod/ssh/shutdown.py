@@ -13,19 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Collection
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Collection
+from typing import Protocol
 
 from pairpod.admin import Operations
-from pairpod.auth import Authenticator
-from pairpod.backends import Backend
 from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
-from pairpod.recording import Recorder
-
-if TYPE_CHECKING:  # a single gateway never loads the cluster's modules (see gateway.py)
-    from pairpod.cluster import ClusterStore
-    from pairpod.replicas import Replicas
+from pairpod.ssh.parts import StartedParts, bounded
 
 log = get_logger("shutdown")
 
@@ -57,12 +51,9 @@ class Drained(Protocol):
     """What the drain stops (:class:`pairpod.ssh.gateway.Gateway`)."""
 
     config: Config
-    backend: Backend
-    authenticator: Authenticator
-    cluster: ClusterStore | None
-    replicas: Replicas | None
     ops: Operations
-    recorder: Recorder
+    #: What the gateway started; stopped once its sessions are ended.
+    parts: StartedParts
 
     @property
     def connections(self) -> Collection[Draining]:
@@ -82,7 +73,7 @@ _POLL = 0.2
 
 
 async def drain(gateway: Drained, hurry: asyncio.Event) -> None:
-    """Drain ``gateway`` and stop its backend. Never raises."""
+    """Drain ``gateway`` and stop the parts it started. Never raises."""
     try:
         await _drain(gateway, hurry)
     except Exception:
@@ -104,30 +95,20 @@ async def _drain(gateway: Drained, hurry: asyncio.Event) -> None:
         log.info("gateway.ending_sessions", extra=fields(connections=len(remaining), hurried=hurry.is_set()))
     deadline = time.monotonic() + END_TIMEOUT
     message = "the gateway is restarting, disconnecting"
-    await _bounded(
-        asyncio.gather(*(c.shutdown(message) for c in remaining), return_exceptions=True), deadline
+    await bounded(
+        "sessions",
+        asyncio.gather(*(c.shutdown(message) for c in remaining), return_exceptions=True),
+        deadline - time.monotonic(),
     )
     # Cleanups of connections that ended by themselves run as gateway tasks.
-    await _bounded(gateway.wait_tasks(), deadline)
+    await bounded("cleanups", gateway.wait_tasks(), max(deadline - time.monotonic(), 0.0))
     left = [
         c.environment_description() or c.conn_id
         for c in remaining + connections
         if not c.cleaned_up and c.has_environment
     ]
-    backend_done = await _bounded(gateway.backend.stop(), time.monotonic() + BACKEND_TIMEOUT)
-    with contextlib.suppress(Exception):
-        await _bounded(gateway.authenticator.aclose(), time.monotonic() + END_TIMEOUT)
-    if gateway.replicas is not None:  # its entries withdrawn while the store is still there
-        await _bounded(gateway.replicas.stop(), time.monotonic() + END_TIMEOUT)
-    if gateway.cluster is not None:
-        await _bounded(gateway.cluster.aclose(), time.monotonic() + END_TIMEOUT)
-    # The admin listener and audit log last: the steps above are audited too.
-    await _bounded(gateway.ops.stop(), time.monotonic() + END_TIMEOUT)
-    if not await asyncio.to_thread(gateway.recorder.close, END_TIMEOUT):
-        log.warning(
-            "gateway.recordings_unfinished",
-            extra=fields(reason="the disk did not take the last events in time"),
-        )
+    # Then every part the gateway started, in reverse (see Gateway.start for the order).
+    backend_done = "backend" not in await gateway.parts.stop_all()
     if left or not backend_done:
         log.warning(
             "gateway.left_behind",
@@ -148,15 +129,3 @@ async def _until_gone(gateway: Drained, grace: float, hurry: asyncio.Event) -> N
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(hurry.wait(), min(left, _POLL))
-
-
-async def _bounded(work: Awaitable[Any], deadline: float) -> bool:
-    """Await ``work`` until ``deadline``; ``False`` if it had to be abandoned or failed."""
-    try:
-        await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        return False
-    except Exception:
-        log.warning("gateway.stop_step_failed", exc_info=True)
-        return False
-    return True

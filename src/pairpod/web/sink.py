@@ -58,9 +58,7 @@ class WebSink(Sink):
         high: int = HIGH_WATER,
         low: int = LOW_WATER,
     ) -> None:
-        # The PTY size as last told to this sink, and as the page was last told it
-        # (in the hello, then with output).
-        self._size = sent_size
+        # The PTY size as the page was last told it (in the hello, then in a size message).
         self._sent_size = sent_size
         self._high = high
         self._low = low
@@ -81,15 +79,19 @@ class WebSink(Sink):
         self._check_pressure()
 
     def resized(self, cols: int, rows: int) -> None:
-        """The PTY's size: the page is told with the next output."""
-        self._size = (cols, rows)
+        """The PTY's size, before the output drawn for it: queued for the page unless it
+        draws at that size already.
+
+        Called only when the size changed (the joinable wrapper or the replica link
+        compares it per output chunk), so output itself is queued without a check.
+        """
+        if (cols, rows) != self._sent_size:
+            self._sent_size = (cols, rows)
+            self._items.append(message("size", cols=cols, rows=rows))
+            self._wakeup.set()
 
     def write(self, data: bytes) -> None:
-        """Terminal output: queued, preceded by the PTY size when it changed."""
-        size = self._size
-        if size is not None and size != self._sent_size:
-            self._sent_size = size
-            self._items.append(message("size", cols=size[0], rows=size[1]))
+        """Terminal output: queued."""
         self._items.append(data)
         self._pending += len(data)
         self._wakeup.set()
