@@ -22,6 +22,7 @@ from pairpod.auth.result import AuthDecision
 from pairpod.backends.base import Environment, ExitStatus, Identity
 from pairpod.errors import PairpodError
 from pairpod.log import get_logger
+from pairpod.parts import StartedParts
 from pairpod.traffic import Traffic
 
 log = get_logger("admin")
@@ -53,18 +54,22 @@ class Operations:
         self.socket = (
             AdminSocket(config.admin.socket, self._admin_request) if config.admin.socket is not None else None
         )
+        #: What start() started, stopped in reverse by a failed start or stop().
+        self._parts = StartedParts()
 
     async def start(self) -> None:
-        """Open the audit log, listen, create the admin socket (ConfigError on failure)."""
-        started: list[Any] = []
+        """Open the audit log, listen, create the admin socket (ConfigError on failure).
+
+        A failure stops what had started before it, as :meth:`stop` would.
+        """
+        parts = self._parts
+        named = (("audit", self.audit), ("admin_http", self.http), ("admin_socket", self.socket))
         try:
-            for part in (self.audit, self.http, self.socket):
+            for name, part in named:
                 if part is not None:
-                    await part.start()
-                    started.append(part)
+                    await parts.start(name, part.start, part.stop)
         except BaseException:
-            for part in reversed(started):
-                await part.stop()
+            await parts.stop_all()
             raise
 
     def serving(self) -> None:
@@ -78,10 +83,8 @@ class Operations:
             self.http.draining = True
 
     async def stop(self) -> None:
-        """Stop serving; write the last audit lines."""
-        for part in (self.socket, self.http, self.audit):
-            if part is not None:
-                await part.stop()
+        """Stop serving; write the last audit lines (the audit log was started first)."""
+        await self._parts.stop_all()
 
     def _audit(self, event: str, conn: str | None, **values: Any) -> None:
         if self.audit is not None:

@@ -27,6 +27,7 @@ from pairpod.env_limits import EnvironmentLimits
 from pairpod.errors import BackendError, ConfigError, PairpodError, cannot_listen
 from pairpod.hostkeys import load_host_keys, restrict_algorithms
 from pairpod.log import fields, get_logger
+from pairpod.parts import StartedParts
 from pairpod.proxy import ProxyProtocolListener
 from pairpod.recording import Recorder
 from pairpod.sharing.hosted import GATEWAY_STOPPING, HostedSessions, link_key
@@ -34,7 +35,6 @@ from pairpod.sharing.service import SharingService
 from pairpod.ssh.admission import Admission
 from pairpod.ssh.connection import Connection
 from pairpod.ssh.kinds import PurposeChooser, choose_purpose
-from pairpod.ssh.parts import StartedParts
 from pairpod.ssh.requests import SERVER_VERSION
 from pairpod.ssh.shutdown import BACKEND_TIMEOUT, END_TIMEOUT, drain
 from pairpod.tasks import TaskGroup

@@ -19,7 +19,7 @@ from typing import Protocol
 from pairpod.admin import Operations
 from pairpod.config import Config, format_duration
 from pairpod.log import fields, get_logger
-from pairpod.ssh.parts import StartedParts, bounded
+from pairpod.parts import StartedParts, bounded
 
 log = get_logger("shutdown")
 

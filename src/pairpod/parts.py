@@ -1,8 +1,10 @@
-"""The parts a gateway started, in order: stopped in reverse, at a failed start or at shutdown.
+"""Parts started in order: stopped in reverse, at a failed start or at shutdown.
 
 One list serves both ends, so a failure at any step of start-up closes exactly
 what was started before it (and nothing that was not), and shutdown closes the
-same parts in the same reverse order. Each stop has its own time bound and its
+same parts in the same reverse order. The gateway keeps one for its parts;
+its operations side (admin listener, socket, audit log) keeps one of its own
+for the parts it is made of. Each stop has its own time bound and its
 failure is logged, never raised: one part that hangs or fails cannot keep the
 others open.
 """
