@@ -53,6 +53,8 @@ try:
     HAVE_UVLOOP = True
 except ImportError:
     HAVE_UVLOOP = False
+#: The loop ``event_loop: auto`` (the default) gives.
+DEFAULT_LOOP = "uvloop" if HAVE_UVLOOP else "asyncio"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ async def test_a_client_that_stops_reading_stops_the_program(
     make_gateway: MakeGateway, tmp_path: Path, loop: str
 ) -> None:
     gateway = make_gateway({"event_loop": loop})
-    assert loop_name(gateway.loop) == ("uvloop" if loop == "auto" and HAVE_UVLOOP else "asyncio")
+    assert loop_name(gateway.loop) == (DEFAULT_LOOP if loop == "auto" else "asyncio")
     size = 48 << 20
     pid_file = tmp_path / "pid"
     async with await connect(gateway) as conn:

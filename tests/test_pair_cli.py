@@ -13,12 +13,14 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.gateway import ClientKey, wait_until, write_config
 from tests.support.http_peers import KeySourcePeer
 from tests.support.pair import PairProcess, key_source, people, shared_dir
+from tests.test_event_loop import DEFAULT_LOOP
 from tests.test_sharing_ssh import Terminals, terms
 
 
@@ -32,8 +34,23 @@ def workdir() -> Iterator[Path]:
 __all__ = ["key_source", "people", "terms"]
 
 
-def _pair(workdir: Path, key_source: KeySourcePeer, key: ClientKey, *args: str) -> PairProcess:
-    return PairProcess(workdir, key_source.url, *args, key=key)
+def _pair(
+    workdir: Path,
+    key_source: KeySourcePeer,
+    key: ClientKey,
+    *args: str,
+    settings: dict[str, Any] | None = None,
+) -> PairProcess:
+    return PairProcess(workdir, key_source.url, *args, key=key, settings=settings)
+
+
+def _work_then_stop(pair: PairProcess, link: str, key: ClientKey, terms: Terminals) -> None:
+    """A joiner with ``link`` works in the shell; pairpod stopped, it is told why."""
+    joiner = terms.start("joiner", pair.join_argv(link, key))
+    joiner.type("echo worked-$((2*3))\n")
+    joiner.wait_for("worked-6")
+    assert pair.stop() == 0
+    joiner.wait_for("pairpod was stopped; the shared session has ended")
 
 
 def test_refuses_to_start_without_anyone_named() -> None:
@@ -70,6 +87,8 @@ def test_a_standing_shell_shared_with_the_people_named(
         assert said is not None
         assert said.text.startswith("pairpod: sharing with github:alice, gitlab:bob\n")
         assert said.username == "nobody" and said.password is None  # not root: one's own shell
+        # The config's default loop, as serve: uvloop when installed.
+        assert f"gateway.event_loop loop={DEFAULT_LOOP}" in pair.log()
         # alice joins read-write and works in the shell.
         alice = terms.start("alice", pair.join_argv(said.rw, people["alice"]), 100, 30)
         alice.type("echo $((6*7))-$PAIRPOD_CONTROL\n")
@@ -126,10 +145,20 @@ def test_a_named_session_keeps_its_commands_and_admits_only_the_named(
         assert (again.ro, again.rw) == (said.ro, said.rw)
         refused = second.ssh("true", user=again.rw, key=people["bob"], options=["-tt"])
         assert refused.returncode == 255
-        alice = terms.start("alice", second.join_argv(again.rw, people["alice"]))
-        alice.type("echo named-$((2*3))\n")
-        alice.wait_for("named-6")
-        assert second.stop() == 0
-        alice.wait_for("pairpod was stopped; the shared session has ended")
+        _work_then_stop(second, again.rw, people["alice"], terms)
     finally:
         second.kill()
+
+
+def test_a_session_on_asyncios_loop_serves_a_joiner(
+    workdir: Path, key_source: KeySourcePeer, people: dict[str, ClientKey], terms: Terminals
+) -> None:
+    # The rest of the module runs on the default loop; event_loop in the config picks the other.
+    pair = _pair(workdir, key_source, people["alice"], "alice", settings={"event_loop": "asyncio"}).start()
+    try:
+        said = pair.announced
+        assert said is not None
+        assert "gateway.event_loop loop=asyncio" in pair.log()
+        _work_then_stop(pair, said.rw, people["alice"], terms)
+    finally:
+        pair.kill()

@@ -23,6 +23,7 @@ from tests.support.gateway import ClientKey, GatewayProcess, Tmux, wait_until, w
 from tests.support.http_peers import KeySourcePeer, served_in_thread
 from tests.support.pair import AS_NOBODY, shared_dir
 from tests.support.sshd import free_port
+from tests.test_event_loop import DEFAULT_LOOP
 from tests.test_sharing_ssh import Terminals
 
 GRACE = 6  # seconds a hosted session waits for its host (the production default is 2 minutes)
@@ -78,6 +79,9 @@ class Host:
 
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")
+
+    def log(self) -> str:
+        return self.err.read_text(errors="replace")
 
     def wait_for(self, pattern: str) -> re.Match[str]:
         found = wait_until(
@@ -169,6 +173,8 @@ def test_joiners_reach_only_the_shell_and_keep_their_links_across_a_gateway_rest
     hosts.append(host)
     host.wait_for(r"^pairpod: sharing through 127\.0\.0\.1:\d+ with github:bob, user:alice$")
     ro, rw = host.links()
+    # The config's default loop, as serve: uvloop when installed.
+    assert f"gateway.event_loop loop={DEFAULT_LOOP}" in host.log()
     writer = join(site, terms, "rw", rw)
     writer.type("echo marker-$((40+2)); whoami\n")
     writer.wait_for(r"marker-42\s+nobody")
@@ -227,9 +233,11 @@ def test_joiners_reach_only_the_shell_and_keep_their_links_across_a_gateway_rest
 def test_the_shell_exiting_ends_the_session_for_everyone(
     site: Site, terms: Terminals, hosts: list[Host]
 ) -> None:
-    host = Host(site, "-l", "alice", "--accept-new-host-key", "bob", name="exits")
+    # On asyncio's loop (the rest of the module runs on the default one).
+    host = Host(site, "-l", "alice", "--accept-new-host-key", "--event-loop", "asyncio", "bob", name="exits")
     hosts.append(host)
     _, rw = host.links()
+    assert "gateway.event_loop loop=asyncio" in host.log()
     writer = join(site, terms, "rw", rw)
     writer.wait_for(r"(?m)\$ *$")
     writer.type("exit 3\n")

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import yaml
@@ -24,6 +24,8 @@ from pairpod.log import fields, get_logger, setup_logging
 log = get_logger("cli")
 
 EXIT_CONFIG = 2
+
+T = TypeVar("T")
 
 
 def _fail(message: str, code: int = EXIT_CONFIG) -> None:
@@ -46,6 +48,26 @@ def _cli_overrides(listen: str | None, backend: str | None, event_loop: str | No
     return overrides
 
 
+#: ``serve`` and ``pair`` alike: the loop they run on.
+event_loop_option = click.option(
+    "--event-loop",
+    type=click.Choice(list(LOOP_CHOICES)),
+    help="asyncio's own loop or uvloop (overrides the config's event_loop).",
+)
+
+
+def _run_on_configured_loop(main: Callable[[], Coroutine[Any, Any, T]], config: Config) -> T:
+    """Run ``main()`` on the config's event loop (ConfigError: that loop is missing)."""
+    return run_on_loop(_on_loop(main), config.event_loop)
+
+
+async def _on_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    # Before anything is spawned: uvloop ignores close_fds (see pairpod.eventloop).
+    sealed = close_on_exec_above_stdio()
+    log.info("gateway.event_loop", extra=fields(loop=loop_name(asyncio.get_running_loop()), sealed=sealed))
+    return await main()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pairpod")
 def main() -> None:
@@ -65,11 +87,7 @@ def main() -> None:
     type=click.Choice(["local", "docker", "kubernetes"]),
     help="Backend to use (overrides the config).",
 )
-@click.option(
-    "--event-loop",
-    type=click.Choice(list(LOOP_CHOICES)),
-    help="asyncio's own loop or uvloop (overrides the config's event_loop).",
-)
+@event_loop_option
 def serve(config_path: Path | None, listen: str | None, backend: str | None, event_loop: str | None) -> None:
     """Run the gateway until SIGTERM or SIGINT."""
     try:
@@ -79,7 +97,7 @@ def serve(config_path: Path | None, listen: str | None, backend: str | None, eve
         return
     setup_logging(config.log.level, config.log.format)
     try:
-        run_on_loop(_serve(config), config.event_loop)
+        _run_on_configured_loop(functools.partial(_serve, config), config)
     except ConfigError as error:
         _fail(str(error))
 
@@ -89,9 +107,6 @@ async def _serve(config: Config) -> None:
 
     before, after = raise_open_files_limit()
     log.info("gateway.open_files_limit", extra=fields(soft=after, was=before))
-    # Before anything is spawned: uvloop ignores close_fds (see pairpod.eventloop).
-    sealed = close_on_exec_above_stdio()
-    log.info("gateway.event_loop", extra=fields(loop=loop_name(asyncio.get_running_loop()), sealed=sealed))
     gateway = Gateway(config)
     await gateway.start()
     # The first SIGTERM (or SIGINT) drains; the next one ends the sessions at once.
@@ -126,6 +141,7 @@ async def _serve(config: Config) -> None:
 @click.option("-i", "key_path", type=click.Path(path_type=Path), help="--via: the key to log in with.")
 @click.option("-l", "login", help="--via: the login on the gateway (default: your user name).")
 @click.option("--accept-new-host-key", is_flag=True, help="--via: trust an unknown gateway key.")
+@event_loop_option
 @click.argument("github", nargs=-1, metavar="[GITHUB_LOGIN]...")
 def pair(
     config_path: Path | None,
@@ -138,6 +154,7 @@ def pair(
     key_path: Path | None,
     login: str | None,
     accept_new_host_key: bool,
+    event_loop: str | None,
     github: tuple[str, ...],
 ) -> None:
     """Share a shell on this machine with the GitHub (and GitLab) users named.
@@ -158,18 +175,18 @@ def pair(
                 via, login=login, key_path=key_path, accept_new_host_key=accept_new_host_key,
                 github=github, gitlab=gitlab, respawn=respawn, served_here=bool(name or open_ or listen),
             )  # fmt: skip
-            config = load_config(config_path)
+            config = load_config(config_path, _cli_overrides(None, None, event_loop))
             run = functools.partial(run_via, config, options)
         else:
             people = audience(github, gitlab, open=open_, name=name)
-            config = load_config(config_path, _cli_overrides(listen, None))
+            config = load_config(config_path, _cli_overrides(listen, None, event_loop))
             run = functools.partial(run_pair, config, PairOptions(people, respawn=respawn))
     except ConfigError as error:
         _fail(str(error).removeprefix("pair: "))
         return
     setup_logging(config.log.level, config.log.format)
     try:
-        code = asyncio.run(run())
+        code = _run_on_configured_loop(run, config)
     except ConfigError as error:
         _fail(str(error).removeprefix("pair: "))
         return

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,14 @@ class Joinable(OpenSSHClient):
 class PairProcess(Joinable):
     """``pairpod pair ARGS`` as nobody on loopback; ``ssh*`` join with a link as ``user``."""
 
-    def __init__(self, directory: Path, key_source: str, *args: str, key: ClientKey) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key_source: str,
+        *args: str,
+        key: ClientKey,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         self.key = key
         self.directory = directory
         self.args = args
@@ -81,6 +89,7 @@ class PairProcess(Joinable):
                 "auth": {"key_sources": {"github": {"url": key_source}, "gitlab": {"url": key_source}}},
                 "ssh": {"per_source_max_startups": None, "per_source_rate": None},
                 "log": {"level": "debug"},
+                **(settings or {}),
             },
         )
         self.proc: subprocess.Popen[bytes] | None = None
