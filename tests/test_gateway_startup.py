@@ -137,3 +137,30 @@ def test_readyz_answers_starting_until_the_gateway_listens(tmp_path: Path, clien
         else:
             gateway.close_loop()
         engine.stop()
+
+
+def test_an_admin_socket_that_cannot_be_made_closes_the_admin_listener(
+    tmp_path: Path, client_key: ClientKey
+) -> None:
+    # The audit log and the admin listener start before the admin socket.
+    admin_port = free_port()
+    in_the_way = tmp_path / "admin.sock"
+    in_the_way.write_text("not a socket\n")
+    config = base_config(
+        tmp_path,
+        client_key,
+        {
+            "admin": {"listen": f"127.0.0.1:{admin_port}", "socket": str(in_the_way)},
+            "audit": {"file": str(tmp_path / "audit.log")},
+        },
+    )
+    gateway = GatewayThread(config, client_key)
+    try:
+        with pytest.raises(ConfigError) as failed:
+            gateway.start()
+        assert str(failed.value) == f"admin.socket: {in_the_way} exists and is not a socket"
+        # The gateway's loop still runs: a listener left open would still accept now.
+        assert not accepts(admin_port)
+        assert in_the_way.read_text() == "not a socket\n"
+    finally:
+        gateway.close_loop()
