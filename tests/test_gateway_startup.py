@@ -8,6 +8,7 @@ socket holds, and the Docker engine behind a socket a test can freeze.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pairpod.config import Config
 from pairpod.errors import ConfigError
 from tests.support.docker_env import docker_overrides
 from tests.support.engine_proxy import EngineProxy
@@ -56,6 +58,18 @@ def _bindable(port: int) -> bool:
         return True
 
 
+@contextlib.contextmanager
+def _failed_start(config: Config, client_key: ClientKey) -> Iterator[str]:
+    """Start a gateway that must fail: its error; its loop runs on until the block ends."""
+    gateway = GatewayThread(config, client_key)
+    try:
+        with pytest.raises(ConfigError) as failed:
+            gateway.start()
+        yield str(failed.value)
+    finally:
+        gateway.close_loop()
+
+
 @pytest.mark.parametrize("busy", ["sharing.web.listen", "cluster.listen"])
 def test_a_listener_that_cannot_listen_stops_start_and_leaves_nothing_open(
     tmp_path: Path, client_key: ClientKey, redis: RedisServer, busy: str
@@ -85,12 +99,9 @@ def test_a_listener_that_cannot_listen_stops_start_and_leaves_nothing_open(
             },
         )
         connections_before = _info(redis, "total_connections_received")
-        gateway = GatewayThread(config, client_key)
-        try:
-            with pytest.raises(ConfigError) as failed:
-                gateway.start()
+        with _failed_start(config, client_key) as error:
             # The failing listener, its address and the reason.
-            assert str(failed.value) == f"{busy}: cannot listen on {taken_address}: Address already in use"
+            assert error == f"{busy}: cannot listen on {taken_address}: Address already in use"
             # The gateway's loop still runs: whatever it left open would still be open now.
             assert not accepts(admin_port)
             assert _bindable(ssh_port)
@@ -102,8 +113,6 @@ def test_a_listener_that_cannot_listen_stops_start_and_leaves_nothing_open(
                     message="the gateway connected to Redis",
                 )
             wait_until(lambda: not _gateway_clients(redis), message="the gateway's Redis connections closed")
-        finally:
-            gateway.close_loop()
 
 
 def test_readyz_answers_starting_until_the_gateway_listens(tmp_path: Path, client_key: ClientKey) -> None:
@@ -154,13 +163,8 @@ def test_an_admin_socket_that_cannot_be_made_closes_the_admin_listener(
             "audit": {"file": str(tmp_path / "audit.log")},
         },
     )
-    gateway = GatewayThread(config, client_key)
-    try:
-        with pytest.raises(ConfigError) as failed:
-            gateway.start()
-        assert str(failed.value) == f"admin.socket: {in_the_way} exists and is not a socket"
+    with _failed_start(config, client_key) as error:
+        assert error == f"admin.socket: {in_the_way} exists and is not a socket"
         # The gateway's loop still runs: a listener left open would still accept now.
         assert not accepts(admin_port)
         assert in_the_way.read_text() == "not a socket\n"
-    finally:
-        gateway.close_loop()
