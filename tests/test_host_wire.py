@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import struct
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from pairpod.config import Config, validate_config
 from pairpod.sharing.hosted import Hello, HostedSessions, HostRefused, link_key
 from pairpod.sharing.hostwire import (
+    MAX_MINTED_NUMBER,
     MAX_PAYLOAD,
     FrameDecoder,
     Kind,
@@ -24,7 +26,8 @@ from pairpod.sharing.hostwire import (
     encode_resize,
     printable,
 )
-from pairpod.sharing.service import SharingService
+from pairpod.sharing.service import ControlError, SharingService
+from pairpod.sharing.tokens import MAX_LINKS
 
 
 @given(st.lists(st.binary(max_size=300), max_size=8), st.integers(min_value=1, max_value=97))
@@ -75,6 +78,19 @@ def test_a_hello_is_checked_and_its_size_bounded() -> None:
         with pytest.raises(ProtocolError, match="revoked must be a list of ro and rw"):
             Hello.parse({"v": 1, "key": key, "revoked": revoked}, 500, 200)
     assert Hello.parse({"v": 1, "key": key, "revoked": ["rw", "rw"]}, 500, 200).revoked == ("rw",)
+    # Minted links: at most the per-session cap of labels, and a bounded next number.
+    for minted, number, message in (
+        ("ro.1", 2, "minted must be a list"),
+        (["ro.1"] * (MAX_LINKS + 1), 2, f"at most {MAX_LINKS} links"),
+        (["admin.1"], 2, "not a minted link"),
+        (["ro.1234567890"], 2, "not a minted link"),
+        (["ro.1"], MAX_MINTED_NUMBER, "next must be a number"),
+        (["ro.1"], True, "next must be a number"),
+    ):
+        with pytest.raises(ProtocolError, match=message):
+            Hello.parse({"v": 1, "key": key, "minted": minted, "next": number}, 500, 200)
+    hello = Hello.parse({"v": 1, "key": key, "minted": ["web-ro.4", "rw.2", "rw.2"], "next": 5}, 500, 200)
+    assert (hello.minted, hello.next_minted) == (("rw.2", "web-ro.4"), 5)
 
 
 class Link:
@@ -189,3 +205,44 @@ async def test_sizes_for_a_host_that_is_not_reading_are_kept_to_the_latest() -> 
     assert [(f.kind, f.size()) for f in frames] == [(Kind.RESIZE, (1019, 40))]
     session.end("bye")
     await asyncio.gather(*tasks)
+
+
+def _serving(key: bytes) -> tuple[SharingService, HostedSessions]:
+    """A gateway's sharing service with its hosted sessions, as the gateway wires them."""
+    service = SharingService(_config())
+    service.hosted = HostedSessions(service, asyncio.ensure_future)
+    service.hosted.key = key
+    return service, service.hosted
+
+
+async def test_links_minted_on_a_hosted_session_come_back_after_a_restart_within_the_cap() -> None:
+    key = link_key([b"k"])
+    service, hosted = _serving(key)
+    link = Link()
+    session, _ = hosted.register(_config(), "alice", Hello("12" * 32, (), 80, 24), link)
+    kept = re.search(r"link \w+: ssh -p \d+ (rw-\w+)@", service.control("alice", "mint rw"))
+    dropped = re.search(r"link (\w+): ssh -p \d+ (ro-\w+)@", service.control("alice", "mint ro"))
+    assert kept and dropped
+    service.control("alice", f"revoke {dropped.group(1)}")
+    # The host is told what to keep: the live minted links' labels, and the next number.
+    state = FrameDecoder().feed(b"".join(link.sent))[-1]
+    assert state.kind is Kind.REVOKED
+    assert state.json() == {"revoked": [], "minted": ["rw.0"], "next": 2}
+    session.end("restart")
+
+    service, hosted = _serving(key)
+    hello = Hello.parse({"v": 1, "key": "12" * 32, **state.json()}, 500, 200)
+    hosted.register(_config(), "alice", hello, Link())
+    assert service.joinable(kept.group(1)) is not None
+    assert service.joinable(dropped.group(2)) is None
+    again = re.search(r"(ro-\w+)@", service.control("alice", "mint ro"))
+    assert again and again.group(1) != dropped.group(2)  # number 1 is never used again
+
+    # A host naming more links than a session may hold gets the cap's worth back.
+    service, hosted = _serving(key)
+    crowded = Hello("34" * 32, (), 80, 24, minted=tuple(f"ro.{n}" for n in range(MAX_LINKS)))
+    session, _ = hosted.register(_config(), "alice", crowded, Link())
+    assert len(session.shared.active_links()) == MAX_LINKS
+    with pytest.raises(ControlError, match=f"{MAX_LINKS} live links"):
+        service.control("alice", "mint rw")
+    session.end("done")

@@ -162,3 +162,28 @@ def test_a_session_on_asyncios_loop_serves_a_joiner(
         _work_then_stop(pair, said.rw, people["alice"], terms)
     finally:
         pair.kill()
+
+
+def test_respawn_gives_the_joiners_a_fresh_shell(
+    workdir: Path, key_source: KeySourcePeer, people: dict[str, ClientKey], terms: Terminals
+) -> None:
+    pair = _pair(workdir, key_source, people["alice"], "--respawn", "alice").start()
+    try:
+        said = pair.announced
+        assert said is not None
+        alice = terms.start("alice", pair.join_argv(said.rw, people["alice"]), 100, 30)
+        alice.type("MARK=old-shell; echo set-$((2*4))\n")
+        alice.wait_for("set-8")
+        alice.type("exit 4\n")
+        # The same connection goes on, into a new shell: nothing of the old one's state.
+        alice.wait_for(r"pairpod: the shell exited \(status 4\); a fresh one starts")
+        alice.type('echo "mark=[$MARK]"\n')
+        alice.wait_for(r"mark=\[\]")
+        assert pair.proc is not None and pair.proc.poll() is None
+        # A joiner arriving now sees the same screen, and the same link still admits.
+        late = terms.start("late", pair.join_argv(said.ro, people["alice"]), 100, 30)
+        late.wait_for(r"a fresh one starts[\s\S]*mark=\[\]")
+        assert pair.stop() == 0
+        alice.wait_for("pairpod was stopped; the shared session has ended")
+    finally:
+        pair.kill()

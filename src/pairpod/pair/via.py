@@ -16,7 +16,8 @@ machine but that terminal: no exec, no files, no forwarding.
   (chosen here, kept for the life of the process) gets the same session, and
   the same links, back from the gateway within its grace period, even after
   the gateway restarted. Joining the standing Terminal afresh sends the
-  gateway the current screen. Past the grace period a new session key is
+  gateway the current screen. Past the grace period (judged here, so a
+  gateway that restarted meanwhile is no exception) a new session key is
   drawn and the new commands are printed.
 - **The end**: when the shell exits or pairpod is stopped, the gateway is
   told why (END) and ends the session for everyone at once.
@@ -57,6 +58,7 @@ from pairpod.sharing.hostwire import (
     Refusal,
     encode_chunks,
     encode_json,
+    minted_links,
     printable,
     revoked_links,
     window_size,
@@ -344,11 +346,16 @@ class HostLink:
         self._standing = standing
         self._user = user
         self._out = out
-        self._session_key = secrets.token_hex(32)
-        # The session's own links its owner revoked: the gateway is told again in every
-        # HELLO (its links are derived from the session key, so a restarted gateway
-        # would otherwise let a revoked link in again).
+        # The session's own links its owner revoked, and the links minted on it that
+        # still work: the gateway is told again in every HELLO (all of them are derived
+        # from the session key, so a restarted gateway makes the same ones again: it must
+        # revoke the revoked, and needs the minted ones' labels to make them).
+        self._session_key = ""
         self._revoked: list[str] = []
+        self._minted: list[str] = []
+        self._next_minted = 0
+        self._away_since: float | None = None
+        self._new_session()
         self._commands: dict[str, str] | None = None
         self._grace = 0.0
         self._channel: HostChannelSession | None = None
@@ -358,11 +365,12 @@ class HostLink:
         self._out.write(f"pairpod: {text}\n")
         self._out.flush()
 
-    def _keep_revoked(self, value: dict[str, Any]) -> None:
+    def _keep_links(self, value: dict[str, Any]) -> None:
         self._revoked = sorted({*revoked_links(value), *self._revoked})
+        self._minted, self._next_minted = minted_links(value)
 
     def _welcome(self, welcome: dict[str, Any]) -> None:
-        self._keep_revoked(welcome)
+        self._keep_links(welcome)
         commands = welcome.get("commands")
         grace = welcome.get("grace")
         if not isinstance(commands, dict) or not all(isinstance(c, str) for c in commands.values()):
@@ -411,7 +419,7 @@ class HostLink:
         try:
             terminal = self._standing.terminal
             channel = HostChannelSession(
-                terminal, self._welcome, lambda: self._standing.shell.status, self._keep_revoked
+                terminal, self._welcome, lambda: self._standing.shell.status, self._keep_links
             )
             self._channel = channel
             chan, _ = await conn.create_session(lambda: channel, subsystem=SUBSYSTEM, encoding=None)
@@ -422,6 +430,8 @@ class HostLink:
                     "v": VERSION,
                     "key": self._session_key,
                     "revoked": self._revoked,
+                    "minted": self._minted,
+                    "next": self._next_minted,
                     "share_with": list(self._options.share_with),
                     "cols": cols,
                     "rows": rows,
@@ -439,7 +449,7 @@ class HostLink:
                 )
                 if channel.exit_status == Refusal.EXPIRED:
                     self._say(f"{line.removeprefix('pairpod: ')}; registering a new session")
-                    self._session_key, self._revoked = secrets.token_hex(32), []
+                    self._new_session()
                     return 0.0
                 raise GatewayRefused(line.removeprefix("pairpod: "))
             return time.monotonic() - began
@@ -448,12 +458,32 @@ class HostLink:
             self._conn = None
             conn.close()
 
+    def _expire(self) -> None:
+        """Away past the gateway's grace period: its session has ended, so start a new one."""
+        self._say(
+            f"away from {self._options.address} longer than its grace period ({self._grace:g}s): "
+            "the links have expired; new ones follow once it is back"
+        )
+        self._new_session()
+
+    def _new_session(self) -> None:
+        """A new session key, and nothing kept of the old session's links."""
+        self._session_key, self._revoked = secrets.token_hex(32), []
+        self._minted, self._next_minted = [], 0
+        self._away_since = None  # a new session has nothing to come back to
+
     async def run(self) -> None:
         """Keep the standing session shared until it ends (or a refusal, raised)."""
         delay = BACKOFF[0]
-        away_since: float | None = None
         told = False
         while not self._standing.terminal.ended:
+            # Checked before each attempt, not only after a failed one: a gateway that was
+            # down past the grace period (a restart) would otherwise be handed the old key
+            # and, remembering nothing, bring back links whose session has ended.
+            away = self._away_since
+            if self._grace and away is not None and time.monotonic() - away > self._grace:
+                self._expire()
+                delay = BACKOFF[0]  # a new session: registered as eagerly as the first one
             try:
                 up = await self._serve_once()
             except asyncssh.PermissionDenied:
@@ -471,18 +501,23 @@ class HostLink:
             if self._standing.terminal.ended:
                 return
             now = time.monotonic()
-            if up > 0:
+            if up > 0:  # a session was had: the gateway keeps it for the grace period from now
                 delay = BACKOFF[0]
-                away_since = now
+                self._away_since = now
                 self._say(f"lost the connection to {self._options.address}; reconnecting")
-            elif away_since is None:
-                away_since = now
-            if self._grace and away_since is not None and now - away_since > self._grace:
-                # The gateway has ended the session by now: new links, printed when we are back.
-                self._session_key, self._revoked = secrets.token_hex(32), []
-                away_since = None
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._pause(delay))
             delay = min(delay * 2, BACKOFF[1])
+
+    def _pause(self, delay: float) -> float:
+        """The pause before the next attempt: the backoff, cut short for one last try just
+        before the grace period ends (a gateway back in time keeps the same links), and
+        for one just after it (the links expired: say so then, and start a new session)."""
+        if self._grace and self._away_since is not None:
+            ends = self._away_since + self._grace - time.monotonic()
+            for wake in (ends - BACKOFF[0], ends + BACKOFF[0]):
+                if 0 < wake < delay:
+                    return wake
+        return delay
 
     async def close(self) -> None:
         """After the session ended: let the END reach the gateway, then hang up."""

@@ -22,7 +22,12 @@ session key and gets the same links back; another login presenting it gets
 other links (the login is part of the HMAC), so nobody can claim a host's
 links but that host's login. Revoking one of these two links is told to the
 host (a REVOKED frame), which names it in every later HELLO, so a restarted
-gateway revokes it again rather than letting it in.
+gateway revokes it again rather than letting it in. Links minted on the
+session (``+ctl mint``) are derived the same way, from a label numbering
+them (:func:`~pairpod.sharing.hostwire.minted_label`); the host keeps the
+labels of the live ones and the next number, and a restarted gateway makes
+those links again. A number is never used twice, so a revoked minted link
+stays dead. They count towards the session's link cap like any link.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from pairpod.backends.output import FlowControl, OutputPipe
 from pairpod.config import Config
 from pairpod.log import fields, get_logger
 from pairpod.sharing.hostwire import (
+    MAX_MINTED_NUMBER,
     VERSION,
     Kind,
     ProtocolError,
@@ -48,12 +54,23 @@ from pairpod.sharing.hostwire import (
     encode_chunks,
     encode_json,
     encode_resize,
+    minted_label,
+    minted_links,
+    parse_minted_label,
     revoked_links,
     window_size,
 )
 from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
 from pairpod.sharing.terminal import Terminal
-from pairpod.sharing.tokens import SharedSession, join_command, token_from_digest
+from pairpod.sharing.tokens import (
+    Access,
+    Medium,
+    SharedSession,
+    ShareLink,
+    TooManyLinks,
+    join_command,
+    token_from_digest,
+)
 
 log = get_logger("sharing")
 
@@ -235,6 +252,9 @@ class Hello:
     rows: int
     #: The session's own links (``ro``, ``rw``) revoked before (see :class:`HostedSessions`).
     revoked: tuple[str, ...] = ()
+    #: Labels of the links minted on the session that still work, and the next number.
+    minted: tuple[str, ...] = ()
+    next_minted: int = 0
 
     @classmethod
     def parse(cls, value: dict[str, Any], max_cols: int, max_rows: int) -> Hello:
@@ -253,7 +273,8 @@ class Hello:
             size = window_size(value, max_cols, max_rows)
         except ProtocolError as error:
             raise HostRefused(str(error)) from None
-        return cls(key, tuple(named), *size, tuple(revoked_links(value)))
+        minted, next_minted = minted_links(value)
+        return cls(key, tuple(named), *size, tuple(revoked_links(value)), tuple(minted), next_minted)
 
 
 class HostedSession:
@@ -267,6 +288,7 @@ class HostedSession:
         terminal: Terminal,
         shared: SharedSession[Terminal],
         commands: dict[str, str],
+        token: Callable[[str], str],
     ) -> None:
         self.digest = digest
         self.login = login
@@ -277,6 +299,11 @@ class HostedSession:
         #: The session's own (derived) links by id, and which of them are revoked.
         self.own_links: dict[str, str] = {}
         self.revoked: set[str] = set()
+        #: The token of the link a label names (derived: the same after a gateway restart).
+        self.token = token
+        #: Links minted on the session that still work: label by link id; the next number.
+        self.minted: dict[str, str] = {}
+        self.next_minted = 0
         self._grace: asyncio.TimerHandle | None = None
 
     def attach(self, link: HostLink) -> None:
@@ -287,6 +314,14 @@ class HostedSession:
         old = self.process.attach(link)
         if old is not None:  # a host back before its old connection was seen to drop
             old.close()
+
+    def links_state(self) -> dict[str, Any]:
+        """What the host keeps of the session's links and presents again in its HELLO."""
+        return {
+            "revoked": sorted(self.revoked),
+            "minted": sorted(self.minted.values()),
+            "next": self.next_minted,
+        }
 
     def lost(self, link: HostLink, grace: float) -> None:
         """The host's channel ended without an END: wait ``grace`` seconds for it."""
@@ -326,6 +361,10 @@ class HostedSessions:
         assert self.key, "the gateway sets the link key before it listens"
         message = f"{what}\0{login}\0{session_key}".encode()
         return hmac.new(self.key, message, hashlib.sha256).digest()
+
+    def _tokens(self, login: str, session_key: str) -> Callable[[str], str]:
+        """The tokens of one hosted session's links, by what they are (``ro``, ``rw.3``)."""
+        return lambda what: token_from_digest(self._digest(login, session_key, what))
 
     def of(self, login: str) -> list[HostedSession]:
         """The live hosted sessions of a login."""
@@ -374,12 +413,9 @@ class HostedSessions:
             rows=hello.rows,
             viewer_backlog=config.sharing.viewer_backlog,
         )
+        token = self._tokens(login, hello.session_key)
         shared, links = self._service.register(
-            login,
-            terminal,
-            request.share_with,
-            open=config.sharing.open,
-            tokens=lambda access: token_from_digest(self._digest(login, hello.session_key, access.value)),
+            login, terminal, request.share_with, open=config.sharing.open, tokens=lambda a: token(a.value)
         )
         # Its links are derived, so they come back with the session after a restart of
         # the gateway: the revocations the host kept for it are made again.
@@ -392,13 +428,46 @@ class HostedSessions:
             for link in links
             if link.access.value not in hello.revoked
         }
-        session = HostedSession(digest, login, process, terminal, shared, commands)
+        session = HostedSession(digest, login, process, terminal, shared, commands, token)
         session.own_links = {link.link_id: link.access.value for link in links}
         session.revoked = set(hello.revoked)
+        self._mint_again(session, hello)
         self._live[digest] = session
         log.info("host.open", extra=fields(session=shared.session_id, host=login))
         self._spawn(self._run(session))
         return session
+
+    def _mint_again(self, session: HostedSession, hello: Hello) -> None:
+        """The links minted on the session before the gateway restarted, made again."""
+        session.next_minted = hello.next_minted
+        for label in hello.minted:
+            access, medium, number = parse_minted_label(label)
+            session.next_minted = max(session.next_minted, number + 1)
+            try:
+                link = self._service.registry.mint(session.shared, access, session.token(label), medium)
+            except TooManyLinks:  # the host named more than the cap lets live: the rest are gone
+                log.warning("host.minted_dropped", extra=fields(session=session.shared.session_id))
+                break
+            session.minted[link.link_id] = label
+
+    def mint(self, shared: SharedSession[Terminal], access: Access, medium: Medium) -> ShareLink | None:
+        """A link minted by the owner of a hosted session: derived like its own two, and
+        told to its host to keep (None: ``shared`` is no hosted session of this gateway).
+        Raises TooManyLinks past the session's cap."""
+        session = self._hosting(shared)
+        if session is None:
+            return None
+        if session.next_minted >= MAX_MINTED_NUMBER:
+            raise TooManyLinks("this session has minted all the links it may")
+        label = minted_label(access, medium, session.next_minted)
+        link = self._service.registry.mint(shared, access, session.token(label), medium)
+        session.minted[link.link_id] = label
+        session.next_minted += 1
+        session.process.send(encode_json(Kind.REVOKED, session.links_state()))
+        return link
+
+    def _hosting(self, shared: SharedSession[Terminal]) -> HostedSession | None:
+        return next((s for s in self._live.values() if s.shared is shared), None)
 
     async def _run(self, session: HostedSession) -> None:
         try:
@@ -412,14 +481,18 @@ class HostedSessions:
             await session.process.kill()
 
     def _revoked(self, shared: SharedSession[Terminal], link_id: str) -> None:
-        """An owner revoked a link: one of a hosted session's own is told to its host to keep."""
-        session = next((s for s in self._live.values() if s.shared is shared), None)
-        access = session.own_links.get(link_id) if session is not None else None
-        if session is None or access is None:
+        """An owner revoked a link: one of a hosted session's own, or one minted on it, is
+        told to its host (to revoke it again after a restart, or not to make it again)."""
+        session = self._hosting(shared)
+        if session is None:
             return
-        session.revoked.add(access)
-        session.commands.pop(access, None)
-        session.process.send(encode_json(Kind.REVOKED, {"revoked": sorted(session.revoked)}))
+        access = session.own_links.get(link_id)
+        if access is not None:
+            session.revoked.add(access)
+            session.commands.pop(access, None)
+        elif session.minted.pop(link_id, None) is None:
+            return
+        session.process.send(encode_json(Kind.REVOKED, session.links_state()))
 
     def end_all(self, reason: str) -> None:
         """End every hosted session now (the gateway stops; hosts come back to its successor)."""

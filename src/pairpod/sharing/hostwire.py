@@ -14,7 +14,10 @@ kind          direction        payload
 ``RESIZE``    gateway → host   ``cols: u16, rows: u16``: the size the PTY must take
 ``END``       host → gateway   JSON: why the shared session ended (shell exit, stop)
 ``REVOKED``   gateway → host   JSON: which of the session's own links (ro, rw) are
-                               revoked; the host sends them back in every HELLO
+                               revoked, and the links minted on it that still work
+                               (their labels, see :func:`minted_label`, and the
+                               number the next one takes); the host sends them
+                               back in every HELLO
 ============  ===============  =================================================
 
 A refusal is not a frame: the gateway writes one ``pairpod: ...`` line on the
@@ -31,10 +34,13 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from pairpod.sharing.tokens import MAX_LINKS, Access, Medium
 
 #: The subsystem name the host asks for on its session channel.
 SUBSYSTEM = "pairpod-host"
@@ -49,6 +55,10 @@ MAX_JSON = 16 * 1024
 #: The largest terminal dimension a RESIZE frame carries (two bytes each).
 MAX_DIMENSION = 0xFFFF
 
+#: Numbers of minted links stay below this (a host's HELLO may not make them grow unbounded).
+MAX_MINTED_NUMBER = 10**9
+
+_MINTED_LABEL = re.compile(r"(web-)?(ro|rw)\.(\d{1,9})")
 _HEADER = struct.Struct(">BI")
 _SIZE = struct.Struct(">HH")
 
@@ -158,6 +168,35 @@ def revoked_links(value: dict[str, Any]) -> list[str]:
     if not isinstance(revoked, list) or not all(a in ("ro", "rw") for a in revoked):
         raise ProtocolError("revoked must be a list of ro and rw")
     return sorted(set(revoked))
+
+
+def minted_label(access: Access, medium: Medium, number: int) -> str:
+    """The public label a minted link's token is derived from: ``ro.3``, ``web-rw.7``."""
+    return f"{'web-' if medium is Medium.WEB else ''}{access.value}.{number}"
+
+
+def parse_minted_label(label: str) -> tuple[Access, Medium, int]:
+    """A label of :func:`minted_label` back into its parts; ProtocolError if it is not one."""
+    match = _MINTED_LABEL.fullmatch(label)
+    if match is None:
+        raise ProtocolError(f"not a minted link: {printable(label, 40)!r}")
+    medium = Medium.WEB if match.group(1) else Medium.SSH
+    return Access(match.group(2)), medium, int(match.group(3))
+
+
+def minted_links(value: dict[str, Any]) -> tuple[list[str], int]:
+    """The ``minted`` and ``next`` of a HELLO, WELCOME or REVOKED payload: the labels of
+    the live links minted on the session (at most :data:`MAX_LINKS`), and the number
+    the next one takes (never one a revoked link had, so it stays revoked)."""
+    minted = value.get("minted", [])
+    number = value.get("next", 0)
+    if not isinstance(minted, list) or len(minted) > MAX_LINKS or not all(isinstance(m, str) for m in minted):
+        raise ProtocolError(f"minted must be a list of at most {MAX_LINKS} links")
+    for label in minted:
+        parse_minted_label(label)
+    if type(number) is not int or not 0 <= number < MAX_MINTED_NUMBER:
+        raise ProtocolError(f"next must be a number from 0 to {MAX_MINTED_NUMBER - 1}")
+    return sorted(set(minted)), number
 
 
 class FrameDecoder:

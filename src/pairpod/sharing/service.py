@@ -210,7 +210,9 @@ class SharingService:
     def _new_link(self, session: SharedSession[Terminal], access: Access, medium: Medium) -> ShareLink:
         """Mint a link the owner asked for (ControlError past the session's bound)."""
         try:
-            link = self.registry.mint(session, access, medium=medium)
+            # A hosted session's links are derived, so they survive a gateway restart.
+            hosted = self.hosted.mint(session, access, medium) if self.hosted is not None else None
+            link = hosted or self.registry.mint(session, access, medium=medium)
         except TooManyLinks as error:
             raise ControlError(str(error)) from None
         self._changed()

@@ -137,7 +137,7 @@ class HostChannel(LineSession):
                     "rows": rows,
                     "grace": self._context.config.sharing.host_grace,
                     "resumed": resumed,
-                    "revoked": sorted(session.revoked),
+                    **session.links_state(),
                 },
             )
         )
