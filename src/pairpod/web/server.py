@@ -49,6 +49,7 @@ from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Medium, rejection_de
 from pairpod.web.addresses import ClientAddresses
 from pairpod.web.connections import ConnectionLimit, LimitedSite
 from pairpod.web.page import FILES, SECURITY_HEADERS, TERMINAL_PAGE, message_page, missing_assets
+from pairpod.web.refusals import RequestLog
 from pairpod.web.sink import message
 from pairpod.web.viewer import serve_viewer
 
@@ -125,6 +126,8 @@ class WebJoiners:
                 "max_field_size": MAX_FIELD,
                 # No request here has a body to drain: close instead of reading one.
                 "lingering_time": 0,
+                # A malformed request is one short line, not an error with a traceback.
+                "logger": RequestLog(),
             },
         )
         app.router.add_get("/s/{link}", self._page)
@@ -165,8 +168,18 @@ class WebJoiners:
     async def stop(self) -> None:
         """Stop listening; open pages are disconnected (going away)."""
         self._sharing.web_base = None
-        for socket in list(self._sockets):
-            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"the gateway is stopping")
+        # All at once and under one bound: each close waits for the browser's answer,
+        # which a browser that is gone (or takes nothing) never sends. Those still
+        # closing at the bound are cut (their close is cancelled, the transport closed).
+        closing = [
+            socket.close(code=WSCloseCode.GOING_AWAY, message=b"the gateway is stopping")
+            for socket in list(self._sockets)
+        ]
+        try:
+            async with asyncio.timeout(WS_CLOSE_TIMEOUT):
+                await asyncio.gather(*closing, return_exceptions=True)
+        except TimeoutError:
+            log.info("web.close_timeout", extra=fields(viewers=len(closing), timeout=WS_CLOSE_TIMEOUT))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
