@@ -9,6 +9,7 @@ answer a close) do not hold the web listener's stop.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -106,22 +107,29 @@ async def test_a_handler_bug_still_logs_its_traceback(
 
 
 async def test_stopping_closes_many_silent_viewers_at_once(tmp_path: Path, client_key: ClientKey) -> None:
-    overrides = {"sharing": {"open": True}}
+    audit = tmp_path / "audit.jsonl"
+    overrides = {"sharing": {"open": True}, "audit": {"file": str(audit)}}
     with web_gateway(tmp_path / "gw", client_key, overrides) as gateway:
         owner = Tmux("owner", tmp_path).start(gateway.ssh_argv(options=share_options()), 90, 25)
         viewers: list[socket.socket] = []
         try:
-            url = web_links(owner)["ro"]
-            viewers = [await stalled_viewer(web_port(gateway), url) for _ in range(20)]
+            url = web_links(owner)["rw"]
+            # A program that reads no input, in raw mode: typed keys wait for it, and a
+            # page whose keys wait is not reading its socket, so a close waits for the
+            # browser's answer (5 s), which these browsers never send.
+            owner.type("stty -icanon -echo; sleep 600\n")
+            viewers = [await stalled_viewer(web_port(gateway), url, b"x" * 60000) for _ in range(20)]
             wait_for_participants(gateway, 20)
             # The web part stops while the session lives on (as on a replica whose viewers
-            # watch a session elsewhere): it closes them itself, under one bound (5 s) for
-            # all of them, not one each.
+            # watch a session elsewhere): one bound for all of them, not 5 s each.
             assert gateway.gateway.web is not None
             began = time.monotonic()
-            gateway.call(gateway.gateway.web.stop(), timeout=120)
+            gateway.call(gateway.gateway.web.stop(), timeout=180)
             assert time.monotonic() - began < 15
             wait_for_participants(gateway, 0)
+            # Each was audited as leaving, cut or not.
+            events = [json.loads(line)["event"] for line in audit.read_text().splitlines()]
+            assert events.count("share.leave") == events.count("share.join") == 20
         finally:
             owner.close()
             for viewer in viewers:

@@ -74,9 +74,10 @@ def wait_for_participants(gateway: GatewayThread, count: int, name: str = "web v
     return participant_ids(gateway, name)
 
 
-async def stalled_viewer(port: int, url: str) -> socket.socket:
-    """A browser that opens the terminal's WebSocket of web link ``url`` on ``port``, then
-    never reads nor answers again (its receive window, 4 KiB, is soon shut)."""
+async def stalled_viewer(port: int, url: str, keys: bytes = b"") -> socket.socket:
+    """A browser that opens the terminal's WebSocket of web link ``url`` on ``port``, types
+    ``keys`` (if any, in one message), then never reads nor answers again (its receive
+    window, 4 KiB, is soon shut)."""
     stalled = socket.socket()
     try:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -88,8 +89,19 @@ async def stalled_viewer(port: int, url: str) -> socket.socket:
             f"Origin: {url.split('/s/')[0]}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         )
-        await loop.sock_sendall(stalled, handshake.encode())
+        await loop.sock_sendall(stalled, handshake.encode() + (_client_frame(keys) if keys else b""))
     except BaseException:
         stalled.close()
         raise
     return stalled
+
+
+def _client_frame(data: bytes) -> bytes:
+    """One binary WebSocket message as a browser sends it (masked, here with a zero key)."""
+    assert len(data) < 1 << 16
+    head = (
+        bytes([0x82, 0x80 | 126]) + len(data).to_bytes(2, "big")
+        if len(data) > 125
+        else bytes([0x82, 0x80 | len(data)])
+    )
+    return head + b"\0\0\0\0" + data
