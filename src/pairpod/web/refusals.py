@@ -43,9 +43,9 @@ _WORD = re.compile(r"(?<!^)(?=[A-Z])")
 class RequestLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger for one listener: a malformed request is one bounded line."""
 
-    def __init__(self, server: logging.Logger | None = None) -> None:
-        """``server``: where everything else goes (aiohttp's own server logger by default)."""
-        super().__init__(server or logging.getLogger("aiohttp.server"), {})
+    def __init__(self) -> None:
+        """Everything but a refused request goes on to aiohttp's own server logger."""
+        super().__init__(logging.getLogger("aiohttp.server"), {})
         self._rates = SourceRates(1 / INTERVAL, BURST, max_sources=MAX_SOURCES)
         self._held: OrderedDict[str, int] = OrderedDict()
 
