@@ -16,7 +16,6 @@ import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -26,7 +25,7 @@ from pairpod.errors import ConfigError
 from pairpod.web.connections import PER_SOURCE
 from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
-from tests.support.web import share_options, wait_for_participants, web_gateway, web_links
+from tests.support.web import share_options, stalled_viewer, wait_for_participants, web_gateway, web_links
 from tests.test_web_http import ended, messages_until, origin_of
 
 
@@ -89,19 +88,10 @@ async def test_a_browser_that_takes_nothing_is_cut_after_the_send_timeout(
     # until what is queued has been sent, and this client takes nothing.
     caplog.set_level(logging.INFO, logger="pairpod")
     owner = Tmux("owner", tmp_path).start(gw.ssh_argv(options=share_options()), 90, 25)
-    stalled = socket.socket()
+    stalled: socket.socket | None = None
     try:
         url = web_links(owner)["ro"]
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a window soon shut
-        stalled.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(stalled, ("127.0.0.1", port))
-        handshake = (
-            f"GET {urlsplit(url).path}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Origin: {origin_of(url)}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await loop.sock_sendall(stalled, handshake.encode())
+        stalled = await stalled_viewer(port, url)
         wait_for_participants(gw, 1)
         owner.type("head -c 3000000 /dev/zero | tr '\\0' x; echo; echo flood-$((7*6))\n")
         wait_until(
@@ -112,7 +102,8 @@ async def test_a_browser_that_takes_nothing_is_cut_after_the_send_timeout(
         wait_for_participants(gw, 0)
         owner.wait_for("flood-42", timeout=60)  # the owner was never held
     finally:
-        stalled.close()
+        if stalled is not None:
+            stalled.close()
         owner.close()
 
 

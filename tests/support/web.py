@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pairpod.config import merge
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, base_config, wait_until
@@ -69,3 +72,36 @@ def wait_for_participants(gateway: GatewayThread, count: int, name: str = "web v
     """Wait until exactly ``count`` participants called ``name`` are joined; their ids."""
     wait_until(lambda: len(participant_ids(gateway, name)) == count, message=f"{count} {name}(s) joined")
     return participant_ids(gateway, name)
+
+
+async def stalled_viewer(port: int, url: str, keys: bytes = b"") -> socket.socket:
+    """A browser that opens the terminal's WebSocket of web link ``url`` on ``port``, types
+    ``keys`` (if any, in one message), then never reads nor answers again (its receive
+    window, 4 KiB, is soon shut)."""
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(stalled, ("127.0.0.1", port))
+        handshake = (
+            f"GET {urlsplit(url).path}/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Origin: {url.split('/s/')[0]}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(stalled, handshake.encode() + (_client_frame(keys) if keys else b""))
+    except BaseException:
+        stalled.close()
+        raise
+    return stalled
+
+
+def _client_frame(data: bytes) -> bytes:
+    """One binary WebSocket message as a browser sends it (masked, here with a zero key)."""
+    assert len(data) < 1 << 16
+    head = (
+        bytes([0x82, 0x80 | 126]) + len(data).to_bytes(2, "big")
+        if len(data) > 125
+        else bytes([0x82, 0x80 | len(data)])
+    )
+    return head + b"\0\0\0\0" + data

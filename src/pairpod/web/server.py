@@ -29,9 +29,11 @@ once open it has none (a viewer stays for hours), but a ping every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ssl
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, web
@@ -49,6 +51,7 @@ from pairpod.sharing.tokens import INVALID_SESSION_MESSAGE, Medium, rejection_de
 from pairpod.web.addresses import ClientAddresses
 from pairpod.web.connections import ConnectionLimit, LimitedSite
 from pairpod.web.page import FILES, SECURITY_HEADERS, TERMINAL_PAGE, message_page, missing_assets
+from pairpod.web.refusals import RequestLog
 from pairpod.web.sink import message
 from pairpod.web.viewer import serve_viewer
 
@@ -98,7 +101,8 @@ class WebJoiners:
         # them only as often as it may open SSH connections (ssh.per_source_rate).
         self._join_rates = per_source(config.ssh.per_source_rate, config.ssh.per_source_burst)
         self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
+        # Each open socket and the task serving it.
+        self._sockets: dict[web.WebSocketResponse, asyncio.Task[Any]] = {}
         self._missing: list[str] = []
         self.port = 0
         self.base_url = ""
@@ -125,6 +129,8 @@ class WebJoiners:
                 "max_field_size": MAX_FIELD,
                 # No request here has a body to drain: close instead of reading one.
                 "lingering_time": 0,
+                # A malformed request is one short line, not an error with a traceback.
+                "logger": RequestLog(),
             },
         )
         app.router.add_get("/s/{link}", self._page)
@@ -165,8 +171,22 @@ class WebJoiners:
     async def stop(self) -> None:
         """Stop listening; open pages are disconnected (going away)."""
         self._sharing.web_base = None
-        for socket in list(self._sockets):
-            await socket.close(code=WSCloseCode.GOING_AWAY, message=b"the gateway is stopping")
+        # All at once and under one bound: a close waits for the browser's answer (unless
+        # the socket is being read), which a browser that is gone never sends.
+        closing = [
+            socket.close(code=WSCloseCode.GOING_AWAY, message=b"the gateway is stopping")
+            for socket in list(self._sockets)
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WS_CLOSE_TIMEOUT):
+                await asyncio.gather(*closing, return_exceptions=True)
+        # A viewer may still be held inside (its keys wait for a program that reads no
+        # input): it is ended here, not after aiohttp's own wait for handlers (a minute).
+        held = list(self._sockets.values())
+        for task in held:
+            task.cancel()
+        if closing:
+            log.info("web.viewers_closed", extra=fields(viewers=len(closing), cut=len(held) or None))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -246,7 +266,9 @@ class WebJoiners:
             compress=False,
         )
         await socket.prepare(request)
-        self._sockets.add(socket)
+        task = asyncio.current_task()
+        assert task is not None  # a handler runs as a task
+        self._sockets[socket] = task
         try:
             if isinstance(found, str):
                 await socket.send_str(message("end", reason=found))
@@ -255,7 +277,7 @@ class WebJoiners:
                     socket, found, address=address, audit=self._audit, limit=self._config.ssh.max_pty
                 )
         finally:
-            self._sockets.discard(socket)
+            self._sockets.pop(socket, None)
             await socket.close()
         return socket
 

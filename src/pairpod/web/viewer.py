@@ -106,5 +106,7 @@ async def serve_viewer(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await task
-    log.info("web.leave", extra=fields(**details, reason=sink.ended or "the browser left"))
-    audit("leave", **details, name=WEB_VIEWER)
+        # Also when the viewer is cut (its handler cancelled at shutdown): a join is never
+        # left without its leave in the audit log.
+        log.info("web.leave", extra=fields(**details, reason=sink.ended or "the browser left"))
+        audit("leave", **details, name=WEB_VIEWER)
