@@ -121,3 +121,24 @@ def test_closing_a_programs_pipes_closes_each_descriptor_once(loop: LoopChoice) 
             os.close(fd)
 
     run(main(), loop)
+
+
+async def test_a_program_that_ends_by_itself_leaves_no_descriptor_open() -> None:
+    # As a login's files are written: input ended, output read to its end, never killed.
+    config = Config()
+    identity = Identity(username="u", conn_id="fd-test", remote_addr="127.0.0.1", config=config)
+    environment = await LocalBackend(config, "test").open(identity)
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(5):
+            process = await environment.start(ProcessSpec(command="cat; echo done >&2"))
+            await process.write(b"content")
+            await process.write_eof()
+            assert await process.read(Stream.STDOUT, 100) == b"content"
+            assert await process.read(Stream.STDOUT, 100) == b""
+            assert await process.read(Stream.STDERR, 100) == b"done\n"
+            assert await process.read(Stream.STDERR, 100) == b""
+            assert (await process.wait()).code == 0
+        assert len(os.listdir("/proc/self/fd")) == before
+    finally:
+        await environment.close()

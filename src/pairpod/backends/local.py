@@ -204,8 +204,7 @@ class _Reading(enum.Enum):
 
     WATCHED = "watched"  # the loop calls back when there is output
     PAUSED = "paused"  # too much waits for the channel: the program is held back
-    ENDED = "ended"  # end of output (or a read error); the descriptor is still open
-    CLOSED = "closed"  # the descriptor is closed
+    CLOSED = "closed"  # end of output (or a read error, or closed early); the descriptor is closed
 
 
 class OutputReader:
@@ -254,19 +253,20 @@ class OutputReader:
         if data:
             self.pipe.feed(data)  # may pause reading
         else:
-            self._end(_Reading.ENDED)
-
-    def _end(self, state: _Reading) -> None:
-        if self._state is _Reading.WATCHED:
-            self._loop.remove_reader(self._fd)
-        self._state = state
-        self.pipe.end()
+            # Nothing reads a descriptor after its end (a PTY's input and size go
+            # through the writer's own descriptor): it is closed now, whether or
+            # not the process is ever killed.
+            self.close()
 
     def close(self) -> None:
         """Stop reading and close the descriptor (what is buffered stays readable)."""
-        if self._state is not _Reading.CLOSED:
-            self._end(_Reading.CLOSED)
-            os.close(self._fd)
+        if self._state is _Reading.CLOSED:
+            return
+        if self._state is _Reading.WATCHED:
+            self._loop.remove_reader(self._fd)
+        self._state = _Reading.CLOSED
+        os.close(self._fd)
+        self.pipe.end()
 
     def discard(self, *, close: bool) -> None:
         """Drop what is buffered and all that follows (reading resumes, to drop it too);
@@ -285,10 +285,11 @@ async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> Lo
     # StreamReaders), and stdin is a pipe on every event loop, as sshd makes it.
     # (uvloop makes stdin=PIPE a socket pair, and bash reads ~/.bashrc when its
     # stdin is a socket, as if run by rshd: every command paid for the profile.)
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
+    made: list[int] = []  # every end, closed here if anything fails (EMFILE included)
     try:
+        for _ in range(3):
+            made.extend(os.pipe())
+        stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w = made
         for fd in (stdin_w, stdout_r, stderr_r):
             _grow_pipe(fd)
         proc = await asyncio.create_subprocess_exec(
@@ -299,20 +300,23 @@ async def _spawn_with_pipes(argv: list[str], kwargs: Mapping[str, object]) -> Lo
             **kwargs,  # type: ignore[arg-type]
         )
     except BaseException:
-        for fd in (stdin_w, stdout_r, stderr_r):
+        for fd in made:
             os.close(fd)
         raise
-    finally:
-        # The child has its copies; the program's exit must be the pipes' end.
-        for fd in (stdin_r, stdout_w, stderr_w):
-            os.close(fd)
+    # The child has its copies; the program's exit must be the pipes' end.
+    for fd in (stdin_r, stdout_w, stderr_w):
+        os.close(fd)
     return LocalProcess(proc, OutputReader(stdout_r), OutputReader(stderr_r), FdWriter(stdin_w), pty_fd=None)
 
 
 async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[str, object]) -> LocalProcess:
     assert spec.pty is not None
     master, slave = os.openpty()
+    writer_fd = -1
     try:
+        # A second descriptor for writing, written directly (see fdwriter): one
+        # owner per fd. Made before the spawn, so failing to make it ends nothing.
+        writer_fd = os.dup(master)
         set_winsize(slave, spec.pty.rows, spec.pty.cols, spec.pty.pixel_width, spec.pty.pixel_height)
         apply_modes(slave, spec.pty.modes)
         slave_path = os.ttyname(slave)
@@ -333,11 +337,12 @@ async def _spawn_with_pty(argv: list[str], spec: ProcessSpec, kwargs: Mapping[st
         )
     except BaseException:
         os.close(master)
+        if writer_fd >= 0:
+            os.close(writer_fd)
         raise
     finally:
         os.close(slave)
-    # A second descriptor for writing, written directly (see fdwriter): one owner per fd.
-    writer = FdWriter(os.dup(master))
+    writer = FdWriter(writer_fd)
     return LocalProcess(proc, OutputReader(master), None, writer, pty_fd=writer.fd)
 
 
@@ -425,17 +430,21 @@ class LocalProcess(Process):
     async def kill(self) -> None:
         """Hang up the process group, then kill it if it lingers."""
         pgid = self._proc.pid  # start_new_session made it the group leader
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGHUP)
-            os.killpg(pgid, signal.SIGCONT)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._wait_task), _HANGUP_GRACE)
-        # Children of the group may outlive the leader; end them too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        await asyncio.shield(self._wait_task)
-        self._stdin.close()
-        # A program that left its session may still hold the output open.
-        for reader in (self._stdout, self._stderr):
-            if reader is not None:
-                reader.close()
+        try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGHUP)
+                os.killpg(pgid, signal.SIGCONT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._wait_task), _HANGUP_GRACE)
+            # Children of the group may outlive the leader; end them too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+            await asyncio.shield(self._wait_task)
+        finally:
+            # Closed even when the kill is cancelled (a bounded shutdown): the
+            # descriptors are the gateway's, whatever became of the program.
+            self._stdin.close()
+            # A program that left its session may still hold the output open.
+            for reader in (self._stdout, self._stderr):
+                if reader is not None:
+                    reader.close()
