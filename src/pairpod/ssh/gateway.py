@@ -128,7 +128,9 @@ class Gateway:
         parts = self.parts
         try:
             await parts.start("recorder", None, self._close_recorder, stop_timeout=None)
-            await parts.start("admin", self.ops.start, self.ops.stop)
+            # Operations bounds each of its own parts: an outer bound could cut the
+            # audit log's last lines (the shutdown steps) before they are flushed.
+            await parts.start("admin", self.ops.start, self.ops.stop, stop_timeout=None)
             if self.cluster is not None:
                 # Returns at once: a Redis down at start is logged, not fatal.
                 await parts.start("cluster", self.cluster.start, self.cluster.aclose)
