@@ -10,6 +10,7 @@ and never answers), in the middle of the last tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import secrets
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncssh
 import pytest
 import yaml
@@ -85,7 +87,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
                         "users": {user: {"password_hash": password_hash} for user in USERS},
                         "github_users": [
                             *("octo", "octo-rush", "octo-down", "octo-back", "octo-hang"),
-                            *("octo-fail", "octo-stale"),
+                            *("octo-fail", "octo-stale", "octo-cancel"),
                         ],
                         "key_sources": {
                             "github": {"url": peer.url, "ttl": "10m", "timeout": f"{KEY_TIMEOUT:g}s"}
@@ -267,6 +269,60 @@ def test_a_failed_fetch_lets_the_waiting_replica_use_the_stale_page(cluster: Clu
     assert (first, second) == ("hello\n", "hello\n")
     assert waited < KEY_TIMEOUT / 2
     assert re.search(r"keys\.stale .*login=octo-stale", cluster.replicas[1].log())
+
+
+async def test_a_cancelled_fetch_lets_the_waiting_replica_try_at_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two key caches on the cluster's Redis, in this process; A's fetch is cancelled (A stops)."""
+    from pairpod.auth.remote_keys import RemoteKeySource
+    from pairpod.cluster import ClusterStore, RedisKeyCache
+    from pairpod.config import ClusterSettings, KeySourceSettings
+
+    caplog.set_level(logging.DEBUG, logger="pairpod.cluster.keycache")
+    login = "octo-cancel"
+    cluster.keys.keys[login] = cluster.github_key.public_line
+    cluster.keys.modes[login] = "slow"
+    cluster.keys.hold_from_thread()
+    settings = KeySourceSettings(url=cluster.keys.url, ttl=600, timeout=KEY_TIMEOUT)
+    # (advertise and secret: required with redis, unused by a store alone)
+    cluster_settings = ClusterSettings(
+        redis=cluster.redis.url, advertise=f"127.0.0.1:{free_port()}", secret=secrets.token_hex(16)
+    )
+    stores = [ClusterStore(cluster_settings) for _ in "ab"]
+    async with aiohttp.ClientSession() as http:
+        a, b = (RemoteKeySource("github", settings, lambda: http, shared=RedisKeyCache(s)) for s in stores)
+        try:
+            for store in stores:
+                await store.start()
+            await asyncio.to_thread(wait_until, lambda: all(s.up for s in stores), message="on redis")
+            first = asyncio.ensure_future(a.lookup(login))
+            await asyncio.to_thread(wait_until, lambda: cluster.keys.counts[login] == 1, message="A fetching")
+            second = asyncio.ensure_future(b.lookup(login))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: any(r.message == "keys.shared_wait" for r in caplog.records),
+                message="B waiting for A's fetch",
+            )
+            await a.aclose()  # A's fetch is cancelled, and its claim given up
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            # B asks the source itself well before the source's timeout.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: cluster.keys.counts[login] == 2,
+                timeout=KEY_TIMEOUT / 2,
+                message="B asking the source itself",
+            )
+            cluster.keys.release_from_thread()
+            found = await asyncio.wait_for(second, 30)
+            assert (found.status, len(found.entries)) == ("fresh", 1)
+        finally:
+            cluster.keys.release_from_thread()
+            for source in (a, b):
+                await source.aclose()
+            for store in stores:
+                await store.aclose()
 
 
 def test_redis_stopped_and_started_logins_keep_working_and_counts_resume(cluster: Cluster) -> None:
