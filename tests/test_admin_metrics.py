@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from pairpod.backends.kubernetes import KubernetesBackend
 from pairpod.config import validate_config
@@ -26,7 +25,7 @@ from tests.conftest import MakeGateway
 from tests.support.client import connect
 from tests.support.docker_env import docker_overrides
 from tests.support.gateway import ClientKey, GatewayThread, wait_until
-from tests.support.http_client import http_get
+from tests.support.http_client import SampleKey, http_get, scrape
 
 ADMIN = {"admin": {"listen": "127.0.0.1:0"}}
 
@@ -36,18 +35,12 @@ def admin_url(gw: GatewayThread, path: str) -> str:
     return f"http://127.0.0.1:{gw.gateway.ops.http.port}{path}"
 
 
-def samples(gw: GatewayThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics, parsed with prometheus_client's own parser."""
-    status, text = http_get(admin_url(gw, "/metrics"))
-    assert status == 200
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return found
+def samples(gw: GatewayThread) -> dict[SampleKey, float]:
+    """Every sample of the gateway's /metrics."""
+    return scrape(admin_url(gw, "/metrics"))
 
 
-def value(found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def value(found: dict[SampleKey, float], name: str, **labels: str) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
@@ -70,6 +63,8 @@ def test_metrics_count_real_logins_bytes_and_failures(make_gateway: MakeGateway,
     assert value(found, "pairpod_bytes_total", direction="out") == 100000
     assert value(found, "pairpod_bytes_total", direction="in") == 5000
     assert value(found, "pairpod_environment_start_seconds_count", backend="local", start="cold") == 2
+    # A single gateway has no cluster store to report on.
+    assert not [name for name, _ in found if name.startswith("pairpod_cluster")]
     # No user names or addresses in any label.
     for _, labels in found:
         for _, label_value in labels:

@@ -302,6 +302,9 @@ class SharedPages:
         self.stored.append((source, login, text))
         self.pages[(source, login)] = (text, self.clock())
 
+    def release(self, source: str, login: str) -> None:
+        pass  # no replica waits on these pages
+
 
 async def test_pages_other_replicas_fetched_are_used_fresh_then_as_the_stale_fallback(
     peer: KeySourcePeer, http: aiohttp.ClientSession, keys: list[asyncssh.SSHKey]

@@ -10,16 +10,19 @@ and never answers), in the middle of the last tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncssh
 import pytest
 import yaml
@@ -31,24 +34,33 @@ from tests.support.gateway import (
     wait_until,
     write_config,
 )
+from tests.support.http_client import scrape
 from tests.support.http_peers import KeySourcePeer, served_in_thread
 from tests.support.redis_server import RedisServer, free_port
 
 PASSWORD = "correct horse battery"
 FAILURES = 3  # the lockout's threshold in these replicas
 USERS = ("carol", "erin", "fay")
+KEY_TIMEOUT = 10.0  # the key source's timeout: what a replica waiting for another's fetch may wait
 
 
 class Cluster:
     """The three replicas, their Redis and their key source."""
 
     def __init__(
-        self, replicas: list[GatewayProcess], redis: RedisServer, keys: KeySourcePeer, github_key: ClientKey
+        self,
+        replicas: list[GatewayProcess],
+        redis: RedisServer,
+        keys: KeySourcePeer,
+        github_key: ClientKey,
+        metrics_url: str,
     ) -> None:
         self.replicas = replicas
         self.redis = redis
         self.keys = keys
         self.github_key = github_key
+        #: Replica A's ``/metrics`` (the only one with an admin listener).
+        self.metrics_url = metrics_url
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +73,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
     password_hash = hash_password(PASSWORD)
     redis = RedisServer(tmp).start()
     replicas: list[GatewayProcess] = []
+    admin = f"127.0.0.1:{free_port()}"
     with served_in_thread(KeySourcePeer()) as peer:
         assert isinstance(peer, KeySourcePeer)
         try:
@@ -72,8 +85,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
                     "auth": {
                         "authorized_keys": str(tmp / "authorized_keys"),
                         "users": {user: {"password_hash": password_hash} for user in USERS},
-                        "github_users": ["octo", "octo-rush", "octo-down", "octo-back", "octo-hang"],
-                        "key_sources": {"github": {"url": peer.url, "ttl": "10m"}},
+                        "github_users": [
+                            *("octo", "octo-rush", "octo-down", "octo-back", "octo-hang"),
+                            *("octo-fail", "octo-stale", "octo-cancel"),
+                        ],
+                        "key_sources": {
+                            "github": {"url": peer.url, "ttl": "10m", "timeout": f"{KEY_TIMEOUT:g}s"}
+                        },
                         "lockout": {"failures": FAILURES, "window": "10m", "duration": "10m"},
                     },
                     "ssh": {"login_timeout": "20s", **NO_ADMISSION_LIMITS},
@@ -89,11 +107,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, client_key: ClientKey) -> 
                         "ttl": "2s",
                     },
                 }
+                if name == "a":
+                    config["admin"] = {"listen": admin}
                 path = write_config(tmp / f"replica-{name}.yaml", config)
                 replicas.append(GatewayProcess(path, key=client_key).start())
             for replica in replicas:
                 wait_until(lambda r=replica: "cluster.redis_up" in r.log(), message="replica joined redis")
-            yield Cluster(replicas, redis, peer, github_key)
+            yield Cluster(replicas, redis, peer, github_key, f"http://{admin}/metrics")
         finally:
             for replica in replicas:
                 replica.kill()
@@ -123,6 +143,16 @@ def key_login(replica: GatewayProcess, user: str, key: ClientKey | None = None) 
     """A key login with the real OpenSSH client; its output, or the failure."""
     result = replica.ssh("echo", "hello", user=user, key=key, timeout=30)
     return result.stdout.decode() if result.returncode == 0 else f"failed: {result.stderr.decode()}"
+
+
+def start_key_login(replica: GatewayProcess, user: str, key: ClientKey) -> subprocess.Popen[bytes]:
+    """A key login with the real OpenSSH client, left running (``login_outcome`` ends it)."""
+    return subprocess.Popen(
+        replica.ssh_argv("echo", "hello", user=user, key=key),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def heard_of_lock(replica: GatewayProcess, kind: str, subject: str) -> bool:
@@ -163,15 +193,7 @@ def test_a_github_page_is_fetched_once_for_three_replicas(cluster: Cluster) -> N
 def test_three_replicas_asking_at_once_make_one_fetch(cluster: Cluster) -> None:
     cluster.keys.keys["octo-rush"] = cluster.github_key.public_line
     cluster.keys.modes["octo-rush"] = "slow"  # the first fetch hangs until released
-    logins = [
-        subprocess.Popen(
-            replica.ssh_argv("echo", "hello", user="octo-rush", key=cluster.github_key),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-        )
-        for replica in cluster.replicas
-    ]
+    logins = [start_key_login(replica, "octo-rush", cluster.github_key) for replica in cluster.replicas]
     try:
         # One replica fetches; the two others wait for its answer rather than ask the source.
         wait_until(
@@ -185,6 +207,122 @@ def test_three_replicas_asking_at_once_make_one_fetch(cluster: Cluster) -> None:
         for login in logins:
             login.kill()
     assert cluster.keys.counts["octo-rush"] == 1
+
+
+def login_outcome(login: subprocess.Popen[bytes]) -> str:
+    """What a key login started with ``ssh_argv`` ended with (as ``key_login`` tells it)."""
+    out, err = login.communicate(timeout=30)
+    return out.decode() if login.returncode == 0 else f"failed: {err.decode()}"
+
+
+def logins_while_the_first_fetch_fails(cluster: Cluster, login: str) -> tuple[str, str, float]:
+    """``login`` through A, whose fetch hangs then fails, and through B, waiting for A's fetch.
+
+    Returns A's and B's outcomes and how long B took once A's fetch had failed.
+    """
+    a, b, _ = cluster.replicas
+    fetches = cluster.keys.counts[login]
+    cluster.keys.modes[login] = "slow_500"
+    cluster.keys.hold_from_thread()
+    first = start_key_login(a, login, cluster.github_key)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(lambda: cluster.keys.counts[login] == fetches + 1, message="A fetching")
+        second = start_key_login(b, login, cluster.github_key)
+        wait_until(
+            lambda: re.search(rf"keys\.shared_wait key=\S+:{re.escape(login)} ", b.log()) is not None,
+            message="B waiting for A's fetch",
+        )
+        cluster.keys.release_from_thread()  # A's fetch fails now
+        failed = time.monotonic()
+        second_outcome = login_outcome(second)
+        waited = time.monotonic() - failed
+        first_outcome = login_outcome(first)
+    finally:
+        cluster.keys.release_from_thread()
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+    # B did not wait for a page that would never come: it asked the source itself.
+    assert cluster.keys.counts[login] == fetches + 2
+    return first_outcome, second_outcome, waited
+
+
+def test_a_failed_fetch_lets_the_waiting_replica_try_at_once_and_deny(cluster: Cluster) -> None:
+    cluster.keys.keys["octo-fail"] = cluster.github_key.public_line
+    first, second, waited = logins_while_the_first_fetch_fails(cluster, "octo-fail")
+    # No page anywhere: both are refused, as a single replica refuses on a failing source...
+    assert first.startswith("failed: ") and "Permission denied" in first
+    assert second.startswith("failed: ") and "Permission denied" in second
+    # ...and B's refusal did not wait out the source's timeout.
+    assert waited < KEY_TIMEOUT / 2
+
+
+def test_a_failed_fetch_lets_the_waiting_replica_use_the_stale_page(cluster: Cluster) -> None:
+    _, _, c = cluster.replicas
+    cluster.keys.keys["octo-stale"] = cluster.github_key.public_line
+    assert key_login(c, "octo-stale", cluster.github_key) == "hello\n"
+    # The shared page is now older than the ttl (10m): stale, the fallback of a failing source.
+    page = "pairpod:keys:github:octo-stale"
+    assert cluster.redis.cli("HINCRBY", page, "at", str(-11 * 60 * 1000))
+    first, second, waited = logins_while_the_first_fetch_fails(cluster, "octo-stale")
+    assert (first, second) == ("hello\n", "hello\n")
+    assert waited < KEY_TIMEOUT / 2
+    assert re.search(r"keys\.stale .*login=octo-stale", cluster.replicas[1].log())
+
+
+async def test_a_cancelled_fetch_lets_the_waiting_replica_try_at_once(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two key caches on the cluster's Redis, in this process; A's fetch is cancelled (A stops)."""
+    from pairpod.auth.remote_keys import RemoteKeySource
+    from pairpod.cluster import ClusterStore, RedisKeyCache
+    from pairpod.config import ClusterSettings, KeySourceSettings
+
+    caplog.set_level(logging.DEBUG, logger="pairpod.cluster.keycache")
+    login = "octo-cancel"
+    cluster.keys.keys[login] = cluster.github_key.public_line
+    cluster.keys.modes[login] = "slow"
+    cluster.keys.hold_from_thread()
+    settings = KeySourceSettings(url=cluster.keys.url, ttl=600, timeout=KEY_TIMEOUT)
+    # (advertise and secret: required with redis, unused by a store alone)
+    cluster_settings = ClusterSettings(
+        redis=cluster.redis.url, advertise=f"127.0.0.1:{free_port()}", secret=secrets.token_hex(16)
+    )
+    stores = [ClusterStore(cluster_settings) for _ in "ab"]
+    async with aiohttp.ClientSession() as http:
+        a, b = (RemoteKeySource("github", settings, lambda: http, shared=RedisKeyCache(s)) for s in stores)
+        try:
+            for store in stores:
+                await store.start()
+            await asyncio.to_thread(wait_until, lambda: all(s.up for s in stores), message="on redis")
+            first = asyncio.ensure_future(a.lookup(login))
+            await asyncio.to_thread(wait_until, lambda: cluster.keys.counts[login] == 1, message="A fetching")
+            second = asyncio.ensure_future(b.lookup(login))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: any(r.message == "keys.shared_wait" for r in caplog.records),
+                message="B waiting for A's fetch",
+            )
+            await a.aclose()  # A's fetch is cancelled, and its claim given up
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            # B asks the source itself well before the source's timeout.
+            await asyncio.to_thread(
+                wait_until,
+                lambda: cluster.keys.counts[login] == 2,
+                timeout=KEY_TIMEOUT / 2,
+                message="B asking the source itself",
+            )
+            cluster.keys.release_from_thread()
+            found = await asyncio.wait_for(second, 30)
+            assert (found.status, len(found.entries)) == ("fresh", 1)
+        finally:
+            cluster.keys.release_from_thread()
+            for source in (a, b):
+                await source.aclose()
+            for store in stores:
+                await store.aclose()
 
 
 def test_redis_stopped_and_started_logins_keep_working_and_counts_resume(cluster: Cluster) -> None:
@@ -233,6 +371,19 @@ def test_a_redis_that_hangs_holds_no_login(cluster: Cluster) -> None:
     finally:
         cluster.redis.proc.send_signal(signal.SIGCONT)
     wait_until(lambda: a.log().count("cluster.redis_up") > ups, message="redis back")
+
+
+def test_the_redis_up_gauge_reads_0_while_redis_is_stopped_and_1_when_it_is_back(cluster: Cluster) -> None:
+    def gauge() -> float | None:
+        return scrape(cluster.metrics_url).get(("pairpod_cluster_redis_up", ()))
+
+    wait_until(lambda: gauge() == 1, message="gauge reads redis up")
+    cluster.redis.stop()
+    try:
+        wait_until(lambda: gauge() == 0, message="gauge reads redis down")
+    finally:
+        cluster.redis.start()
+    wait_until(lambda: gauge() == 1, message="gauge reads redis back")
 
 
 def test_a_replicas_cluster_keys_come_from_its_environment(tmp_path: Path) -> None:

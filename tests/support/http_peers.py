@@ -60,6 +60,11 @@ class Peer:
             await self._runner.cleanup()
             self._runner = None
 
+    def hold_from_thread(self) -> None:
+        """Make slow handlers wait again until the next release (``served_in_thread``)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.release.clear)
+
     def release_from_thread(self) -> None:
         """Let slow handlers answer, from a thread other than the peer's (``served_in_thread``)."""
         assert self._loop is not None
@@ -97,7 +102,8 @@ class KeySourcePeer(Peer):
     ``keys[login]`` is the text served for a good login; ``modes[login]``
     picks a broken behaviour: ``html``, ``huge``, ``huge_length``,
     ``garbage``, ``mixed`` (garbage lines around the good keys), ``json``
-    (wrong content type), ``slow`` (waits for ``release``), ``500``, ``404``.
+    (wrong content type), ``slow`` (waits for ``release``), ``500``, ``404``,
+    ``slow_500`` (waits for ``release``, then 500).
     """
 
     def __init__(self) -> None:
@@ -115,9 +121,9 @@ class KeySourcePeer(Peer):
         self.counts[login] += 1
         await self.note(request.path, None)
         mode = self.modes.get(login, "good")
-        if mode == "slow":
+        if mode in ("slow", "slow_500"):
             await self.release.wait()
-            mode = "good"
+            mode = "good" if mode == "slow" else "500"
         text = self.keys.get(login)
         if mode == "404" or (mode == "good" and text is None):
             return web.Response(status=404, text="Not Found")

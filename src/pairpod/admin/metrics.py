@@ -30,6 +30,8 @@ class GatewayState:
     share_participants: int
     bytes_received: int
     bytes_sent: int
+    #: Whether the cluster's Redis is up for this replica (None: not in a cluster).
+    cluster_redis_up: bool | None = None
 
 
 class _StateCollector(Collector):
@@ -58,6 +60,13 @@ class _StateCollector(Collector):
         traffic.add_metric(["in"], state.bytes_received)
         traffic.add_metric(["out"], state.bytes_sent)
         yield traffic
+        if state.cluster_redis_up is not None:
+            # Absent on a single gateway: an alert on 0 fires only for a replica that lost Redis.
+            yield GaugeMetricFamily(
+                "pairpod_cluster_redis_up",
+                "Whether this replica reaches the cluster's Redis (1) or works alone (0)",
+                value=int(state.cluster_redis_up),
+            )
 
 
 class Metrics:

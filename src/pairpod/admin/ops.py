@@ -197,6 +197,7 @@ class Operations:
     def _state(self) -> GatewayState:
         connections = list(self._gateway.connections)
         sessions = list(self._gateway.sharing.registry)
+        cluster = self._gateway.cluster
         return GatewayState(
             connections=len(connections),
             channels=sum(len(c.open_channels()) for c in connections),
@@ -204,6 +205,7 @@ class Operations:
             share_participants=sum(len(s.terminal.participants()) for s in sessions),
             bytes_received=self._closed.received + sum(c.traffic.received for c in connections),
             bytes_sent=self._closed.sent + sum(c.traffic.sent for c in connections),
+            cluster_redis_up=cluster.up if cluster is not None else None,
         )
 
     async def _admin_request(self, request: dict[str, Any]) -> dict[str, Any]:

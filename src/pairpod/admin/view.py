@@ -67,6 +67,14 @@ class ConnectionView(Protocol):
         """End the sessions and disconnect."""
 
 
+class ClusterView(Protocol):
+    """A replica's connection to the cluster's shared store, as admin sees it."""
+
+    @property
+    def up(self) -> bool:
+        """Whether the store is reachable now (False: the replica works alone)."""
+
+
 class GatewayView(Protocol):
     """The running gateway, as admin sees it."""
 
@@ -85,6 +93,10 @@ class GatewayView(Protocol):
     @property
     def connections(self) -> Collection[ConnectionView]:
         """Live connections."""
+
+    @property
+    def cluster(self) -> ClusterView | None:
+        """Its cluster store (None: a single gateway)."""
 
 
 def rfc3339(stamp: float) -> str:

@@ -19,7 +19,9 @@
   by the cluster package) is asked before the source: a page any replica
   fetched within ``ttl`` is used as if fetched here (one fetch per ttl for
   the whole cluster), and an older one is the stale fallback when the source
-  fails. When the shared cache is away, this replica's own cache carries on.
+  fails. A fetch that fails or is cancelled is ``release``d at once, so the
+  replicas waiting for it try the source themselves without waiting out its
+  timeout. When the shared cache is away, this replica's own cache carries on.
 """
 
 from __future__ import annotations
@@ -90,6 +92,9 @@ class SharedKeyCache(Protocol):
 
     def put(self, source: str, login: str, text: str, keep: float) -> None:
         """Give every replica a page fetched just now, kept ``keep`` seconds; never waits."""
+
+    def release(self, source: str, login: str) -> None:
+        """This replica's fetch of ``login`` failed: replicas waiting for it stop waiting; never waits."""
 
 
 @dataclass(frozen=True)
@@ -173,8 +178,10 @@ class RemoteKeySource:
             text = await self._fetch(login)
             entries = self._parse(login, text)
         except asyncio.CancelledError:
+            self._release_shared(login)
             raise
         except Exception as error:  # any failure of the source: fall back, never raise
+            self._release_shared(login)
             problem = _describe(error, self.settings.timeout)
             self._failures[login] = (self._clock(), problem)
             return self._fallback(login, problem, log_it=True)
@@ -184,6 +191,11 @@ class RemoteKeySource:
             self._shared.put(self.name, login, text, self.settings.ttl + self._max_stale)
         log.info("keys.fetched", extra=fields(source=self.name, login=login, keys=len(entries)))
         return KeyLookup(login, entries, "fresh")
+
+    def _release_shared(self, login: str) -> None:
+        """No page from this fetch: the replicas waiting for it try the source at once."""
+        if self._shared is not None:
+            self._shared.release(self.name, login)
 
     async def _shared_page(self, login: str) -> SharedPage | None:
         """Take the cluster's page of ``login`` into this cache when it is newer than ours."""
