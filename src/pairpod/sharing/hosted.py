@@ -27,7 +27,8 @@ session (``+ctl mint``) are derived the same way, from a label numbering
 them (:func:`~pairpod.sharing.hostwire.minted_label`); the host keeps the
 labels of the live ones and the next number, and a restarted gateway makes
 those links again. A number is never used twice, so a revoked minted link
-stays dead. They count towards the session's link cap like any link.
+stays dead (and nothing is minted while the host is away: it could not keep
+the number). They count towards the session's link cap like any link.
 """
 
 from __future__ import annotations
