@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pairpod.config import Config, validate_config
+from pairpod.errors import ConfigError
 from pairpod.sharing.hosted import Hello, HostedSessions, HostRefused, link_key
 from pairpod.sharing.hostwire import (
+    MAX_GRACE,
     MAX_MINTED_NUMBER,
     MAX_PAYLOAD,
     FrameDecoder,
@@ -24,6 +26,7 @@ from pairpod.sharing.hostwire import (
     encode_chunks,
     encode_json,
     encode_resize,
+    grace_period,
     printable,
 )
 from pairpod.sharing.service import ControlError, SharingService
@@ -86,6 +89,9 @@ def test_a_hello_is_checked_and_its_size_bounded() -> None:
         (["ro.1234567890"], 2, "not a minted link"),
         (["ro.1"], MAX_MINTED_NUMBER, "next must be a number"),
         (["ro.1"], True, "next must be a number"),
+        # A live link's number at or above next would be handed out again (the same token).
+        (["ro.5"], 5, "next must be above every minted link's number"),
+        (["rw.1", "web-ro.9"], 3, "next must be above every minted link's number"),
     ):
         with pytest.raises(ProtocolError, match=message):
             Hello.parse({"v": 1, "key": key, "minted": minted, "next": number}, 500, 200)
@@ -190,29 +196,88 @@ def test_a_peers_text_is_printed_without_escape_sequences() -> None:
     assert printable(None) == "" and len(printable("x" * 1000)) == 200
 
 
-async def test_sizes_for_a_host_that_is_not_reading_are_kept_to_the_latest() -> None:
-    tasks: list[asyncio.Future[None]] = []
-    link = Link()
-    session, _ = _gateway(link_key([b"k"]), tasks).register(
-        _config(), "alice", Hello("aa" * 32, (), 80, 24), link
-    )
-    session.process.pause_writing()  # the host's channel is full: it is not reading
-    for cols in range(20, 1020):  # joiners resizing their windows in a loop
-        await session.process.resize(cols, 40)
-    assert link.sent == []
-    session.process.resume_writing()
-    frames = FrameDecoder().feed(b"".join(link.sent))
-    assert [(f.kind, f.size()) for f in frames] == [(Kind.RESIZE, (1019, 40))]
-    session.end("bye")
-    await asyncio.gather(*tasks)
-
-
 def _serving(key: bytes) -> tuple[SharingService, HostedSessions]:
     """A gateway's sharing service with its hosted sessions, as the gateway wires them."""
     service = SharingService(_config())
     service.hosted = HostedSessions(service, asyncio.ensure_future)
     service.hosted.key = key
     return service, service.hosted
+
+
+def _mint(service: SharingService, access: str) -> str:
+    """``+ctl mint``: the new link's id."""
+    minted = re.search(r"link (\w+): ssh ", service.control("alice", f"mint {access}"))
+    assert minted
+    return minted.group(1)
+
+
+async def test_sizes_and_links_for_a_host_that_is_not_reading_are_kept_to_the_latest() -> None:
+    service, hosted = _serving(link_key([b"k"]))
+    link = Link()
+    session, _ = hosted.register(_config(), "alice", Hello("aa" * 32, (), 80, 24), link)
+    session.process.pause_writing()  # the host's channel is full: it is not reading
+    for cols in range(20, 1020):  # joiners resizing their windows in a loop
+        await session.process.resize(cols, 40)
+    for _ in range(1000):  # an owner minting and revoking in a loop (each a REVOKED frame)
+        service.control("alice", f"revoke {_mint(service, 'ro')}")
+    assert link.sent == []
+    session.process.resume_writing()
+    frames = FrameDecoder().feed(b"".join(link.sent))
+    assert [f.kind for f in frames] == [Kind.RESIZE, Kind.REVOKED]
+    assert frames[0].size() == (1019, 40)
+    assert frames[1].json() == {"revoked": [], "minted": [], "next": 1000}
+
+    # A host back on a new channel gets the state in its WELCOME: nothing that waited
+    # for the old channel follows on the new one.
+    session.process.pause_writing()
+    _mint(service, "rw")
+    back = Link()
+    hosted.register(_config(), "alice", Hello("aa" * 32, (), 80, 24), back)
+    session.process.resume_writing()
+    assert back.sent == [] and session.links_state()["minted"] == ["rw.1000"]
+    session.end("bye")
+
+
+async def test_nothing_is_minted_on_a_hosted_session_while_its_host_is_away() -> None:
+    service, hosted = _serving(link_key([b"k"]))
+    link = Link()
+    hello = Hello("56" * 32, (), 80, 24)
+    session, _ = hosted.register(_config(), "alice", hello, link)
+    session.lost(link, grace=30)
+    # The host could not keep the new number: a restarted gateway would reuse it.
+    for access in ("ro", "rw"):
+        with pytest.raises(ControlError, match=r"^the host is away: mint once it is back$"):
+            service.control("alice", f"mint {access}")
+    assert session.links_state() == {"revoked": [], "minted": [], "next": 0}
+    back = Link()
+    hosted.register(_config(), "alice", hello, back)
+    _mint(service, "ro")
+    state = FrameDecoder().feed(b"".join(back.sent))[-1].json()
+    assert state == {"revoked": [], "minted": ["ro.0"], "next": 1}
+    session.end("bye")
+
+
+def test_a_welcomes_grace_period_is_a_bounded_number_of_seconds() -> None:
+    def grace(payload: bytes) -> float:
+        return grace_period(FrameDecoder().feed(encode(Kind.WELCOME, payload))[0].json())
+
+    assert grace(b"{}") == 0.0
+    assert grace(b'{"grace":120}') == 120.0 and grace(b'{"grace":2.5}') == 2.5
+    assert grace(f'{{"grace":{MAX_GRACE}}}'.encode()) == MAX_GRACE
+    huge = b'{"grace":1' + b"0" * 400 + b"}"  # float() of it would raise OverflowError
+    for bad in (
+        huge,
+        b'{"grace":true}',
+        b'{"grace":-1}',
+        b'{"grace":"60"}',
+        b'{"grace":NaN}',
+        b'{"grace":1e999}',
+    ):
+        with pytest.raises(ProtocolError, match=f"grace must be a number of seconds from 0 to {MAX_GRACE}"):
+            grace(bad)
+    # A gateway cannot be configured with a grace period its hosts would refuse.
+    with pytest.raises(ConfigError, match="host_grace"):
+        validate_config({"sharing": {"host_grace": MAX_GRACE + 1}}, "test")
 
 
 async def test_links_minted_on_a_hosted_session_come_back_after_a_restart_within_the_cap() -> None:
@@ -240,7 +305,9 @@ async def test_links_minted_on_a_hosted_session_come_back_after_a_restart_within
 
     # A host naming more links than a session may hold gets the cap's worth back.
     service, hosted = _serving(key)
-    crowded = Hello("34" * 32, (), 80, 24, minted=tuple(f"ro.{n}" for n in range(MAX_LINKS)))
+    crowded = Hello(
+        "34" * 32, (), 80, 24, minted=tuple(f"ro.{n}" for n in range(MAX_LINKS)), next_minted=MAX_LINKS
+    )
     session, _ = hosted.register(_config(), "alice", crowded, Link())
     assert len(session.shared.active_links()) == MAX_LINKS
     with pytest.raises(ControlError, match=f"{MAX_LINKS} live links"):

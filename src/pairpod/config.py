@@ -568,7 +568,10 @@ class SharingSettings(Section):
     viewer_backlog: int = Field(1 << 20, ge=4096, description="bytes buffered per slow viewer")
     max_participants: int = Field(50, ge=1, description="joined viewers per shared session")
     hosts: list[str] = Field(default_factory=list, description="logins that may host (pairpod pair --via)")
-    host_grace: Duration = Field(120.0, gt=0, description="how long a hosted session waits for its host")
+    # At most a day: a host refuses a WELCOME with a longer grace period (hostwire.MAX_GRACE).
+    host_grace: Duration = Field(
+        120.0, gt=0, le=86400, description="how long a hosted session waits for its host"
+    )
     max_hosted: int = Field(4, ge=1, description="hosted sessions per login at once")
     web: WebSettings = Field(default_factory=WebSettings)
 

@@ -58,6 +58,7 @@ from pairpod.sharing.hostwire import (
     Refusal,
     encode_chunks,
     encode_json,
+    grace_period,
     minted_links,
     printable,
     revoked_links,
@@ -370,13 +371,13 @@ class HostLink:
         self._minted, self._next_minted = minted_links(value)
 
     def _welcome(self, welcome: dict[str, Any]) -> None:
+        grace = grace_period(welcome)  # checked before anything of the WELCOME is kept
         self._keep_links(welcome)
         commands = welcome.get("commands")
-        grace = welcome.get("grace")
         if not isinstance(commands, dict) or not all(isinstance(c, str) for c in commands.values()):
             raise ProtocolError("WELCOME: no join commands")
         commands = {access: printable(command) for access, command in commands.items()}
-        self._grace = float(grace) if isinstance(grace, int | float) else 0.0
+        self._grace = grace
         if commands == self._commands:
             self._say(f"reconnected to {self._options.address}; the same links work again")
             return

@@ -27,7 +27,8 @@ session (``+ctl mint``) are derived the same way, from a label numbering
 them (:func:`~pairpod.sharing.hostwire.minted_label`); the host keeps the
 labels of the live ones and the next number, and a restarted gateway makes
 those links again. A number is never used twice, so a revoked minted link
-stays dead. They count towards the session's link cap like any link.
+stays dead (and nothing is minted while the host is away: it could not keep
+the number). They count towards the session's link cap like any link.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ from pairpod.sharing.hostwire import (
     revoked_links,
     window_size,
 )
-from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, SharingService
+from pairpod.sharing.service import SHARE_ENV, SHARE_WITH_ENV, ControlError, SharingService
 from pairpod.sharing.terminal import Terminal
 from pairpod.sharing.tokens import (
     Access,
@@ -138,8 +139,9 @@ class HostProcess(Process):
         self._writable = asyncio.Event()
         self._writable.set()
         self.size = (cols, rows)
-        # A size not yet sent because the host's channel is full (only the latest counts).
-        self._size_waiting = False
+        # Frames not yet sent because the host's channel is full, by kind: each kind here
+        # (RESIZE, REVOKED) carries a whole state, so only the latest of it counts.
+        self._waiting: dict[Kind, bytes] = {}
         self._status: ExitStatus | None = None
         self._ended = asyncio.Event()
 
@@ -147,7 +149,7 @@ class HostProcess(Process):
         """The host's (new) channel; returns the one it replaces, if any."""
         old, self._link = self._link, link
         self._writable.set()
-        self._size_waiting = False  # the WELCOME the host gets now has the size
+        self._waiting.clear()  # the WELCOME the host gets now has the size and the links
         if self._flow.paused:
             link.pause_reading()
         return old if old is not link else None
@@ -164,10 +166,14 @@ class HostProcess(Process):
         """Output from the host."""
         self._pipe.feed(data)
 
-    def send(self, frame: bytes) -> None:
-        """A frame to the host, when it is connected."""
-        if self._link is not None:
-            self._link.send(frame)
+    @property
+    def connected(self) -> bool:
+        """Whether the host's channel is attached (False while the host is away)."""
+        return self._link is not None
+
+    def send_links(self, frame: bytes) -> None:
+        """The session's links state (a REVOKED frame) to the host, when it is connected."""
+        self._send_latest(Kind.REVOKED, frame)
 
     def pause_writing(self) -> None:
         """The host's channel is full: input waits."""
@@ -176,8 +182,10 @@ class HostProcess(Process):
     def resume_writing(self) -> None:
         """The host's channel drained."""
         self._writable.set()
-        if self._size_waiting:
-            self._send_size()
+        waiting, self._waiting = self._waiting, {}
+        if self._link is not None:
+            for frame in waiting.values():
+                self._link.send(frame)
 
     def finish(self, status: ExitStatus) -> None:
         """The shell ended (or the session did): the output ends after what is buffered."""
@@ -216,14 +224,18 @@ class HostProcess(Process):
     async def resize(self, cols: int, rows: int, pixel_width: int = 0, pixel_height: int = 0) -> None:
         """The size the Terminal wants: sent now, and again to a host that comes back."""
         self.size = (cols, rows)
-        self._send_size()
+        self._send_latest(Kind.RESIZE, encode_resize(cols, rows))
 
-    def _send_size(self) -> None:
-        # While the host is not reading, sizes are not queued on its channel (joiners
-        # resizing in a loop would grow it without end): the latest goes when it drains.
-        self._size_waiting = self._link is not None and not self._writable.is_set()
-        if self._link is not None and not self._size_waiting:
-            self._link.send(encode_resize(*self.size))
+    def _send_latest(self, kind: Kind, frame: bytes) -> None:
+        # While the host is not reading, such frames are not queued on its channel
+        # (asyncssh buffers without a cap, and joiners resizing or an owner minting and
+        # revoking in a loop would grow it without end): the latest goes when it drains.
+        if self._link is None:
+            return
+        if self._writable.is_set():
+            self._link.send(frame)
+        else:
+            self._waiting[kind] = frame
 
     async def signal(self, name: str) -> None:
         """Joiners send no signals; the host's own terminal does."""
@@ -438,11 +450,11 @@ class HostedSessions:
         return session
 
     def _mint_again(self, session: HostedSession, hello: Hello) -> None:
-        """The links minted on the session before the gateway restarted, made again."""
+        """The links minted on the session before the gateway restarted, made again
+        (their numbers are all below ``next``: :func:`minted_links` checked it)."""
         session.next_minted = hello.next_minted
         for label in hello.minted:
-            access, medium, number = parse_minted_label(label)
-            session.next_minted = max(session.next_minted, number + 1)
+            access, medium, _ = parse_minted_label(label)
             try:
                 link = self._service.registry.mint(session.shared, access, session.token(label), medium)
             except TooManyLinks:  # the host named more than the cap lets live: the rest are gone
@@ -453,17 +465,21 @@ class HostedSessions:
     def mint(self, shared: SharedSession[Terminal], access: Access, medium: Medium) -> ShareLink | None:
         """A link minted by the owner of a hosted session: derived like its own two, and
         told to its host to keep (None: ``shared`` is no hosted session of this gateway).
-        Raises TooManyLinks past the session's cap."""
+        Raises TooManyLinks past the session's cap, ControlError while the host is away."""
         session = self._hosting(shared)
         if session is None:
             return None
+        if not session.process.connected:
+            # The host could not be told the new number: a gateway restarted before it is
+            # back would get the old one in its HELLO and hand this link's token out again.
+            raise ControlError("the host is away: mint once it is back")
         if session.next_minted >= MAX_MINTED_NUMBER:
             raise TooManyLinks("this session has minted all the links it may")
         label = minted_label(access, medium, session.next_minted)
         link = self._service.registry.mint(shared, access, session.token(label), medium)
         session.minted[link.link_id] = label
         session.next_minted += 1
-        session.process.send(encode_json(Kind.REVOKED, session.links_state()))
+        session.process.send_links(encode_json(Kind.REVOKED, session.links_state()))
         return link
 
     def _hosting(self, shared: SharedSession[Terminal]) -> HostedSession | None:
@@ -492,7 +508,7 @@ class HostedSessions:
             session.commands.pop(access, None)
         elif session.minted.pop(link_id, None) is None:
             return
-        session.process.send(encode_json(Kind.REVOKED, session.links_state()))
+        session.process.send_links(encode_json(Kind.REVOKED, session.links_state()))
 
     def end_all(self, reason: str) -> None:
         """End every hosted session now (the gateway stops; hosts come back to its successor)."""

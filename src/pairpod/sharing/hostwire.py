@@ -57,6 +57,8 @@ MAX_DIMENSION = 0xFFFF
 
 #: Numbers of minted links stay below this (a host's HELLO may not make them grow unbounded).
 MAX_MINTED_NUMBER = 10**9
+#: The longest grace period a WELCOME may give, in seconds (``sharing.host_grace`` is bounded by it).
+MAX_GRACE = 86400
 
 _MINTED_LABEL = re.compile(r"(web-)?(ro|rw)\.(\d{1,9})")
 _HEADER = struct.Struct(">BI")
@@ -192,11 +194,22 @@ def minted_links(value: dict[str, Any]) -> tuple[list[str], int]:
     number = value.get("next", 0)
     if not isinstance(minted, list) or len(minted) > MAX_LINKS or not all(isinstance(m, str) for m in minted):
         raise ProtocolError(f"minted must be a list of at most {MAX_LINKS} links")
-    for label in minted:
-        parse_minted_label(label)
+    numbers = [parse_minted_label(label)[2] for label in minted]
     if type(number) is not int or not 0 <= number < MAX_MINTED_NUMBER:
         raise ProtocolError(f"next must be a number from 0 to {MAX_MINTED_NUMBER - 1}")
+    # Else the next mint would hand out a live link's number again (the same token).
+    if any(n >= number for n in numbers):
+        raise ProtocolError("next must be above every minted link's number")
     return sorted(set(minted)), number
+
+
+def grace_period(value: dict[str, Any]) -> float:
+    """The ``grace`` of a WELCOME in seconds (0 when absent); ProtocolError unless it is
+    a number from 0 to :data:`MAX_GRACE` (not a boolean, not NaN)."""
+    grace = value.get("grace", 0)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= MAX_GRACE:
+        raise ProtocolError(f"grace must be a number of seconds from 0 to {MAX_GRACE}")
+    return float(grace)
 
 
 class FrameDecoder:
