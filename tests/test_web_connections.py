@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
+from pathlib import Path
+from typing import cast
 
+import pytest
+
+from pairpod.eventloop import run
 from pairpod.web.connections import ConnectionLimit
+from testing.kube_apiserver.tls import self_signed
 
 
 class _Greeting(asyncio.Protocol):
     """Says hello on a connection the limit let through (a refused one gets EOF at once)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(b"hi")
+        # uvloop's TLS transport writes but is no asyncio.WriteTransport subclass.
+        cast(asyncio.WriteTransport, transport).write(b"hi")
 
 
 async def _admitted(port: int, source: str) -> tuple[bool, asyncio.StreamWriter]:
@@ -48,3 +56,46 @@ async def test_all_sources_together_hold_at_most_the_total() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_tls_hello_waiting_at_the_accept_is_not_lost(loop: str, tmp_path: Path) -> None:
+    # The listener is plain TCP and starts TLS on a connection it let in; uvloop reads
+    # from the accept on, so the ClientHello may be read before the handshake begins.
+    serving = self_signed()
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    cert.write_bytes(serving.cert_pem)
+    key.write_bytes(serving.key_pem)
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    client_side = ssl.create_default_context(cafile=str(cert))
+    assert run(_greeting_after_an_early_hello(server_side, client_side), loop) == b"hi"  # type: ignore[arg-type]
+
+
+async def _greeting_after_an_early_hello(server_side: ssl.SSLContext, client_side: ssl.SSLContext) -> bytes:
+    limit = ConnectionLimit(lambda _: False, header_timeout=300, send_timeout=300)
+    server = await asyncio.get_running_loop().create_server(
+        limit.wrap(_Greeting, server_side), "127.0.0.1", 0
+    )
+    port = server.sockets[0].getsockname()[1]
+    client = client_side.wrap_socket(
+        socket.create_connection(("127.0.0.1", port)),
+        server_hostname="127.0.0.1",
+        do_handshake_on_connect=False,
+    )
+    try:
+        # Connected and the hello sent before this loop runs again: it waits at the accept.
+        client.setblocking(False)
+        with pytest.raises(ssl.SSLWantReadError):
+            client.do_handshake()
+        client.settimeout(20)
+        return await asyncio.to_thread(_handshake_and_read, client)
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+def _handshake_and_read(client: ssl.SSLSocket) -> bytes:
+    client.do_handshake()
+    return client.recv(2)
