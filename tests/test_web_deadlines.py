@@ -228,6 +228,26 @@ async def test_tls_connections_are_counted_from_their_accept(
         owner.close()
 
 
+async def test_stopping_ends_connections_still_in_their_tls_handshake(
+    tmp_path: Path, client_key: ClientKey
+) -> None:
+    # aiohttp closes the connections it was handed; one still in its handshake is not.
+    serving = self_signed()
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    cert.write_bytes(serving.cert_pem)
+    key.write_bytes(serving.key_pem)
+    web = {"tls_cert": str(cert), "tls_key": str(key), "header_timeout": "5m"}
+    with web_gateway(tmp_path / "gw", client_key, {"sharing": {"web": web}}) as gateway:
+        assert gateway.gateway.web is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.gateway.web.port)
+        try:
+            gateway.call(gateway.gateway.web.stop())
+            async with asyncio.timeout(20):
+                assert await ended(reader)
+        finally:
+            writer.close()
+
+
 @pytest.mark.parametrize("value", ["0", "500ms", "10m", "soon", -1])
 def test_a_bad_header_timeout_names_the_key(value: object) -> None:
     with pytest.raises(ConfigError, match=re.escape("sharing.web.header_timeout")):

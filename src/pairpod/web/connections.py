@@ -98,6 +98,12 @@ class ConnectionLimit:
         with ``tls``, a connection let in then does its TLS handshake as the server."""
         return lambda: _Counted(self, factory(), tls)
 
+    def end_handshakes(self) -> None:
+        """Abort the connections still in their TLS handshake (the listener is stopping):
+        aiohttp closes only the connections it was handed."""
+        for counted in list(self._waiting.values()):
+            counted.abort_unconnected()
+
     @web.middleware
     async def head_read(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Middleware: a request reached the application, so its connection met the deadline."""
@@ -209,6 +215,11 @@ class _Counted(asyncio.Protocol):
         for data in early:
             self._inner.data_received(data)
 
+    def abort_unconnected(self) -> None:
+        """Abort this connection if the inner protocol never had it (its handshake is not done)."""
+        if not self._connected and self._transport is not None:
+            self._transport.abort()
+
     def head_read(self) -> None:
         """The first request's head arrived in time: no deadline from here on."""
         if self._deadline is not None:
@@ -317,3 +328,10 @@ class LimitedSite(web.TCPSite):
             reuse_port=self._reuse_port,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+    async def stop(self) -> None:
+        """Stop listening as :class:`aiohttp.web.TCPSite` does, and end the handshakes under way."""
+        if self._server is not None:
+            self._server.close()  # nothing new from here on
+        self._limit.end_handshakes()
+        await super().stop()
