@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from pairpod.eventloop import LoopChoice, new_event_loop
 from pairpod.web.connections import ConnectionLimit
 from testing.kube_apiserver.tls import self_signed
+from tests.test_web_http import ended
 
 
 class _Greeting(asyncio.Protocol):
@@ -59,9 +61,12 @@ async def test_all_sources_together_hold_at_most_the_total() -> None:
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
-def test_a_tls_hello_waiting_at_the_accept_is_not_lost(loop: LoopChoice, tmp_path: Path) -> None:
+def test_a_tls_hello_waiting_at_the_accept_is_not_lost_and_a_bad_one_frees_its_slot(
+    loop: LoopChoice, tmp_path: Path
+) -> None:
     # The listener is plain TCP and starts TLS on a connection it let in; uvloop reads
     # from the accept on, so the ClientHello may be read before the handshake begins.
+    # A failed handshake must leave the counts (one connection per source here).
     serving = self_signed()
     cert, key = tmp_path / "web.crt", tmp_path / "web.key"
     cert.write_bytes(serving.cert_pem)
@@ -80,11 +85,27 @@ def test_a_tls_hello_waiting_at_the_accept_is_not_lost(loop: LoopChoice, tmp_pat
 
 
 async def _greeting_after_an_early_hello(server_side: ssl.SSLContext, client_side: ssl.SSLContext) -> bytes:
-    limit = ConnectionLimit(lambda _: False, header_timeout=300, send_timeout=300)
+    limit = ConnectionLimit(lambda _: False, header_timeout=300, send_timeout=300, per_source=1)
     server = await asyncio.get_running_loop().create_server(
         limit.wrap(_Greeting, server_side), "127.0.0.1", 0
     )
     port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"\x16\x03\x01\x00\x08not tls!")  # a handshake record that is none
+        async with asyncio.timeout(20):
+            assert await ended(reader)
+            writer.close()
+            while True:  # its slot is free (once the gateway's side of it has ended too)
+                with contextlib.suppress(OSError):
+                    return await _early_hello(port, client_side)
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _early_hello(port: int, client_side: ssl.SSLContext) -> bytes:
+    """What a TLS server says first to a client whose ClientHello waits at the accept."""
     client = client_side.wrap_socket(
         socket.create_connection(("127.0.0.1", port)),
         server_hostname="127.0.0.1",
@@ -99,8 +120,6 @@ async def _greeting_after_an_early_hello(server_side: ssl.SSLContext, client_sid
         return await asyncio.to_thread(_handshake_and_read, client)
     finally:
         client.close()
-        server.close()
-        await server.wait_closed()
 
 
 def _handshake_and_read(client: ssl.SSLSocket) -> bytes:
