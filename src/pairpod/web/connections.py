@@ -30,6 +30,12 @@ vanished) would hold its connection for ever too: the WebSocket's heartbeat
 notices, but closing a transport waits until its queue has been sent. So the
 kernel cuts a connection whose data stays unacknowledged, or waits behind a
 shut window, for ``sharing.web.send_timeout`` (``TCP_USER_TIMEOUT``).
+
+Under TLS a connection is counted, and its deadline runs, from the TCP accept:
+the listener itself is plain TCP, and the handshake is started here on a
+connection the counts let in (:meth:`asyncio.loop.start_tls`). Were TLS the
+listener's, a connection would reach these counts only once its handshake
+finished, and one address could hold thousands that never send a ClientHello.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -86,9 +93,16 @@ class ConnectionLimit:
         # (what a request knows as ``request.protocol``).
         self._waiting: dict[asyncio.BaseProtocol, _Counted] = {}
 
-    def wrap(self, factory: ProtocolFactory) -> ProtocolFactory:
-        """A protocol factory whose connections are counted (the listener's own inside)."""
-        return lambda: _Counted(self, factory())
+    def wrap(self, factory: ProtocolFactory, tls: ssl.SSLContext | None = None) -> ProtocolFactory:
+        """A protocol factory whose connections are counted (the listener's own inside);
+        with ``tls``, a connection let in then does its TLS handshake as the server."""
+        return lambda: _Counted(self, factory(), tls)
+
+    def end_handshakes(self) -> None:
+        """Abort the connections still in their TLS handshake (the listener is stopping):
+        aiohttp closes only the connections it was handed."""
+        for counted in list(self._waiting.values()):
+            counted.abort_unconnected()
 
     @web.middleware
     async def head_read(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -120,15 +134,28 @@ class ConnectionLimit:
 
 
 class _Counted(asyncio.Protocol):
-    """The listener's protocol for one connection, counted while it is open."""
+    """The listener's protocol for one connection, counted while it is open.
 
-    def __init__(self, limit: ConnectionLimit, inner: asyncio.Protocol) -> None:
+    Under TLS it is first the plain connection's protocol, then (once the
+    handshake is done) the TLS transport's: the inner protocol is connected
+    only then, and only a connected inner protocol hears of the end.
+    """
+
+    def __init__(self, limit: ConnectionLimit, inner: asyncio.Protocol, tls: ssl.SSLContext | None) -> None:
         self._limit = limit
         self._inner = inner
+        self._tls = tls
         self._source: str | None = None
         self._address = ""
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        self._handshake: asyncio.Task[None] | None = None
+        # Bytes read before the handshake began (the ClientHello), and those decrypted
+        # before the inner protocol was connected.
+        self._early: list[bytes] = []
+        self._started = False  # start_tls has the connection (its bytes go to TLS)
+        self._connected = False  # the inner protocol's connection_made was called
+        self._left = False  # the connection left the counts
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -139,13 +166,59 @@ class _Counted(asyncio.Protocol):
                 "web.too_many_connections",
                 extra=fields(addr=address, per_source=self._limit._per_source, total=self._limit._total),
             )
-            transport.close()  # nothing was read or written: closing is immediate
+            # Abort, not close: this connection is in no count any more, so nothing may
+            # hold its descriptor (a TLS close would wait for the peer's close_notify).
+            cast(asyncio.Transport, transport).abort()  # a stream server's
             return
-        self._transport = cast(asyncio.Transport, transport)  # a stream server's
+        self._transport = cast(asyncio.Transport, transport)
         self._deadline = asyncio.get_running_loop().call_later(self._limit.header_timeout, self._expire)
         self._limit._waiting[self._inner] = self
         _send_timeout(transport, self._limit._send_timeout_ms)
+        if self._tls is None:
+            self._connect(self._transport)
+        else:
+            self._handshake = asyncio.get_running_loop().create_task(
+                self._start_tls(self._transport, self._tls)
+            )
+
+    async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
+        """Do the TLS handshake as the server, then connect the inner protocol to its transport."""
+        loop = asyncio.get_running_loop()
+        tls: asyncio.Transport | None = None
+        try:
+            if self._early:
+                # start_tls puts its protocol on ``raw`` at once and calls its
+                # connection_made at the next turn: this runs in between, so the bytes
+                # uvloop read already wait in that protocol's input for the handshake.
+                loop.call_soon(_replay, raw, self, b"".join(self._early))
+                self._early.clear()
+            self._started = True
+            tls = await loop.start_tls(
+                raw, self, context, server_side=True, ssl_handshake_timeout=self._limit.header_timeout
+            )
+        except Exception as exc:  # any failed handshake (a reset, a bad hello) ends only this one
+            log.debug("web.tls_failed", extra=fields(addr=self._address, error=type(exc).__name__))
+        finally:
+            # A handshake that failed, was cut or cancelled tells this protocol nothing;
+            # asyncio's start_tls even returns None for a connection aborted meanwhile.
+            if tls is None or tls.is_closing() or self._left:
+                self._lost(None)
+        if tls is None or self._left:
+            return
+        self._transport = tls
+        self._connect(tls)
+
+    def _connect(self, transport: asyncio.Transport) -> None:
+        self._connected = True
         self._inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self._inner.data_received(data)
+
+    def abort_unconnected(self) -> None:
+        """Abort this connection if the inner protocol never had it (its handshake is not done)."""
+        if not self._connected and self._transport is not None:
+            self._transport.abort()
 
     def head_read(self) -> None:
         """The first request's head arrived in time: no deadline from here on."""
@@ -162,27 +235,65 @@ class _Counted(asyncio.Protocol):
         self._transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._source is None:
-            return
-        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+        if self._handshake is not None and not self._started:
+            self._handshake.cancel()  # the plain connection ended before its handshake began
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT and self._source and not self._left:
             log.info("web.send_timeout", extra=fields(addr=self._address))
+        self._lost(exc)
+
+    def _lost(self, exc: Exception | None) -> None:
+        """Leave the counts, once, whichever way the connection ended."""
+        if self._source is None or self._left:
+            return
+        self._left = True
         self.head_read()
         self._limit._waiting.pop(self._inner, None)
         self._limit._leave(self._source)
-        self._inner.connection_lost(exc)
+        if self._connected:
+            self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._source is not None:
+        if self._source is None or self._left:
+            return
+        if self._connected:
             self._inner.data_received(data)
+            return
+        # Read before the handshake began (uvloop reads from the accept on, whatever
+        # connection_made does): kept for it, and no more read until it begins. Or
+        # decrypted in the read that finished the handshake, before the inner protocol
+        # is connected: kept for that. Either is at most one read.
+        self._early.append(data)
+        if not self._started and self._transport is not None:
+            self._transport.pause_reading()
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._source is not None else None
+        return self._inner.eof_received() if self._connected and not self._left else None
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._connected:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._connected:
+            self._inner.resume_writing()
+
+
+def _replay(transport: asyncio.BaseTransport, before: asyncio.BaseProtocol, data: bytes) -> None:
+    """Hand ``data`` to the protocol that replaced ``before`` on ``transport``."""
+    protocol = transport.get_protocol()
+    if protocol is before:  # start_tls failed before it took the connection
+        return
+    if not hasattr(protocol, "get_buffer"):
+        cast(asyncio.Protocol, protocol).data_received(data)
+        return
+    buffered = cast(asyncio.BufferedProtocol, protocol)  # uvloop's TLS protocol is one but no subclass
+    view = memoryview(data)
+    while view:
+        buffer = memoryview(buffered.get_buffer(len(view)))
+        size = min(len(buffer), len(view))
+        buffer[:size] = view[:size]
+        buffered.buffer_updated(size)
+        view = view[size:]
 
 
 def _send_timeout(transport: asyncio.BaseTransport, milliseconds: int) -> None:
@@ -208,14 +319,19 @@ class LimitedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         self._server = await asyncio.get_running_loop().create_server(
-            self._limit.wrap(server),
+            # Plain TCP: the limit counts a connection from its accept, then starts its TLS.
+            self._limit.wrap(server, self._ssl_context),
             self._host,
             self._port,
-            ssl=self._ssl_context,
-            # A TLS handshake never finished holds a descriptor outside the counts.
-            ssl_handshake_timeout=self._limit.header_timeout if self._ssl_context else None,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+    async def stop(self) -> None:
+        """Stop listening as :class:`aiohttp.web.TCPSite` does, and end the handshakes under way."""
+        if self._server is not None:
+            self._server.close()  # nothing new from here on
+        self._limit.end_handshakes()
+        await super().stop()
