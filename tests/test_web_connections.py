@@ -13,7 +13,7 @@ import pytest
 
 from pairpod.eventloop import LoopChoice, new_event_loop
 from pairpod.web.connections import ConnectionLimit
-from testing.kube_apiserver.tls import self_signed
+from tests.support.web import web_certificate
 from tests.test_web_http import ended
 
 
@@ -67,10 +67,7 @@ def test_a_tls_hello_waiting_at_the_accept_is_not_lost_and_a_bad_one_frees_its_s
     # The listener is plain TCP and starts TLS on a connection it let in; uvloop reads
     # from the accept on, so the ClientHello may be read before the handshake begins.
     # A failed handshake must leave the counts (one connection per source here).
-    serving = self_signed()
-    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
-    cert.write_bytes(serving.cert_pem)
-    key.write_bytes(serving.key_pem)
+    cert, key = web_certificate(tmp_path)
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_side.load_cert_chain(cert, key)
     client_side = ssl.create_default_context(cafile=str(cert))

@@ -23,9 +23,15 @@ import pytest
 from pairpod.config import validate_config
 from pairpod.errors import ConfigError
 from pairpod.web.connections import PER_SOURCE
-from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
-from tests.support.web import share_options, stalled_viewer, wait_for_participants, web_gateway, web_links
+from tests.support.web import (
+    share_options,
+    stalled_viewer,
+    wait_for_participants,
+    web_certificate,
+    web_gateway,
+    web_links,
+)
 from tests.test_web_http import ended, messages_until, origin_of
 
 
@@ -153,10 +159,7 @@ def tls_gw(
 ) -> Iterator[tuple[GatewayThread, ssl.SSLContext]]:
     """A gateway whose web listener speaks TLS (a 2s header deadline), on each event loop."""
     directory = tmp_path_factory.mktemp(f"web-tls-{request.param}")
-    serving = self_signed()
-    cert, key = directory / "web.crt", directory / "web.key"
-    cert.write_bytes(serving.cert_pem)
-    key.write_bytes(serving.key_pem)
+    cert, key = web_certificate(directory)
     web = {"tls_cert": str(cert), "tls_key": str(key), "header_timeout": "2s"}
     overrides = {"event_loop": request.param, "sharing": {"open": True, "web": web}}
     with web_gateway(directory / "gw", client_key, overrides) as gateway:
@@ -232,10 +235,7 @@ async def test_stopping_ends_connections_still_in_their_tls_handshake(
     tmp_path: Path, client_key: ClientKey
 ) -> None:
     # aiohttp closes the connections it was handed; one still in its handshake is not.
-    serving = self_signed()
-    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
-    cert.write_bytes(serving.cert_pem)
-    key.write_bytes(serving.key_pem)
+    cert, key = web_certificate(tmp_path)
     web = {"tls_cert": str(cert), "tls_key": str(key), "header_timeout": "5m"}
     with web_gateway(tmp_path / "gw", client_key, {"sharing": {"web": web}}) as gateway:
         assert gateway.gateway.web is not None

@@ -25,9 +25,15 @@ from pairpod.log import JsonFormatter, TextFormatter
 from pairpod.web import page
 from pairpod.web.addresses import ClientAddresses
 from pairpod.web.connections import PER_SOURCE
-from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, wait_until
-from tests.support.web import control, share_options, wait_for_participants, web_gateway, web_links
+from tests.support.web import (
+    control,
+    share_options,
+    wait_for_participants,
+    web_certificate,
+    web_gateway,
+    web_links,
+)
 
 
 @pytest.fixture(scope="module")
@@ -276,10 +282,7 @@ def test_restricted_sessions_get_no_read_write_web_link(tmp_path: Path, client_k
 
 
 async def test_tls_from_the_configured_certificate(tmp_path: Path, client_key: ClientKey) -> None:
-    serving = self_signed()
-    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
-    cert.write_bytes(serving.cert_pem)
-    key.write_bytes(serving.key_pem)
+    cert, key = web_certificate(tmp_path)
     overrides = {"sharing": {"open": True, "web": {"tls_cert": str(cert), "tls_key": str(key), "auto": True}}}
     with web_gateway(tmp_path / "gw", client_key, overrides) as gateway:
         owner = Tmux("tls", tmp_path).start(gateway.ssh_argv(options=share_options("ro")), 100, 25)

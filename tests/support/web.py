@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pairpod.config import merge
+from testing.kube_apiserver.tls import self_signed
 from tests.support.gateway import ClientKey, GatewayThread, Tmux, base_config, wait_until
 
 
@@ -105,3 +106,12 @@ def _client_frame(data: bytes) -> bytes:
         else bytes([0x82, 0x80 | len(data)])
     )
     return head + b"\0\0\0\0" + data
+
+
+def web_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for the web listener and its key, written in ``directory``."""
+    serving = self_signed()
+    cert, key = directory / "web.crt", directory / "web.key"
+    cert.write_bytes(serving.cert_pem)
+    key.write_bytes(serving.key_pem)
+    return cert, key
