@@ -51,8 +51,9 @@ class FdWriter:
         """Write now as much as the descriptor takes; queue the rest."""
         if self._state is not _Writing.OPEN or not data:
             return
-        view = memoryview(data)
-        if not self._pending:
+        if self._pending:
+            view = memoryview(data)
+        else:
             try:
                 written = os.write(self.fd, data)
             except BlockingIOError:
@@ -62,7 +63,7 @@ class FdWriter:
                 return
             if written == len(data):
                 return
-            view = view[written:]  # no copy of what is left
+            view = memoryview(data)[written:]  # no copy of what is left
             self._loop.add_writer(self.fd, self._flush)
         self._pending.append(view)
         self._size += len(view)

@@ -244,7 +244,7 @@ class OutputReader:
     def _read_ready(self) -> None:
         try:
             data = os.read(self._fd, _READ_SIZE)
-        except (BlockingIOError, InterruptedError):
+        except BlockingIOError:
             return
         except OSError as exc:
             if exc.errno != errno.EIO:
@@ -392,8 +392,7 @@ class LocalProcess(Process):
         if self._stdin.is_closing():
             return
         self._stdin.write(data)
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._stdin.drain()
+        await self._stdin.drain()  # a failed write closed the writer: nothing to raise
 
     async def write_eof(self) -> None:
         """Close stdin; with a PTY, send the terminal's EOF character instead."""
