@@ -33,7 +33,7 @@ async def _admitted(port: int, source: str) -> tuple[bool, asyncio.StreamWriter]
 async def test_all_sources_together_hold_at_most_the_total() -> None:
     # Many addresses together must not take the process's descriptors either.
     limit = ConnectionLimit(
-        lambda address: address == "127.0.0.9", header_timeout=300, send_timeout=300, per_source=32, total=4
+        lambda address: address == "127.0.0.9", header_timeout=300, send_timeout=300, per_source=1, total=4
     )
     server = await asyncio.get_running_loop().create_server(limit.wrap(_Greeting), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -45,14 +45,17 @@ async def test_all_sources_together_hold_at_most_the_total() -> None:
             admitted.append(ok)
             writers.append(writer)
         assert admitted == [True] * 4 + [False] * 2
-        # One leaving makes room for the next, also for a source not capped by itself.
+        # Two leaving make room for two more, both from a source not capped by itself
+        # (a trusted proxy): its second is past the per-source cap of one.
         writers[0].close()
-        async with asyncio.timeout(20):
-            while True:
-                ok, writer = await _admitted(port, "127.0.0.9")
-                writers.append(writer)
-                if ok:
-                    break
+        writers[1].close()
+        for _ in range(2):
+            async with asyncio.timeout(20):
+                while True:
+                    ok, writer = await _admitted(port, "127.0.0.9")
+                    writers.append(writer)
+                    if ok:
+                        break
     finally:
         for writer in writers:
             writer.close()

@@ -351,11 +351,11 @@ class HostLink:
         # still work: the gateway is told again in every HELLO (all of them are derived
         # from the session key, so a restarted gateway makes the same ones again: it must
         # revoke the revoked, and needs the minted ones' labels to make them).
-        self._session_key = ""
-        self._revoked: list[str] = []
-        self._minted: list[str] = []
-        self._next_minted = 0
-        self._away_since: float | None = None
+        self._session_key: str
+        self._revoked: list[str]
+        self._minted: list[str]
+        self._next_minted: int
+        self._away_since: float | None
         self._new_session()
         self._commands: dict[str, str] | None = None
         self._grace = 0.0

@@ -84,8 +84,7 @@ class PeerLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Start the handshake (speak first when connecting; else wait, bounded)."""
         # A stream transport, but not asyncio's own class on uvloop: no isinstance check.
-        self._transport = cast(asyncio.Transport, transport)
-        transport = self._transport
+        self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)
         peer = transport.get_extra_info("peername") or ("?", 0)
         self.peer = f"{peer[0]}:{peer[1]}"

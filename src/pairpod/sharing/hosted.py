@@ -367,7 +367,6 @@ class HostedSessions:
         self.key = b""
         self._live: dict[bytes, HostedSession] = {}
         self._expired: OrderedDict[bytes, None] = OrderedDict()
-        service.revoke_hooks.append(self._revoked)
 
     def _digest(self, login: str, session_key: str, what: str) -> bytes:
         assert self.key, "the gateway sets the link key before it listens"
@@ -496,7 +495,7 @@ class HostedSessions:
             self._service.close_session(session.shared)
             await session.process.kill()
 
-    def _revoked(self, shared: SharedSession[Terminal], link_id: str) -> None:
+    def revoked(self, shared: SharedSession[Terminal], link_id: str) -> None:
         """An owner revoked a link: one of a hosted session's own, or one minted on it, is
         told to its host (to revoke it again after a restart, or not to make it again)."""
         session = self._hosting(shared)

@@ -60,7 +60,7 @@ MAX_MINTED_NUMBER = 10**9
 #: The longest grace period a WELCOME may give, in seconds (``sharing.host_grace`` is bounded by it).
 MAX_GRACE = 86400
 
-_MINTED_LABEL = re.compile(r"(web-)?(ro|rw)\.(\d{1,9})")
+_MINTED_LABEL = re.compile(r"(web-)?(ro|rw)\.([0-9]{1,9})")  # ASCII digits: one spelling per number
 _HEADER = struct.Struct(">BI")
 _SIZE = struct.Struct(">HH")
 

@@ -92,7 +92,6 @@ class SharingService:
         #: The other replicas of a cluster (None: this process is the only one).
         self.elsewhere: Elsewhere | None = None
         #: Called with (session, link id) after an owner revokes a link.
-        self.revoke_hooks: list[Callable[[SharedSession[Terminal], str], None]] = []
 
     def _changed(self) -> None:
         if self.elsewhere is not None:
@@ -347,8 +346,8 @@ class SharingService:
             raise ControlError(f"no active link {link_id!r} in session {session.session_id}")
         self._changed()
         log.info("sharing.revoke", extra=fields(session=session.session_id, link=link_id))
-        for hook in self.revoke_hooks:
-            hook(session, link_id)
+        if self.hosted is not None:
+            self.hosted.revoked(session, link_id)
         return f"link {link_id} revoked\n"
 
     def _kick(self, session: SharedSession[Terminal], participant: str) -> str:

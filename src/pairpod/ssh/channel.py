@@ -42,8 +42,9 @@ log = get_logger("channel")
 # A subclass would instead need the private arguments that the public
 # ``create_server_channel`` passes to the channel's constructor.
 _ENV_HANDLER = "_process_env_request"
-# Where the first over-long variable's refusal waits for the session to start.
-_REFUSAL_INFO = "pairpod_env_refusal"
+# Where the channel's EnvRequests (and so the first over-long variable's refusal)
+# wait for the session to start.
+_REQUESTS_INFO = "pairpod_env_requests"
 # The names the gateway reads itself, as bytes (what requests carry).
 _REQUEST_NAMES = frozenset(name.encode() for name in REQUEST_ENV)
 
@@ -104,14 +105,12 @@ def open_session_channel(
 
     # The dict AsyncSSH's own handler stores into, which get_environment() reads.
     requests = EnvRequests(security, chan._env, limit_reached)
+    chan.set_extra_info(**{_REQUESTS_INFO: requests})
 
     def handle(packet: SSHPacket) -> bool:
         name, value = packet.get_string(), packet.get_string()
         packet.check_end()
-        kept = requests.receive(name, value)
-        if requests.refusal is not None:
-            chan.set_extra_info(**{_REFUSAL_INFO: requests.refusal})
-        return kept
+        return requests.receive(name, value)
 
     setattr(chan, _ENV_HANDLER, handle)
     return chan
@@ -119,5 +118,5 @@ def open_session_channel(
 
 def env_refusal_of(chan: asyncssh.SSHServerChannel[bytes]) -> str | None:
     """Why the client's variables on ``chan`` refuse its session (None: they do not)."""
-    refusal = chan.get_extra_info(_REFUSAL_INFO)
-    return refusal if isinstance(refusal, str) else None
+    requests = chan.get_extra_info(_REQUESTS_INFO)
+    return requests.refusal if isinstance(requests, EnvRequests) else None

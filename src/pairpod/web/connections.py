@@ -158,7 +158,8 @@ class _Counted(asyncio.Protocol):
         self._left = False  # the connection left the counts
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
+        stream = cast(asyncio.Transport, transport)  # a stream server's
+        peer = stream.get_extra_info("peername")
         self._address = address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._source = self._limit._enter(address)
         if self._source is None:
@@ -168,9 +169,9 @@ class _Counted(asyncio.Protocol):
             )
             # Abort, not close: this connection is in no count any more, so nothing may
             # hold its descriptor (a TLS close would wait for the peer's close_notify).
-            cast(asyncio.Transport, transport).abort()  # a stream server's
+            stream.abort()
             return
-        self._transport = cast(asyncio.Transport, transport)
+        self._transport = stream
         self._deadline = asyncio.get_running_loop().call_later(self._limit.header_timeout, self._expire)
         self._limit._waiting[self._inner] = self
         _send_timeout(transport, self._limit._send_timeout_ms)
@@ -203,8 +204,9 @@ class _Counted(asyncio.Protocol):
             # asyncio's start_tls even returns None for a connection aborted meanwhile.
             if tls is None or tls.is_closing() or self._left:
                 self._lost(None)
-        if tls is None or self._left:
+        if self._left:  # the finally above saw every way it could have failed
             return
+        assert tls is not None
         self._transport = tls
         self._connect(tls)
 

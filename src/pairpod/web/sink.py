@@ -64,8 +64,7 @@ class WebSink(Sink):
         self._low = low
         self._items: deque[bytes | str | object] = deque()
         # The latest notice, sent where _NOTICE stands in the queue (see notify).
-        self._notice = ""
-        self._notice_queued = False
+        self._notice: str | None = None  # the latest notice waiting to be sent
         self._pending = 0
         self._wakeup = asyncio.Event()
         self._paused = False
@@ -104,11 +103,10 @@ class WebSink(Sink):
         newer one replaces its text: a browser that stops reading while others
         join and leave (each a notice) costs no more memory than one.
         """
-        self._notice = text
-        if not self._notice_queued:
-            self._notice_queued = True
+        if self._notice is None:
             self._items.append(_NOTICE)
             self._wakeup.set()
+        self._notice = text
 
     def close(self, reason: str) -> None:
         """Kicked, or the session ended: the page is told, then the socket closes."""
@@ -129,8 +127,8 @@ class WebSink(Sink):
                 await self._wakeup.wait()
             item = self._items.popleft()
             if item is _NOTICE:
-                self._notice_queued = False
                 item = message("notice", text=self._notice)
+                self._notice = None
             if isinstance(item, str):
                 await socket.send_str(item)
                 if self.ended is not None and not self._items:
